@@ -1,0 +1,118 @@
+"""The `registrish` command line: parse, dispatch to a command module, and turn a
+`RegistrishError` into one line and a documented exit code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+from . import __version__
+from .console import Console
+from .errors import ExitCode, RegistrishError
+
+COMMANDS = ("lock", "sync", "gc", "hosts", "serve", "check", "publish")
+
+EPILOG = """\
+exit codes:
+  0  success
+  1  changes pending (--dry-run, lock --check), a stale lock, or a failed check
+  2  bad input: config, lock or command line (the message names file, key and fix)
+  3  an upstream registry failed (unreachable, auth refused, tag not found)
+  4  content did not match its digest or size
+  5  the tree is locked by another registrish process (--no-wait)
+  6  a local problem: disk, permissions, a port in use
+  130 interrupted
+
+typical flow:
+  registrish lock            resolve registrish.toml to registrish.lock
+  registrish sync            make the static tree under [registry].root match the lock
+  registrish serve           try it: docker pull 127.0.0.1:5555/NAME:TAG
+  registrish check URL       prove a deployment serves every locked image
+"""
+
+
+def _load(name: str) -> ModuleType:
+    return importlib.import_module(f"registrish_lock.commands.{name}")
+
+
+def build_parser(modules: dict[str, ModuleType]) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=Path("registrish.toml"),
+        help="the config file (default: ./registrish.toml; the lock lives beside it)",
+    )
+    common.add_argument("-q", "--quiet", action="store_true", help="print only errors and results")
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more detail (every request; never a secret)",
+    )
+    common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser = argparse.ArgumentParser(
+        prog="registrish",
+        description="Build a static Docker/OCI registry from a declared set of images.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"registrish {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in modules.items():
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
+        )
+        module.add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    modules = {}
+    for name in COMMANDS:
+        try:
+            modules[name] = _load(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"registrish_lock.commands.{name}":
+                raise
+    parser = build_parser(modules)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return ExitCode.USAGE
+    console = Console(
+        verbosity=-1 if args.quiet else args.verbose,
+        json_mode=args.json,
+        debug_mode=args.debug,
+    )
+    try:
+        return int(modules[args.command].run(args, console))
+    except RegistrishError as exc:
+        if args.debug:
+            raise
+        console.error(exc.message, exc.hint)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        return int(ExitCode.INTERRUPTED)
+    except OSError as exc:
+        if args.debug:
+            raise
+        console.error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        return int(ExitCode.LOCAL)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""All user-facing output goes through one `Console`: messages on stderr, results on
+stdout, `-q` silences progress, `-v` adds debug detail, `--json` makes stdout a single
+JSON document for scripts. Secrets never reach it: callers pass redacted values."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+
+@dataclass
+class Console:
+    verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose
+    json_mode: bool = False
+    debug_mode: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def is_terminal(self) -> bool:
+        return not self.json_mode and self.verbosity >= 0 and self.err.isatty()
+
+    def info(self, message: str) -> None:
+        """Progress and status lines (stderr); silenced by `-q`."""
+        if self.verbosity >= 0:
+            print(message, file=self.err, flush=True)
+
+    def debug(self, message: str) -> None:
+        if self.verbosity >= 1 or self.debug_mode:
+            print(f"debug: {message}", file=self.err, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(f"warning: {message}", file=self.err, flush=True)
+
+    def error(self, message: str, hint: str | None = None) -> None:
+        print(f"error: {message}", file=self.err, flush=True)
+        if hint:
+            print(f"hint: {hint}", file=self.err, flush=True)
+
+    def result(self, text: str) -> None:
+        """A human result line on stdout (suppressed in `--json` mode)."""
+        if not self.json_mode:
+            print(text, file=self.out, flush=True)
+
+    def emit_json(self, document: Any) -> None:
+        if self.json_mode:
+            json.dump(document, self.out, indent=2, sort_keys=True)
+            self.out.write("\n")
+            self.out.flush()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
