@@ -61,6 +61,22 @@ class ImageSpec:
     def needs_listing(self) -> bool:
         return self.versions is not None or self.match is not None
 
+    def input_hash(self) -> str:
+        """What this image's lock entries depend on; recorded per image in the lock
+        so a change to one image re-resolves only that image."""
+        return _hash(
+            {
+                "source": self.source.repository_ref,
+                "tags": sorted(self.tags),
+                "versions": str(self.versions) if self.versions is not None else None,
+                "match": self.match.pattern if self.match is not None else None,
+                "latest": self.latest,
+                "platforms": (
+                    sorted(str(p) for p in self.platforms) if self.platforms is not None else None
+                ),
+            }
+        )
+
 
 @dataclass(frozen=True)
 class RegistrySettings:
@@ -92,22 +108,12 @@ class Config:
     def input_hash(self) -> str:
         """A hash of exactly what resolution depends on: a lock made from a config
         with another hash is stale. Hosts, root and transport settings are excluded."""
-        doc = [
-            {
-                "source": image.source.repository_ref,
-                "name": image.name,
-                "tags": sorted(image.tags),
-                "versions": str(image.versions) if image.versions is not None else None,
-                "match": image.match.pattern if image.match is not None else None,
-                "latest": image.latest,
-                "platforms": (
-                    sorted(str(p) for p in image.platforms) if image.platforms is not None else None
-                ),
-            }
-            for image in sorted(self.images, key=lambda i: i.name)
-        ]
-        blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-        return "sha256:" + hashlib.sha256(blob).hexdigest()
+        return _hash(sorted((i.name, i.input_hash()) for i in self.images))
+
+
+def _hash(doc: object) -> str:
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
 class _Reader:

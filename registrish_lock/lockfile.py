@@ -69,6 +69,8 @@ class LockedTag:
 class Lock:
     config_hash: str
     tags: tuple[LockedTag, ...] = field(default_factory=tuple)
+    #: Per repository name: the input hash of the `[[image]]` it was resolved from.
+    inputs: Mapping[str, str] = field(default_factory=dict)
 
     def by_key(self) -> dict[tuple[str, str], LockedTag]:
         return {t.key: t for t in self.tags}
@@ -77,14 +79,21 @@ class Lock:
         return sorted({t.name for t in self.tags})
 
 
-def make_lock(config_hash: str, tags: Iterable[LockedTag]) -> Lock:
-    return Lock(config_hash=config_hash, tags=tuple(sorted(tags, key=lambda t: t.key)))
+def make_lock(
+    config_hash: str, tags: Iterable[LockedTag], inputs: Mapping[str, str] | None = None
+) -> Lock:
+    return Lock(
+        config_hash=config_hash,
+        tags=tuple(sorted(tags, key=lambda t: t.key)),
+        inputs=dict(sorted((inputs or {}).items())),
+    )
 
 
 def dumps(lock: Lock) -> str:
     doc: dict[str, Any] = {
         "version": FORMAT_VERSION,
         "config-hash": lock.config_hash,
+        "inputs": dict(sorted(lock.inputs.items())),
         "tag": [
             {
                 "name": t.name,
@@ -172,6 +181,11 @@ def loads(text: str, path: Path) -> Lock:
             hint="regenerate it with `registrish lock`, or use the registrish release that wrote it",
         )
     config_hash = c.get(doc, "config-hash", str, "")
+    raw_inputs = doc.get("inputs", {})
+    if not isinstance(raw_inputs, dict) or not all(
+        is_name(k) and isinstance(v, str) for k, v in raw_inputs.items()
+    ):
+        raise c.fail("inputs", "must map repository names to input hashes")
     raw_tags = doc.get("tag", [])
     if not isinstance(raw_tags, list):
         raise c.fail("tag", "must be an array of tables")
@@ -227,7 +241,7 @@ def loads(text: str, path: Path) -> Lock:
                 platforms=tuple(sorted(platforms)),
             )
         )
-    return make_lock(config_hash, tags)
+    return make_lock(config_hash, tags, raw_inputs)
 
 
 def read_lock(path: Path) -> Lock:

@@ -1,0 +1,247 @@
+"""`registrish lock`: resolve every selected (image, tag) to digests.
+
+Pins never move unless asked: an image whose config inputs did not change keeps its
+entries without a single request; `--upgrade` re-resolves with one `HEAD` per tag and
+fetches manifests only for tags that moved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from . import mediatypes
+from .config import Config, ImageSpec
+from .console import Console
+from .errors import NotFoundError
+from .lockfile import Lock, LockedManifest, LockedTag, make_lock
+from .manifest import Manifest, Platform, parse_manifest
+from .reference import Reference
+from .selectors import select_from_listing
+
+
+class ManifestInfoLike(Protocol):
+    @property
+    def digest(self) -> str: ...
+    @property
+    def media_type(self) -> str: ...
+
+
+class FetchedLike(Protocol):
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def digest(self) -> str: ...
+
+
+class Upstream(Protocol):
+    """The part of `registry.RegistryClient` resolution needs."""
+
+    def list_tags(self, repo: Reference) -> list[str]: ...
+    def head_manifest(self, repo: Reference, ref: str) -> ManifestInfoLike: ...
+    def get_manifest(
+        self, repo: Reference, ref: str, *, expected_digest: str | None = None
+    ) -> FetchedLike: ...
+
+
+@dataclass(frozen=True)
+class Change:
+    name: str
+    tag: str
+    kind: str  # "added", "moved", "removed", "reselected" (same digest, new platform set)
+    old: str | None
+    new: str | None
+
+
+@dataclass
+class Resolution:
+    lock: Lock
+    changes: list[Change] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def _select_platforms(
+    index: Manifest, wanted: tuple[Platform, ...] | None, where: str
+) -> list[tuple[str, str, str, int]]:
+    """(platform, digest, media type, size) of the children an index keeps."""
+    chosen = []
+    for child in index.children:
+        label = str(child.platform) if child.platform else "unknown"
+        if wanted is None or (
+            child.platform is not None and any(child.platform.matches(w) for w in wanted)
+        ):
+            chosen.append((label, child.digest, child.media_type, child.size))
+    if not chosen:
+        available = sorted({str(c.platform) for c in index.children if c.platform})
+        raise NotFoundError(
+            f"{where} has none of the platforms {', '.join(str(w) for w in wanted or ())}",
+            hint=f"it offers {', '.join(available) or 'no platforms'}; adjust 'platforms'",
+        )
+    return chosen
+
+
+class _TagResolver:
+    def __init__(self, upstream: Upstream, image: ImageSpec) -> None:
+        self.upstream = upstream
+        self.image = image
+        self.repo = image.source
+
+    def _fetch(self, digest: str) -> Manifest:
+        fetched = self.upstream.get_manifest(self.repo, digest, expected_digest=digest)
+        return parse_manifest(fetched.data, content_type=fetched.media_type, expected_digest=digest)
+
+    def _blob_bytes(self, manifest: Manifest, seen: set[str]) -> int:
+        """Bytes of a manifest and everything below it, each digest counted once."""
+        if manifest.digest in seen:
+            return 0
+        seen.add(manifest.digest)
+        total = manifest.size
+        if manifest.is_index:
+            for child in manifest.children:
+                total += self._blob_bytes(self._fetch(child.digest), seen)
+            return total
+        for blob in manifest.blobs:
+            if blob.digest not in seen:
+                seen.add(blob.digest)
+                total += blob.size
+        return total
+
+    def resolve(self, tag: str, digest: str | None = None) -> LockedTag:
+        where = f"{self.image.name}:{tag} ({self.repo})"
+        if digest is None:
+            digest = self.upstream.head_manifest(self.repo, tag).digest
+        top = self._fetch(digest)
+        seen = {top.digest}
+        total = top.size
+        platforms: list[LockedManifest] = []
+        if top.is_index:
+            for label, child_digest, media_type, size in _select_platforms(
+                top, self.image.platforms, where
+            ):
+                if media_type not in mediatypes.MANIFEST_TYPES:
+                    continue  # not a manifest we can mirror (e.g. a foreign type)
+                child = self._fetch(child_digest)
+                total += self._blob_bytes(child, seen)
+                platforms.append(LockedManifest(label, child_digest, child.media_type, size))
+        else:
+            total = self._blob_bytes(top, set())
+        return LockedTag(
+            name=self.image.name,
+            tag=tag,
+            source=self.repo.repository_ref,
+            digest=digest,
+            media_type=top.media_type,
+            size=top.size,
+            total_size=total,
+            platforms=tuple(sorted(platforms)),
+        )
+
+
+def selected_tags(upstream: Upstream, image: ImageSpec) -> list[str]:
+    """Exact tags plus what the selectors pick from the upstream listing."""
+    tags = set(image.tags)
+    if image.needs_listing:
+        listing = upstream.list_tags(image.source)
+        picked = select_from_listing(image, listing)
+        if not picked and not image.tags:
+            raise NotFoundError(
+                f"{image.key} ({image.source}): the selectors match none of "
+                f"{len(listing)} upstream tags",
+                hint="check 'versions' and 'match' against the upstream's tags",
+            )
+        tags.update(picked)
+    return sorted(tags)
+
+
+def resolve(
+    config: Config,
+    old: Lock | None,
+    upstream: Upstream,
+    *,
+    upgrade: Collection[str] | None = None,
+    jobs: int = 8,
+    console: Console | None = None,
+) -> Resolution:
+    """Resolve `config` against `upstream`, keeping `old`'s pins where they still hold.
+
+    `upgrade` is None (keep pins), empty (upgrade everything) or a set of names.
+    """
+    old_by_key = old.by_key() if old else {}
+    old_inputs = dict(old.inputs) if old else {}
+
+    def upgrading(name: str) -> bool:
+        return upgrade is not None and (not upgrade or name in upgrade)
+
+    # Work items: (image, tag, pinned entry or None, keep-as-is?)
+    keep: list[LockedTag] = []
+    work: list[tuple[ImageSpec, str, LockedTag | None]] = []
+    for image in config.images:
+        same_inputs = old_inputs.get(image.name) == image.input_hash()
+        pinned = [t for (n, _), t in old_by_key.items() if n == image.name]
+        if same_inputs and not upgrading(image.name) and pinned:
+            keep.extend(pinned)
+            continue
+        if image.needs_listing and not upgrading(image.name) and same_inputs:
+            tags = sorted(t.tag for t in pinned)
+        else:
+            tags = selected_tags(upstream, image)
+        for tag in tags:
+            entry = old_by_key.get((image.name, tag))
+            if entry is not None and entry.source != image.source.repository_ref:
+                entry = None  # a new source: the old pin says nothing about it
+            work.append((image, tag, entry))
+
+    def run(item: tuple[ImageSpec, str, LockedTag | None]) -> LockedTag:
+        image, tag, entry = item
+        resolver = _TagResolver(upstream, image)
+        same_inputs = old_inputs.get(image.name) == image.input_hash()
+        if entry is None:
+            if console:
+                console.debug(f"resolving {image.name}:{tag}")
+            return resolver.resolve(tag)
+        if upgrading(image.name):
+            head = upstream.head_manifest(image.source, tag)
+            if head.digest == entry.digest and same_inputs:
+                return entry
+            return resolver.resolve(tag, head.digest)
+        # Inputs changed (say, the platform list) but the pin must not move:
+        # re-derive the selection from the pinned digest.
+        return resolver.resolve(tag, entry.digest)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        resolved = list(pool.map(run, work))
+
+    new_lock = make_lock(
+        config.input_hash(),
+        [*keep, *resolved],
+        {image.name: image.input_hash() for image in config.images},
+    )
+    return Resolution(
+        lock=new_lock,
+        changes=diff_locks(old, new_lock),
+        unchanged=sum(1 for t in new_lock.tags if old_by_key.get(t.key) == t),
+    )
+
+
+def diff_locks(old: Lock | None, new: Lock) -> list[Change]:
+    before = old.by_key() if old else {}
+    after = new.by_key()
+    changes = []
+    for key in sorted(before.keys() | after.keys()):
+        a, b = before.get(key), after.get(key)
+        if a == b:
+            continue
+        if a is None:
+            assert b is not None
+            changes.append(Change(key[0], key[1], "added", None, b.digest))
+        elif b is None:
+            changes.append(Change(key[0], key[1], "removed", a.digest, None))
+        elif a.digest != b.digest:
+            changes.append(Change(key[0], key[1], "moved", a.digest, b.digest))
+        else:
+            changes.append(Change(key[0], key[1], "reselected", a.digest, b.digest))
+    return changes
