@@ -1,0 +1,332 @@
+"""Process helpers: free ports, servers started and stopped by PID, required binaries.
+
+Every server of the test bed binds 127.0.0.1 only, runs in its own process group (so a
+server that forks, like Apache or dockerd, is stopped as a whole) and writes stdout and
+stderr to a log file under the test's temporary directory. Failures quote the log's tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+LOOPBACK = "127.0.0.1"
+
+
+class ServerError(RuntimeError):
+    """A server did not start, or died while we waited for it."""
+
+
+def in_ci() -> bool:
+    """True when the environment says we run in CI (``CI=true``, ``CI=1``)."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def require_binary(name: str) -> str:
+    """Return the absolute path of the executable ``name``.
+
+    When it is missing: ``pytest.fail`` in CI (a missing component is a broken CI image,
+    never a reason to pass), ``pytest.skip`` elsewhere (a newcomer's laptop).
+    """
+    path = shutil.which(name)
+    if path is None:
+        message = f"required binary {name!r} not found on PATH (see .ci/run for the packages)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def short_tmpdir(prefix: str) -> Path:
+    """A fresh directory directly under /tmp, for paths with length limits.
+
+    Unix sockets allow ~107 bytes and podman's ``--runroot`` at most 50 characters; pytest's
+    ``tmp_path`` can be longer. The caller removes it (``shutil.rmtree``).
+    """
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a text file ('' when it does not exist)."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def http_status(url: str, *, timeout: float = 2.0, method: str = "GET") -> int:
+    """The status code of one plain-HTTP request to a loopback URL (raises ``OSError``)."""
+    if not url.startswith("http://"):
+        raise ValueError(f"only plain http:// URLs: {url}")
+    hostport, _, path = url[len("http://") :].partition("/")
+    host, _, port = hostport.partition(":")
+    if host not in {LOOPBACK, "localhost"}:
+        raise ValueError(f"test traffic goes to loopback only, not {host!r}")
+    conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+    try:
+        conn.request(method, "/" + path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+class Server:
+    """A background process with a log file, stopped by PID.
+
+    ``Server(name, argv, log_dir=...)`` only describes it; ``start()`` launches it in its own
+    session (process group = its PID); ``wait_http``/``wait_unix``/``wait_tcp`` block until it
+    is ready or raise :class:`ServerError` with the log tail; ``stop()`` sends SIGTERM to the
+    group, then SIGKILL after ``timeout``. Usable as a context manager (start/stop).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.log_path = Path(log_dir) / f"{name}.log"
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        #: Base URL (``http://127.0.0.1:PORT``) when the server speaks HTTP, for callers.
+        self.url = url
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise ServerError(f"{self.name} was never started")
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> Server:
+        if self._proc is not None:
+            raise ServerError(f"{self.name} already started (pid {self._proc.pid})")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env} if self.env is not None else None
+        with self.log_path.open("ab") as log:
+            log.write(f"$ {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                env=env,
+                start_new_session=True,
+            )
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Terminate the process group; kill it after ``timeout``. Returns the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                proc.wait(timeout=timeout)
+        # Children that outlived the leader (same group) get a last SIGKILL.
+        self._signal_group(signal.SIGKILL)
+        return proc.returncode
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self._proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    def __enter__(self) -> Server:
+        if self._proc is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- readiness -------------------------------------------------------------------------
+    def log_tail(self, lines: int = 40) -> str:
+        return tail(self.log_path, lines)
+
+    def fail(self, reason: str) -> ServerError:
+        """A :class:`ServerError` naming the server, its PID, command and log tail."""
+        pid = self._proc.pid if self._proc is not None else "-"
+        return ServerError(
+            f"{self.name} (pid {pid}): {reason}\n"
+            f"command: {' '.join(self.argv)}\n"
+            f"--- last lines of {self.log_path} ---\n{self.log_tail()}"
+        )
+
+    def _check_alive(self) -> None:
+        if self._proc is None:
+            raise ServerError(f"{self.name} was never started")
+        code = self._proc.poll()
+        if code is not None:
+            raise self.fail(f"exited with code {code} before it was ready")
+
+    def wait_http(
+        self, url: str, *, timeout: float = 30.0, status: int | Sequence[int] | None = None
+    ) -> Server:
+        """Wait until ``url`` answers (any status, or one of ``status`` when given)."""
+        wanted = {status} if isinstance(status, int) else set(status or ())
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while True:
+            self._check_alive()
+            try:
+                code = http_status(url, timeout=1.0)
+            except OSError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if not wanted or code in wanted:
+                    return self
+                last = f"HTTP {code}"
+            if time.monotonic() > deadline:
+                self.stop()
+                raise self.fail(f"{url} not ready after {timeout:.0f}s (last: {last})")
+            time.sleep(0.05)
+
+    def wait_unix(self, path: Path, *, timeout: float = 30.0) -> Server:
+        """Wait until a unix socket at ``path`` accepts a connection."""
+        deadline = time.monotonic() + timeout
+        last = "missing"
+        while True:
+            self._check_alive()
+            if Path(path).exists():
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    try:
+                        sock.connect(str(path))
+                    except OSError as exc:
+                        last = f"{type(exc).__name__}: {exc}"
+                    else:
+                        return self
+            if time.monotonic() > deadline:
+                self.stop()
+                raise self.fail(f"unix socket {path} not ready after {timeout:.0f}s ({last})")
+            time.sleep(0.05)
+
+    def wait_tcp(self, port: int, *, timeout: float = 30.0) -> Server:
+        """Wait until 127.0.0.1:``port`` accepts a TCP connection."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            try:
+                with socket.create_connection((LOOPBACK, port), timeout=1.0):
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise self.fail(f"127.0.0.1:{port} not accepting after {timeout:.0f}s")
+            time.sleep(0.05)
+
+
+class ServerGroup:
+    """Servers started by one test (or session); ``stop_all()`` stops them in reverse order."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.servers: list[Server] = []
+
+    def add(self, server: Server) -> Server:
+        self.servers.append(server)
+        return server
+
+    def stop_all(self) -> None:
+        errors: list[str] = []
+        while self.servers:
+            server = self.servers.pop()
+            try:
+                server.stop()
+            except Exception as exc:  # keep stopping the others
+                errors.append(f"{server.name}: {exc}")
+        if errors:
+            raise ServerError("; ".join(errors))
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float = 300.0,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    what: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion; on failure raise ``CommandError`` with its stderr."""
+    args = [str(a) for a in argv]
+    full_env = {**os.environ, **env} if env is not None else None
+    try:
+        proc = subprocess.run(
+            args,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(what or args[0], args, None, "", f"timed out after {timeout}s") from exc
+    if proc.returncode != 0:
+        raise CommandError(what or args[0], args, proc.returncode, proc.stdout, proc.stderr)
+    return proc
+
+
+class CommandError(RuntimeError):
+    """A client command failed; carries its exit code, stdout and stderr."""
+
+    def __init__(
+        self, what: str, argv: Sequence[str], returncode: int | None, stdout: str, stderr: str
+    ) -> None:
+        self.what = what
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(
+            f"{what} failed (exit {returncode}): {' '.join(self.argv)}\n"
+            f"--- stderr ---\n{stderr.strip()[-4000:]}\n"
+            f"--- stdout ---\n{stdout.strip()[-2000:]}"
+        )

