@@ -39,31 +39,55 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(f"registrish_lock.commands.{name}")
 
 
-def build_parser(modules: dict[str, ModuleType]) -> argparse.ArgumentParser:
+def _global_options(*, suppress: bool) -> argparse.ArgumentParser:
+    """The options every command takes. Subcommands get a copy whose defaults are
+    suppressed, so `registrish -c X lock` and `registrish lock -c X` both work."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-c",
         "--config",
         type=Path,
-        default=Path("registrish.toml"),
+        default=default(Path("registrish.toml")),
         help="the config file (default: ./registrish.toml; the lock lives beside it)",
     )
-    common.add_argument("-q", "--quiet", action="store_true", help="print only errors and results")
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default(False),
+        help="print only errors and results",
+    )
     common.add_argument(
         "-v",
         "--verbose",
         action="count",
-        default=0,
+        default=default(0),
         help="more detail (every request; never a secret)",
     )
-    common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print one JSON document on stdout",
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=default(False), help="show tracebacks on errors"
+    )
+    return common
+
+
+def build_parser(modules: dict[str, ModuleType]) -> argparse.ArgumentParser:
+    common = _global_options(suppress=True)
     parser = argparse.ArgumentParser(
         prog="registrish",
         description="Build a static Docker/OCI registry from a declared set of images.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
+        parents=[_global_options(suppress=False)],
     )
     parser.add_argument("--version", action="version", version=f"registrish {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from memory_upstream import MemoryUpstream, image_manifest
 
 from registrish_lock.config import load_config
 from registrish_lock.errors import LockfileError, NotFoundError
 from registrish_lock.lockfile import dumps, loads, read_lock, write_lock
 from registrish_lock.resolve import resolve
 from registrish_lock.selectors import select_from_listing, tag_version
-
-from memory_upstream import MemoryUpstream, image_manifest
 
 CONFIG = """
 [[image]]
@@ -119,7 +118,9 @@ def test_changed_platforms_keep_the_pin_but_reselect(
     lock = resolve(load_config(config_at(tmp_path)), None, upstream).lock
     pinned = lock.by_key()[("multi", "v1")].digest
     upstream.put_index("multi", "v1", {"linux/amd64": "new-a", "linux/arm64": "new-b"})
-    text = CONFIG.replace('platforms = ["linux/arm64"]', 'platforms = ["linux/amd64", "linux/arm64"]')
+    text = CONFIG.replace(
+        'platforms = ["linux/arm64"]', 'platforms = ["linux/amd64", "linux/arm64"]'
+    )
     config = load_config(config_at(tmp_path, text))
     result = resolve(config, lock, upstream)
     entry = result.lock.by_key()[("multi", "v1")]
@@ -136,7 +137,7 @@ def test_missing_platform_is_a_clear_error(tmp_path: Path, upstream: MemoryUpstr
 
 def test_removed_image_drops_its_tags(tmp_path: Path, upstream: MemoryUpstream) -> None:
     lock = resolve(load_config(config_at(tmp_path)), None, upstream).lock
-    only_base = CONFIG.split("[[image]]\nsource = \"127.0.0.1:5000/multi\"")[0]
+    only_base = CONFIG.split('[[image]]\nsource = "127.0.0.1:5000/multi"')[0]
     result = resolve(load_config(config_at(tmp_path, only_base)), lock, upstream)
     assert [(c.name, c.kind) for c in result.changes] == [("multi", "removed")]
 
@@ -158,7 +159,14 @@ def test_lock_round_trip_and_header(tmp_path: Path, upstream: MemoryUpstream) ->
         (lambda t: t.replace('tag = "3.20"', 'tag = ".x"', 1), "tag[0].tag"),
         (lambda t: t.replace("total-size = ", "total-size = -", 1), "total-size"),
         (lambda t: t.replace("[[tag]]", "[[tag", 1), "invalid TOML"),
-        (lambda t: t.replace('media-type = "application/vnd.oci.image.manifest.v1+json"', 'media-type = "text/html"', 1), "media-type"),
+        (
+            lambda t: t.replace(
+                'media-type = "application/vnd.oci.image.manifest.v1+json"',
+                'media-type = "text/html"',
+                1,
+            ),
+            "media-type",
+        ),
     ],
 )
 def test_bad_lock_is_one_clear_error(

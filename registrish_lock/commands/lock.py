@@ -1,0 +1,125 @@
+"""`registrish lock`: resolve registrish.toml to registrish.lock."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import load_config
+from ..console import Console
+from ..errors import ConfigError, ExitCode, StaleLockError
+from ..lockfile import Lock, dumps, read_lock, write_lock
+from ..resolve import Change, resolve
+
+NAME = "lock"
+HELP = "resolve the config's tags to digests and write registrish.lock"
+DESCRIPTION = """\
+Resolve every tag selected by registrish.toml to its digest and write a
+deterministic registrish.lock beside it.
+
+Pins never move unless asked: images whose config did not change keep their
+entries without contacting any registry. The file is rewritten only when its
+content changes, so it is safe to run in CI and review in a pull request.
+
+examples:
+  registrish lock                     resolve new tags, keep existing pins
+  registrish lock --upgrade           move every pin to what upstream serves now
+  registrish lock --upgrade alpine    move only the pins of repository 'alpine'
+  registrish lock --check             exit 1 if the lock is stale (no network)
+  registrish lock --dry-run           show what would change, write nothing
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--upgrade",
+        nargs="*",
+        metavar="NAME",
+        help="re-resolve pinned tags (all, or only these repository names)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when the lock is missing or stale for the config; no network",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print what would change; exit 1 if anything would"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=8, metavar="N", help="tags resolved in parallel (default 8)"
+    )
+
+
+def _describe(change: Change) -> str:
+    # 12 hex digits are enough to tell pins apart in a terminal; --json has them whole.
+    old = (change.old or "-")[:19]
+    new = (change.new or "-")[:19]
+    return f"  {change.kind:<10} {change.name}:{change.tag}  {old} -> {new}"
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    config = load_config(args.config)
+    lock_path = config.lock_path
+    old: Lock | None = read_lock(lock_path) if lock_path.exists() else None
+
+    if args.check:
+        if old is None:
+            raise StaleLockError(f"{lock_path}: no such file", hint="run `registrish lock`")
+        if old.config_hash != config.input_hash():
+            raise StaleLockError(
+                f"{lock_path} is stale: {config.path} changed since it was written",
+                hint="run `registrish lock` and commit the result",
+            )
+        console.result(f"{lock_path} is up to date")
+        console.emit_json({"stale": False, "lock": str(lock_path)})
+        return ExitCode.OK
+
+    upgrade = None if args.upgrade is None else set(args.upgrade)
+    unknown = sorted((upgrade or set()) - {i.name for i in config.images})
+    if unknown:
+        raise ConfigError(
+            config.path,
+            None,
+            f"--upgrade names no image: {', '.join(unknown)}",
+            hint="pass repository names as they appear in the registry (the images' 'name')",
+        )
+    from ..registry import RegistryClient  # imported late: httpx is slow to import
+
+    with RegistryClient(settings=config.registry_settings, console=console) as client:
+        result = resolve(config, old, client, upgrade=upgrade, jobs=args.jobs, console=console)
+        requests = client.request_count
+
+    for change in result.changes:
+        console.info(_describe(change))
+    would = (
+        bool(result.changes)
+        or (old is None)
+        or dumps(result.lock) != (lock_path.read_text() if lock_path.exists() else "")
+    )
+    written = False if args.dry_run else write_lock(lock_path, result.lock)
+    counts = {
+        k: sum(1 for c in result.changes if c.kind == k)
+        for k in ("added", "moved", "removed", "reselected")
+    }
+    summary = (
+        f"{len(result.lock.tags)} tags locked: {counts['added']} added, {counts['moved']} moved, "
+        f"{counts['removed']} removed, {result.unchanged} unchanged "
+        f"({requests} requests, {console.elapsed():.1f} s)"
+    )
+    verb = "would write" if args.dry_run and would else ("wrote" if written else "unchanged:")
+    console.result(f"{verb} {lock_path}" if verb != "unchanged:" else f"{lock_path} unchanged")
+    console.info(summary)
+    console.emit_json(
+        {
+            "lock": str(lock_path),
+            "written": written,
+            "dry_run": bool(args.dry_run),
+            "tags": len(result.lock.tags),
+            "requests": requests,
+            "changes": [c.__dict__ for c in result.changes],
+            **counts,
+            "unchanged": result.unchanged,
+        }
+    )
+    if args.dry_run and would:
+        return ExitCode.PENDING
+    return ExitCode.OK
