@@ -1,0 +1,122 @@
+"""`registrish sync`: make the static tree serve exactly what the lock says."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..apply import DEFAULT_JOBS, LazyUpstream, Upstream, sync_tree, write_hosts
+from ..config import Config, load_config
+from ..console import Console
+from ..errors import ExitCode, StaleLockError
+from ..layout import Layout
+from ..lockfile import Lock, read_lock
+from ..progress import make_progress
+from ..treelock import tree_lock
+
+NAME = "sync"
+HELP = "reconcile the static tree with registrish.lock"
+DESCRIPTION = """\
+Make the tree under [registry].root serve exactly the locked images, downloading only
+what is missing (in parallel, verified, resumable). A second sync with nothing to do
+makes no upstream request. --dry-run prints the plan and exits 1 when changes are
+pending, 0 when the tree is up to date.
+
+An index is stored byte-for-byte with only the locked platform manifests beside it: a
+client asking for another platform gets 404. Non-distributable layers (with `urls`) are
+not fetched; clients fetch them from their urls (-v names them).
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    parser.add_argument(
+        "--prune", action="store_true", help="then remove what the lock no longer reaches (gc)"
+    )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help=f"parallel downloads per upstream registry (default {DEFAULT_JOBS})",
+    )
+    parser.add_argument(
+        "--verify", action="store_true", help="re-hash every file on disk and repair"
+    )
+    parser.add_argument(
+        "--frozen", action="store_true", help="use the lock even if the config changed"
+    )
+    parser.add_argument(
+        "--no-wait", action="store_true", help="fail (exit 5) if another process holds the tree"
+    )
+
+
+def load_locked(config_path: Path, *, frozen: bool) -> tuple[Config, Lock]:
+    """The config and its lock; a lock made from another config is refused unless frozen."""
+    config = load_config(config_path)
+    lock = read_lock(config.lock_path)
+    if not frozen and lock.config_hash != config.input_hash():
+        raise StaleLockError(
+            f"{config.lock_path}: the lock is stale for {config.path} (the config changed)",
+            hint="run `registrish lock` to update it, or pass --frozen to use it as is",
+        )
+    return config, lock
+
+
+def _client_factory(config: Config, console: Console, jobs: int) -> Upstream:
+    from ..registry import RegistryClient  # imported late: a no-op sync never needs it
+
+    client: Upstream = RegistryClient(
+        settings=config.registry_settings, console=console, max_connections_per_registry=jobs
+    )
+    return client
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    if args.jobs < 1:
+        console.error(f"--jobs must be at least 1, not {args.jobs}")
+        return int(ExitCode.USAGE)
+    config, lock = load_locked(args.config, frozen=args.frozen)
+    layout = Layout(config.root)
+    upstream = LazyUpstream(lambda: _client_factory(config, console, args.jobs))
+    try:
+        with tree_lock(layout, console, wait=not args.no_wait):
+            result = sync_tree(
+                lock=lock,
+                layout=layout,
+                upstream=upstream,
+                console=console,
+                progress=make_progress(console),
+                jobs=args.jobs,
+                verify=args.verify,
+                dry_run=args.dry_run,
+                prune=args.prune,
+            )
+            hosts = [] if args.dry_run else write_hosts(config, layout, lock, console)
+    finally:
+        upstream.close()
+    plan, stats = result.plan, result.stats
+    pending = plan.pending or (result.gc is not None and result.gc.pending)
+    document = {
+        "dry_run": args.dry_run,
+        "plan": plan.to_json(),
+        "gc": result.gc.to_json() if result.gc is not None else None,
+        "summary": stats.to_json(),
+        "host_configs": [str(p) for p in hosts],
+    }
+    if args.dry_run:
+        for line in plan.describe():
+            console.result(line)
+        if result.gc is not None and result.gc.pending:
+            for line in result.gc.describe(dry_run=True):
+                console.result(line)
+        if not pending:
+            console.result("The tree is up to date.")
+        console.emit_json(document)
+        return int(ExitCode.PENDING if pending else ExitCode.OK)
+    if result.gc is not None and result.gc.pending:
+        console.info(result.gc.describe(dry_run=False)[-1])
+    console.info(("synced: " if plan.pending else "up to date: ") + stats.summary())
+    console.emit_json(document)
+    return int(ExitCode.OK)
