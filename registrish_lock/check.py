@@ -1,0 +1,331 @@
+"""`registrish check`: prove that a deployment (or the tree on disk) serves every
+locked object the way the route table says.
+
+`check_url` walks the lock over HTTP: the `/v2/` ping, every tag and manifest digest
+(top level and platform children, `HEAD` and `GET`), every referrers document, every
+blob (`HEAD`; `GET` and re-hash with `deep`), and two objects that must be 404.
+`check_local` verifies the tree on disk. Both return a `Report`; nothing is printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from . import mediatypes
+from .errors import IntegrityError
+from .layout import Layout
+from .lockfile import Lock
+from .manifest import Manifest, parse_manifest
+from .routes import EMPTY_REFERRERS_REL, BlobObject, read_objects
+
+NOT_CONFIGURED = "the host is not applying registrish's config"
+S3_403 = (
+    "403 where 404 is expected: an S3 bucket answers 403 for missing keys unless anonymous "
+    "readers may s3:ListBucket; allow it (or put a CDN that maps 403 to 404 in front)"
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    problem: str
+
+
+@dataclass
+class Report:
+    target: str
+    checked: int = 0
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def fail(self, path: str, problem: str) -> None:
+        self.failures.append(Failure(path, problem))
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "target": self.target,
+            "checked": self.checked,
+            "ok": self.ok,
+            "failures": [{"path": f.path, "problem": f.problem} for f in self.failures],
+        }
+
+
+def _random_digest() -> str:
+    return "sha256:" + secrets.token_hex(32)
+
+
+class _HttpChecker:
+    def __init__(self, client: httpx.Client, report: Report, deep: bool) -> None:
+        self.client = client
+        self.report = report
+        self.deep = deep
+
+    def request(self, method: str, path: str, **kwargs: object) -> httpx.Response | None:
+        try:
+            return self.client.request(method, "/" + path, **kwargs)  # type: ignore[arg-type]
+        except httpx.HTTPError as exc:
+            self.report.fail(path, f"{method} failed: {type(exc).__name__}: {exc}")
+            return None
+
+    def status(self, resp: httpx.Response, path: str, what: str) -> bool:
+        if resp.status_code == 200:
+            return True
+        problem = f"{what} answered {resp.status_code}, expected 200"
+        if resp.status_code == 403:
+            problem += " (a 403 usually means the object is missing on an S3-like host)"
+        self.report.fail(path, problem)
+        return False
+
+    def ping(self) -> None:
+        self.report.checked += 1
+        resp = self.request("GET", "v2/")
+        if resp is None:
+            return
+        if resp.status_code == 403:
+            self.report.fail(
+                "v2/",
+                "the /v2/ ping answered 403: skopeo and podman refuse a registry whose ping is "
+                "403; upload the v2/ key (registrish publish does) and let readers ListBucket",
+            )
+        elif resp.status_code not in (200, 401):
+            self.report.fail("v2/", f"the /v2/ ping answered {resp.status_code}, expected 200")
+
+    def manifest(self, path: str, digest: str, media_type: str, size: int) -> bytes | None:
+        """HEAD then GET one manifest path; returns the verified body."""
+        self.report.checked += 1
+        headers = {"Accept": mediatypes.ACCEPT}
+        body = None
+        for method in ("HEAD", "GET"):
+            resp = self.request(method, path, headers=headers)
+            if resp is None or not self.status(resp, path, f"manifest {method}"):
+                return None
+            got = mediatypes.strip_parameters(resp.headers.get("Content-Type", ""))
+            if resp.headers.get("Content-Type", "") != media_type:
+                shown = resp.headers.get("Content-Type") or "no Content-Type"
+                extra = f": {NOT_CONFIGURED}" if got != media_type else " (exactly, no parameters)"
+                self.report.fail(
+                    path, f"manifest {path} served as {shown}, expected {media_type}{extra}"
+                )
+                return None
+            self.digest_header(resp, path, digest, method)
+            self.length(resp, path, size, method)
+            if method == "GET":
+                body = resp.content
+        assert body is not None
+        if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            self.report.fail(path, f"manifest bytes do not hash to {digest}")
+            return None
+        return body
+
+    def digest_header(self, resp: httpx.Response, path: str, digest: str, method: str) -> None:
+        sent = resp.headers.get("Docker-Content-Digest")
+        if sent is not None and sent != digest:
+            self.report.fail(path, f"{method}: Docker-Content-Digest is {sent}, expected {digest}")
+
+    def length(self, resp: httpx.Response, path: str, size: int, method: str) -> None:
+        sent = resp.headers.get("Content-Length")
+        if sent is not None and sent != str(size):
+            self.report.fail(path, f"{method}: Content-Length is {sent}, expected {size}")
+        if resp.headers.get("Content-Encoding", "identity") != "identity":
+            self.report.fail(
+                path,
+                f"{method}: Content-Encoding {resp.headers['Content-Encoding']}: the host "
+                "compresses registry objects, which breaks digests; turn compression off",
+            )
+
+    def referrers(self, path: str) -> None:
+        self.report.checked += 1
+        resp = self.request("GET", path)
+        if resp is None or not self.status(resp, path, "referrers"):
+            return
+        got = resp.headers.get("Content-Type", "")
+        if got != mediatypes.OCI_INDEX:
+            self.report.fail(
+                path,
+                f"referrers {path} served as {got or 'no Content-Type'}, expected "
+                f"{mediatypes.OCI_INDEX} exactly: {NOT_CONFIGURED}",
+            )
+            return
+        try:
+            doc = json.loads(resp.content)
+            ok = isinstance(doc, dict) and isinstance(doc.get("manifests"), list)
+        except ValueError:
+            ok = False
+        if not ok:
+            self.report.fail(path, "referrers document is not an OCI index")
+
+    def blob(self, blob: BlobObject) -> None:
+        path = Layout.rel_blob(blob.name, blob.digest)
+        self.report.checked += 1
+        resp = self.request("HEAD", path)
+        if resp is None or not self.status(resp, path, "blob HEAD"):
+            return
+        self.digest_header(resp, path, blob.digest, "HEAD")
+        self.length(resp, path, blob.size, "HEAD")
+        if not self.deep:
+            return
+        hasher, total = hashlib.sha256(), 0
+        try:
+            with self.client.stream("GET", "/" + path) as stream:
+                if not self.status(stream, path, "blob GET"):
+                    return
+                for chunk in stream.iter_raw():
+                    hasher.update(chunk)
+                    total += len(chunk)
+        except httpx.HTTPError as exc:
+            self.report.fail(path, f"GET failed: {type(exc).__name__}: {exc}")
+            return
+        if total != blob.size or "sha256:" + hasher.hexdigest() != blob.digest:
+            self.report.fail(path, f"downloaded {total} bytes that do not hash to {blob.digest}")
+
+    def missing(self, path: str, what: str) -> None:
+        self.report.checked += 1
+        resp = self.request("GET", path, headers={"Accept": mediatypes.ACCEPT})
+        if resp is None:
+            return
+        if resp.status_code == 403:
+            self.report.fail(path, f"a missing {what} answered 403: {S3_403}")
+        elif resp.status_code != 404:
+            self.report.fail(path, f"a missing {what} answered {resp.status_code}, expected 404")
+
+
+def check_url(
+    base_url: str,
+    lock: Lock,
+    *,
+    deep: bool = False,
+    transport: httpx.BaseTransport | None = None,
+    timeout: float = 30.0,
+) -> Report:
+    """Check a deployment at `base_url` (the host root, where `/v2/` lives)."""
+    report = Report(target=base_url)
+    with httpx.Client(
+        base_url=base_url.rstrip("/"),
+        transport=transport,
+        timeout=timeout,
+        follow_redirects=True,  # blobs are often redirected to a CDN or bucket
+        headers={"User-Agent": "registrish-check"},
+    ) as client:
+        c = _HttpChecker(client, report, deep)
+        c.ping()
+        bodies: list[tuple[str, bytes]] = []
+        subjects: set[tuple[str, str]] = set()
+        for t in lock.tags:
+            c.manifest(Layout.rel_manifest(t.name, t.tag), t.digest, t.media_type, t.size)
+            wanted = [(t.digest, t.media_type, t.size)]
+            wanted += [(p.digest, p.media_type, p.size) for p in t.platforms]
+            for digest, media_type, size in wanted:
+                if (t.name, digest) in subjects:
+                    continue
+                subjects.add((t.name, digest))
+                body = c.manifest(Layout.rel_manifest(t.name, digest), digest, media_type, size)
+                if body is not None and not mediatypes.is_index(media_type):
+                    bodies.append((t.name, body))
+        for name, digest in sorted(subjects):
+            c.referrers(Layout.rel_referrers(name, digest))
+        blobs: set[BlobObject] = set()
+        for name, body in bodies:
+            parsed: Manifest = parse_manifest(body)
+            blobs.update(BlobObject(name, d.digest, d.size) for d in parsed.blobs)
+        for blob in sorted(blobs):
+            c.blob(blob)
+        names = lock.names()
+        if names:
+            c.missing(Layout.rel_manifest(names[0], _random_digest()), "manifest")
+            c.missing(Layout.rel_blob(names[0], _random_digest()), "blob")
+    return report
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _files(lock: Lock) -> Iterator[tuple[str, str, str]]:
+    """(relative path, expected digest, media type) of every locked manifest path."""
+    for t in lock.tags:
+        yield Layout.rel_manifest(t.name, t.tag), t.digest, t.media_type
+        yield Layout.rel_manifest(t.name, t.digest), t.digest, t.media_type
+        for p in t.platforms:
+            yield Layout.rel_manifest(t.name, p.digest), p.digest, p.media_type
+
+
+def check_local(layout: Layout, lock: Lock) -> Report:
+    """Verify the tree on disk: every manifest file hashes to its digest and its typed
+    twin is a hardlink of it, every blob is present and hashes to its name, every tag
+    is listed, every manifest has a referrers document."""
+    report = Report(target=str(layout.root))
+    hashed: dict[tuple[int, int], str] = {}
+
+    def digest_of(path: Path) -> str | None:
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        key = (st.st_dev, st.st_ino)
+        if key not in hashed:
+            hashed[key] = _hash_file(path)
+        return hashed[key]
+
+    for rel in (Layout.rel_ping(), Layout.rel_catalog(), EMPTY_REFERRERS_REL):
+        report.checked += 1
+        if not layout.path(rel).is_file():
+            report.fail(rel, "missing (run `registrish sync`, then `registrish hosts`)")
+    for rel, digest, media_type in sorted(set(_files(lock))):
+        report.checked += 1
+        path = layout.path(rel)
+        got = digest_of(path)
+        if got is None:
+            report.fail(rel, "missing manifest file (run `registrish sync`)")
+            continue
+        if got != digest:
+            report.fail(rel, f"hashes to {got}, expected {digest}")
+        twin = path.with_name(f"{path.name}.~{mediatypes.KIND_OF[media_type]}")
+        if not twin.exists():
+            report.fail(rel, f"typed twin {twin.name} is missing: hosts cannot type it")
+        elif not os.path.samefile(path, twin):
+            report.fail(rel, f"typed twin {twin.name} is not a hardlink of the manifest")
+    try:
+        objects = read_objects(layout, lock)
+    except IntegrityError as exc:
+        report.fail("(manifests)", str(exc))
+        return report
+    for blob in objects.blobs:
+        rel = Layout.rel_blob(blob.name, blob.digest)
+        report.checked += 1
+        got = digest_of(layout.path(rel))
+        if got is None:
+            report.fail(rel, "missing blob (run `registrish sync`)")
+        elif got != blob.digest:
+            report.fail(rel, f"hashes to {got}: the file is corrupt (run `registrish sync`)")
+    for name, digest in objects.referrers:
+        rel = Layout.rel_referrers(name, digest)
+        report.checked += 1
+        if not layout.path(rel).is_file():
+            report.fail(rel, "missing referrers document (run `registrish sync`)")
+    for name in objects.names:
+        rel = Layout.rel_tags_list(name)
+        report.checked += 1
+        try:
+            listed = set(json.loads(layout.path(rel).read_bytes()).get("tags") or [])
+        except (OSError, ValueError, AttributeError):
+            report.fail(rel, "missing or not a JSON tag list (run `registrish sync`)")
+            continue
+        for t in lock.tags:
+            if t.name == name and t.tag not in listed:
+                report.fail(rel, f"tag {t.tag} is locked but not listed")
+    return report

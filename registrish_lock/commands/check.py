@@ -1,0 +1,55 @@
+"""`registrish check`: prove a deployment serves every locked object right."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..check import Report, check_local, check_url
+from ..config import load_config
+from ..console import Console
+from ..errors import ExitCode
+from ..layout import Layout
+from ..lockfile import read_lock
+
+NAME = "check"
+HELP = "verify a deployment (URL) or the local tree serves every locked object right"
+DESCRIPTION = """\
+Walk every locked tag, manifest, referrers document and blob and verify what the host
+answers: status (404 is 404, never 403), exact Content-Type, Docker-Content-Digest,
+Content-Length, no compression, and the /v2/ ping. Exit 1 on any failure.
+
+  registrish check https://registry.example.com     after every deployment
+  registrish check http://127.0.0.1:5555 --deep     also download and re-hash blobs
+  registrish check --local                          verify the tree on disk
+Without URL, --local is implied.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", nargs="?", help="the deployment's root URL (where /v2/ lives)")
+    parser.add_argument("--deep", action="store_true", help="download every blob and re-hash it")
+    parser.add_argument("--local", action="store_true", help="verify the tree on disk")
+
+
+def _print(report: Report, console: Console) -> None:
+    if report.failures:
+        width = min(70, max(len(f.path) for f in report.failures))
+        console.result(f"{'PATH':<{width}}  PROBLEM")
+        for f in report.failures:
+            console.result(f"{f.path:<{width}}  {f.problem}")
+    verdict = "ok" if report.ok else f"{len(report.failures)} failure(s)"
+    console.result(f"{report.target}: checked {report.checked} objects: {verdict}")
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    config = load_config(args.config)
+    lock = read_lock(config.lock_path)
+    reports = []
+    if args.local or not args.url:
+        reports.append(check_local(Layout(config.root), lock))
+    if args.url:
+        reports.append(check_url(args.url, lock, deep=args.deep))
+    for report in reports:
+        _print(report, console)
+    console.emit_json({"ok": all(r.ok for r in reports), "reports": [r.to_json() for r in reports]})
+    return int(ExitCode.OK if all(r.ok for r in reports) else ExitCode.PENDING)

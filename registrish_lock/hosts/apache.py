@@ -1,0 +1,117 @@
+"""Apache 2.4: a `.htaccess` in the tree root (all the rules, so shared hosting works
+with it alone) and a vhost snippet that serves the tree and allows the override.
+
+Manifests are rewritten to their typed twin (`[END]`, so a twin asked for by name
+still hits the hidden-file rule) and `ForceType` by suffix sets the exact type. Needs
+mod_rewrite, mod_headers, mod_setenvif, mod_mime and mod_dir.
+"""
+
+from __future__ import annotations
+
+from .. import mediatypes
+from ..routes import EMPTY_REFERRERS_REL, IMMUTABLE, JSON, OCTET_STREAM, ErrorCode, short_cache
+from .base import GENERATED, HostContext, Output, Rendered, error_text, twin_kinds
+
+HTACCESS = ".htaccess"
+VHOST = "registrish-apache.conf"
+
+
+def _error_document(code: ErrorCode) -> str:
+    return 'ErrorDocument 404 "' + error_text(code).replace('"', '\\"') + '"'
+
+
+def htaccess(short: str) -> str:
+    twins = "".join(
+        f"RewriteCond %{{REQUEST_FILENAME}}.~{kind} -f\n"
+        f"RewriteRule ^v2/.+/manifests/[^/]+$ $0.~{kind} [END]\n"
+        for kind in mediatypes.KINDS
+    )
+    types = "".join(
+        f'<FilesMatch "\\.~{kind}$">\n    ForceType {mt}\n</FilesMatch>\n'
+        for kind, mt in twin_kinds()
+    )
+    return f"""\
+# {GENERATED}
+# Static registry rules for Apache 2.4 (mod_rewrite, mod_headers, mod_setenvif, mod_mime,
+# mod_dir). The registry must be the site's root: clients only ever ask for /v2/...
+Options -Indexes -MultiViews +FollowSymLinks
+DirectoryIndex index
+DirectorySlash Off
+
+# Compression would change the bytes clients verify against digests.
+SetEnvIf Request_URI ^ no-gzip=1 no-brotli=1
+SetEnvIf Request_URI "^/v2/.+/(?:manifests|blobs)/(sha256:[a-f0-9]{{64}})" REGISTRISH_DIGEST=$1
+
+RewriteEngine On
+RewriteBase /
+# Never served by name: the state directory, dotfiles and the typed twins.
+RewriteRule (^|/)\\.|\\.~ - [R=404,L]
+RewriteRule !^v2(/|$) - [R=404,L]
+RewriteRule ^v2/_referrers-empty$ - [R=404,L]
+# The API ping: GET /v2/ -> 200 {{}}.
+RewriteRule ^v2/?$ v2/index [END]
+# Manifests: serve the typed twin, whose suffix gives the exact media type.
+{twins}RewriteRule ^v2/.+/manifests/ - [R=404,L]
+# Referrers: the stored index, or the empty one for any other digest.
+RewriteCond %{{REQUEST_FILENAME}} !-f
+RewriteRule ^v2/.+/referrers/sha256:[a-f0-9]{{64}}$ {EMPTY_REFERRERS_REL} [END]
+
+{types}<FilesMatch "^sha256:[a-f0-9]{{64}}$">
+    ForceType {OCTET_STREAM}
+</FilesMatch>
+<FilesMatch "^(index|_catalog|list)$">
+    ForceType {JSON}
+</FilesMatch>
+<If "%{{REQUEST_URI}} =~ m#/referrers/# || %{{REQUEST_URI}} == '/{EMPTY_REFERRERS_REL}'">
+    ForceType {mediatypes.OCI_INDEX}
+</If>
+
+Header always set Docker-Distribution-API-Version registry/2.0
+Header always set Content-Type {JSON} "expr=%{{REQUEST_STATUS}} -in {{'404', '405'}}"
+Header set Docker-Content-Digest %{{REGISTRISH_DIGEST}}e env=REGISTRISH_DIGEST
+<If "%{{REQUEST_URI}} =~ m#^/v2/.+/(manifests|blobs)/sha256:[a-f0-9]{{64}}#">
+    Header set Cache-Control "{IMMUTABLE}"
+</If>
+<Else>
+    Header set Cache-Control "{short}"
+</Else>
+
+<If "%{{REQUEST_URI}} =~ m#/manifests/#">
+    {_error_document(ErrorCode.MANIFEST_UNKNOWN)}
+</If>
+<ElseIf "%{{REQUEST_URI}} =~ m#/blobs/#">
+    {_error_document(ErrorCode.BLOB_UNKNOWN)}
+</ElseIf>
+<Else>
+    {_error_document(ErrorCode.NAME_UNKNOWN)}
+</Else>
+"""
+
+
+class ApacheRenderer:
+    name = "apache"
+    needs_entries = False
+
+    def render(self, ctx: HostContext) -> Rendered:
+        short = short_cache(ctx.policy.tag_cache_seconds)
+        vhost = f"""\
+# {GENERATED}
+# The static registry at {ctx.root}, on http://{ctx.listen}/.
+# Include it from apache2.conf (and drop the Listen line if ports.conf has it already);
+# the rules live in {ctx.root / HTACCESS}.
+Listen {ctx.listen}
+<VirtualHost {ctx.listen}>
+    DocumentRoot "{ctx.root}"
+    <Directory "{ctx.root}">
+        Require all granted
+        AllowOverride All
+        Options -Indexes +FollowSymLinks
+    </Directory>
+</VirtualHost>
+"""
+        return Rendered(
+            (
+                Output(ctx.hosts_dir / VHOST, vhost.encode()),
+                Output(ctx.root / HTACCESS, htaccess(short).encode()),
+            )
+        )

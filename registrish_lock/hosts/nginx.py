@@ -1,0 +1,135 @@
+"""nginx: one `server` block (`registrish.conf`) to `include` inside `http {}`.
+
+Its size does not depend on the tree: manifests are found through their typed twins
+(`try_files $uri.~oci-index …`) and the suffix picks the Content-Type from a `types`
+block, so no rule names a manifest.
+"""
+
+from __future__ import annotations
+
+from .. import mediatypes
+from ..routes import EMPTY_REFERRERS_REL, IMMUTABLE, JSON, OCTET_STREAM, ErrorCode, short_cache
+from .base import GENERATED, HostContext, Output, Rendered, error_text, twin_kinds
+
+FILENAME = "registrish.conf"
+API = "add_header Docker-Distribution-API-Version registry/2.0 always;"
+
+
+def _not_found(code: ErrorCode) -> str:
+    return f"default_type {JSON};\n        {API}\n        return 404 '{error_text(code)}';"
+
+
+class NginxRenderer:
+    name = "nginx"
+    needs_entries = False
+
+    def render(self, ctx: HostContext) -> Rendered:
+        short = short_cache(ctx.policy.tag_cache_seconds)
+        types = "\n".join(f"            {mt} ~{kind};" for kind, mt in twin_kinds())
+        tries = " ".join(f"$uri.~{kind}" for kind in mediatypes.KINDS)
+        text = f"""\
+# {GENERATED}
+# The static registry at {ctx.root}, on http://{ctx.listen}/.
+# Use: `include {ctx.hosts_dir / FILENAME};` inside nginx's http {{}} block.
+server {{
+    listen {ctx.listen};
+    server_name _;
+    root "{ctx.root}";
+
+    # Compression would change the bytes clients verify against digests.
+    gzip off;
+    sendfile on;
+    tcp_nopush on;
+    autoindex off;
+    absolute_redirect off;
+    charset off;
+    types {{ }}
+    default_type {OCTET_STREAM};
+    error_page 404 @registrish_name_unknown;
+
+    # Never served by name: the state directory, dotfiles and the typed twins.
+    location ~ "/\\.|\\.~" {{
+        {_not_found(ErrorCode.NAME_UNKNOWN)}
+    }}
+
+    # The API ping: GET /v2/ -> 200 {{}}.
+    location = /v2/ {{
+        default_type {JSON};
+        {API}
+        try_files /v2/index =404;
+    }}
+    location = /v2 {{
+        default_type {JSON};
+        {API}
+        try_files /v2/index =404;
+    }}
+
+    location = /v2/_catalog {{
+        default_type {JSON};
+        add_header Cache-Control "{short}";
+        {API}
+        try_files $uri @registrish_name_unknown;
+    }}
+    location ~ "^/v2/.+/tags/list$" {{
+        default_type {JSON};
+        add_header Cache-Control "{short}";
+        {API}
+        try_files $uri @registrish_name_unknown;
+    }}
+
+    # Manifests: the typed twin's suffix gives the exact media type.
+    location ~ "^/v2/.+/manifests/(?<registrish_digest>sha256:[a-f0-9]{{64}})$" {{
+        types {{
+{types}
+        }}
+        add_header Docker-Content-Digest $registrish_digest;
+        add_header Cache-Control "{IMMUTABLE}";
+        {API}
+        try_files {tries} @registrish_manifest_unknown;
+    }}
+    location ~ "^/v2/.+/manifests/[A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}$" {{
+        types {{
+{types}
+        }}
+        add_header Cache-Control "{short}";
+        {API}
+        try_files {tries} @registrish_manifest_unknown;
+    }}
+
+    location ~ "^/v2/.+/blobs/(?<registrish_blob>sha256:[a-f0-9]{{64}})$" {{
+        default_type {OCTET_STREAM};
+        add_header Docker-Content-Digest $registrish_blob;
+        add_header Cache-Control "{IMMUTABLE}";
+        {API}
+        try_files $uri @registrish_blob_unknown;
+    }}
+
+    # Referrers: the stored index, or the empty one for any other digest.
+    location ~ "^/v2/.+/referrers/sha256:[a-f0-9]{{64}}$" {{
+        default_type {mediatypes.OCI_INDEX};
+        add_header Cache-Control "{short}";
+        {API}
+        try_files $uri /{EMPTY_REFERRERS_REL};
+    }}
+    location = /{EMPTY_REFERRERS_REL} {{
+        internal;
+        default_type {mediatypes.OCI_INDEX};
+        add_header Cache-Control "{short}";
+        {API}
+    }}
+
+    location @registrish_manifest_unknown {{
+        {_not_found(ErrorCode.MANIFEST_UNKNOWN)}
+    }}
+    location @registrish_blob_unknown {{
+        {_not_found(ErrorCode.BLOB_UNKNOWN)}
+    }}
+    location @registrish_name_unknown {{
+        {_not_found(ErrorCode.NAME_UNKNOWN)}
+    }}
+    location / {{
+        {_not_found(ErrorCode.NAME_UNKNOWN)}
+    }}
+}}
+"""
+        return Rendered((Output(ctx.hosts_dir / FILENAME, text.encode()),))

@@ -1,0 +1,342 @@
+"""`registrish serve`: the embedded HTTP server for a tree, with exactly the route
+table's semantics (`routes`), plus what only a dynamic server can do: paginated
+`tags/list?n=&last=` and filtered `referrers/<digest>?artifactType=`.
+
+`TreeResolver.answer` is the whole behaviour (path → `Answer`), independent of the
+socket; `RegistryHandler` only parses the request, sends the answer and logs one line.
+Blobs go out with `socket.sendfile` (zero-copy `os.sendfile` on Linux).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import threading
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any, BinaryIO
+
+from . import mediatypes
+from .errors import LocalError
+from .layout import Layout
+from .reference import is_tag
+from .routes import (
+    EMPTY_REFERRERS,
+    PING_BODY,
+    ErrorCode,
+    Kind,
+    Miss,
+    Policy,
+    Target,
+    classify,
+    error_body,
+    error_headers,
+    headers_for,
+)
+
+Headers = tuple[tuple[str, str], ...]
+ALLOWED_METHODS = ("GET", "HEAD")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What to send: status, headers, and either `body` or `size` bytes of `file`
+    from `offset`. `Content-Length` is added by the sender."""
+
+    status: int
+    headers: Headers
+    body: bytes = b""
+    file: Path | None = None
+    offset: int = 0
+    size: int = 0
+
+    @property
+    def length(self) -> int:
+        return self.size if self.file is not None else len(self.body)
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
+    """One `bytes=` range → (start, end inclusive); None to ignore the header (send
+    everything, as RFC 9110 allows for multiple or malformed ranges); False when the
+    range cannot be satisfied (416)."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if first == "":
+            suffix = int(last)
+            if suffix <= 0:
+                return False
+            return (max(0, size - suffix), size - 1) if size else False
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start >= size:
+        return False
+    if end < start:
+        return None
+    return start, min(end, size - 1)
+
+
+@dataclass
+class TreeResolver:
+    """Answers requests from a tree on disk. Thread-safe; digests of tag files are
+    computed once per file version (sync replaces files, so the inode changes)."""
+
+    layout: Layout
+    policy: Policy = field(default_factory=Policy)
+    _digests: dict[tuple[int, int, int, int], str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self, method: str, raw_path: str, headers: Mapping[str, str]) -> Answer:
+        """`headers` has lower-case names."""
+        if method not in ALLOWED_METHODS:
+            return Answer(
+                405,
+                (*error_headers(), ("Allow", ", ".join(ALLOWED_METHODS))),
+                json.dumps(
+                    {"errors": [{"code": "UNSUPPORTED", "message": "this registry is read-only"}]},
+                    separators=(",", ":"),
+                ).encode(),
+            )
+        split = urllib.parse.urlsplit(raw_path)
+        path = urllib.parse.unquote(split.path)
+        query = urllib.parse.parse_qs(split.query)
+        target = classify(path)
+        if isinstance(target, Miss):
+            return self._error(target.status, target.code, path)
+        if target.kind is Kind.PING:
+            return Answer(200, headers_for(Kind.PING, policy=self.policy), PING_BODY)
+        if target.name and not self.layout.repo_dir(target.name).is_dir():
+            return self._error(404, ErrorCode.NAME_UNKNOWN, target.name)
+        if target.kind in (Kind.MANIFEST_TAG, Kind.MANIFEST_DIGEST):
+            return self._manifest(target)
+        if target.kind is Kind.BLOB:
+            return self._blob(target, headers.get("range"))
+        if target.kind is Kind.REFERRERS:
+            return self._referrers(target, query.get("artifactType", []))
+        if target.kind is Kind.TAGS_LIST:
+            return self._tags_list(target, query)
+        return self._json_file(target)
+
+    # --- kinds ---------------------------------------------------------------------------
+    def _error(self, status: int, code: ErrorCode, detail: str) -> Answer:
+        return Answer(status, error_headers(), error_body(code, detail))
+
+    def _manifest(self, target: Target) -> Answer:
+        exact = self.layout.path(target.rel)
+        for kind in mediatypes.KINDS:
+            media_type = mediatypes.TYPE_OF_KIND[kind]
+            twin = exact.with_name(f"{exact.name}.~{kind}")
+            try:
+                st = twin.stat()
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            digest = target.ref if target.kind is Kind.MANIFEST_DIGEST else self._digest(twin, st)
+            return Answer(
+                200,
+                headers_for(target.kind, policy=self.policy, media_type=media_type, digest=digest),
+                file=twin,
+                size=st.st_size,
+            )
+        return self._error(404, ErrorCode.MANIFEST_UNKNOWN, f"{target.name}:{target.ref}")
+
+    def _digest(self, path: Path, st: os.stat_result) -> str:
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            cached = self._digests.get(key)
+        if cached is None:
+            cached = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+            with self._lock:
+                self._digests[key] = cached
+        return cached
+
+    def _blob(self, target: Target, range_header: str | None) -> Answer:
+        path = self.layout.path(target.rel)
+        try:
+            size = path.stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return self._error(404, ErrorCode.BLOB_UNKNOWN, target.ref)
+        base = (
+            *headers_for(Kind.BLOB, policy=self.policy, digest=target.ref),
+            ("Accept-Ranges", "bytes"),
+        )
+        wanted = parse_range(range_header, size) if range_header else None
+        if wanted is False:
+            return Answer(416, (*base, ("Content-Range", f"bytes */{size}")))
+        if isinstance(wanted, tuple):
+            start, end = wanted
+            return Answer(
+                206,
+                (*base, ("Content-Range", f"bytes {start}-{end}/{size}")),
+                file=path,
+                offset=start,
+                size=end - start + 1,
+            )
+        return Answer(200, base, file=path, size=size)
+
+    def _referrers(self, target: Target, artifact_types: list[str]) -> Answer:
+        headers = headers_for(Kind.REFERRERS, policy=self.policy)
+        try:
+            data = self.layout.path(target.rel).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            data = EMPTY_REFERRERS
+        if not artifact_types:
+            return Answer(200, headers, data)
+        doc = json.loads(data)
+        wanted = set(artifact_types)
+        doc["manifests"] = [m for m in doc.get("manifests", []) if m.get("artifactType") in wanted]
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        return Answer(200, (*headers, ("OCI-Filters-Applied", "artifactType")), body)
+
+    def _json_file(self, target: Target) -> Answer:
+        path = self.layout.path(target.rel)
+        try:
+            size = path.stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return self._error(404, ErrorCode.NAME_UNKNOWN, target.name or target.rel)
+        return Answer(200, headers_for(target.kind, policy=self.policy), file=path, size=size)
+
+    def _tags_list(self, target: Target, query: Mapping[str, list[str]]) -> Answer:
+        if "n" not in query and "last" not in query:
+            return self._json_file(target)
+        try:
+            doc = json.loads(self.layout.path(target.rel).read_bytes())
+        except (FileNotFoundError, NotADirectoryError):
+            return self._error(404, ErrorCode.NAME_UNKNOWN, target.name)
+        tags = sorted(t for t in doc.get("tags") or [] if isinstance(t, str) and is_tag(t))
+        last = query.get("last", [""])[0]
+        if last:
+            tags = [t for t in tags if t > last]
+        headers = headers_for(Kind.TAGS_LIST, policy=self.policy)
+        n_text = query.get("n", [""])[0]
+        if n_text:
+            try:
+                n = int(n_text)
+            except ValueError:
+                return Answer(
+                    400,
+                    error_headers(),
+                    json.dumps(
+                        {"errors": [{"code": "PAGINATION_NUMBER_INVALID", "message": "invalid n"}]}
+                    ).encode(),
+                )
+            if 0 <= n < len(tags):
+                tags = tags[:n]
+                if tags:
+                    nxt = urllib.parse.urlencode({"n": n, "last": tags[-1]})
+                    link = f'</v2/{target.name}/tags/list?{nxt}>; rel="next"'
+                    headers = (*headers, ("Link", link))
+        body = json.dumps({"name": target.name, "tags": tags}, separators=(",", ":")).encode()
+        return Answer(200, headers, body)
+
+
+class RegistryHandler(BaseHTTPRequestHandler):
+    server: RegistryServer
+    protocol_version = "HTTP/1.1"
+    # Headers and a sendfile body are two writes: with Nagle on, delayed ACKs add ~40 ms
+    # to every keep-alive response (measured on one manifest: 367 → ~2,200 req/s).
+    disable_nagle_algorithm = True
+
+    def version_string(self) -> str:
+        return "registrish"
+
+    def _serve(self) -> None:
+        answer = self.server.resolver.answer(
+            self.command, self.path, {k.lower(): v for k, v in self.headers.items()}
+        )
+        self.send_response_only(answer.status)
+        self.send_header("Server", self.version_string())
+        self.send_header("Date", self.date_time_string())
+        self.log_request(answer.status, answer.length)
+        for key, value in answer.headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(answer.length))
+        self.end_headers()
+        if self.command == "HEAD" or answer.length == 0:
+            return
+        if answer.file is None:
+            self.wfile.write(answer.body)
+            return
+        with answer.file.open("rb") as handle:
+            self._send_file(handle, answer.offset, answer.size)
+
+    def _send_file(self, handle: BinaryIO, offset: int, count: int) -> None:
+        # socket.sendfile uses os.sendfile (zero-copy) and falls back to send().
+        self.connection.sendfile(handle, offset, count)
+
+    do_GET = do_HEAD = _serve
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = _serve
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if self.server.access_log is not None:
+            self.server.access_log(f'{self.client_address[0]} "{self.requestline}" {code} {size}')
+
+    def log_error(self, format: str, *args: Any) -> None:
+        if self.server.access_log is not None:
+            self.server.access_log(f"{self.client_address[0]} error: {format % args}")
+
+
+class RegistryServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # Many clients open several connections at once (docker pulls layers in parallel).
+    request_queue_size = 128
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        resolver: TreeResolver,
+        access_log: Callable[[str], None] | None,
+    ) -> None:
+        self.resolver = resolver
+        self.access_log = access_log
+        super().__init__(address, RegistryHandler)
+
+
+def make_server(
+    *,
+    root: Path,
+    host: str,
+    port: int,
+    policy: Policy,
+    access_log: Callable[[str], None] | None,
+) -> RegistryServer:
+    """Bind (port 0 picks a free one) without serving yet. Raises `LocalError`."""
+    if not (root / "v2").is_dir():
+        raise LocalError(
+            f"{root}: no registry tree here (no v2/ directory)",
+            hint="run `registrish sync` first, or pass --root DIR",
+        )
+    try:
+        return RegistryServer((host, port), TreeResolver(Layout(root), policy), access_log)
+    except OSError as exc:
+        raise LocalError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="pick another --port, or stop what is using it",
+        ) from None
+
+
+def serve_until_stopped(server: RegistryServer) -> None:
+    """Serve until Ctrl-C or SIGTERM, then close the socket cleanly."""
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()

@@ -1,0 +1,189 @@
+"""`registrish check`: the local tree, a good deployment (`serve`), a host without the
+config (`python3 -m http.server`), and the S3 403 trap (an httpx MockTransport)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_hosts_tree import BuiltTree, build_tree
+from testbed.images import SeededUpstream
+from testbed.procs import LOOPBACK, free_port
+from testbed.statichosts import start_python_http_server
+
+from registrish_lock.check import NOT_CONFIGURED, check_local, check_url
+from registrish_lock.layout import Layout
+from registrish_lock.lockfile import read_lock
+from registrish_lock.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL, Policy
+from registrish_lock.serve import TreeResolver, make_server
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> BuiltTree:
+    return build_tree(tmp_path / "tree")
+
+
+@pytest.fixture
+def serve_url(tree: BuiltTree) -> Iterator[str]:
+    server = make_server(
+        root=tree.layout.root, host=LOOPBACK, port=0, policy=Policy(), access_log=None
+    )
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_local_tree_passes(tree: BuiltTree) -> None:
+    report = check_local(tree.layout, tree.lock)
+    assert report.failures == []
+    assert report.checked > 20
+
+
+def test_local_finds_corruption_missing_twin_and_broken_hardlink(tree: BuiltTree) -> None:
+    name, digest, data = tree.blob
+    tree.layout.store_blob(digest).write_bytes(data[:-1] + b"X")  # same inode: repo path too
+    tag_digest, media_type = tree.refs["app-docker:v1"]
+    twin = tree.layout.path(Layout.rel_manifest_twin("app-docker", "v1", media_type))
+    twin.unlink()
+    multi_digest, multi_type = tree.refs["multi:v1"]
+    mtwin = tree.layout.path(Layout.rel_manifest_twin("multi", multi_digest, multi_type))
+    data_bytes = mtwin.read_bytes()
+    mtwin.unlink()
+    mtwin.write_bytes(data_bytes)  # a copy, not a hardlink
+    report = check_local(tree.layout, tree.lock)
+    problems = {f.path: f.problem for f in report.failures}
+    assert "hashes to" in problems[Layout.rel_blob(name, digest)]
+    assert "is missing" in problems[Layout.rel_manifest("app-docker", "v1")]
+    assert "not a hardlink" in problems[Layout.rel_manifest("multi", multi_digest)]
+    assert tag_digest  # the tag itself still hashes right
+    assert len(report.failures) == 3
+
+
+def test_check_url_passes_against_serve(tree: BuiltTree, serve_url: str) -> None:
+    report = check_url(serve_url, tree.lock, deep=True)
+    assert report.failures == []
+    assert report.checked >= len(tree.lock.tags) + 10
+
+
+def test_check_url_fails_on_a_host_without_the_config(tree: BuiltTree, tmp_path: Path) -> None:
+    port = free_port()
+    server = start_python_http_server(tree.layout.root, port=port, log_dir=tmp_path)
+    try:
+        report = check_url(f"http://{LOOPBACK}:{port}", tree.lock)
+    finally:
+        server.stop()
+    assert not report.ok
+    messages = [f.problem for f in report.failures]
+    expected = (
+        f"manifest v2/app-oci/manifests/v1 served as application/octet-stream, expected "
+        f"application/vnd.oci.image.manifest.v1+json: {NOT_CONFIGURED}"
+    )
+    assert expected in messages
+    referrers = [m for m in messages if m.startswith("referrers")]
+    assert referrers and all(NOT_CONFIGURED in m for m in referrers)
+
+
+def test_check_url_explains_the_s3_403_trap(tree: BuiltTree) -> None:
+    resolver = TreeResolver(tree.layout)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = resolver.answer(request.method, request.url.raw_path.decode(), {})
+        if answer.status == 404:  # an S3 bucket without ListBucket for anonymous readers
+            return httpx.Response(403, content=b"<Error>AccessDenied</Error>")
+        body = answer.body if answer.file is None else answer.file.read_bytes()
+        headers = dict(answer.headers)
+        headers["Content-Length"] = str(answer.length)
+        return httpx.Response(
+            answer.status, headers=headers, content=body if request.method == "GET" else b""
+        )
+
+    report = check_url("http://bucket.example", tree.lock, transport=httpx.MockTransport(handler))
+    problems = [f.problem for f in report.failures]
+    assert len(problems) == 2
+    assert all("ListBucket" in p for p in problems)
+
+
+def test_check_url_flags_wrong_digest_header_and_compression(tree: BuiltTree) -> None:
+    resolver = TreeResolver(tree.layout)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = resolver.answer(request.method, request.url.raw_path.decode(), {})
+        headers = dict(answer.headers)
+        if "/blobs/" in request.url.path:
+            headers["Content-Encoding"] = "gzip"
+        if headers.get("Docker-Content-Digest"):
+            headers["Docker-Content-Digest"] = "sha256:" + "0" * 64
+        body = answer.body if answer.file is None else answer.file.read_bytes()
+        return httpx.Response(answer.status, headers=headers, content=body)
+
+    report = check_url("http://h.example", tree.lock, transport=httpx.MockTransport(handler))
+    problems = " ".join(f.problem for f in report.failures)
+    assert "Docker-Content-Digest is sha256:000" in problems
+    assert "Content-Encoding gzip" in problems
+
+
+def test_check_command_local_and_json(
+    tree: BuiltTree, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from registrish_lock.cli import main
+    from registrish_lock.lockfile import write_lock
+
+    config = tmp_path / "registrish.toml"
+    config.write_text('[registry]\nroot = "tree"\n')
+    write_lock(config.with_suffix(".lock"), tree.lock)
+    assert main(["check", "-c", str(config), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"ok": true' in out
+    os.unlink(tree.layout.path(Layout.rel_manifest("app-oci", "v1")))
+    assert main(["check", "-c", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "v2/app-oci/manifests/v1" in out and "missing manifest file" in out
+
+
+@pytest.mark.slow
+def test_real_lock_and_sync_then_check_local_and_serve(
+    seeded_upstream: SeededUpstream, tmp_path: Path
+) -> None:
+    """The tree `registrish sync` writes (with its host configs) passes `check --local`
+    and `check URL` against `registrish serve`."""
+    from registrish_lock.cli import main
+
+    host = seeded_upstream.host
+    config = tmp_path / "registrish.toml"
+    images = "".join(
+        f'[[image]]\nsource = "{host}/{name}"\ntags = ["v1"]\n'
+        for name in ("app-oci", "app-docker", "multi", "multi-docker")
+    )
+    config.write_text(
+        f'[registry]\nroot = "public"\nhosts = ["nginx", "caddy", "apache", "netlify", "s3"]\n'
+        f'[registries."{host}"]\ninsecure = true\n{images}'
+    )
+    assert main(["lock", "-c", str(config), "-q"]) == 0
+    assert main(["sync", "-c", str(config), "-q"]) == 0
+    layout = Layout(tmp_path / "public")
+    assert layout.path(EMPTY_REFERRERS_REL).read_bytes() == EMPTY_REFERRERS
+    assert (tmp_path / "hosts" / "registrish.conf").is_file()
+    assert (layout.root / "_headers").is_file()
+    lock = read_lock(config.with_suffix(".lock"))
+    local = check_local(layout, lock)
+    assert local.failures == []
+    server = make_server(root=layout.root, host=LOOPBACK, port=0, policy=Policy(), access_log=None)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        report = check_url(f"http://{LOOPBACK}:{server.server_address[1]}", lock, deep=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert report.failures == []
+    assert main(["hosts", "-c", str(config), "-q"]) == 0  # nothing changed: nothing rewritten

@@ -1,0 +1,192 @@
+"""Host renderers: deterministic, not rewritten when unchanged, nginx size independent of
+the tree, `_headers` parsed back and compared with the route table, host limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from test_hosts_tree import BuiltTree, build_tree
+
+from registrish_lock import mediatypes
+from registrish_lock.config import parse_config
+from registrish_lock.console import Console
+from registrish_lock.hosts import RENDERERS, HostLimitError, make_context, write_host_configs
+from registrish_lock.hosts.netlify import CLOUDFLARE_MAX_RULES, parse_headers
+from registrish_lock.layout import Layout
+from registrish_lock.lockfile import make_lock
+from registrish_lock.routes import (
+    EMPTY_REFERRERS,
+    EMPTY_REFERRERS_REL,
+    Entry,
+    Kind,
+    Policy,
+    entries,
+    headers_for,
+    read_objects,
+)
+
+ALL = ("nginx", "caddy", "apache", "netlify", "s3", "plain")
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> BuiltTree:
+    return build_tree(tmp_path / "public")
+
+
+def test_write_host_configs_is_idempotent(tmp_path: Path, tree: BuiltTree) -> None:
+    config = parse_config(
+        {"registry": {"root": "public", "hosts": list(ALL), "listen": "127.0.0.1:8088"}},
+        tmp_path / "registrish.toml",
+    )
+    console = Console(verbosity=-1)
+    first = write_host_configs(config, tree.layout, tree.lock, console)
+    names = {p.name for p in first}
+    assert {"registrish.conf", "Caddyfile", "registrish-apache.conf", ".htaccess"} <= names
+    assert {"_headers", "_redirects", "s3-metadata.json", ".nojekyll"} <= names
+    assert tree.layout.path(EMPTY_REFERRERS_REL).read_bytes() == EMPTY_REFERRERS
+    mtimes = {p: p.stat().st_mtime_ns for p in first}
+    assert write_host_configs(config, tree.layout, tree.lock, console) == []
+    assert {p: p.stat().st_mtime_ns for p in first} == mtimes
+    nginx = (tmp_path / "hosts" / "registrish.conf").read_text()
+    assert f'root "{tree.layout.root.resolve()}";' in nginx
+    assert "listen 127.0.0.1:8088;" in nginx
+    assert "gzip off;" in nginx
+
+
+def test_nginx_caddy_apache_do_not_grow_with_the_tree(tmp_path: Path, tree: BuiltTree) -> None:
+    def sizes(lock_tags: int) -> dict[str, int]:
+        lock = make_lock("x", tree.lock.tags[:lock_tags])
+        ctx = make_context(
+            layout=tree.layout,
+            hosts_dir=tmp_path / "h",
+            listen_host="127.0.0.1",
+            listen_port=80,
+            policy=Policy(),
+            lock=lock,
+            hosts=("nginx", "caddy", "apache"),
+        )
+        return {
+            h: sum(len(o.data) for o in RENDERERS[h].render(ctx).outputs)
+            for h in ("nginx", "caddy", "apache")
+        }
+
+    assert sizes(1) == sizes(len(tree.lock.tags))
+
+
+def test_headers_file_matches_the_route_table(tmp_path: Path, tree: BuiltTree) -> None:
+    policy = Policy(tag_cache_seconds=60)
+    ctx = make_context(
+        layout=tree.layout,
+        hosts_dir=tmp_path / "h",
+        listen_host="127.0.0.1",
+        listen_port=80,
+        policy=policy,
+        lock=tree.lock,
+        hosts=("netlify",),
+    )
+    out = {o.path.name: o.data.decode() for o in RENDERERS["netlify"].render(ctx).outputs}
+    rules = parse_headers(out["_headers"])
+
+    def matching(url: str) -> list[dict[str, str]]:
+        return [
+            h
+            for pattern, h in rules.items()
+            if pattern == url or (pattern.endswith("*") and url.startswith(pattern[:-1]))
+        ]
+
+    for entry in entries(read_objects(tree.layout, tree.lock), policy):
+        url = "/" + entry.path
+        found = matching(url)
+        assert len(found) == 1, f"{url} is matched by {len(found)} rules"
+        expected = dict(
+            headers_for(
+                entry.kind,
+                policy=policy,
+                media_type=entry.content_type if entry.kind.name.startswith("MANIFEST") else None,
+                digest=entry.digest if entry.kind.name.startswith("MANIFEST") else None,
+            )
+        )
+        assert found[0] == expected, url
+    for url in ("/v2/", "/v2"):
+        assert matching(url)[0]["Content-Type"] == "application/json"
+    assert "/v2/ /v2/index 200" in out["_redirects"]
+    assert f"/v2/app-oci/referrers/* /{EMPTY_REFERRERS_REL} 200" in out["_redirects"]
+
+
+def test_cloudflare_fails_loudly_past_100_rules(tmp_path: Path, tree: BuiltTree) -> None:
+    ctx = make_context(
+        layout=tree.layout,
+        hosts_dir=tmp_path / "h",
+        listen_host="127.0.0.1",
+        listen_port=80,
+        policy=Policy(),
+        lock=tree.lock,
+        hosts=("cloudflare",),
+    )
+    small = RENDERERS["cloudflare"].render(ctx)
+    assert len(parse_headers(small.outputs[0].data.decode())) < CLOUDFLARE_MAX_RULES
+    many = ctx.entries + tuple(
+        Entry(f"v2/x/manifests/t{i}", Kind.MANIFEST_TAG, mediatypes.OCI_MANIFEST, "no-cache")
+        for i in range(CLOUDFLARE_MAX_RULES)
+    )
+    big = dataclasses.replace(ctx, entries=many)
+    with pytest.raises(HostLimitError, match="allows 100") as info:
+        RENDERERS["cloudflare"].render(big)
+    assert info.value.hint is not None and "R2" in info.value.hint
+
+
+def test_headers_refuse_overlapping_rules(tmp_path: Path, tree: BuiltTree) -> None:
+    ctx = make_context(
+        layout=tree.layout,
+        hosts_dir=tmp_path / "h",
+        listen_host="127.0.0.1",
+        listen_port=80,
+        policy=Policy(),
+        lock=tree.lock,
+        hosts=("netlify",),
+    )
+    clash = (
+        *ctx.entries,
+        Entry("v2/app-oci/blobs/manifests/v1", Kind.MANIFEST_TAG, mediatypes.OCI_MANIFEST, "x"),
+    )
+    with pytest.raises(HostLimitError, match="would also match"):
+        RENDERERS["netlify"].render(dataclasses.replace(ctx, entries=clash))
+
+
+def test_s3_metadata_types_every_key(tmp_path: Path, tree: BuiltTree) -> None:
+    ctx = make_context(
+        layout=tree.layout,
+        hosts_dir=tmp_path / "h",
+        listen_host="127.0.0.1",
+        listen_port=80,
+        policy=Policy(),
+        lock=tree.lock,
+        hosts=("s3",),
+    )
+    (out,) = RENDERERS["s3"].render(ctx).outputs
+    objects = json.loads(out.data)["objects"]
+    digest, media_type = tree.refs["multi-docker:v1"]
+    assert objects["v2/multi-docker/manifests/v1"]["ContentType"] == media_type
+    assert objects[f"v2/multi-docker/manifests/{digest}"]["CacheControl"].endswith("immutable")
+    assert objects["v2/"]["Source"] == Layout.rel_ping()
+    name, blob, _ = tree.blob
+    assert objects[f"v2/{name}/blobs/{blob}"]["ContentType"] == "application/octet-stream"
+    assert not any(".~" in key for key in objects)
+
+
+def test_plain_warns_that_clients_cannot_pull(tmp_path: Path, tree: BuiltTree) -> None:
+    ctx = make_context(
+        layout=tree.layout,
+        hosts_dir=tmp_path / "h",
+        listen_host="127.0.0.1",
+        listen_port=80,
+        policy=Policy(),
+        lock=tree.lock,
+        hosts=("plain",),
+    )
+    rendered = RENDERERS["plain"].render(ctx)
+    assert any("cannot pull" in w for w in rendered.warnings)
+    assert {o.path.name for o in rendered.outputs} == {".nojekyll", "index.html", "plain-host.txt"}

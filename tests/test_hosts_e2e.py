@@ -1,0 +1,156 @@
+"""End to end: nginx, Caddy and Apache started with the GENERATED configs, and
+`registrish serve`, each pulled from by skopeo, podman, containerd and the Docker engine
+for the four manifest kinds by tag and by digest; `registrish check` passes on each.
+A host serving the tree without the config fails both pulls and `check`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_hosts_tree import BuiltTree, build_tree
+from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, podman_pull, skopeo_copy
+from testbed.procs import LOOPBACK, CommandError, Server, free_port, require_binary
+from testbed.statichosts import (
+    start_apache,
+    start_caddy,
+    start_nginx,
+    start_python_http_server,
+)
+
+from registrish_lock.check import NOT_CONFIGURED, check_url
+from registrish_lock.hosts import make_context, render_hosts, write_if_changed
+from registrish_lock.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL, Policy
+
+pytestmark = pytest.mark.slow
+
+KINDS = ("app-oci:v1", "app-docker:v1", "multi:v1", "multi-docker:v1")
+HOSTS = ("serve", "nginx", "caddy", "apache")
+_APACHE_MODULES = Path("/usr/lib/apache2/modules")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> BuiltTree:
+    built = build_tree(tmp_path_factory.mktemp("e2e") / "public")
+    built.layout.path(EMPTY_REFERRERS_REL).write_bytes(EMPTY_REFERRERS)
+    return built
+
+
+def _render(tree: BuiltTree, host: str, hosts_dir: Path, port: int) -> None:
+    ctx = make_context(
+        layout=tree.layout,
+        hosts_dir=hosts_dir,
+        listen_host=LOOPBACK,
+        listen_port=port,
+        policy=Policy(),
+        lock=tree.lock,
+        hosts=(host,),
+    )
+    for rendered in render_hosts(ctx, (host,)):
+        for out in rendered.outputs:
+            write_if_changed(out.path, out.data)
+
+
+def _start(host: str, tree: BuiltTree, tmp: Path) -> Server:
+    port = free_port()
+    hosts_dir = tmp / "hosts"
+    if host == "serve":
+        argv = [sys.executable, "-m", "registrish_lock", "serve", "-q", "-c", str(tmp / "none")]
+        argv += ["--root", str(tree.layout.root), "--port", str(port)]
+        server = Server("serve", argv, log_dir=tmp, url=f"http://{LOOPBACK}:{port}").start()
+        return server.wait_http(f"http://{LOOPBACK}:{port}/v2/", status=200)
+    _render(tree, host, hosts_dir, port)
+    if host == "nginx":
+        require_binary("nginx")
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        temps = "".join(
+            f"    {t}_temp_path {tmp}/{t};\n"
+            for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        conf = tmp / "nginx.conf"
+        conf.write_text(
+            f"{user}worker_processes 2;\npid {tmp}/nginx.pid;\nerror_log stderr warn;\n"
+            f"events {{ worker_connections 256; }}\nhttp {{\n    access_log off;\n{temps}"
+            f"    include {hosts_dir / 'registrish.conf'};\n}}\n"
+        )
+        return start_nginx(conf, port=port, ready_path="/v2/")
+    if host == "caddy":
+        return start_caddy(hosts_dir / "Caddyfile", port=port, ready_path="/v2/")
+    modules = ["mpm_event", "authz_core", "mime", "dir", "rewrite", "headers", "setenvif"]
+    loads = "\n".join(f"LoadModule {m}_module {_APACHE_MODULES}/mod_{m}.so" for m in modules)
+    conf = tmp / "httpd.conf"
+    conf.write_text(
+        f'ServerRoot "{tmp}"\nServerName {LOOPBACK}\nPidFile "{tmp}/httpd.pid"\n'
+        f'DefaultRuntimeDir "{tmp}"\nMutex file:{tmp} default\n{loads}\n'
+        f"TypesConfig /etc/mime.types\nErrorLog /dev/stderr\nLogLevel warn\n"
+        f"Include {hosts_dir / 'registrish-apache.conf'}\n"
+    )
+    return start_apache(conf, port=port, ready_path="/v2/")
+
+
+@pytest.fixture(scope="module", params=HOSTS)
+def host(
+    request: pytest.FixtureRequest, tree: BuiltTree, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`127.0.0.1:PORT` of one running host serving `tree` with its generated config."""
+    server = _start(request.param, tree, tmp_path_factory.mktemp(request.param))
+    try:
+        assert server.url is not None
+        yield server.url.removeprefix("http://")
+    finally:
+        server.stop()
+
+
+def _refs(tree: BuiltTree, host: str) -> list[tuple[str, str]]:
+    """(reference, root digest) for each kind, by tag and by digest."""
+    refs = []
+    for key in KINDS:
+        name, tag = key.split(":")
+        digest = tree.refs[key][0]
+        refs += [(f"{host}/{name}:{tag}", digest), (f"{host}/{name}@{digest}", digest)]
+    return refs
+
+
+def test_check_passes(host: str, tree: BuiltTree) -> None:
+    report = check_url(f"http://{host}", tree.lock, deep=True)
+    assert report.failures == []
+
+
+def test_skopeo(host: str, tree: BuiltTree, tmp_path: Path) -> None:
+    for i, (ref, digest) in enumerate(_refs(tree, host)):
+        result = skopeo_copy(ref, tmp_path / f"s{i}", all_platforms=True)
+        assert result.digest == digest, ref
+
+
+def test_podman(host: str, tree: BuiltTree, tmp_path: Path) -> None:
+    for ref, digest in _refs(tree, host):
+        result = podman_pull(ref, tmp_path)
+        assert result.digest == digest, ref
+
+
+def test_containerd(host: str, tree: BuiltTree, containerd: Containerd) -> None:
+    for ref, digest in _refs(tree, host):
+        result = ctr_pull(containerd, ref)
+        assert result.digest == digest, ref
+
+
+def test_docker(host: str, tree: BuiltTree, dockerd: Dockerd) -> None:
+    for ref, digest in _refs(tree, host):
+        result = docker_pull(dockerd, ref)
+        assert result.digest == digest, ref
+
+
+def test_host_without_config_fails_pulls_and_check(tree: BuiltTree, tmp_path: Path) -> None:
+    port = free_port()
+    server = start_python_http_server(tree.layout.root, port=port, log_dir=tmp_path)
+    try:
+        report = check_url(f"http://{LOOPBACK}:{port}", tree.lock)
+        with pytest.raises(CommandError):
+            skopeo_copy(f"{LOOPBACK}:{port}/app-oci:v1", tmp_path / "out")
+    finally:
+        server.stop()
+    assert not report.ok
+    assert any(NOT_CONFIGURED in f.problem for f in report.failures)
