@@ -14,7 +14,7 @@ from . import __version__
 from .console import Console
 from .errors import ExitCode, RegistrishError
 
-COMMANDS = ("lock", "sync", "gc", "hosts", "serve", "check", "publish")
+COMMANDS = ("lock", "sync", "gc", "hosts", "serve", "check", "publish", "outdated")
 
 EPILOG = """\
 exit codes:
