@@ -33,6 +33,9 @@ EMPTY_REFERRERS = (
     b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
 )
 PING_BODY = b"{}"
+#: The browse page (`browse.py`) at the tree root, answered for `/` and `/index.html`.
+BROWSE_REL = "index.html"
+HTML = "text/html; charset=utf-8"
 
 
 def short_cache(seconds: int) -> str:
@@ -48,6 +51,7 @@ class Kind(Enum):
     MANIFEST_DIGEST = "manifest-digest"
     BLOB = "blob"
     REFERRERS = "referrers"
+    BROWSE = "browse"
 
 
 class ErrorCode(Enum):
@@ -94,6 +98,8 @@ class Target:
             return Layout.rel_blob(self.name, self.ref)
         if self.kind is Kind.REFERRERS:
             return Layout.rel_referrers(self.name, self.ref)
+        if self.kind is Kind.BROWSE:
+            return BROWSE_REL
         return Layout.rel_manifest(self.name, self.ref)
 
 
@@ -113,6 +119,8 @@ def classify(url_path: str) -> Target | Miss:
     or a typed twin's `.~` suffix is a miss, so none of them is ever served by name.
     """
     path = url_path.lstrip("/")
+    if path in ("", BROWSE_REL):
+        return Target(Kind.BROWSE)
     if path in ("v2", "v2/"):
         return Target(Kind.PING)
     if path == "v2/_catalog":
@@ -168,6 +176,8 @@ def headers_for(
     short = short_cache(policy.tag_cache_seconds)
     if kind is Kind.PING:
         return (("Content-Type", JSON), API_VERSION_HEADER)
+    if kind is Kind.BROWSE:
+        return (("Content-Type", HTML), ("Cache-Control", short))
     if kind in (Kind.CATALOG, Kind.TAGS_LIST):
         return (("Content-Type", JSON), ("Cache-Control", short), API_VERSION_HEADER)
     if kind is Kind.REFERRERS:

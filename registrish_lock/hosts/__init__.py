@@ -8,12 +8,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..browse import render_tree_page
 from ..config import Config
 from ..console import Console
 from ..fsutil import atomic_write_bytes
 from ..layout import Layout
 from ..lockfile import Lock
-from ..routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL, Entry, Policy, entries, read_objects
+from ..routes import (
+    BROWSE_REL,
+    EMPTY_REFERRERS,
+    EMPTY_REFERRERS_REL,
+    Entry,
+    Policy,
+    entries,
+    read_objects,
+)
 from .apache import ApacheRenderer
 from .base import HostContext, HostLimitError, HostRenderer, Output, Rendered
 from .caddy import CaddyRenderer
@@ -104,6 +113,9 @@ def write_host_configs(config: Config, layout: Layout, lock: Lock, console: Cons
     )
     rendered = render_hosts(ctx, config.hosts)
     outputs = [Output(layout.path(EMPTY_REFERRERS_REL), EMPTY_REFERRERS)]
+    # The browse page is not a host's config but goes with them: always on, rewritten
+    # only when the tree's content changed.
+    outputs.append(Output(layout.path(BROWSE_REL), render_tree_page(layout, lock)))
     for result in rendered:
         outputs.extend(result.outputs)
         for warning in result.warnings:

@@ -9,11 +9,21 @@ mod_rewrite, mod_headers, mod_setenvif, mod_mime and mod_dir.
 from __future__ import annotations
 
 from .. import mediatypes
-from ..routes import EMPTY_REFERRERS_REL, IMMUTABLE, JSON, OCTET_STREAM, ErrorCode, short_cache
+from ..routes import (
+    BROWSE_REL,
+    EMPTY_REFERRERS_REL,
+    HTML,
+    IMMUTABLE,
+    JSON,
+    OCTET_STREAM,
+    ErrorCode,
+    short_cache,
+)
 from .base import GENERATED, HostContext, Output, Rendered, error_text, twin_kinds
 
 HTACCESS = ".htaccess"
 VHOST = "registrish-apache.conf"
+_BROWSE_RE = BROWSE_REL.replace(".", "\\.")  # a regex for the page's name
 
 
 def _error_document(code: ErrorCode) -> str:
@@ -46,6 +56,8 @@ RewriteEngine On
 RewriteBase /
 # Never served by name: the state directory, dotfiles and the typed twins.
 RewriteRule (^|/)\\.|\\.~ - [R=404,L]
+# The browse page (written by sync) at / and /{BROWSE_REL}.
+RewriteRule ^({_BROWSE_RE})?$ {BROWSE_REL} [END]
 RewriteRule !^v2(/|$) - [R=404,L]
 RewriteRule ^v2/_referrers-empty$ - [R=404,L]
 # The API ping: GET /v2/ -> 200 {{}}.
@@ -62,6 +74,9 @@ RewriteRule ^v2/.+/referrers/sha256:[a-f0-9]{{64}}$ {EMPTY_REFERRERS_REL} [END]
 <FilesMatch "^(index|_catalog|list)$">
     ForceType {JSON}
 </FilesMatch>
+<If "%{{REQUEST_URI}} =~ m#^/({_BROWSE_RE})?$#">
+    ForceType "{HTML}"
+</If>
 <If "%{{REQUEST_URI}} =~ m#/referrers/# || %{{REQUEST_URI}} == '/{EMPTY_REFERRERS_REL}'">
     ForceType {mediatypes.OCI_INDEX}
 </If>

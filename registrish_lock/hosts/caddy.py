@@ -8,7 +8,16 @@ because `file_server` clears Content-Type for unknown extensions.
 from __future__ import annotations
 
 from .. import mediatypes
-from ..routes import EMPTY_REFERRERS_REL, IMMUTABLE, JSON, OCTET_STREAM, ErrorCode, short_cache
+from ..routes import (
+    BROWSE_REL,
+    EMPTY_REFERRERS_REL,
+    HTML,
+    IMMUTABLE,
+    JSON,
+    OCTET_STREAM,
+    ErrorCode,
+    short_cache,
+)
 from .base import GENERATED, HostContext, Output, Rendered, error_text, twin_kinds
 
 FILENAME = "Caddyfile"
@@ -111,6 +120,23 @@ http://{ctx.listen} {{
 			@referrers_missing not file
 			rewrite @referrers_missing /{EMPTY_REFERRERS_REL}
 {_headers(chr(9) * 3, f"Content-Type {mediatypes.OCI_INDEX}", cc_short)}			file_server
+		}}
+
+		# The browse page (written by sync) at / and /{BROWSE_REL}.
+		@browse path / /{BROWSE_REL}
+		handle @browse {{
+			@browse_found file /{BROWSE_REL}
+			handle @browse_found {{
+				rewrite * /{BROWSE_REL}
+				header {{
+					Content-Type "{HTML}"
+					{cc_short}
+					defer
+				}}
+				file_server
+			}}
+			handle {{
+{_not_found(chr(9) * 4, ErrorCode.NAME_UNKNOWN)}			}}
 		}}
 
 		handle {{

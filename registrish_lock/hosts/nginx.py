@@ -8,7 +8,16 @@ block, so no rule names a manifest.
 from __future__ import annotations
 
 from .. import mediatypes
-from ..routes import EMPTY_REFERRERS_REL, IMMUTABLE, JSON, OCTET_STREAM, ErrorCode, short_cache
+from ..routes import (
+    BROWSE_REL,
+    EMPTY_REFERRERS_REL,
+    HTML,
+    IMMUTABLE,
+    JSON,
+    OCTET_STREAM,
+    ErrorCode,
+    short_cache,
+)
 from .base import GENERATED, HostContext, Output, Rendered, error_text, twin_kinds
 
 FILENAME = "registrish.conf"
@@ -116,6 +125,18 @@ server {{
         default_type {mediatypes.OCI_INDEX};
         add_header Cache-Control "{short}";
         {API}
+    }}
+
+    # The browse page (written by sync) at / and /{BROWSE_REL}.
+    location = / {{
+        default_type "{HTML}";
+        add_header Cache-Control "{short}";
+        try_files /{BROWSE_REL} @registrish_name_unknown;
+    }}
+    location = /{BROWSE_REL} {{
+        default_type "{HTML}";
+        add_header Cache-Control "{short}";
+        try_files $uri @registrish_name_unknown;
     }}
 
     location @registrish_manifest_unknown {{
