@@ -42,11 +42,34 @@ class QuietProgress:
         pass
 
 
-class PlainProgress:
-    """One line per finished blob (logs, CI); a start line per blob with -v."""
+@dataclass(frozen=True)
+class Wording:
+    """How a transfer is described: sync fetches blobs, publish uploads objects."""
 
-    def __init__(self, console: Console) -> None:
+    noun: str = "blobs"
+    doing: str = "fetching"
+    done: str = "fetched"
+    #: Items are named `name@digest` (sync) or by `name` alone (publish: the key).
+    with_digest: bool = True
+    #: Items smaller than this get no bar of their own (the overall bar still counts them).
+    bar_min: int = 0
+
+    def label(self, name: str, digest: str) -> str:
+        return f"{name}@{digest}" if self.with_digest else name
+
+
+FETCH = Wording()
+UPLOAD = Wording(
+    noun="objects", doing="uploading", done="uploaded", with_digest=False, bar_min=4 << 20
+)
+
+
+class PlainProgress:
+    """One line per finished item (logs, CI); a start line per item with -v."""
+
+    def __init__(self, console: Console, wording: Wording = FETCH) -> None:
         self.console = console
+        self.wording = wording
         self._lock = threading.Lock()
         self._sizes: dict[str, tuple[int, str]] = {}
         self._done = 0
@@ -55,23 +78,27 @@ class PlainProgress:
     def start(self, *, blobs: int, total_bytes: int) -> None:
         self._count = blobs
         if blobs:
-            self.console.info(f"fetching {blobs} blobs ({human_bytes(total_bytes)})")
+            w = self.wording
+            self.console.info(f"{w.doing} {blobs} {w.noun} ({human_bytes(total_bytes)})")
 
     def blob_started(self, digest: str, size: int, name: str, *, already: int = 0) -> None:
         with self._lock:
             self._sizes[digest] = (size, name)
         resumed = f", resuming at {human_bytes(already)}" if already else ""
-        self.console.debug(f"fetch {name}@{digest} ({human_bytes(size)}{resumed})")
+        label = self.wording.label(name, digest)
+        self.console.debug(f"{self.wording.doing} {label} ({human_bytes(size)}{resumed})")
 
     def advance(self, digest: str, n: int) -> None:
         pass
 
     def blob_done(self, digest: str) -> None:
-        with self._lock:
+        with self._lock:  # held while printing: print() writes text and newline apart
             self._done += 1
-            size, name = self._sizes.get(digest, (0, "?"))
-            done = self._done
-        self.console.info(f"[{done}/{self._count}] fetched {name}@{digest} ({human_bytes(size)})")
+            size, name = self._sizes.pop(digest, (0, "?"))
+            label = self.wording.label(name, digest)
+            self.console.info(
+                f"[{self._done}/{self._count}] {self.wording.done} {label} ({human_bytes(size)})"
+            )
 
     def close(self) -> None:
         pass
@@ -80,7 +107,8 @@ class PlainProgress:
 class RichProgress:
     """Overall bytes, one bar per blob in flight, rate and ETA (stderr)."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, wording: Wording = FETCH) -> None:
+        self.wording = wording
         from rich.console import Console as RichConsole
         from rich.progress import (
             BarColumn,
@@ -108,10 +136,15 @@ class RichProgress:
         if not blobs:
             return
         self._bars.start()
-        self._overall = self._bars.add_task(f"{blobs} blobs", total=total_bytes)
+        self._overall = self._bars.add_task(
+            f"{self.wording.doing} {blobs} {self.wording.noun}", total=total_bytes
+        )
 
     def blob_started(self, digest: str, size: int, name: str, *, already: int = 0) -> None:
-        label = f"  {name}@{digest[7:19]}" + (" (resumed)" if already else "")
+        if size < self.wording.bar_min:
+            return
+        short = f"{name}@{digest[7:19]}" if self.wording.with_digest else name[-60:]
+        label = f"  {short}" + (" (resumed)" if already else "")
         # bytes kept from an interrupted run arrive through advance() like new ones
         task = self._bars.add_task(label, total=size)
         with self._lock:
@@ -136,12 +169,12 @@ class RichProgress:
             self._bars.stop()
 
 
-def make_progress(console: Console) -> Progress:
+def make_progress(console: Console, wording: Wording = FETCH) -> Progress:
     if console.verbosity < 0 or console.json_mode:
         return QuietProgress()
     if console.is_terminal:
-        return RichProgress(console)
-    return PlainProgress(console)
+        return RichProgress(console, wording)
+    return PlainProgress(console, wording)
 
 
 @dataclass

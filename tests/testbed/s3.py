@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .procs import LOOPBACK, Server, free_port, require_binary, short_tmpdir
+from .procs import LOOPBACK, Server, ServerError, free_port, require_binary, short_tmpdir
 
 BUCKET = "127"
 
@@ -72,6 +72,22 @@ def start_seaweedfs(
         identities.append({"name": "anonymous", "actions": anonymous_actions})
     config = tmp / "s3.json"
     config.write_text(json.dumps({"identities": identities}, indent=2))
+    # weed binds a dozen ports that free_port() found free a moment earlier; on a busy
+    # machine another test can take one in between and weed panics at start. Retry with
+    # fresh ports; the last failure is raised as is.
+    attempts = 3
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_once(weed, tmp, config, timeout, access_key, secret_key)
+        except ServerError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_once(
+    weed: str, tmp: Path, config: Path, timeout: float, access_key: str, secret_key: str
+) -> SeaweedS3:
     port = free_port()
     ports = {
         "master.port": free_port(),

@@ -1,0 +1,371 @@
+"""`lock` → `sync` → `publish` to a real S3 server (SeaweedFS on loopback), then real
+pulls from the bucket at the host root (skopeo, containerd, the Docker engine) and
+`registrish check` against it. Every test starts real processes: marked slow."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_publish import expected_bucket
+from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, docker_run, skopeo_copy
+from testbed.images import DEFAULT_OUTPUT, SeededUpstream, push_random_image
+from testbed.procs import in_ci
+from testbed.s3 import SeaweedS3, start_seaweedfs
+
+from registrish_lock import publish as publish_mod
+from registrish_lock.cli import main
+from registrish_lock.commands import publish as publish_cmd
+from registrish_lock.errors import ExitCode
+from registrish_lock.layout import Layout
+from registrish_lock.publish import PING_KEY, Phase, collect_objects
+from registrish_lock.routes import Policy
+
+pytestmark = pytest.mark.slow
+
+KINDS = ("app-oci", "app-docker", "multi", "multi-docker")
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def seaweed(tmp_path: Path) -> Iterator[SeaweedS3]:
+    if not in_ci():  # like a missing binary: fail in CI, skip on a laptop
+        pytest.importorskip("boto3", reason="publish needs the extra: pip install '.[s3]'")
+    s3 = start_seaweedfs(tmp_path / "s3")
+    try:
+        yield s3
+    finally:
+        s3.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, seaweed: SeaweedS3) -> Path:
+    """Credentials in the environment; the user's ~/.aws and instance metadata never read.
+    Returns the (empty) directory for shared config/credentials files."""
+    aws = tmp_path / "aws"
+    aws.mkdir()
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(aws / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return aws
+
+
+@dataclass
+class Calls:
+    """S3 API calls made by publish, counted with botocore's event hooks (client side)."""
+
+    puts: list[str] = field(default_factory=list)
+    multipart: list[str] = field(default_factory=list)
+    parts: int = 0
+    deletes: int = 0
+    #: raise after this many PutObject/CreateMultipartUpload calls (None: never)
+    fail_after: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        self.puts.clear()
+        self.multipart.clear()
+        self.parts = self.deletes = 0
+
+
+class InjectedFailure(Exception):
+    pass
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    """Wrap `open_store` as the command calls it: count calls, small multipart sizes."""
+    counted = Calls()
+    real_open = publish_mod.open_store
+
+    def open_store(*args: Any, **kwargs: Any) -> publish_mod.Boto3Store:
+        kwargs.update(multipart_threshold=5 * MiB, multipart_chunk=5 * MiB)
+        store = real_open(*args, **kwargs)
+
+        def on_put(params: dict[str, Any], **_: Any) -> None:
+            with counted.lock:
+                if counted.fail_after is not None and (
+                    len(counted.puts) + len(counted.multipart) >= counted.fail_after
+                ):
+                    raise InjectedFailure(params["Key"])
+                counted.puts.append(params["Key"])
+
+        def on_multipart(params: dict[str, Any], **_: Any) -> None:
+            with counted.lock:
+                counted.multipart.append(params["Key"])
+
+        def on_part(**_: Any) -> None:
+            with counted.lock:
+                counted.parts += 1
+
+        def on_delete(params: dict[str, Any], **_: Any) -> None:
+            counted.deletes += len(params["Delete"]["Objects"])
+
+        events = store.client.meta.events
+        events.register("provide-client-params.s3.PutObject", on_put)
+        events.register("provide-client-params.s3.CreateMultipartUpload", on_multipart)
+        events.register("provide-client-params.s3.UploadPart", on_part)
+        events.register("provide-client-params.s3.DeleteObjects", on_delete)
+        return store
+
+    monkeypatch.setattr(publish_cmd, "open_store", open_store)
+    return counted
+
+
+def s3_client(s3: SeaweedS3) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3.api_url,
+        aws_access_key_id=s3.access_key,
+        aws_secret_access_key=s3.secret_key,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+def bucket_listing(s3: SeaweedS3) -> dict[str, tuple[int, str, Any]]:
+    client = s3_client(s3)
+    result = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket):
+        for o in page.get("Contents", []):
+            result[o["Key"]] = (o["Size"], o["ETag"], o["LastModified"])
+    return result
+
+
+def assert_bucket_equals_tree(s3: SeaweedS3, root: Path) -> None:
+    """Same keys as the tree (see `expected_bucket`), same bytes, same Content-Type, and
+    the route table's Cache-Control."""
+    expected = expected_bucket(root)
+    assert set(bucket_listing(s3)) == set(expected)
+    client = s3_client(s3)
+    for key, (data, ctype) in expected.items():
+        got = client.get_object(Bucket=s3.bucket, Key=key)
+        assert got["ContentType"] == ctype, key
+        body = got["Body"].read()
+        if key == PING_KEY:
+            continue  # SeaweedFS stores a `…/` key as a directory and serves no body
+        assert body == data, key
+        immutable = "/blobs/" in key or "/manifests/sha256:" in key
+        assert got.get("CacheControl") == (
+            "public, max-age=31536000, immutable" if immutable else "public, max-age=60"
+        ), key
+
+
+def write_config(tmp: Path, upstream_host: str, images: list[tuple[str, str]]) -> Path:
+    text = (
+        '[registry]\nroot = "public"\n\n[defaults]\nplatforms = ["linux/amd64", "linux/arm64"]\n\n'
+    )
+    for name, tag in images:
+        text += (
+            f'[[image]]\nsource = "{upstream_host}/{name}"\nname = "{name}"\ntags = ["{tag}"]\n\n'
+        )
+    text += f'[registries."{upstream_host}"]\ninsecure = true\n'
+    config = tmp / "registrish.toml"
+    config.write_text(text)
+    return config
+
+
+def registrish(*argv: str) -> int:
+    return main(list(argv))
+
+
+def publish_args(config: Path, s3: SeaweedS3, *extra: str) -> list[str]:
+    return [
+        "publish",
+        "-c",
+        str(config),
+        f"s3://{s3.bucket}",
+        "--endpoint-url",
+        s3.api_url,
+        "--addressing-style",
+        "path",
+        *extra,
+    ]
+
+
+def test_publish_then_pull_all_four_kinds_from_the_bucket(
+    seeded_upstream: SeededUpstream,
+    seaweed: SeaweedS3,
+    aws_env: Path,
+    calls: Calls,
+    tmp_path: Path,
+    containerd: Containerd,
+    dockerd: Dockerd,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(tmp_path, seeded_upstream.host, [(n, "v1") for n in KINDS])
+    assert registrish("lock", "-c", str(config)) == 0
+    assert registrish("sync", "-c", str(config)) == 0
+    root = tmp_path / "public"
+    capsys.readouterr()
+
+    assert registrish(*publish_args(config, seaweed, "--dry-run", "--json")) == 1
+    dry = json.loads(capsys.readouterr().out)
+    assert calls.puts == [] and bucket_listing(seaweed) == {}
+    expected = expected_bucket(root)
+    assert len(dry["plan"]["upload"]) == len(expected)
+    assert dry["plan"]["upload_bytes"] == sum(len(d) for d, _ in expected.values())
+
+    assert registrish(*publish_args(config, seaweed, "--json")) == 0
+    out = capsys.readouterr().out
+    assert seaweed.secret_key not in out and seaweed.access_key not in out
+    summary = json.loads(out)["summary"]
+    assert summary["uploaded"] == len(expected) == len(calls.puts)
+    assert_bucket_equals_tree(seaweed, root)
+    # uploads followed the phases: no tag before its manifests and blobs
+    phase_of = {o.key: o.phase for o in collect_objects(Layout(root), Policy())}
+    phases = [phase_of[k] for k in calls.puts]
+    assert phases[0] is Phase.BLOBS and Phase.PING in phases
+    assert phases == sorted(phases)
+
+    # real clients pull from the bucket at the host root, by tag and by digest
+    host = f"127.0.0.1:{seaweed.port}"
+    for name in KINDS:
+        ref = seeded_upstream.get(name, "v1")
+        safe = name.replace("/", "_")
+        by_tag = skopeo_copy(f"{host}/{name}:v1", tmp_path / f"sk-{safe}")
+        by_digest = skopeo_copy(f"{host}/{name}@{ref.digest}", tmp_path / f"skd-{safe}")
+        want = ref.platforms["linux/amd64"] if ref.is_index else ref.digest
+        assert by_tag.digest == by_digest.digest == want
+        assert ctr_pull(containerd, f"{host}/{name}:v1").digest == ref.digest
+        assert ctr_pull(containerd, f"{host}/{name}@{ref.digest}").digest == ref.digest
+        assert docker_pull(dockerd, f"{host}/{name}:v1").digest == ref.digest
+        assert docker_pull(dockerd, f"{host}/{name}@{ref.digest}").digest == ref.digest
+    arm = skopeo_copy(f"{host}/multi:v1", tmp_path / "arm", arch="arm64")
+    assert arm.digest == seeded_upstream.get("multi", "v1").platforms["linux/arm64"]
+    assert DEFAULT_OUTPUT in docker_run(dockerd, f"{host}/multi-docker:v1")
+
+    capsys.readouterr()
+    code = registrish("check", "-c", str(config), seaweed.url)
+    report = capsys.readouterr().out
+    assert code == 0, report
+    assert f"{seaweed.url}: checked" in report and report.rstrip().endswith(": ok")
+
+    # a second publish uploads nothing (client-side count and server-side timestamps)
+    before = bucket_listing(seaweed)
+    calls.reset()
+    assert registrish(*publish_args(config, seaweed, "--json")) == 0
+    assert calls.puts == [] and calls.multipart == [] and calls.deletes == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["uploaded"] == 0
+    assert bucket_listing(seaweed) == before
+    assert registrish(*publish_args(config, seaweed, "--dry-run")) == 0
+
+
+def test_moved_tag_then_publish_delete_leaves_the_bucket_equal_to_the_tree(
+    seeded_upstream: SeededUpstream,
+    seaweed: SeaweedS3,
+    aws_env: Path,
+    calls: Calls,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # credentials from a shared credentials file and a named profile, not the environment
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    (aws_env / "credentials").write_text(
+        f"[pubtest]\naws_access_key_id = {seaweed.access_key}\n"
+        f"aws_secret_access_key = {seaweed.secret_key}\n"
+    )
+    (aws_env / "config").write_text(
+        "[profile pubtest]\nregion = us-east-1\ns3 =\n    addressing_style = path\n"
+    )
+    upstream = seeded_upstream.registry
+    repo = "publish/moving"
+    old = push_random_image(upstream, repo, "v1", (6 * MiB, 1024), seed=1, workdir=tmp_path / "img")
+    config = write_config(tmp_path, seeded_upstream.host, [(repo, "v1"), ("app-oci", "v1")])
+    root = tmp_path / "public"
+    args = ["publish", "-c", str(config), f"s3://{seaweed.bucket}", "--endpoint-url"]
+    args += [seaweed.api_url, "--profile", "pubtest"]
+    assert registrish("lock", "-c", str(config)) == 0
+    assert registrish("sync", "-c", str(config)) == 0
+    assert registrish(*args) == 0
+    assert_bucket_equals_tree(seaweed, root)
+    big = f"v2/{repo}/blobs/{old.layers[0]}"
+    assert calls.multipart == [big] and calls.parts == 2  # 6 MiB in 5 MiB parts
+    first = expected_bucket(root)
+
+    new = push_random_image(upstream, repo, "v1", (6 * MiB, 1024), seed=2, workdir=tmp_path / "img")
+    assert new.digest != old.digest
+    assert registrish("lock", "-c", str(config), "--upgrade") == 0
+    assert registrish("sync", "-c", str(config), "--prune") == 0
+    second = expected_bucket(root)
+    changed = {k for k, v in second.items() if first.get(k) != v}
+    gone = set(first) - set(second)
+    assert f"v2/{repo}/manifests/{old.digest}" in gone and big in gone
+
+    calls.reset()
+    assert registrish(*args, "--dry-run", "--delete") == 1
+    assert calls.puts == [] and calls.deletes == 0
+    assert registrish(*args, "--delete") == 0
+    assert set(calls.puts) | set(calls.multipart) == changed  # only what changed
+    assert calls.deletes == len(gone)
+    assert_bucket_equals_tree(seaweed, root)
+    pulled = skopeo_copy(f"127.0.0.1:{seaweed.port}/{repo}:v1", tmp_path / "pulled")
+    assert pulled.digest == new.digest
+
+
+def test_interrupted_publish_converges(
+    seeded_upstream: SeededUpstream,
+    seaweed: SeaweedS3,
+    aws_env: Path,
+    calls: Calls,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(tmp_path, seeded_upstream.host, [(n, "v1") for n in KINDS])
+    assert registrish("lock", "-c", str(config)) == 0
+    assert registrish("sync", "-c", str(config)) == 0
+    root = tmp_path / "public"
+    phase_of = {o.key: o.phase for o in collect_objects(Layout(root), Policy())}
+    k = len([p for p in phase_of.values() if p is Phase.BLOBS]) + 3  # fails among manifests
+    calls.fail_after = k
+    with pytest.raises(InjectedFailure):
+        registrish(*publish_args(config, seaweed, "--jobs", "2"))
+    present = set(bucket_listing(seaweed))
+    assert len(present) == k
+    # what got in is a prefix of the order: all blobs, some manifests, no tag
+    highest = max(phase_of[key] for key in present)
+    assert highest is Phase.MANIFESTS
+    assert {key for key, p in phase_of.items() if p < highest} <= present
+
+    calls.fail_after = None
+    calls.reset()
+    assert registrish(*publish_args(config, seaweed)) == 0
+    assert len(calls.puts) == len(phase_of) - k  # the rerun only sends what was missing
+    assert_bucket_equals_tree(seaweed, root)
+    capsys.readouterr()
+
+
+def test_refused_credentials_are_one_line_without_secrets(
+    seeded_upstream: SeededUpstream,
+    seaweed: SeaweedS3,
+    aws_env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(tmp_path, seeded_upstream.host, [("app-oci", "v1")])
+    assert registrish("lock", "-c", str(config)) == 0
+    assert registrish("sync", "-c", str(config)) == 0
+    wrong = "not-the-secret-0123456789"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
+    capsys.readouterr()
+    assert registrish(*publish_args(config, seaweed)) == ExitCode.UPSTREAM
+    captured = capsys.readouterr()
+    assert f"error: listing s3://{seaweed.bucket}/: " in captured.err
+    assert "hint: check the credentials" in captured.err
+    assert wrong not in captured.err + captured.out and "Traceback" not in captured.err
+    assert bucket_listing(seaweed) == {}
