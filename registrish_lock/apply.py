@@ -25,7 +25,7 @@ from .lockfile import Lock, LockedTag
 from .manifest import Manifest, parse_manifest
 from .plan import BlobFetch, Desired, Plan, desired_tree, make_plan, selected_children
 from .progress import Progress, Stats, Stopwatch
-from .reference import Reference, parse_reference
+from .reference import Reference, parse_source
 from .tree import (
     TreeState,
     commit_blob,
@@ -125,6 +125,8 @@ def collect_manifests(
         where = f"{tag.name}:{tag.tag}"
         repo: Reference | None = None
         stack: list[tuple[str, str, bool]] = [(tag.digest, tag.media_type, True)]
+        # referrers are roots of their own: an artifact index is mirrored in full
+        stack += [(r.digest, r.media_type, False) for r in tag.referrers]
         while stack:
             digest, media_type, top = stack.pop()
             if digest not in parsed:
@@ -146,7 +148,7 @@ def collect_manifests(
 
 
 def _source(tag: LockedTag) -> Reference:
-    return parse_reference(tag.source, allow_tag=False)
+    return parse_source(tag.source)
 
 
 # --- applying a plan -----------------------------------------------------------------------
@@ -167,7 +169,7 @@ def _fetch_blobs(
     once those in flight finish (finished blobs stay for the rerun)."""
     if not fetches:
         return
-    repos = {f.digest: parse_reference(f.source, allow_tag=False) for f in fetches}
+    repos = {f.digest: parse_source(f.source) for f in fetches}
     limits = {r.registry: threading.BoundedSemaphore(jobs) for r in repos.values()}
     progress.start(blobs=len(fetches), total_bytes=sum(f.size for f in fetches))
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from .errors import IntegrityError
 from .layout import Layout
 from .lockfile import Lock
 from .manifest import Manifest, parse_manifest
+from .referrers import artifact_type_of, refers_to
 from .routes import EMPTY_REFERRERS_REL, BlobObject, read_objects
 
 NOT_CONFIGURED = "the host is not applying registrish's config"
@@ -144,7 +145,8 @@ class _HttpChecker:
                 "compresses registry objects, which breaks digests; turn compression off",
             )
 
-    def referrers(self, path: str) -> None:
+    def referrers(self, path: str, expected: Mapping[str, str]) -> None:
+        """`expected`: digest → artifactType of each referrer the document must list."""
         self.report.checked += 1
         resp = self.request("GET", path)
         if resp is None or not self.status(resp, path, "referrers"):
@@ -157,13 +159,8 @@ class _HttpChecker:
                 f"{mediatypes.OCI_INDEX} exactly: {NOT_CONFIGURED}",
             )
             return
-        try:
-            doc = json.loads(resp.content)
-            ok = isinstance(doc, dict) and isinstance(doc.get("manifests"), list)
-        except ValueError:
-            ok = False
-        if not ok:
-            self.report.fail(path, "referrers document is not an OCI index")
+        for problem in referrers_problems(resp.content, expected):
+            self.report.fail(path, problem)
 
     def blob(self, blob: BlobObject) -> None:
         path = Layout.rel_blob(blob.name, blob.digest)
@@ -200,6 +197,48 @@ class _HttpChecker:
             self.report.fail(path, f"a missing {what} answered {resp.status_code}, expected 404")
 
 
+def referrers_problems(data: bytes, expected: Mapping[str, str]) -> list[str]:
+    """What is wrong with a referrers document that must list `expected` (digest →
+    artifactType, "" for none). Other entries are tolerated: a tree may be shared."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+        return ["referrers document is not an OCI index"]
+    listed = {
+        m["digest"]: m.get("artifactType", "")
+        for m in doc["manifests"]
+        if isinstance(m, dict) and isinstance(m.get("digest"), str)
+    }
+    problems = []
+    for digest, artifact_type in sorted(expected.items()):
+        if digest not in listed:
+            problems.append(f"does not list referrer {digest} (run `registrish sync`)")
+        elif listed[digest] != artifact_type:
+            problems.append(
+                f"lists {digest} as {listed[digest]!r}, expected artifactType {artifact_type!r}"
+            )
+    return problems
+
+
+def _expected_referrers(
+    lock: Lock, bodies: Mapping[tuple[str, str], bytes]
+) -> dict[tuple[str, str], dict[str, str]]:
+    """(name, subject) → {referrer digest: artifactType} from the locked referrers whose
+    (verified) manifest bytes name that subject; a cosign artifact without one is a tag only."""
+    expected: dict[tuple[str, str], dict[str, str]] = {}
+    for t in lock.tags:
+        for r in t.referrers:
+            body = bodies.get((t.name, r.digest))
+            if body is None:
+                continue
+            parsed = parse_manifest(body)
+            if refers_to(parsed, r.subject):
+                expected.setdefault((t.name, r.subject), {})[r.digest] = artifact_type_of(parsed)
+    return expected
+
+
 def check_url(
     base_url: str,
     lock: Lock,
@@ -221,19 +260,29 @@ def check_url(
         c.ping()
         bodies: list[tuple[str, bytes]] = []
         subjects: set[tuple[str, str]] = set()
+        by_digest: dict[tuple[str, str], bytes] = {}
+        tags = {t.key for t in lock.tags}
         for t in lock.tags:
             c.manifest(Layout.rel_manifest(t.name, t.tag), t.digest, t.media_type, t.size)
             wanted = [(t.digest, t.media_type, t.size)]
             wanted += [(p.digest, p.media_type, p.size) for p in t.platforms]
+            wanted += [(r.digest, r.media_type, r.size) for r in t.referrers]
             for digest, media_type, size in wanted:
                 if (t.name, digest) in subjects:
                     continue
                 subjects.add((t.name, digest))
                 body = c.manifest(Layout.rel_manifest(t.name, digest), digest, media_type, size)
+                if body is not None:
+                    by_digest[(t.name, digest)] = body
                 if body is not None and not mediatypes.is_index(media_type):
                     bodies.append((t.name, body))
+            for r in t.referrers:  # cosign tags, unless the same name is a locked tag
+                if r.tag and (t.name, r.tag) not in tags:
+                    tags.add((t.name, r.tag))
+                    c.manifest(Layout.rel_manifest(t.name, r.tag), r.digest, r.media_type, r.size)
+        expected = _expected_referrers(lock, by_digest)
         for name, digest in sorted(subjects):
-            c.referrers(Layout.rel_referrers(name, digest))
+            c.referrers(Layout.rel_referrers(name, digest), expected.get((name, digest), {}))
         blobs: set[BlobObject] = set()
         for name, body in bodies:
             parsed: Manifest = parse_manifest(body)
@@ -257,11 +306,16 @@ def _hash_file(path: Path) -> str:
 
 def _files(lock: Lock) -> Iterator[tuple[str, str, str]]:
     """(relative path, expected digest, media type) of every locked manifest path."""
+    tags = {t.key for t in lock.tags}
     for t in lock.tags:
         yield Layout.rel_manifest(t.name, t.tag), t.digest, t.media_type
         yield Layout.rel_manifest(t.name, t.digest), t.digest, t.media_type
         for p in t.platforms:
             yield Layout.rel_manifest(t.name, p.digest), p.digest, p.media_type
+        for r in t.referrers:
+            yield Layout.rel_manifest(t.name, r.digest), r.digest, r.media_type
+            if r.tag and (t.name, r.tag) not in tags:
+                yield Layout.rel_manifest(t.name, r.tag), r.digest, r.media_type
 
 
 def check_local(layout: Layout, lock: Lock) -> Report:
@@ -312,11 +366,23 @@ def check_local(layout: Layout, lock: Lock) -> Report:
             report.fail(rel, "missing blob (run `registrish sync`)")
         elif got != blob.digest:
             report.fail(rel, f"hashes to {got}: the file is corrupt (run `registrish sync`)")
+    artifacts: dict[tuple[str, str], bytes] = {}
+    for t in lock.tags:
+        for r in t.referrers:
+            path = layout.path(Layout.rel_manifest(t.name, r.digest))
+            if digest_of(path) == r.digest:  # a bad one is reported above
+                artifacts[(t.name, r.digest)] = path.read_bytes()
+    expected = _expected_referrers(lock, artifacts)
     for name, digest in objects.referrers:
         rel = Layout.rel_referrers(name, digest)
         report.checked += 1
-        if not layout.path(rel).is_file():
+        try:
+            data = layout.path(rel).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
             report.fail(rel, "missing referrers document (run `registrish sync`)")
+            continue
+        for problem in referrers_problems(data, expected.get((name, digest), {})):
+            report.fail(rel, problem)
     for name in objects.names:
         rel = Layout.rel_tags_list(name)
         report.checked += 1

@@ -20,7 +20,16 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from .errors import ConfigError, ReferenceError_
 from .manifest import Platform
-from .reference import Reference, default_target_name, is_name, is_tag, parse_reference
+from .reference import (
+    DOCKER_ARCHIVE,
+    OCI_LAYOUT,
+    Reference,
+    default_target_name,
+    is_name,
+    is_tag,
+    parse_reference,
+    parse_source,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,8 +40,8 @@ HOSTS = ("nginx", "caddy", "apache", "netlify", "cloudflare", "s3", "plain")
 DEFAULT_HOSTS = ("nginx",)
 DEFAULT_TAG_CACHE_SECONDS = 60
 _REGISTRY_KEYS = ("root", "hosts", "hosts_dir", "listen", "tag_cache_seconds")
-_DEFAULTS_KEYS = ("platforms",)
-_IMAGE_KEYS = ("source", "name", "tags", "versions", "match", "latest", "platforms")
+_DEFAULTS_KEYS = ("platforms", "referrers")
+_IMAGE_KEYS = ("source", "name", "tags", "versions", "match", "latest", "platforms", "referrers")
 _REGISTRIES_KEYS = ("insecure", "mirrors")
 _TOP_KEYS = ("registry", "defaults", "image", "registries")
 _LISTEN_RE = re.compile(r"(?:(?P<host>[0-9A-Za-z.\-]+|\[[0-9a-fA-F:]+\]):)?(?P<port>[0-9]{1,5})")
@@ -51,6 +60,8 @@ class ImageSpec:
     #: None means every platform the upstream has.
     platforms: tuple[Platform, ...] | None = None
     index: int = 0
+    #: Also mirror signatures, attestations and SBOMs referring to the locked manifests.
+    referrers: bool = False
 
     @property
     def key(self) -> str:
@@ -74,6 +85,8 @@ class ImageSpec:
                 "platforms": (
                     sorted(str(p) for p in self.platforms) if self.platforms is not None else None
                 ),
+                # only when on, so locks made before the option existed stay fresh
+                **({"referrers": True} if self.referrers else {}),
             }
         )
 
@@ -141,7 +154,9 @@ class _Reader:
         return value
 
     def string(self, value: object, key: str) -> str:
-        if not isinstance(value, str) or not value:
+        if value == "":
+            raise self.fail(key, "must not be empty")
+        if not isinstance(value, str):
             raise self.fail(key, f"must be a non-empty string, not {_kind(value)}")
         return value
 
@@ -202,12 +217,16 @@ def load_config(path: Path) -> Config:
             "no such file",
             hint="create one from registrish.toml.example, or pass -c PATH",
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc}", hint="save it as UTF-8") from None
+    except OSError as exc:
         raise ConfigError(path, None, f"cannot read: {exc}") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, None, f"invalid TOML: {exc}") from None
+        raise ConfigError(
+            path, None, f"invalid TOML: {exc}", hint="fix the syntax at that line (see toml.io)"
+        ) from None
     return parse_config(doc, path)
 
 
@@ -247,6 +266,7 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
         if "platforms" in defaults
         else None
     )
+    default_referrers = r.boolean(defaults.get("referrers", False), "defaults.referrers")
 
     raw_images = doc.get("image", [])
     if not isinstance(raw_images, list):
@@ -254,7 +274,13 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
             "image", "must be an array of tables", "write each image as an [[image]] block"
         )
     images = tuple(
-        _parse_image(r, r.table(raw, f"image[{i}]"), i, default_platforms)
+        _parse_image(
+            r,
+            r.table(raw, f"image[{i}]"),
+            i,
+            default_platforms,
+            default_referrers=default_referrers,
+        )
         for i, raw in enumerate(raw_images)
     )
     seen: dict[str, int] = {}
@@ -280,7 +306,11 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
             ) from None
         mirrors = r.strings(table.get("mirrors", []), f"{key}.mirrors")
         if mirrors and normalized != "docker.io":
-            raise r.fail(f"{key}.mirrors", "mirrors are supported for docker.io only")
+            raise r.fail(
+                f"{key}.mirrors",
+                "mirrors are supported for docker.io only",
+                'list them under [registries."docker.io"]',
+            )
         registries[normalized] = RegistrySettings(
             insecure=r.boolean(table.get("insecure", False), f"{key}.insecure"), mirrors=mirrors
         )
@@ -297,8 +327,30 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     )
 
 
+def _check_local_source(r: _Reader, source: Reference, key: str) -> None:
+    """A local source must exist now: a typo should fail here, not halfway through a lock."""
+    path = r.path.parent / source.repository
+    if source.registry == OCI_LAYOUT and not path.is_dir():
+        raise r.fail(
+            key,
+            f"no such directory {str(path)!r}",
+            "oci:PATH names an OCI image layout directory, relative to the config file",
+        )
+    if source.registry == DOCKER_ARCHIVE and not path.is_file():
+        raise r.fail(
+            key,
+            f"no such file {str(path)!r}",
+            "docker-archive:FILE names a `docker save` tar, relative to the config file",
+        )
+
+
 def _parse_image(
-    r: _Reader, raw: Mapping[str, Any], index: int, default_platforms: tuple[Platform, ...] | None
+    r: _Reader,
+    raw: Mapping[str, Any],
+    index: int,
+    default_platforms: tuple[Platform, ...] | None,
+    *,
+    default_referrers: bool = False,
 ) -> ImageSpec:
     key = f"image[{index}]"
     r.check_keys(raw, _IMAGE_KEYS, key)
@@ -306,14 +358,22 @@ def _parse_image(
         raise r.fail(f"{key}.source", "is required", 'e.g. source = "docker.io/library/alpine"')
     source_text = r.string(raw["source"], f"{key}.source")
     try:
-        source = parse_reference(source_text, allow_tag=False)
+        source = parse_source(source_text)
     except ReferenceError_ as exc:
         raise r.fail(f"{key}.source", exc.message, exc.hint) from None
+    if source.is_local:
+        _check_local_source(r, source, f"{key}.source")
     if source.digest:
         raise r.fail(
             f"{key}.source",
             "a source names a repository, not a digest",
             "remove the @sha256:… part",
+        )
+    if "name" not in raw and source.is_local and not is_name(default_target_name(source)):
+        raise r.fail(
+            f"{key}.name",
+            f"is required: {source_text!r} gives no valid repository name",
+            'add name = "team/app" (lowercase letters, digits and . _ - separators)',
         )
     name = r.string(raw.get("name", default_target_name(source)), f"{key}.name")
     if not is_name(name):
@@ -347,7 +407,11 @@ def _parse_image(
         try:
             match = re.compile(pattern)
         except re.error as exc:
-            raise r.fail(f"{key}.match", f"invalid regular expression {pattern!r}: {exc}") from None
+            raise r.fail(
+                f"{key}.match",
+                f"invalid regular expression {pattern!r}: {exc}",
+                "use Python regex syntax, e.g. '^3\\.\\d+$' (single quotes keep backslashes)",
+            ) from None
     latest = None
     if "latest" in raw:
         latest = r.integer(raw["latest"], f"{key}.latest", 1)
@@ -369,4 +433,5 @@ def _parse_image(
         latest=latest,
         platforms=platforms,
         index=index,
+        referrers=r.boolean(raw.get("referrers", default_referrers), f"{key}.referrers"),
     )

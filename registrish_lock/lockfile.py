@@ -18,7 +18,9 @@ import tomli_w
 from . import mediatypes
 from .errors import LockfileError
 from .fsutil import atomic_write_bytes
-from .reference import is_digest, is_name, is_tag, parse_reference
+from .manifest import Platform
+from .reference import is_digest, is_name, is_tag, parse_source
+from .referrers import cosign_subject
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,6 +45,21 @@ class LockedManifest:
     size: int
 
 
+@dataclass(frozen=True, order=True)
+class LockedReferrer:
+    """An artifact (signature, attestation, SBOM …) referring to one of the tag's manifests:
+    found through its `subject` (referrers API or tag schema), or through a cosign `tag`."""
+
+    subject: str
+    digest: str
+    media_type: str
+    size: int
+    #: What the referrers index calls it; "" for an index without an artifactType.
+    artifact_type: str = ""
+    #: The cosign tag (`sha256-<hex>.sig|att|sbom`) pointing at it; "" when none does.
+    tag: str = ""
+
+
 @dataclass(frozen=True)
 class LockedTag:
     name: str
@@ -55,6 +72,8 @@ class LockedTag:
     total_size: int
     #: The selected children of an index; empty when the tag is a single manifest.
     platforms: tuple[LockedManifest, ...] = ()
+    #: Artifacts referring to the tag's manifests (only with `referrers = true`), sorted.
+    referrers: tuple[LockedReferrer, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -112,11 +131,31 @@ def dumps(lock: Lock) -> str:
                     }
                     for p in sorted(t.platforms)
                 ],
+                # absent when empty: locks without referrers stay byte-identical
+                **(
+                    {"referrers": [_dump_referrer(r) for r in sorted(t.referrers)]}
+                    if t.referrers
+                    else {}
+                ),
             }
             for t in sorted(lock.tags, key=lambda t: t.key)
         ],
     }
     return HEADER + "\n" + tomli_w.dumps(doc)
+
+
+def _dump_referrer(r: LockedReferrer) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "subject": r.subject,
+        "digest": r.digest,
+        "media-type": r.media_type,
+        "size": r.size,
+    }
+    if r.artifact_type:
+        doc["artifact-type"] = r.artifact_type
+    if r.tag:
+        doc["tag"] = r.tag
+    return doc
 
 
 def write_lock(path: Path, lock: Lock) -> bool:
@@ -158,6 +197,14 @@ class _Checker:
         value: str = self.get(table, "media-type", str, where)
         if value not in allowed:
             raise self.fail(f"{where}.media-type", f"unsupported media type {value!r}")
+        return value
+
+    def platform(self, table: Mapping[str, Any], where: str) -> str:
+        value: str = self.get(table, "platform", str, where)
+        try:
+            Platform.parse(value)
+        except ValueError:
+            raise self.fail(f"{where}.platform", f"invalid platform {value!r}") from None
         return value
 
     def size(self, table: Mapping[str, Any], key: str, where: str) -> int:
@@ -205,7 +252,7 @@ def loads(text: str, path: Path) -> Lock:
         seen.add((name, tag))
         source = c.get(raw, "source", str, where)
         try:
-            parse_reference(source, allow_tag=False)
+            parse_source(source)  # a registry repository, oci:PATH or docker-archive:FILE
         except LockfileError:
             raise
         except Exception:
@@ -221,7 +268,7 @@ def loads(text: str, path: Path) -> Lock:
                 raise c.fail(pwhere, "must be a table")
             platforms.append(
                 LockedManifest(
-                    platform=c.get(rp, "platform", str, pwhere),
+                    platform=c.platform(rp, pwhere),
                     digest=c.digest(rp, pwhere),
                     media_type=c.media_type(rp, pwhere, mediatypes.MANIFEST_TYPES),
                     size=c.size(rp, "size", pwhere),
@@ -229,19 +276,68 @@ def loads(text: str, path: Path) -> Lock:
             )
         if platforms and not mediatypes.is_index(media_type):
             raise c.fail(f"{where}.platforms", "only an index has platform manifests")
+        digest = c.digest(raw, where)
+        referrers = _load_referrers(c, raw, where, {digest, *(p.digest for p in platforms)})
         tags.append(
             LockedTag(
                 name=name,
                 tag=tag,
                 source=source,
-                digest=c.digest(raw, where),
+                digest=digest,
                 media_type=media_type,
                 size=c.size(raw, "size", where),
                 total_size=c.size(raw, "total-size", where),
                 platforms=tuple(sorted(platforms)),
+                referrers=referrers,
             )
         )
     return make_lock(config_hash, tags, raw_inputs)
+
+
+def _load_referrers(
+    c: _Checker, raw: Mapping[str, Any], where: str, roots: set[str]
+) -> tuple[LockedReferrer, ...]:
+    """Strict: every subject is one of the tag's manifests or another referrer, and a
+    cosign tag names its subject."""
+    raw_referrers = raw.get("referrers", [])
+    if not isinstance(raw_referrers, list):
+        raise c.fail(f"{where}.referrers", "must be an array")
+    result: list[LockedReferrer] = []
+    for j, rr in enumerate(raw_referrers):
+        rwhere = f"{where}.referrers[{j}]"
+        if not isinstance(rr, dict):
+            raise c.fail(rwhere, "must be a table")
+        subject = c.get(rr, "subject", str, rwhere)
+        if not is_digest(subject):
+            raise c.fail(f"{rwhere}.subject", f"invalid digest {subject!r}")
+        artifact_type = rr.get("artifact-type", "")
+        if not isinstance(artifact_type, str) or (
+            artifact_type and not mediatypes.is_media_type(artifact_type)
+        ):
+            raise c.fail(f"{rwhere}.artifact-type", f"invalid media type {artifact_type!r}")
+        tag = rr.get("tag", "")
+        if not isinstance(tag, str) or (tag and cosign_subject(tag) != subject):
+            raise c.fail(f"{rwhere}.tag", f"{tag!r} is not a cosign tag of {subject}")
+        result.append(
+            LockedReferrer(
+                subject=subject,
+                digest=c.digest(rr, rwhere),
+                media_type=c.media_type(rr, rwhere, mediatypes.MANIFEST_TYPES),
+                size=c.size(rr, "size", rwhere),
+                artifact_type=artifact_type,
+                tag=tag,
+            )
+        )
+    known = roots | {r.digest for r in result}
+    for j, r in enumerate(result):
+        if r.subject not in known:
+            raise c.fail(
+                f"{where}.referrers[{j}].subject",
+                f"{r.subject} is none of this tag's manifests or referrers",
+            )
+    if len({(r.subject, r.digest, r.tag) for r in result}) != len(result):
+        raise c.fail(f"{where}.referrers", "duplicate entries")
+    return tuple(sorted(result))
 
 
 def read_lock(path: Path) -> Lock:
@@ -251,6 +347,10 @@ def read_lock(path: Path) -> Lock:
         raise LockfileError(
             f"{path}: no such file", hint="run `registrish lock` to create it"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise LockfileError(
+            f"{path}: cannot read: {exc}", hint="regenerate it with `registrish lock`"
+        ) from None
+    except OSError as exc:
         raise LockfileError(f"{path}: cannot read: {exc}") from None
     return loads(text, path)

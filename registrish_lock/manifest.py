@@ -64,6 +64,8 @@ class Manifest:
     layers: tuple[Descriptor, ...] = ()
     subject: Descriptor | None = None
     artifact_type: str | None = None
+    #: The document's string annotations, sorted (what a referrers index repeats).
+    annotations: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_index(self) -> bool:
@@ -149,6 +151,18 @@ def parse_manifest(
     artifact_type = raw_artifact if isinstance(raw_artifact, str) else None
     if artifact_type is not None and not mediatypes.is_media_type(artifact_type):
         artifact_type = None
+    raw_annotations = doc.get("annotations")
+    annotations = (
+        tuple(
+            sorted(
+                (k, v)
+                for k, v in raw_annotations.items()
+                if isinstance(k, str) and isinstance(v, str)
+            )
+        )
+        if isinstance(raw_annotations, dict)
+        else ()
+    )
     if mediatypes.is_index(media_type):
         raw_children = doc.get("manifests")
         if not isinstance(raw_children, list):
@@ -165,6 +179,7 @@ def parse_manifest(
             children=children,
             subject=subject,
             artifact_type=artifact_type,
+            annotations=annotations,
         )
     raw_layers = doc.get("layers")
     if not isinstance(raw_layers, list):
@@ -178,4 +193,5 @@ def parse_manifest(
         layers=layers,
         subject=subject,
         artifact_type=artifact_type,
+        annotations=annotations,
     )

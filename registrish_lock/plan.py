@@ -9,6 +9,10 @@ Policies:
 - An index is stored byte-for-byte as upstream (its digest stays the upstream one) with
   only the locked platform manifests beside it: a *sparse* index. A client asking for an
   unmirrored platform gets 404. A child that is itself an index is mirrored in full.
+- Referrers (`referrers = true`): each locked artifact is mirrored like a manifest, and
+  `referrers/<digest>` lists those whose `subject` is `<digest>` (OCI 1.1 descriptors
+  with artifactType and annotations); every other manifest gets the empty index. cosign
+  tags (`sha256-<hex>.sig` …) stay tags.
 - Non-distributable ("foreign") layers — a descriptor with `urls`, or a media type naming
   `nondistributable`/`foreign` — are not fetched: clients fetch them from their urls.
 """
@@ -16,15 +20,16 @@ Policies:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import mediatypes
 from .console import human_bytes
 from .errors import IntegrityError
 from .layout import Layout
-from .lockfile import Lock, LockedTag
+from .lockfile import Lock, LockedReferrer, LockedTag
 from .manifest import Descriptor, Manifest
+from .referrers import artifact_type_of, referrers_index, refers_to
 from .tree import TreeState, canonical_json, manifest_ref_of
 
 PING_DOCUMENT = canonical_json({})
@@ -148,32 +153,36 @@ def desired_tree(lock: Lock, manifests: Mapping[str, Manifest], *, strict: bool 
     def height(digest: str) -> int:
         return heights[digest]
 
-    for tag in sorted(lock.tags, key=lambda t: t.key):
-        where = f"{tag.name}:{tag.tag}"
-        tags_by_name.setdefault(tag.name, []).append(tag.tag)
-        reached = _closure(tag, manifests, where)
+    regular = {t.key for t in lock.tags}
+    #: cosign tags (`sha256-<hex>.sig` …) → the artifact they point at
+    cosign: dict[tuple[str, str], WantManifest] = {}
+    #: (name, subject) → the referrers whose manifest names that subject
+    referring: dict[tuple[str, str], dict[str, Manifest]] = {}
+
+    def mark(root: LockedTag, where: str) -> bool:
+        """Mark `root`'s manifests and blobs; False (gc) when one is missing."""
+        reached = _closure(root, manifests, where)
         if reached is None:
             if strict:
-                raise IntegrityError(f"{where}: manifest {tag.digest} is not available")
-            unknown.add(tag.name)
-            tags.append(WantManifest(tag.name, tag.tag, tag.digest, tag.media_type, tag.size, 0))
-            continue
-        top = manifests[tag.digest]
-        if (top.media_type, top.size) != (tag.media_type, tag.size):
+                raise IntegrityError(f"{where}: manifest {root.digest} is not available")
+            unknown.add(root.name)
+            return False
+        top = manifests[root.digest]
+        if (top.media_type, top.size) != (root.media_type, root.size):
             raise IntegrityError(
-                f"{where}: manifest {tag.digest} is {top.size} bytes of {top.media_type}, "
-                f"the lock says {tag.size} bytes of {tag.media_type}",
+                f"{where}: manifest {root.digest} is {top.size} bytes of {top.media_type}, "
+                f"the lock says {root.size} bytes of {root.media_type}",
                 hint="regenerate the lock with `registrish lock --upgrade`",
             )
         # children before parents, so heights are known when a parent is reached
         for manifest in reversed(reached):
-            kids = selected_children(tag, manifest, top=manifest.digest == tag.digest)
+            kids = selected_children(root, manifest, top=manifest.digest == root.digest)
             heights[manifest.digest] = 1 + max((height(k.digest) for k in kids), default=-1)
-            key = (tag.name, manifest.digest)
+            key = (root.name, manifest.digest)
             want_manifests.setdefault(
                 key,
                 WantManifest(
-                    tag.name,
+                    root.name,
                     manifest.digest,
                     manifest.digest,
                     manifest.media_type,
@@ -183,7 +192,7 @@ def desired_tree(lock: Lock, manifests: Mapping[str, Manifest], *, strict: bool 
             )
             for blob in manifest.blobs:
                 if is_foreign(blob):
-                    foreign.add(Foreign(tag.name, blob.digest, blob.size, blob.urls))
+                    foreign.add(Foreign(root.name, blob.digest, blob.size, blob.urls))
                     continue
                 known = store.get(blob.digest)
                 if known is not None and known[0] != blob.size:
@@ -191,19 +200,66 @@ def desired_tree(lock: Lock, manifests: Mapping[str, Manifest], *, strict: bool 
                         f"{where}: blob {blob.digest} is declared with sizes "
                         f"{known[0]} and {blob.size}"
                     )
-                store.setdefault(blob.digest, (blob.size, tag.name, tag.source))
+                store.setdefault(blob.digest, (blob.size, root.name, root.source))
                 blobs.setdefault(
-                    (tag.name, blob.digest), WantBlob(tag.name, blob.digest, blob.size)
+                    (root.name, blob.digest), WantBlob(root.name, blob.digest, blob.size)
                 )
+        return True
+
+    def mark_referrer(tag: LockedTag, r: LockedReferrer) -> None:
+        """An artifact is mirrored like a tag of its own (an artifact index in full)."""
+        where = f"{tag.name}:{tag.tag}: referrer {r.digest}"
+        root = replace(
+            tag, digest=r.digest, media_type=r.media_type, size=r.size, platforms=(), referrers=()
+        )
+        if mark(root, where):
+            artifact = manifests[r.digest]
+            if artifact_type_of(artifact) != r.artifact_type:
+                raise IntegrityError(
+                    f"{where}: its artifact type is {artifact_type_of(artifact)!r}, "
+                    f"the lock says {r.artifact_type!r}",
+                    hint="regenerate the lock with `registrish lock --upgrade`",
+                )
+            if refers_to(artifact, r.subject):
+                referring.setdefault((tag.name, r.subject), {})[r.digest] = artifact
+        if r.tag and (tag.name, r.tag) not in regular:
+            want = WantManifest(
+                tag.name, r.tag, r.digest, r.media_type, r.size, heights.get(r.digest, 0)
+            )
+            first = cosign.setdefault((tag.name, r.tag), want)
+            if first.digest != want.digest:
+                raise IntegrityError(
+                    f"{tag.name}:{r.tag} is locked to both {first.digest} and {r.digest}",
+                    hint=f"re-resolve with `registrish lock --upgrade {tag.name}`",
+                )
+
+    for tag in sorted(lock.tags, key=lambda t: t.key):
+        where = f"{tag.name}:{tag.tag}"
+        tags_by_name.setdefault(tag.name, []).append(tag.tag)
+        marked = mark(tag, where)
+        for referrer in tag.referrers:
+            mark_referrer(tag, referrer)
         tags.append(
             WantManifest(
-                tag.name, tag.tag, tag.digest, tag.media_type, tag.size, height(tag.digest)
+                tag.name,
+                tag.tag,
+                tag.digest,
+                tag.media_type,
+                tag.size,
+                height(tag.digest) if marked else 0,
             )
         )
+    for (name, cosign_tag), want in sorted(cosign.items()):
+        tags_by_name.setdefault(name, []).append(cosign_tag)
+        tags.append(want)
 
     docs: dict[str, tuple[str, bytes]] = {}
     for name, digest in sorted(want_manifests):
-        docs[Layout.rel_referrers(name, digest)] = ("referrers", EMPTY_REFERRERS)
+        found = referring.get((name, digest))
+        docs[Layout.rel_referrers(name, digest)] = (
+            "referrers",
+            canonical_json(referrers_index(found.values())) if found else EMPTY_REFERRERS,
+        )
     for name, names_tags in sorted(tags_by_name.items()):
         docs[Layout.rel_tags_list(name)] = (
             "tags",

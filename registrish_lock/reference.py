@@ -26,6 +26,13 @@ _DOMAIN_RE = re.compile(
 )
 #: The distribution spec caps a full name (registry host included) at 255 characters.
 MAX_NAME_LENGTH = 255
+#: Local sources (`sources.py`): `oci:PATH` is an OCI image layout, `docker-archive:FILE` the
+#: output of `docker save`. Their `Reference` has the scheme as `registry` (no real registry
+#: can be called that: a host needs a '.', a ':' or to be 'localhost') and PATH as written
+#: (relative to the config's directory) as `repository`.
+OCI_LAYOUT = "oci"
+DOCKER_ARCHIVE = "docker-archive"
+LOCAL_SCHEMES = (OCI_LAYOUT, DOCKER_ARCHIVE)
 
 
 def is_name(value: str) -> bool:
@@ -88,7 +95,14 @@ class Reference:
         return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
 
     @property
+    def is_local(self) -> bool:
+        """An `oci:` layout or a `docker-archive:` file rather than a registry."""
+        return self.registry in LOCAL_SCHEMES
+
+    @property
     def repository_ref(self) -> str:
+        if self.is_local:
+            return f"{self.registry}:{self.repository}"  # as written in the config
         return f"{self.registry}/{self.repository}"
 
     def __str__(self) -> str:
@@ -134,7 +148,10 @@ def parse_reference(text: str, *, allow_tag: bool = True) -> Reference:
     if len(parts) > 1 and _is_registry_component(parts[0]):
         registry, path = parts[0], "/".join(parts[1:])
         if _DOMAIN_RE.fullmatch(registry) is None:
-            raise ReferenceError_(f"invalid registry host {registry!r} in {text!r}")
+            raise ReferenceError_(
+                f"invalid registry host {registry!r} in {text!r}",
+                hint="a registry host is a DNS name or IP address with an optional :port",
+            )
         if registry.lower() in _DOCKER_HUB_ALIASES:
             registry = DOCKER_HUB
     else:
@@ -149,9 +166,33 @@ def parse_reference(text: str, *, allow_tag: bool = True) -> Reference:
     return Reference(registry=registry, repository=path, tag=tag, digest=digest)
 
 
+def parse_source(text: str) -> Reference:
+    """An `[[image]].source` or a lock's `source`: `oci:PATH`, `docker-archive:FILE` or a
+    repository reference (no tag, no digest check here: see `parse_reference`)."""
+    scheme, sep, path = text.partition(":")
+    if not sep or scheme not in LOCAL_SCHEMES:
+        return parse_reference(text, allow_tag=False)
+    if not path or path != path.strip() or any(ord(c) < 32 or c == "\x7f" for c in path):
+        raise ReferenceError_(
+            f"invalid local source {text!r}",
+            hint=f"write {scheme}:PATH with a path relative to the config's directory",
+        )
+    if ":" in path:  # skopeo's oci:PATH:TAG; here tags are selected with 'tags'/'match'
+        raise ReferenceError_(
+            f"invalid local source {text!r}: a source names a layout or archive, not a tag",
+            hint="list tags under 'tags = [...]'; paths containing ':' are not supported",
+        )
+    return Reference(registry=scheme, repository=path)
+
+
 def default_target_name(ref: Reference) -> str:
     """The repository name an upstream image gets in our registry by default:
-    its path without Docker Hub's `library/` prefix (`docker.io/library/alpine` → `alpine`)."""
+    its path without Docker Hub's `library/` prefix (`docker.io/library/alpine` → `alpine`).
+    A local source's is its last path component without `.tar` ('' when there is none)."""
+    if ref.is_local:
+        last = ref.repository.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        stem = last.removesuffix(".tar") if ref.registry == DOCKER_ARCHIVE else last
+        return "" if stem in ("", ".", "..") else stem
     if ref.registry == DOCKER_HUB and ref.repository.startswith("library/"):
         return ref.repository[len("library/") :]
     return ref.repository

@@ -36,7 +36,7 @@ from .config import RegistrySettings
 from .console import Console
 from .credentials import CredentialStore
 from .errors import IntegrityError, NotFoundError, RegistrishError, UpstreamError
-from .manifest import MAX_MANIFEST_BYTES
+from .manifest import MAX_MANIFEST_BYTES, Descriptor, parse_manifest
 from .reference import (
     DOCKER_HUB,
     Reference,
@@ -422,9 +422,68 @@ class RegistryClient:
                         hint="the registry or a proxy in between serves wrong content; "
                         "if the tag moved, run 'registrish lock --upgrade'",
                     )
-            return FetchedManifest(
-                data=data, media_type=_manifest_type(content_type, data), digest=digest
-            )
+            media_type = _manifest_type(content_type, data)
+            if media_type not in mediatypes.MANIFEST_TYPES and not _is_json_object(data):
+                # An HTML error page or a captive portal: say so instead of "not JSON".
+                raise UpstreamError(
+                    f"registry {ep.host} answered {what} with "
+                    f"{mediatypes.strip_parameters(content_type) or 'no Content-Type'}, "
+                    "not a manifest",
+                    hint="is a proxy or portal in between? check the registry's address",
+                )
+            return FetchedManifest(data=data, media_type=media_type, digest=digest)
+
+        return self._with_endpoints(repo.registry, op)
+
+    def list_referrers(self, repo: Reference, digest: str) -> list[Descriptor] | None:
+        """What refers to `digest`, from the OCI 1.1 referrers API (every page), or None when
+        the registry has no such API (it answers 404, 400, 405 or 501): the caller then
+        falls back to the tag schemas. Descriptors are validated like a manifest's."""
+        name = validate_name(repo.repository)
+        validate_digest(digest)
+        what = f"referrers of {repo.repository_ref}@{digest}"
+
+        def op(ep: _Endpoint) -> list[Descriptor] | None:
+            url: httpx.URL | None = ep.url(f"/v2/{name}/referrers/{digest}")
+            found: list[Descriptor] = []
+            seen: set[str] = set()
+            while url is not None:
+                if str(url) in seen or len(seen) >= MAX_TAG_PAGES:
+                    raise UpstreamError(f"registry {ep.host} paginates the {what} in a loop")
+                seen.add(str(url))
+                try:
+                    body, link = self._call(
+                        ep,
+                        "GET",
+                        url,
+                        scope=_pull_scope(name),
+                        what=what,
+                        not_found=f"registry {ep.host} has no referrers API",
+                        headers={"Accept": mediatypes.OCI_INDEX},
+                        consume=lambda r: (
+                            _read_capped(r, MAX_MANIFEST_BYTES, what),
+                            r.headers.get("link"),
+                        ),
+                    )
+                except NotFoundError:
+                    if found or len(seen) > 1:
+                        raise
+                    return None
+                except UnexpectedStatus as exc:
+                    if exc.status in (400, 405, 501) and len(seen) == 1:
+                        return None
+                    raise
+                try:
+                    index = parse_manifest(body, content_type=mediatypes.OCI_INDEX)
+                except IntegrityError as exc:
+                    raise UpstreamError(
+                        f"registry {ep.host} sent an invalid {what}: {exc.message}"
+                    ) from None
+                if not index.is_index:
+                    raise UpstreamError(f"registry {ep.host} sent {what} that is not an index")
+                found.extend(index.children)
+                url = self._next_page(url, parse_link_next(link), ep, repo)
+            return found
 
         return self._with_endpoints(repo.registry, op)
 
@@ -794,6 +853,13 @@ def _manifest_type(content_type: str, data: bytes) -> str:
     if isinstance(declared, str) and declared in mediatypes.MANIFEST_TYPES:
         return declared
     return media_type
+
+
+def _is_json_object(data: bytes) -> bool:
+    try:
+        return isinstance(json.loads(data), dict)
+    except ValueError:
+        return False
 
 
 def _range_headers(offset: int) -> dict[str, str]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from . import mediatypes
 from .config import Config, ImageSpec
 from .console import Console
-from .errors import NotFoundError
+from .discovery import ReferrerFinder, ReferrersUpstream
+from .errors import ConfigError, NotFoundError
 from .lockfile import Lock, LockedManifest, LockedTag, make_lock
 from .manifest import Manifest, Platform, parse_manifest
 from .reference import Reference
@@ -52,7 +53,9 @@ class Upstream(Protocol):
 class Change:
     name: str
     tag: str
-    kind: str  # "added", "moved", "removed", "reselected" (same digest, new platform set)
+    # "added", "moved", "removed", "reselected" (same digest, new platform set),
+    # "referrers" (same digest and platforms, other signatures/attestations/SBOMs)
+    kind: str
     old: str | None
     new: str | None
 
@@ -85,10 +88,20 @@ def _select_platforms(
 
 
 class _TagResolver:
-    def __init__(self, upstream: Upstream, image: ImageSpec) -> None:
+    def __init__(
+        self, upstream: Upstream, image: ImageSpec, finder: ReferrerFinder | None = None
+    ) -> None:
         self.upstream = upstream
         self.image = image
         self.repo = image.source
+        self.finder = finder if image.referrers else None
+
+    def with_referrers(self, entry: LockedTag) -> LockedTag:
+        """`entry` with the referrers of its manifests found now (unchanged when off)."""
+        if self.finder is None:
+            return entry
+        found = self.finder.find(self.repo, entry.manifest_digests)
+        return replace(entry, referrers=tuple(sorted(f.locked for f in found)))
 
     def _fetch(self, digest: str) -> Manifest:
         fetched = self.upstream.get_manifest(self.repo, digest, expected_digest=digest)
@@ -129,15 +142,17 @@ class _TagResolver:
                 platforms.append(LockedManifest(label, child_digest, child.media_type, size))
         else:
             total = self._blob_bytes(top, set())
-        return LockedTag(
-            name=self.image.name,
-            tag=tag,
-            source=self.repo.repository_ref,
-            digest=digest,
-            media_type=top.media_type,
-            size=top.size,
-            total_size=total,
-            platforms=tuple(sorted(platforms)),
+        return self.with_referrers(
+            LockedTag(
+                name=self.image.name,
+                tag=tag,
+                source=self.repo.repository_ref,
+                digest=digest,
+                media_type=top.media_type,
+                size=top.size,
+                total_size=total,
+                platforms=tuple(sorted(platforms)),
+            )
         )
 
 
@@ -172,6 +187,7 @@ def resolve(
     """
     old_by_key = old.by_key() if old else {}
     old_inputs = dict(old.inputs) if old else {}
+    finder = _referrer_finder(config, upstream, console)
 
     def upgrading(name: str) -> bool:
         return upgrade is not None and (not upgrade or name in upgrade)
@@ -197,7 +213,7 @@ def resolve(
 
     def run(item: tuple[ImageSpec, str, LockedTag | None]) -> LockedTag:
         image, tag, entry = item
-        resolver = _TagResolver(upstream, image)
+        resolver = _TagResolver(upstream, image, finder)
         same_inputs = old_inputs.get(image.name) == image.input_hash()
         if entry is None:
             if console:
@@ -206,7 +222,7 @@ def resolve(
         if upgrading(image.name):
             head = upstream.head_manifest(image.source, tag)
             if head.digest == entry.digest and same_inputs:
-                return entry
+                return resolver.with_referrers(entry)  # signatures get added to old digests
             return resolver.resolve(tag, head.digest)
         # Inputs changed (say, the platform list) but the pin must not move:
         # re-derive the selection from the pinned digest.
@@ -227,6 +243,22 @@ def resolve(
     )
 
 
+def _referrer_finder(
+    config: Config, upstream: Upstream, console: Console | None
+) -> ReferrerFinder | None:
+    wanting = [i for i in config.images if i.referrers]
+    if not wanting:
+        return None
+    if not isinstance(upstream, ReferrersUpstream):
+        raise ConfigError(
+            config.path,
+            f"{wanting[0].key}.referrers",
+            "this source cannot list referrers",
+            hint="remove 'referrers = true' for it",
+        )
+    return ReferrerFinder(upstream, console)
+
+
 def diff_locks(old: Lock | None, new: Lock) -> list[Change]:
     before = old.by_key() if old else {}
     after = new.by_key()
@@ -242,6 +274,8 @@ def diff_locks(old: Lock | None, new: Lock) -> list[Change]:
             changes.append(Change(key[0], key[1], "removed", a.digest, None))
         elif a.digest != b.digest:
             changes.append(Change(key[0], key[1], "moved", a.digest, b.digest))
+        elif (a.platforms, a.total_size) == (b.platforms, b.total_size):
+            changes.append(Change(key[0], key[1], "referrers", a.digest, b.digest))
         else:
             changes.append(Change(key[0], key[1], "reselected", a.digest, b.digest))
     return changes

@@ -300,6 +300,7 @@ def objects_from(lock: Lock, manifests: Iterable[tuple[str, bytes]]) -> TreeObje
     found: set[ManifestObject] = set()
     blobs: set[BlobObject] = set()
     refs: set[tuple[str, str]] = set()
+    regular = {t.key for t in lock.tags}
     for t in lock.tags:
         found.add(ManifestObject(t.name, t.tag, t.digest, t.media_type, t.size))
         found.add(ManifestObject(t.name, t.digest, t.digest, t.media_type, t.size))
@@ -307,6 +308,11 @@ def objects_from(lock: Lock, manifests: Iterable[tuple[str, bytes]]) -> TreeObje
         for p in t.platforms:
             found.add(ManifestObject(t.name, p.digest, p.digest, p.media_type, p.size))
             refs.add((t.name, p.digest))
+        for r in t.referrers:  # artifacts: by digest, and by cosign tag unless locked as a tag
+            found.add(ManifestObject(t.name, r.digest, r.digest, r.media_type, r.size))
+            refs.add((t.name, r.digest))
+            if r.tag and (t.name, r.tag) not in regular:
+                found.add(ManifestObject(t.name, r.tag, r.digest, r.media_type, r.size))
     for name, data in manifests:
         parsed = parse_manifest(data)
         for d in parsed.blobs:
@@ -327,6 +333,7 @@ def read_objects(layout: Layout, lock: Lock) -> TreeObjects:
     seen: set[tuple[str, str]] = set()
     for t in lock.tags:
         images = [(t.digest, t.media_type)] + [(p.digest, p.media_type) for p in t.platforms]
+        images += [(r.digest, r.media_type) for r in t.referrers]
         for digest, media_type in images:
             if mediatypes.is_index(media_type) or (t.name, digest) in seen:
                 continue

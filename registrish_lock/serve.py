@@ -194,7 +194,9 @@ class TreeResolver:
         if not artifact_types:
             return Answer(200, headers, data)
         doc = json.loads(data)
-        wanted = set(artifact_types)
+        # a literal '+' (application/spdx+json) arrives form-decoded as ' '; no media type
+        # has a space, so take it back
+        wanted = {t.replace(" ", "+") for t in artifact_types}
         doc["manifests"] = [m for m in doc.get("manifests", []) if m.get("artifactType") in wanted]
         body = json.dumps(doc, separators=(",", ":")).encode()
         return Answer(200, (*headers, ("OCI-Filters-Applied", "artifactType")), body)

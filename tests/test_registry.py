@@ -16,8 +16,8 @@ import httpx
 import pytest
 from fakes.fake_registry import OCI_MANIFEST, FakeRegistry, chunks, manifest_doc, sha256
 from testbed.images import MANY_TAGS, SeededUpstream
-from testbed.procs import Server, free_port, require_binary, run
-from testbed.upstream import CountingProxy, Drop, Respond
+from testbed.procs import free_port
+from testbed.upstream import CountingProxy, Drop, Respond, start_htpasswd_registry
 
 from registrish_lock import mediatypes
 from registrish_lock.config import RegistrySettings
@@ -726,28 +726,13 @@ def test_real_connection_refused() -> None:
 @pytest.fixture
 def htpasswd_registry(seeded_upstream: SeededUpstream, tmp_path: Path) -> Iterator[str]:
     """A second docker-registry with htpasswd Basic auth over the seeded storage."""
-    binary = require_binary("docker-registry")
-    htpasswd = require_binary("htpasswd")  # apache2-utils
-    users = tmp_path / "htpasswd"
-    line = run([htpasswd, "-Bbn", "alice", "s3cret-pw"]).stdout.strip()
-    users.write_text(line + "\n")
-    port = free_port()
-    config = {
-        "version": 0.1,
-        "storage": {"filesystem": {"rootdirectory": str(seeded_upstream.registry.root)}},
-        "auth": {"htpasswd": {"realm": "registrish-test", "path": str(users)}},
-        "http": {"addr": f"127.0.0.1:{port}"},
-    }
-    (tmp_path / "config.yml").write_text(json.dumps(config))
-    server = Server(
-        "htpasswd-registry", [binary, "serve", str(tmp_path / "config.yml")], log_dir=tmp_path
+    registry = start_htpasswd_registry(
+        tmp_path, seeded_upstream.registry.root, user="alice", password="s3cret-pw"
     )
-    server.start()
     try:
-        server.wait_http(f"http://127.0.0.1:{port}/v2/", status=401)
-        yield f"127.0.0.1:{port}"
+        yield registry.host
     finally:
-        server.stop()
+        registry.server.stop()
 
 
 @pytest.mark.slow

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ..config import load_config
 from ..console import Console
 from ..errors import ConfigError, ExitCode, StaleLockError
 from ..lockfile import Lock, dumps, read_lock, write_lock
 from ..resolve import Change, resolve
+from ..sources import SourceRouter
+
+if TYPE_CHECKING:
+    from ..registry import RegistryClient
 
 NAME = "lock"
 HELP = "resolve the config's tags to digests and write registrish.lock"
@@ -82,9 +87,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
             f"--upgrade names no image: {', '.join(unknown)}",
             hint="pass repository names as they appear in the registry (the images' 'name')",
         )
-    from ..registry import RegistryClient  # imported late: httpx is slow to import
 
-    with RegistryClient(settings=config.registry_settings, console=console) as client:
+    def registry_client() -> RegistryClient:
+        from ..registry import RegistryClient  # imported late: httpx is slow to import
+
+        return RegistryClient(settings=config.registry_settings, console=console)
+
+    # Each image's requests go to its source: a registry, an oci: layout or a docker-archive:.
+    with SourceRouter(base=config.path.parent, registry=registry_client) as client:
         result = resolve(config, old, client, upgrade=upgrade, jobs=args.jobs, console=console)
         requests = client.request_count
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..apply import DEFAULT_JOBS, LazyUpstream, Upstream, sync_tree, write_hosts
 from ..config import Config, load_config
@@ -12,7 +13,11 @@ from ..errors import ExitCode, StaleLockError
 from ..layout import Layout
 from ..lockfile import Lock, read_lock
 from ..progress import make_progress
+from ..sources import SourceRouter
 from ..treelock import tree_lock
+
+if TYPE_CHECKING:
+    from ..registry import RegistryClient
 
 NAME = "sync"
 HELP = "reconcile the static tree with registrish.lock"
@@ -65,12 +70,15 @@ def load_locked(config_path: Path, *, frozen: bool) -> tuple[Config, Lock]:
 
 
 def _client_factory(config: Config, console: Console, jobs: int) -> Upstream:
-    from ..registry import RegistryClient  # imported late: a no-op sync never needs it
+    def registry_client() -> RegistryClient:
+        from ..registry import RegistryClient  # imported late: a no-op sync never needs it
 
-    client: Upstream = RegistryClient(
-        settings=config.registry_settings, console=console, max_connections_per_registry=jobs
-    )
-    return client
+        return RegistryClient(
+            settings=config.registry_settings, console=console, max_connections_per_registry=jobs
+        )
+
+    # Each locked tag's objects come from its source: a registry, oci: layout or docker-archive:.
+    return SourceRouter(base=config.path.parent, registry=registry_client)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

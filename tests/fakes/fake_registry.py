@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import httpx
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 TOKEN_REALM = "https://auth.test/token"
 CDN = "https://cdn.test"
 
@@ -53,6 +54,10 @@ class FakeRegistry:
     redirect_blobs: bool = False
     ignore_range: bool = False
     send_digest_header: bool = True
+    #: Answer the OCI 1.1 referrers API (`/v2/<repo>/referrers/<digest>`) instead of 404.
+    referrers_api: bool = False
+    #: With `referrers_api`: entries per referrers page (a `Link` header to the next one).
+    referrers_page_size: int | None = None
     #: Called for every request first; may answer instead of the fake.
     fault: Fault | None = None
     scheme: str = "https"
@@ -121,6 +126,8 @@ class FakeRegistry:
             return self._tags(request, repo)
         if kind == "manifests":
             return self._manifest(request, repo, ref)
+        if kind == "referrers":
+            return self._referrers(request, repo or "", ref)
         if kind == "blobs":
             if self.redirect_blobs:
                 return httpx.Response(307, headers={"Location": f"{CDN}/b/{ref}?sig=SIGNED-SECRET"})
@@ -216,6 +223,32 @@ class FakeRegistry:
             return httpx.Response(200, headers=headers)
         return httpx.Response(200, headers=headers, content=data)
 
+    def _referrers(self, request: httpx.Request, repo: str, subject: str) -> httpx.Response:
+        """The referrers API, computed from the stored manifests' `subject` fields."""
+        if not self.referrers_api:
+            return httpx.Response(404, text="404 page not found\n")
+        entries = []
+        for (r, ref), (data, media_type) in sorted(self.manifests.items()):
+            if r != repo or not ref.startswith("sha256:"):
+                continue
+            doc = json.loads(data)
+            if (doc.get("subject") or {}).get("digest") != subject:
+                continue
+            entry = {"mediaType": media_type, "digest": ref, "size": len(data)}
+            artifact_type = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType")
+            if artifact_type:
+                entry["artifactType"] = artifact_type
+            entries.append(entry)
+        start = int(request.url.params.get("page", "0"))
+        headers = {"Content-Type": "application/vnd.oci.image.index.v1+json"}
+        if self.referrers_page_size is not None:
+            end = start + self.referrers_page_size
+            if end < len(entries):
+                headers["Link"] = f'</v2/{repo}/referrers/{subject}?page={end}>; rel="next"'
+            entries = entries[start:end]
+        body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+        return httpx.Response(200, headers=headers, content=json.dumps(body).encode())
+
     def _blob(self, request: httpx.Request, digest: str) -> httpx.Response:
         data = self.blobs.get(digest)
         if data is None:
@@ -235,7 +268,7 @@ class FakeRegistry:
 
 def _split(rest: str) -> tuple[str | None, str, str]:
     """``library/alpine/manifests/3.20`` → (``library/alpine``, ``manifests``, ``3.20``)."""
-    for kind in ("manifests", "blobs"):
+    for kind in ("manifests", "blobs", "referrers"):
         marker = f"/{kind}/"
         if marker in rest:
             repo, _, ref = rest.rpartition(marker)

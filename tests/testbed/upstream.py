@@ -13,12 +13,15 @@ import http.client
 import http.server
 import json
 import socket
+import struct
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .procs import LOOPBACK, Server, free_port, require_binary
+from .procs import LOOPBACK, Server, free_port, require_binary, run
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -70,6 +73,37 @@ def start_registry(tmp: Path, *, name: str = "docker-registry", timeout: float =
     url = f"http://{LOOPBACK}:{port}"
     server = Server(name, [binary, "serve", str(config)], log_dir=tmp, url=url).start()
     server.wait_http(f"{url}/v2/", status=200, timeout=timeout)
+    return Registry(host=f"{LOOPBACK}:{port}", url=url, root=storage, server=server)
+
+
+def start_htpasswd_registry(
+    tmp: Path, storage: Path, *, user: str, password: str, timeout: float = 30.0
+) -> Registry:
+    """A ``docker-registry`` with htpasswd Basic auth serving ``storage`` (e.g. the seeded
+    upstream's ``registry.root``, read-only in spirit: tests must not push to it).
+
+    Needs ``htpasswd`` (apache2-utils) to hash the password. The caller stops
+    ``registry.server``; ``/v2/`` answers 401 without credentials.
+    """
+    binary = require_binary("docker-registry")
+    htpasswd = require_binary("htpasswd")
+    tmp.mkdir(parents=True, exist_ok=True)
+    users = tmp / "htpasswd"
+    line = run([htpasswd, "-Bbn", user, password], what="htpasswd").stdout.strip()
+    users.write_text(line + "\n")
+    port = free_port()
+    doc = {
+        "version": 0.1,
+        "storage": {"filesystem": {"rootdirectory": str(storage)}},
+        "auth": {"htpasswd": {"realm": "registrish-test", "path": str(users)}},
+        "http": {"addr": f"{LOOPBACK}:{port}"},
+    }
+    config = tmp / "config.yml"
+    config.write_text(json.dumps(doc, indent=2))
+    url = f"http://{LOOPBACK}:{port}"
+    server = Server("htpasswd-registry", [binary, "serve", str(config)], log_dir=tmp, url=url)
+    server.start()
+    server.wait_http(f"{url}/v2/", status=401, timeout=timeout)
     return Registry(host=f"{LOOPBACK}:{port}", url=url, root=storage, server=server)
 
 
@@ -134,6 +168,28 @@ def put_manifest(base_url: str, name: str, reference: str, body: bytes, media_ty
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
+def push_blob(base_url: str, name: str, data: bytes) -> dict[str, object]:
+    """Upload ``data`` as a blob of ``name`` (``POST`` a session, then one ``PUT``) and
+    return its descriptor fields ``{"digest": …, "size": …}``."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    start = request(base_url, "POST", f"/v2/{name}/blobs/uploads/")
+    location = start.headers.get("location", "")
+    if start.status != 202 or not location:
+        raise RuntimeError(f"POST blob upload {name} -> {start.status}: {start.body!r}")
+    path = "/" + location.split("://", 1)[-1].split("/", 1)[1] if "://" in location else location
+    sep = "&" if "?" in path else "?"
+    done = request(
+        base_url,
+        "PUT",
+        f"{path}{sep}digest={digest}",
+        headers={"Content-Type": "application/octet-stream"},
+        body=data,
+    )
+    if done.status != 201:
+        raise RuntimeError(f"PUT blob {name}@{digest} -> {done.status}: {done.body!r}")
+    return {"digest": digest, "size": len(data)}
+
+
 # -- CountingProxy ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Respond:
@@ -149,9 +205,89 @@ class Drop:
     """Fault action: close the connection without an answer."""
 
 
-#: What a fault hook may return; ``None`` means "forward normally". New kinds (delays,
-#: truncated bodies, corrupted bytes …) can be added here and handled in ``_ProxyHandler``.
-FaultAction = Respond | Drop
+# Body faults: the request is forwarded and the upstream's answer altered on its way back.
+# They apply to ``GET`` answers with a body (2xx); any other answer is passed through as is.
+@dataclass(frozen=True)
+class Truncate:
+    """Send only the first ``keep`` bytes of the body, then close the connection.
+
+    ``honest_length=False`` keeps the upstream's ``Content-Length`` (the client sees the
+    connection end early); ``True`` announces ``keep`` bytes (a short body that looks whole).
+    """
+
+    keep: int
+    honest_length: bool = False
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Send the upstream's headers and the first ``after`` body bytes, then a TCP RST."""
+
+    after: int = 0
+
+
+@dataclass(frozen=True)
+class Flip:
+    """Flip every bit of the byte at ``offset`` (from the end when negative)."""
+
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Extra:
+    """Append ``data`` to the body; ``Content-Length`` counts it (a longer body that looks
+    whole) unless ``honest_length=False`` (the extra bytes trail the announced length)."""
+
+    data: bytes = b"\x00trailing garbage"
+    honest_length: bool = True
+
+
+@dataclass(frozen=True)
+class Drip:
+    """Send the body unaltered but ``chunk`` bytes at a time, ``delay`` seconds apart."""
+
+    chunk: int = 4096
+    delay: float = 0.01
+
+
+BodyFault = Truncate | Reset | Flip | Extra | Drip
+#: What a fault hook may return; ``None`` means "forward normally".
+FaultAction = Respond | Drop | BodyFault
+
+
+def rate_limited(retry_after: int = 1) -> Respond:
+    """A ``429 Too Many Requests`` with ``Retry-After`` in seconds, like Docker Hub's."""
+    body = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}'
+    return Respond(429, body, {"Retry-After": str(retry_after), "Content-Type": "application/json"})
+
+
+def html_page(status: int = 200) -> Respond:
+    """An HTML error page, as a captive portal or a misconfigured CDN answers."""
+    body = b"<!DOCTYPE html><html><body><h1>Service temporarily unavailable</h1></body></html>"
+    return Respond(status, body, {"Content-Type": "text/html; charset=utf-8"})
+
+
+def redirect(location: str, status: int = 307) -> Respond:
+    """A redirect to ``location`` (an absolute URL on another origin, like a blob CDN)."""
+    return Respond(status, b"", {"Location": location})
+
+
+def mangle(body: bytes, fault: BodyFault) -> bytes:
+    """The bytes ``fault`` makes of ``body`` (what the client receives, ignoring timing)."""
+    if isinstance(fault, Truncate):
+        return body[: fault.keep]
+    if isinstance(fault, Reset):
+        return body[: fault.after]
+    if isinstance(fault, Flip):
+        if not body:
+            return body
+        i = fault.offset % len(body)
+        return body[:i] + bytes([body[i] ^ 0xFF]) + body[i + 1 :]
+    if isinstance(fault, Extra):
+        return body + fault.data
+    return body
+
+
 FaultHook = Callable[[str, str], "FaultAction | None"]
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded.
@@ -181,8 +317,12 @@ class CountingProxy:
 
     Fault injection: ``fault`` (constructor argument or attribute, swappable at any time) is
     called as ``fault(method, path)`` for every request *after* it is recorded; it returns
-    ``None`` to forward normally, :class:`Respond` to answer locally, or :class:`Drop` to close
-    the connection without an answer.
+    ``None`` to forward normally, :class:`Respond` to answer locally, :class:`Drop` to close
+    the connection without an answer, or a body fault (:class:`Truncate`, :class:`Reset`,
+    :class:`Flip`, :class:`Extra`, :class:`Drip`) to forward and alter the answer's body.
+    :func:`rate_limited`, :func:`html_page` and :func:`redirect` build common answers.
+    Request headers are kept too (:attr:`request_headers`) so a test can tell whether
+    ``Authorization`` reached this origin.
     """
 
     def __init__(self, upstream_url: str, *, fault: FaultHook | None = None) -> None:
@@ -194,6 +334,7 @@ class CountingProxy:
         self.fault: FaultHook | None = fault
         self._lock = threading.Lock()
         self._requests: list[tuple[str, str]] = []
+        self._headers: list[tuple[str, str, dict[str, str]]] = []
         self._httpd = _ProxyServer((LOOPBACK, 0), _ProxyHandler, self)
         self.port: int = self._httpd.server_address[1]
         self.host = f"{LOOPBACK}:{self.port}"
@@ -237,6 +378,18 @@ class CountingProxy:
     def reset(self) -> None:
         with self._lock:
             self._requests.clear()
+            self._headers.clear()
+
+    def record_headers(self, method: str, path: str, headers: dict[str, str]) -> None:
+        with self._lock:
+            self._headers.append((method, path, headers))
+
+    @property
+    def request_headers(self) -> list[tuple[str, str, dict[str, str]]]:
+        """Every request's ``(method, path, headers)`` (names lowercased), in arrival order.
+        Tests read it to prove what reached this origin (``Authorization`` or not)."""
+        with self._lock:
+            return [(m, p, dict(h)) for m, p, h in self._headers]
 
     def count(self, method: str | None = None, path_contains: str | None = None) -> int:
         """How many recorded requests match ``method`` (exact) and contain ``path_contains``."""
@@ -261,6 +414,13 @@ class _ProxyServer(http.server.ThreadingHTTPServer):
         self.proxy = proxy
         super().__init__(address, handler)
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client hanging up mid-answer (often on purpose: it refused an oversized or
+        # corrupt body) is not a test-bed failure; anything else is printed as usual.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
 
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -273,6 +433,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         proxy = self.server.proxy
         method, path = self.command, self.path
         proxy.record(method, path)
+        proxy.record_headers(method, path, {k.lower(): v for k, v in self.headers.items()})
         action = proxy.fault(method, path) if proxy.fault is not None else None
         if isinstance(action, Drop):
             self.close_connection = True
@@ -288,7 +449,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             if method != "HEAD":
                 self.wfile.write(action.body)
             return
-        self._forward(method, path)
+        self._forward(method, path, action)
 
     def _request_body(self) -> Iterator[bytes] | None:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -323,7 +484,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             for _ in body:
                 pass
 
-    def _forward(self, method: str, path: str) -> None:
+    def _forward(self, method: str, path: str, fault: BodyFault | None = None) -> None:
         host, port = self.server.proxy.upstream
         conn = http.client.HTTPConnection(host, port, timeout=120)
         answered = False
@@ -349,6 +510,9 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                     conn.send(b"0\r\n\r\n")
             resp = conn.getresponse()
             answered = True
+            if fault is not None and method == "GET" and 200 <= resp.status < 300:
+                self._send_mangled(resp, fault)
+                return
             self.send_response_only(resp.status, resp.reason)
             length = resp.getheader("Content-Length")
             for k, v in resp.getheaders():
@@ -382,6 +546,34 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                         self.wfile.write(message)
         finally:
             conn.close()
+
+    def _send_mangled(self, resp: http.client.HTTPResponse, fault: BodyFault) -> None:
+        """Answer with the upstream's status and headers and ``fault`` applied to its body
+        (buffered: test blobs are small)."""
+        body = resp.read()
+        sent = mangle(body, fault)
+        honest = isinstance(fault, (Truncate, Extra)) and fault.honest_length
+        length = len(sent) if honest else len(body)
+        self.send_response_only(resp.status, resp.reason)
+        for k, v in resp.getheaders():
+            if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length":
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        self.close_connection = True  # a mangled exchange never reuses its connection
+        if isinstance(fault, Drip):
+            for start in range(0, len(sent), max(1, fault.chunk)):
+                self.wfile.write(sent[start : start + fault.chunk])
+                self.wfile.flush()
+                time.sleep(fault.delay)
+            return
+        self.wfile.write(sent)
+        self.wfile.flush()
+        if isinstance(fault, Reset):
+            # SO_LINGER 0: close() sends RST instead of FIN; the server's own shutdown of
+            # the (now closed) socket fails quietly.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
 
     do_GET = _handle
     do_HEAD = _handle
