@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from . import gc as gc_mod
 from .config import Config
@@ -37,40 +36,9 @@ from .tree import (
     write_doc,
     write_manifest,
 )
+from .upstream import BlobSource as Upstream
 
 DEFAULT_JOBS = 8
-
-
-class FetchedManifestLike(Protocol):
-    @property
-    def data(self) -> bytes: ...
-    @property
-    def media_type(self) -> str: ...
-    @property
-    def digest(self) -> str: ...
-
-
-class Upstream(Protocol):
-    """What sync needs from registry.RegistryClient."""
-
-    @property
-    def request_count(self) -> int: ...
-
-    def get_manifest(
-        self, repo: Reference, ref: str, *, expected_digest: str | None = None
-    ) -> FetchedManifestLike: ...
-
-    def fetch_blob(
-        self,
-        repo: Reference,
-        digest: str,
-        size: int,
-        dest: Path,
-        *,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class LazyUpstream:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from .config import Config, ImageSpec
 from .errors import NotFoundError
 from .lockfile import Lock
-from .resolve import Upstream, selected_tags
+from .resolve import selected_tags
+from .upstream import ManifestSource
 
 #: Row states, in the order a table shows them. Only "current" is not outdated.
 STATES = ("moved", "new", "gone", "dropped", "current")
@@ -58,7 +59,7 @@ def classify(
     return rows
 
 
-def _image_rows(upstream: Upstream, image: ImageSpec, lock: Lock) -> list[Row]:
+def _image_rows(upstream: ManifestSource, image: ImageSpec, lock: Lock) -> list[Row]:
     locked = {t.tag: t.digest for t in lock.tags if t.name == image.name}
     selected = set(selected_tags(upstream, image))
     digests: dict[str, str | None] = {}
@@ -73,7 +74,7 @@ def _image_rows(upstream: Upstream, image: ImageSpec, lock: Lock) -> list[Row]:
     ]
 
 
-def outdated(config: Config, lock: Lock, upstream: Upstream, *, jobs: int = 8) -> list[Row]:
+def outdated(config: Config, lock: Lock, upstream: ManifestSource, *, jobs: int = 8) -> list[Row]:
     """Every (name, tag) of the lock and of the selectors now, with its state."""
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         per_image = list(pool.map(lambda i: _image_rows(upstream, i, lock), config.images))

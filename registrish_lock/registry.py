@@ -46,6 +46,7 @@ from .reference import (
     validate_name,
     validate_tag,
 )
+from .upstream import FetchedManifest, ManifestInfo
 
 T = TypeVar("T")
 
@@ -60,23 +61,6 @@ _CHUNK = 256 * 1024
 _LINK_NEXT_RE = re.compile(r'<([^>]*)>\s*;(?:[^,]*;)?\s*rel="?next"?', re.IGNORECASE)
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-@dataclass(frozen=True)
-class ManifestInfo:
-    """What a ``HEAD`` (or a ``GET`` fallback) tells about a manifest."""
-
-    digest: str
-    media_type: str
-    size: int
-
-
-@dataclass(frozen=True)
-class FetchedManifest:
-    data: bytes
-    media_type: str
-    #: The verified sha256 of `data`.
-    digest: str
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from . import mediatypes
 from .config import Config, ImageSpec
@@ -19,34 +18,8 @@ from .discovery import ReferrerFinder, ReferrersUpstream
 from .errors import ConfigError, NotFoundError
 from .lockfile import Lock, LockedManifest, LockedTag, make_lock
 from .manifest import Manifest, Platform, parse_manifest
-from .reference import Reference
 from .selectors import select_from_listing
-
-
-class ManifestInfoLike(Protocol):
-    @property
-    def digest(self) -> str: ...
-    @property
-    def media_type(self) -> str: ...
-
-
-class FetchedLike(Protocol):
-    @property
-    def data(self) -> bytes: ...
-    @property
-    def media_type(self) -> str: ...
-    @property
-    def digest(self) -> str: ...
-
-
-class Upstream(Protocol):
-    """The part of `registry.RegistryClient` resolution needs."""
-
-    def list_tags(self, repo: Reference) -> list[str]: ...
-    def head_manifest(self, repo: Reference, ref: str) -> ManifestInfoLike: ...
-    def get_manifest(
-        self, repo: Reference, ref: str, *, expected_digest: str | None = None
-    ) -> FetchedLike: ...
+from .upstream import ManifestSource
 
 
 @dataclass(frozen=True)
@@ -89,7 +62,7 @@ def _select_platforms(
 
 class _TagResolver:
     def __init__(
-        self, upstream: Upstream, image: ImageSpec, finder: ReferrerFinder | None = None
+        self, upstream: ManifestSource, image: ImageSpec, finder: ReferrerFinder | None = None
     ) -> None:
         self.upstream = upstream
         self.image = image
@@ -156,7 +129,7 @@ class _TagResolver:
         )
 
 
-def selected_tags(upstream: Upstream, image: ImageSpec) -> list[str]:
+def selected_tags(upstream: ManifestSource, image: ImageSpec) -> list[str]:
     """Exact tags plus what the selectors pick from the upstream listing."""
     tags = set(image.tags)
     if image.needs_listing:
@@ -175,7 +148,7 @@ def selected_tags(upstream: Upstream, image: ImageSpec) -> list[str]:
 def resolve(
     config: Config,
     old: Lock | None,
-    upstream: Upstream,
+    upstream: ManifestSource,
     *,
     upgrade: Collection[str] | None = None,
     jobs: int = 8,
@@ -244,7 +217,7 @@ def resolve(
 
 
 def _referrer_finder(
-    config: Config, upstream: Upstream, console: Console | None
+    config: Config, upstream: ManifestSource, console: Console | None
 ) -> ReferrerFinder | None:
     wanting = [i for i in config.images if i.referrers]
     if not wanting:

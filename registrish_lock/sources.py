@@ -33,6 +33,8 @@ from types import TracebackType
 from typing import IO, Any, Protocol
 
 from . import mediatypes
+from .config import Config
+from .console import Console
 from .discovery import ReferrersUpstream
 from .errors import IntegrityError, NotFoundError, RegistrishError
 from .manifest import MAX_MANIFEST_BYTES, Descriptor, parse_manifest, sha256_digest
@@ -45,6 +47,7 @@ from .reference import (
     is_tag,
     validate_digest,
 )
+from .upstream import FetchedLike, FetchedManifest, ManifestInfo, ManifestInfoLike, Upstream
 
 REF_NAME = "org.opencontainers.image.ref.name"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
@@ -58,60 +61,6 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 class LocalSourceError(RegistrishError):
     """A local source is missing or is not what its scheme says (bad input: exit 2)."""
-
-
-@dataclass(frozen=True)
-class ManifestInfo:
-    digest: str
-    media_type: str
-    size: int
-
-
-@dataclass(frozen=True)
-class FetchedManifest:
-    data: bytes
-    media_type: str
-    digest: str
-
-
-class ManifestInfoLike(Protocol):
-    @property
-    def digest(self) -> str: ...
-    @property
-    def media_type(self) -> str: ...
-    @property
-    def size(self) -> int: ...
-
-
-class FetchedLike(Protocol):
-    @property
-    def data(self) -> bytes: ...
-    @property
-    def media_type(self) -> str: ...
-    @property
-    def digest(self) -> str: ...
-
-
-class UpstreamLike(Protocol):
-    """The upstream protocol (what `resolve` and `apply` use of `RegistryClient`)."""
-
-    @property
-    def request_count(self) -> int: ...
-    def list_tags(self, repo: Reference) -> list[str]: ...
-    def head_manifest(self, repo: Reference, ref: str) -> ManifestInfoLike: ...
-    def get_manifest(
-        self, repo: Reference, ref: str, *, expected_digest: str | None = None
-    ) -> FetchedLike: ...
-    def fetch_blob(
-        self,
-        repo: Reference,
-        digest: str,
-        size: int,
-        dest: Path,
-        *,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None: ...
-    def close(self) -> None: ...
 
 
 # --- shared helpers ------------------------------------------------------------------------
@@ -670,14 +619,14 @@ class SourceRouter:
     source `repo.registry` names. The registry client is made on first use, so a config of
     local sources only never creates one."""
 
-    def __init__(self, *, base: Path, registry: Callable[[], UpstreamLike]) -> None:
+    def __init__(self, *, base: Path, registry: Callable[[], Upstream]) -> None:
         self._registry_factory = registry
-        self._registry: UpstreamLike | None = None
+        self._registry: Upstream | None = None
         self._lock = threading.Lock()
         self._oci = OciLayoutSource(base)
         self._archives = DockerArchiveSource(base)
 
-    def _pick(self, repo: Reference) -> UpstreamLike:
+    def _pick(self, repo: Reference) -> Upstream:
         if repo.registry == OCI_LAYOUT:
             return self._oci
         if repo.registry == DOCKER_ARCHIVE:
@@ -736,3 +685,17 @@ class SourceRouter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def open_sources(config: Config, console: Console, *, jobs: int = 8) -> SourceRouter:
+    """The upstream for `config`'s images: each request goes to the image's source, a
+    registry client being created (and httpx imported) only when a registry is used."""
+
+    def registry_client() -> Upstream:
+        from .registry import RegistryClient
+
+        return RegistryClient(
+            settings=config.registry_settings, console=console, max_connections_per_registry=jobs
+        )
+
+    return SourceRouter(base=config.path.parent, registry=registry_client)

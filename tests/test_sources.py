@@ -37,9 +37,9 @@ from registrish_lock.sources import (
     LocalSourceError,
     OciLayoutSource,
     SourceRouter,
-    UpstreamLike,
     tag_of_ref_name,
 )
+from registrish_lock.upstream import Upstream
 
 REF_NAME = "org.opencontainers.image.ref.name"
 TAGS = ("3.18", "3.19", "3.20", "3.20.1", "latest", "edge")
@@ -49,7 +49,7 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def no_registry() -> UpstreamLike:
+def no_registry() -> Upstream:
     raise AssertionError("a local-only config must not create a registry client")
 
 

@@ -25,7 +25,7 @@ from test_sync_fake import (
 )
 
 from registrish_lock import cli, mediatypes
-from registrish_lock.apply import LazyUpstream, SyncResult, Upstream, sync_tree
+from registrish_lock.apply import LazyUpstream, SyncResult, sync_tree
 from registrish_lock.console import Console
 from registrish_lock.errors import BusyError, ExitCode, IntegrityError
 from registrish_lock.layout import Layout, split_twin
@@ -33,6 +33,7 @@ from registrish_lock.lockfile import Lock, write_lock
 from registrish_lock.progress import QuietProgress
 from registrish_lock.tree import hash_file
 from registrish_lock.treelock import tree_lock
+from registrish_lock.upstream import BlobSource as Upstream
 
 
 def quiet() -> Console:
@@ -410,7 +411,7 @@ def test_cli_dry_run_exit_codes_and_json(
     config, _ = write_project(tmp_path, lock)
     from registrish_lock.commands import sync as sync_cmd
 
-    monkeypatch.setattr(sync_cmd, "_client_factory", lambda *_args: up)
+    monkeypatch.setattr(sync_cmd, "open_sources", lambda *_args, **_kw: up)
     assert cli.main(["sync", "-c", str(config), "--dry-run"]) == ExitCode.PENDING
     out = capsys.readouterr().out
     assert "Would fetch 3 blobs" in out and "would create tag app:v1" in out

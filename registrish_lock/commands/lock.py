@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from ..config import load_config
 from ..console import Console
 from ..errors import ConfigError, ExitCode, StaleLockError
 from ..lockfile import Lock, dumps, read_lock, write_lock
 from ..resolve import Change, resolve
-from ..sources import SourceRouter
-
-if TYPE_CHECKING:
-    from ..registry import RegistryClient
+from ..sources import open_sources
 
 NAME = "lock"
 HELP = "resolve the config's tags to digests and write registrish.lock"
@@ -88,13 +84,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
             hint="pass repository names as they appear in the registry (the images' 'name')",
         )
 
-    def registry_client() -> RegistryClient:
-        from ..registry import RegistryClient  # imported late: httpx is slow to import
-
-        return RegistryClient(settings=config.registry_settings, console=console)
-
     # Each image's requests go to its source: a registry, an oci: layout or a docker-archive:.
-    with SourceRouter(base=config.path.parent, registry=registry_client) as client:
+    with open_sources(config, console, jobs=args.jobs) as client:
         result = resolve(config, old, client, upgrade=upgrade, jobs=args.jobs, console=console)
         requests = client.request_count
 

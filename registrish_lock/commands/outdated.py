@@ -9,6 +9,7 @@ from ..console import Console
 from ..errors import ExitCode
 from ..lockfile import read_lock
 from ..outdated import STATES, outdated
+from ..sources import open_sources
 
 NAME = "outdated"
 HELP = "show locked tags that moved upstream and new tags the selectors match"
@@ -40,9 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     config = load_config(args.config)
     lock = read_lock(config.lock_path)
-    from ..registry import RegistryClient  # imported late: httpx is slow to import
-
-    with RegistryClient(settings=config.registry_settings, console=console) as client:
+    with open_sources(config, console, jobs=args.jobs) as client:
         rows = outdated(config, lock, client, jobs=args.jobs)
         requests = client.request_count
     stale = [r for r in rows if r.state != "current"]

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..apply import DEFAULT_JOBS, LazyUpstream, Upstream, sync_tree, write_hosts
+from ..apply import DEFAULT_JOBS, LazyUpstream, sync_tree, write_hosts
 from ..config import Config, load_config
 from ..console import Console
 from ..errors import ExitCode, StaleLockError
 from ..layout import Layout
 from ..lockfile import Lock, read_lock
 from ..progress import make_progress
-from ..sources import SourceRouter
+from ..sources import open_sources
 from ..treelock import tree_lock
-
-if TYPE_CHECKING:
-    from ..registry import RegistryClient
 
 NAME = "sync"
 HELP = "reconcile the static tree with registrish.lock"
@@ -69,25 +65,13 @@ def load_locked(config_path: Path, *, frozen: bool) -> tuple[Config, Lock]:
     return config, lock
 
 
-def _client_factory(config: Config, console: Console, jobs: int) -> Upstream:
-    def registry_client() -> RegistryClient:
-        from ..registry import RegistryClient  # imported late: a no-op sync never needs it
-
-        return RegistryClient(
-            settings=config.registry_settings, console=console, max_connections_per_registry=jobs
-        )
-
-    # Each locked tag's objects come from its source: a registry, oci: layout or docker-archive:.
-    return SourceRouter(base=config.path.parent, registry=registry_client)
-
-
 def run(args: argparse.Namespace, console: Console) -> int:
     if args.jobs < 1:
         console.error(f"--jobs must be at least 1, not {args.jobs}")
         return int(ExitCode.USAGE)
     config, lock = load_locked(args.config, frozen=args.frozen)
     layout = Layout(config.root)
-    upstream = LazyUpstream(lambda: _client_factory(config, console, args.jobs))
+    upstream = LazyUpstream(lambda: open_sources(config, console, jobs=args.jobs))
     try:
         with tree_lock(layout, console, wait=not args.no_wait):
             result = sync_tree(
