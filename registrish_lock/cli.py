@@ -120,16 +120,32 @@ def _to_load(argv: Sequence[str]) -> tuple[str, ...]:
     return COMMANDS
 
 
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line, found without importing any command:
+    only its module is then loaded, which keeps every run's start-up short."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("-c", "--config"):
+            skip = True  # its value may be any word, even a command's name
+        elif not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    chosen = _chosen_command(args_in)
     modules = {}
-    for name in _to_load(sys.argv[1:] if argv is None else argv):
+    for name in (chosen,) if chosen else COMMANDS:
         try:
             modules[name] = _load(name)
         except ModuleNotFoundError as exc:
             if exc.name != f"registrish_lock.commands.{name}":
                 raise
     parser = build_parser(modules)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
     if args.command is None:
         parser.print_help(sys.stderr)
         return ExitCode.USAGE
