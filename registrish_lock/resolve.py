@@ -21,6 +21,9 @@ from .manifest import Manifest, Platform, parse_manifest
 from .selectors import select_from_listing
 from .upstream import ManifestSource
 
+#: Every kind of `Change`, in the order summaries list them.
+CHANGE_KINDS = ("added", "moved", "removed", "reselected", "referrers")
+
 
 @dataclass(frozen=True)
 class Change:

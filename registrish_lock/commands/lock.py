@@ -8,7 +8,7 @@ from ..config import load_config
 from ..console import Console
 from ..errors import ConfigError, ExitCode, StaleLockError
 from ..lockfile import Lock, dumps, read_lock, write_lock
-from ..resolve import Change, resolve
+from ..resolve import CHANGE_KINDS, Change, resolve
 from ..sources import open_sources
 
 NAME = "lock"
@@ -97,17 +97,16 @@ def run(args: argparse.Namespace, console: Console) -> int:
         or dumps(result.lock) != (lock_path.read_text() if lock_path.exists() else "")
     )
     written = False if args.dry_run else write_lock(lock_path, result.lock)
-    counts = {
-        k: sum(1 for c in result.changes if c.kind == k)
-        for k in ("added", "moved", "removed", "reselected")
-    }
+    counts = {k: sum(1 for c in result.changes if c.kind == k) for k in CHANGE_KINDS}
+    changed = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
     summary = (
-        f"{len(result.lock.tags)} tags locked: {counts['added']} added, {counts['moved']} moved, "
-        f"{counts['removed']} removed, {result.unchanged} unchanged "
-        f"({requests} requests, {console.elapsed():.1f} s)"
+        f"{len(result.lock.tags)} tags locked: {changed + ', ' if changed else ''}"
+        f"{result.unchanged} unchanged ({requests} requests, {console.elapsed():.1f} s)"
     )
-    verb = "would write" if args.dry_run and would else ("wrote" if written else "unchanged:")
-    console.result(f"{verb} {lock_path}" if verb != "unchanged:" else f"{lock_path} unchanged")
+    if args.dry_run:
+        console.result(f"would write {lock_path}" if would else f"{lock_path} is up to date")
+    else:
+        console.result(f"wrote {lock_path}" if written else f"{lock_path} unchanged")
     console.info(summary)
     console.emit_json(
         {
