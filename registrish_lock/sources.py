@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import IO, Any, Generic, Protocol, TypeVar
 
 from . import mediatypes
 from .config import Config
@@ -158,18 +158,37 @@ def _add_tag(tags: dict[str, ManifestInfo], tag: str, info: ManifestInfo, where:
     tags[tag] = info
 
 
-class _PerPath:
-    """One parsed object per resolved path, built once even when threads race for it."""
+_Parsed = TypeVar("_Parsed")
 
-    def __init__(self) -> None:
+
+class _LocalSource(Generic[_Parsed]):
+    """What both local source kinds share: the scheme they serve, a base directory that
+    paths are relative to, one parsed object per path (built once even when threads race
+    for it), and a count of files read, the local analogue of upstream requests."""
+
+    scheme: str
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
         self._lock = threading.Lock()
-        self._items: dict[Path, object] = {}
+        self._parsed: dict[Path, _Parsed] = {}
+        self._reads = _Counter()
 
-    def get(self, path: Path, build: Callable[[], object]) -> object:
+    @property
+    def request_count(self) -> int:
+        return self._reads.value
+
+    def _load(self, path: Path, label: str) -> _Parsed:
+        raise NotImplementedError
+
+    def _open(self, repo: Reference) -> _Parsed:
+        if repo.registry != self.scheme:
+            raise ValueError(f"not a {self.scheme}: source: {repo}")
+        path = self.base / repo.repository
         with self._lock:
-            if path not in self._items:
-                self._items[path] = build()
-            return self._items[path]
+            if path not in self._parsed:
+                self._parsed[path] = self._load(path, repo.repository_ref)
+            return self._parsed[path]
 
 
 class _Counter:
@@ -249,29 +268,16 @@ def _load_layout(root: Path, label: str) -> _Layout:
     return _Layout(label=label, root=real_root, tags=tags, types=types)
 
 
-class OciLayoutSource:
+class OciLayoutSource(_LocalSource[_Layout]):
     """Every `oci:PATH` source; PATH is resolved against `base` (the config's directory)."""
 
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self._layouts = _PerPath()
-        self._reads = _Counter()
+    scheme = OCI_LAYOUT
 
-    @property
-    def request_count(self) -> int:
-        """Files read (manifests and blobs), the local analogue of upstream requests."""
-        return self._reads.value
-
-    def _layout(self, repo: Reference) -> _Layout:
-        if repo.registry != OCI_LAYOUT:
-            raise ValueError(f"not an oci: source: {repo}")
-        root = self.base / repo.repository
-        layout = self._layouts.get(root, lambda: _load_layout(root, repo.repository_ref))
-        assert isinstance(layout, _Layout)
-        return layout
+    def _load(self, path: Path, label: str) -> _Layout:
+        return _load_layout(path, label)
 
     def list_tags(self, repo: Reference) -> list[str]:
-        return sorted(self._layout(repo).tags)
+        return sorted(self._open(repo).tags)
 
     def _tagged(self, layout: _Layout, tag: str) -> ManifestInfo:
         info = layout.tags.get(tag)
@@ -284,7 +290,7 @@ class OciLayoutSource:
         return info
 
     def head_manifest(self, repo: Reference, ref: str) -> ManifestInfo:
-        layout = self._layout(repo)
+        layout = self._open(repo)
         if is_digest(ref):
             fetched = self.get_manifest(repo, ref)
             return ManifestInfo(fetched.digest, fetched.media_type, len(fetched.data))
@@ -293,7 +299,7 @@ class OciLayoutSource:
     def get_manifest(
         self, repo: Reference, ref: str, *, expected_digest: str | None = None
     ) -> FetchedManifest:
-        layout = self._layout(repo)
+        layout = self._open(repo)
         digest = validate_digest(ref) if is_digest(ref) else self._tagged(layout, ref).digest
         if expected_digest is not None and validate_digest(expected_digest) != digest:
             raise IntegrityError(
@@ -320,7 +326,7 @@ class OciLayoutSource:
         *,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
-        layout = self._layout(repo)
+        layout = self._open(repo)
         validate_digest(digest)
         self._reads.bump()
         with layout.blob(digest).open("rb") as src:
@@ -507,29 +513,17 @@ def _load_archive(path: Path, label: str) -> _Archive:
     return _Archive(label=label, path=path, tags=tags, manifests=manifests, blobs=blobs)
 
 
-class DockerArchiveSource:
+class DockerArchiveSource(_LocalSource[_Archive]):
     """Every `docker-archive:FILE` source; FILE is resolved against `base`. An archive is
     read (and every layer hashed) once per process, then served by offset."""
 
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self._archives = _PerPath()
-        self._reads = _Counter()
+    scheme = DOCKER_ARCHIVE
 
-    @property
-    def request_count(self) -> int:
-        return self._reads.value
-
-    def _archive(self, repo: Reference) -> _Archive:
-        if repo.registry != DOCKER_ARCHIVE:
-            raise ValueError(f"not a docker-archive: source: {repo}")
-        path = self.base / repo.repository
-        archive = self._archives.get(path, lambda: _load_archive(path, repo.repository_ref))
-        assert isinstance(archive, _Archive)
-        return archive
+    def _load(self, path: Path, label: str) -> _Archive:
+        return _load_archive(path, label)
 
     def list_tags(self, repo: Reference) -> list[str]:
-        return sorted(self._archive(repo).tags)
+        return sorted(self._open(repo).tags)
 
     def _digest(self, archive: _Archive, ref: str) -> str:
         if is_digest(ref):
@@ -549,7 +543,7 @@ class DockerArchiveSource:
     def get_manifest(
         self, repo: Reference, ref: str, *, expected_digest: str | None = None
     ) -> FetchedManifest:
-        archive = self._archive(repo)
+        archive = self._open(repo)
         digest = self._digest(archive, ref)
         data = archive.manifests.get(digest)
         if data is None:
@@ -574,7 +568,7 @@ class DockerArchiveSource:
         *,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
-        archive = self._archive(repo)
+        archive = self._open(repo)
         validate_digest(digest)
         member = archive.blobs.get(digest)
         if member is None:
