@@ -132,7 +132,16 @@ class _HttpChecker:
     def digest_header(self, resp: httpx.Response, path: str, digest: str, method: str) -> None:
         sent = resp.headers.get("Docker-Content-Digest")
         if sent is not None and sent != digest:
-            self.report.fail(path, f"{method}: Docker-Content-Digest is {sent}, expected {digest}")
+            stale = (
+                ""
+                if path.rsplit("/", 1)[-1].startswith("sha256:")
+                else (
+                    " (the host's config is older than the tree: reload the server after every sync)"
+                )
+            )
+            self.report.fail(
+                path, f"{method}: Docker-Content-Digest is {sent}, expected {digest}{stale}"
+            )
 
     def length(self, resp: httpx.Response, path: str, size: int, method: str) -> None:
         sent = resp.headers.get("Content-Length")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .console import human_bytes
-from .layout import Layout, parse_rel_path
+from .layout import Layout, is_last_page, parse_rel_path
 from .plan import Desired
 from .tree import (
     PARTIAL_SUFFIX,
@@ -161,14 +161,21 @@ def _listing_rewrites(
             swept_tags.setdefault(parsed[0], set()).add(parsed[1])
     swept_rels = {s.rel for s in sweeps}
     for name, tags in sorted(swept_tags.items()):
-        rel = Layout.rel_tags_list(name)
-        listing = _json(state.docs.get(rel))
-        if rel in swept_rels or listing is None or not isinstance(listing.get("tags"), list):
-            continue
-        kept = [t for t in listing["tags"] if t not in tags]
-        if kept != listing["tags"]:
-            rewrites.append((rel, canonical_json({**listing, "tags": kept})))
+        # the listing and its `last` pages (`tags/<tag>.~last`) that survive the sweep
+        pages = sorted(r for r in state.docs if is_last_page(r) and _name_of(r) == name)
+        for rel in (Layout.rel_tags_list(name), *pages):
+            listing = _json(state.docs.get(rel))
+            if rel in swept_rels or listing is None or not isinstance(listing.get("tags"), list):
+                continue
+            kept = [t for t in listing["tags"] if t not in tags]
+            if kept != listing["tags"]:
+                rewrites.append((rel, canonical_json({**listing, "tags": kept})))
     return tuple(rewrites)
+
+
+def _name_of(rel: str) -> str | None:
+    parsed = parse_rel_path(rel)
+    return parsed[0] if parsed is not None else None
 
 
 def _json(data: bytes | None) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@
 <root>/v2/                                   the API ping ("index" file holds `{}`)
 <root>/v2/_catalog
 <root>/v2/<name>/tags/list
+<root>/v2/<name>/tags/<tag>.~last            the tags after <tag> (`tags/list?last=<tag>`)
 <root>/v2/<name>/manifests/<tag|digest>      the exact bytes, for hosts that map paths
 <root>/v2/<name>/manifests/<ref>.~<kind>     a hardlinked typed twin: hosts pick the
                                              Content-Type from the suffix (`KINDS`)
@@ -30,6 +31,9 @@ from .reference import digest_hex, is_digest, validate_digest, validate_name, va
 STATE_DIR = ".registrish"
 TWIN_SEPARATOR = ".~"
 PING_FILE = "index"  # v2/ is a directory; its index file answers `GET /v2/`
+#: `tags/<tag>.~last`: the tags after <tag>, what static hosts answer `tags/list?last=<tag>`
+#: with. The fixed suffix keeps a tag's own "extension" (`v1.gz`) from picking a type.
+LAST_PAGE_SUFFIX = ".~last"
 
 
 def ref_component(ref: str) -> str:
@@ -68,6 +72,10 @@ class Layout:
     @staticmethod
     def rel_tags_list(name: str) -> str:
         return f"v2/{validate_name(name)}/tags/list"
+
+    @staticmethod
+    def rel_tags_last(name: str, tag: str) -> str:
+        return f"v2/{validate_name(name)}/tags/{validate_tag(tag)}{LAST_PAGE_SUFFIX}"
 
     @staticmethod
     def rel_manifest(name: str, ref: str) -> str:
@@ -129,6 +137,12 @@ def parse_rel_path(rel: str) -> tuple[str, str, str] | None:
     if section not in ("manifests", "blobs", "referrers", "tags"):
         return None
     return "/".join(parts[1:-2]), section, ref
+
+
+def is_last_page(rel: str) -> bool:
+    """`v2/<name>/tags/<tag>.~last` (a `last`-keyed tag-list page)."""
+    parsed = parse_rel_path(rel)
+    return parsed is not None and parsed[1] == "tags" and parsed[2].endswith(LAST_PAGE_SUFFIX)
 
 
 def is_digest_ref(ref: str) -> bool:

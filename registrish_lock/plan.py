@@ -19,14 +19,14 @@ Policies:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import mediatypes
 from .console import human_bytes
 from .errors import IntegrityError
-from .layout import Layout
+from .layout import Layout, is_last_page
 from .lockfile import Lock, LockedReferrer, LockedTag
 from .manifest import Descriptor, Manifest
 from .referrers import artifact_type_of, referrers_index, refers_to
@@ -265,6 +265,7 @@ def desired_tree(lock: Lock, manifests: Mapping[str, Manifest], *, strict: bool 
             "tags",
             canonical_json({"name": name, "tags": sorted(names_tags)}),
         )
+        docs.update((rel, ("tags", data)) for rel, data in last_pages(name, names_tags).items())
     docs[Layout.rel_catalog()] = ("catalog", canonical_json({"repositories": lock.names()}))
     docs[Layout.rel_ping()] = ("ping", PING_DOCUMENT)
     return Desired(
@@ -278,6 +279,23 @@ def desired_tree(lock: Lock, manifests: Mapping[str, Manifest], *, strict: bool 
         foreign=tuple(sorted(foreign)),
         unknown_repos=frozenset(unknown),
     )
+
+
+#: Repositories with more tags get no `last` pages (their bytes grow as tags²/2).
+MAX_LAST_PAGES = 1000
+
+
+def last_pages(name: str, tags: Iterable[str]) -> dict[str, bytes]:
+    """`tags/<tag>.~last` for every tag: the tags/list document of the tags sorted after
+    it (byte-wise, as the distribution spec orders them), what a static host answers
+    `tags/list?last=<tag>` with. None past `MAX_LAST_PAGES` tags."""
+    ordered = sorted(set(tags))
+    if len(ordered) > MAX_LAST_PAGES:
+        return {}
+    return {
+        Layout.rel_tags_last(name, tag): canonical_json({"name": name, "tags": ordered[i + 1 :]})
+        for i, tag in enumerate(ordered)
+    }
 
 
 def _closure(
@@ -553,6 +571,12 @@ def make_plan(desired: Desired, state: TreeState) -> Plan:
         Removal(rel, "tag", info.size)
         for rel, info in sorted(state.files.items())
         if _is_unlocked_tag(rel, wanted_tags)
+    ]
+    # `last` pages of gone tags (or of a repository past the cap) would list stale tags
+    removals += [
+        Removal(rel, "tags page", info.size)
+        for rel, info in sorted(state.files.items())
+        if is_last_page(rel) and rel not in desired.docs
     ]
     catalog, ping = doc_writes("catalog"), doc_writes("ping")
     return Plan(

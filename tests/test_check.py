@@ -129,6 +129,16 @@ def test_check_url_flags_wrong_digest_header_and_compression(tree: BuiltTree) ->
     problems = " ".join(f.problem for f in report.failures)
     assert "Docker-Content-Digest is sha256:000" in problems
     assert "Content-Encoding gzip" in problems
+    # a wrong digest on a tag is what a host config older than the tree sends
+    digest_failures = [f for f in report.failures if "Docker-Content-Digest" in f.problem]
+    by_tag = [
+        f.problem
+        for f in digest_failures
+        if "/manifests/" in f.path and "/manifests/sha256:" not in f.path
+    ]
+    by_digest = [f.problem for f in digest_failures if "/manifests/sha256:" in f.path]
+    assert by_tag and all("reload the server after every sync" in p for p in by_tag)
+    assert by_digest and not any("reload" in p for p in by_digest)
 
 
 def test_check_command_local_and_json(

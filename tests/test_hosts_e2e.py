@@ -86,6 +86,7 @@ def _start(host: str, tree: BuiltTree, tmp: Path) -> Server:
         f'ServerRoot "{tmp}"\nServerName {LOOPBACK}\nPidFile "{tmp}/httpd.pid"\n'
         f'DefaultRuntimeDir "{tmp}"\nMutex file:{tmp} default\n{loads}\n'
         f"TypesConfig /etc/mime.types\nErrorLog /dev/stderr\nLogLevel warn\n"
+        f"Include {hosts_dir / 'registrish-apache-listen.conf'}\n"
         f"Include {hosts_dir / 'registrish-apache.conf'}\n"
     )
     return start_apache(conf, port=port, ready_path="/v2/")

@@ -214,6 +214,7 @@ def test_tags_dropped_from_the_lock_are_removed_and_listed_no_more(tmp_path: Pat
     assert {r.rel for r in result.plan.removals} == {
         "v2/app/manifests/old",
         "v2/app/manifests/old.~oci-manifest",
+        "v2/app/tags/old.~last",  # its `?last=old` page
     }
     assert not (tmp_path / "v2/app/manifests/old").exists()
     assert json.loads((tmp_path / "v2/app/tags/list").read_bytes())["tags"] == ["v1"]

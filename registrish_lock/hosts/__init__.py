@@ -78,7 +78,18 @@ def make_context(
         listen_port=listen_port,
         policy=policy,
         entries=listed,
+        tag_digests=tag_digests(lock) if lock is not None else (),
     )
+
+
+def tag_digests(lock: Lock) -> tuple[tuple[str, str, str], ...]:
+    """(name, tag, digest) of every tag the tree serves: locked tags and cosign tags."""
+    table = {(t.name, t.tag): t.digest for t in lock.tags}
+    for t in lock.tags:
+        for r in t.referrers:
+            if r.tag:
+                table.setdefault((t.name, r.tag), r.digest)
+    return tuple(sorted((name, tag, digest) for (name, tag), digest in table.items()))
 
 
 def render_hosts(ctx: HostContext, hosts: Sequence[str]) -> list[Rendered]:
@@ -126,5 +137,9 @@ def write_host_configs(config: Config, layout: Layout, lock: Lock, console: Cons
         tmp_dir = layout.tmp if in_tree and layout.tmp.is_dir() else None
         if write_if_changed(out.path, out.data, tmp_dir=tmp_dir):
             written.append(out.path)
-            console.debug(f"wrote {out.path}")
+            if in_tree:
+                console.debug(f"wrote {out.path}")
+            else:
+                # server configs carry the tag -> digest table: a stale one sends old digests
+                console.info(f"updated {out.path}: reload or redeploy that host to apply it")
     return written

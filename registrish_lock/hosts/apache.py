@@ -8,7 +8,11 @@ mod_rewrite, mod_headers, mod_setenvif, mod_mime and mod_dir.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 from .. import mediatypes
+from ..layout import LAST_PAGE_SUFFIX
 from ..routes import (
     BROWSE_REL,
     EMPTY_REFERRERS_REL,
@@ -23,7 +27,21 @@ from .base import GENERATED, HostContext, Output, Rendered, error_text, twin_kin
 
 HTACCESS = ".htaccess"
 VHOST = "registrish-apache.conf"
+#: `Listen` apart from the vhost: Debian's ports.conf may already listen on the port.
+LISTEN = "registrish-apache-listen.conf"
+TAG_DIGEST_ENV = "REGISTRISH_TAG_DIGEST"
+_LAST_QUERY = "(?:^|&)last=([A-Za-z0-9_][A-Za-z0-9._-]{0,127})(?:&|$)"
 _BROWSE_RE = BROWSE_REL.replace(".", "\\.")  # a regex for the page's name
+
+
+def tag_digest_table(tags: Sequence[tuple[str, str, str]]) -> str:
+    """One `SetEnvIf` per tag (none per digest), compiled once at startup: the
+    .htaccess turns it into Docker-Content-Digest on manifests by tag."""
+    return "".join(
+        f'    SetEnvIf Request_URI "^/v2/{re.escape(name)}/manifests/{re.escape(tag)}$" '
+        f"{TAG_DIGEST_ENV}={digest}\n"
+        for name, tag, digest in tags
+    )
 
 
 def _error_document(code: ErrorCode) -> str:
@@ -62,6 +80,12 @@ RewriteRule !^v2(/|$) - [R=404,L]
 RewriteRule ^v2/_referrers-empty$ - [R=404,L]
 # The API ping: GET /v2/ -> 200 {{}}.
 RewriteRule ^v2/?$ v2/index [END]
+# ?last=<tag> -> the page of tags after <tag> that sync wrote (`n` is ignored).
+RewriteCond %{{QUERY_STRING}} {_LAST_QUERY}
+RewriteCond %{{REQUEST_FILENAME}}::%1 ^(.*/)list::(.+)$
+RewriteCond %1%2{LAST_PAGE_SUFFIX} -f
+RewriteCond %{{QUERY_STRING}} {_LAST_QUERY}
+RewriteRule ^(v2/.+/tags/)list$ $1%1{LAST_PAGE_SUFFIX} [END]
 # Manifests: serve the typed twin, whose suffix gives the exact media type.
 {twins}RewriteRule ^v2/.+/manifests/ - [R=404,L]
 # Referrers: the stored index, or the empty one for any other digest.
@@ -71,7 +95,7 @@ RewriteRule ^v2/.+/referrers/sha256:[a-f0-9]{{64}}$ {EMPTY_REFERRERS_REL} [END]
 {types}<FilesMatch "^sha256:[a-f0-9]{{64}}$">
     ForceType {OCTET_STREAM}
 </FilesMatch>
-<FilesMatch "^(index|_catalog|list)$">
+<FilesMatch "^(index|_catalog|list)$|\\{LAST_PAGE_SUFFIX}$">
     ForceType {JSON}
 </FilesMatch>
 <If "%{{REQUEST_URI}} =~ m#^/({_BROWSE_RE})?$#">
@@ -84,6 +108,8 @@ RewriteRule ^v2/.+/referrers/sha256:[a-f0-9]{{64}}$ {EMPTY_REFERRERS_REL} [END]
 Header always set Docker-Distribution-API-Version registry/2.0
 Header always set Content-Type {JSON} "expr=%{{REQUEST_STATUS}} -in {{'404', '405'}}"
 Header set Docker-Content-Digest %{{REGISTRISH_DIGEST}}e env=REGISTRISH_DIGEST
+# Manifests by tag: the vhost's table sets it (renamed by the rewrite to the typed twin).
+Header set Docker-Content-Digest %{{REDIRECT_{TAG_DIGEST_ENV}}}e env=REDIRECT_{TAG_DIGEST_ENV}
 <If "%{{REQUEST_URI}} =~ m#^/v2/.+/(manifests|blobs)/sha256:[a-f0-9]{{64}}#">
     Header set Cache-Control "{IMMUTABLE}"
 </If>
@@ -112,21 +138,24 @@ class ApacheRenderer:
         vhost = f"""\
 # {GENERATED}
 # The static registry at {ctx.root}, on http://{ctx.listen}/.
-# Include it from apache2.conf (and drop the Listen line if ports.conf has it already);
-# the rules live in {ctx.root / HTACCESS}.
-Listen {ctx.listen}
+# Include it from apache2.conf, plus {LISTEN} unless ports.conf already listens on
+# {ctx.listen}; the rules live in {ctx.root / HTACCESS}. Reload Apache after each sync:
+# the tag -> digest table below changes with the lock.
 <VirtualHost {ctx.listen}>
     DocumentRoot "{ctx.root}"
-    <Directory "{ctx.root}">
+{tag_digest_table(ctx.tag_digests)}    <Directory "{ctx.root}">
         Require all granted
         AllowOverride All
         Options -Indexes +FollowSymLinks
     </Directory>
 </VirtualHost>
 """
+        listen = f"# {GENERATED}\n# Apache's Listen for the registrish vhost (skip it if ports.conf has it).\n"
+        listen += f"Listen {ctx.listen}\n"
         return Rendered(
             (
                 Output(ctx.hosts_dir / VHOST, vhost.encode()),
+                Output(ctx.hosts_dir / LISTEN, listen.encode()),
                 Output(ctx.root / HTACCESS, htaccess(short).encode()),
             )
         )

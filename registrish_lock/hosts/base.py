@@ -26,6 +26,9 @@ class HostContext:
     listen_port: int
     policy: Policy
     entries: tuple[Entry, ...] = ()
+    #: (name, tag, digest) of every tag, sorted: hosts send Docker-Content-Digest on tags
+    #: from it (it grows with tags, never with manifests by digest).
+    tag_digests: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def listen(self) -> str:

@@ -7,7 +7,10 @@ because `file_server` clears Content-Type for unknown extensions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .. import mediatypes
+from ..layout import LAST_PAGE_SUFFIX
 from ..routes import (
     BROWSE_REL,
     EMPTY_REFERRERS_REL,
@@ -21,6 +24,7 @@ from ..routes import (
 from .base import GENERATED, HostContext, Output, Rendered, error_text, twin_kinds
 
 FILENAME = "Caddyfile"
+TAG_RE = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 API = "Docker-Distribution-API-Version registry/2.0"
 
 
@@ -50,6 +54,14 @@ def _manifests(prefix: str, extra: tuple[str, ...]) -> str:
         out += f"{t}\tfile_server\n{t}}}\n"
     out += f"{t}handle {{\n{_not_found(t + chr(9), ErrorCode.MANIFEST_UNKNOWN)}{t}}}\n"
     return out
+
+
+def tag_digest_map(tags: Sequence[tuple[str, str, str]]) -> str:
+    """`name:tag` -> digest, one line per tag (none per digest). Every tag the tree
+    serves is in the lock, so every tag answered has its digest."""
+    t = "\t\t\t"
+    lines = "".join(f"{t}\t{name}:{tag} {digest}\n" for name, tag, digest in tags)
+    return f"{t}map {{re.mtag.1}}:{{re.mtag.2}} {{registrish_tag_digest}} {{\n{lines}{t}}}\n"
 
 
 class CaddyRenderer:
@@ -86,8 +98,18 @@ http://{ctx.listen} {{
 {_headers(chr(9) * 3, f"Content-Type {JSON}")}			file_server
 		}}
 
-		@lists path_regexp lists ^/v2/(_catalog|.+/tags/list)$
+		@lists path_regexp lists ^/v2/(_catalog|(.+/tags/)list)$
 		handle @lists {{
+			# ?last=<tag> -> the page of tags after <tag> that sync wrote (`n` is ignored).
+			# (The capture comes from the enclosing matcher: a set's order is not defined.)
+			@last_page {{
+				vars_regexp {{query.last}} ^{TAG_RE}$
+				file /v2/{{re.lists.2}}{{query.last}}{LAST_PAGE_SUFFIX}
+			}}
+			handle @last_page {{
+				rewrite * /v2/{{re.lists.2}}{{query.last}}{LAST_PAGE_SUFFIX}
+{_headers(chr(9) * 4, f"Content-Type {JSON}", cc_short)}				file_server
+			}}
 			@lists_found file
 			handle @lists_found {{
 {_headers(chr(9) * 4, f"Content-Type {JSON}", cc_short)}				file_server
@@ -100,9 +122,9 @@ http://{ctx.listen} {{
 		handle @mdigest {{
 {_manifests("mdigest", ("Docker-Content-Digest {re.mdigest.1}", cc_long))}		}}
 
-		@mtag path_regexp mtag ^/v2/.+/manifests/[A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}$
+		@mtag path_regexp mtag ^/v2/(.+)/manifests/({TAG_RE})$
 		handle @mtag {{
-{_manifests("mtag", (cc_short,))}		}}
+{tag_digest_map(ctx.tag_digests)}{_manifests("mtag", ("Docker-Content-Digest {registrish_tag_digest}", cc_short))}		}}
 
 		@blob path_regexp blob ^/v2/.+/blobs/(sha256:[a-f0-9]{{64}})$
 		handle @blob {{

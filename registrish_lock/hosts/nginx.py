@@ -7,7 +7,10 @@ block, so no rule names a manifest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .. import mediatypes
+from ..layout import LAST_PAGE_SUFFIX
 from ..routes import (
     BROWSE_REL,
     EMPTY_REFERRERS_REL,
@@ -21,11 +24,33 @@ from ..routes import (
 from .base import GENERATED, HostContext, Output, Rendered, error_text, twin_kinds
 
 FILENAME = "registrish.conf"
+TAG_RE = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 API = "add_header Docker-Distribution-API-Version registry/2.0 always;"
 
 
 def _not_found(code: ErrorCode) -> str:
     return f"default_type {JSON};\n        {API}\n        return 404 '{error_text(code)}';"
+
+
+def tag_digest_map(tags: Sequence[tuple[str, str, str]]) -> str:
+    """`map "name:tag" -> digest` at http level: one line per tag (none per digest).
+    An unknown key maps to "", and nginx sends no header with an empty value."""
+    lines = [f'    "{name}:{tag}" "{digest}";' for name, tag, digest in tags]
+    longest = max((len(name) + len(tag) + 1 for name, tag, _ in tags), default=0)
+    sizing = ""
+    # A bucket must hold a few whole keys (nginx otherwise warns "could not build optimal
+    # map_hash" and may fail): the default is one 64-byte cache line and 2,048 buckets.
+    bucket = _pow2(4 * (longest + 16)) if tags else 64
+    if bucket > 64:
+        sizing += f"map_hash_bucket_size {bucket};\n"
+    if len(tags) > 1024:
+        sizing += f"map_hash_max_size {_pow2(2 * len(tags))};\n"
+    body = "\n".join(['    default "";', *lines])
+    return f'{sizing}map "$registrish_name:$registrish_tag" $registrish_tag_digest {{\n{body}\n}}'
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 class NginxRenderer:
@@ -39,7 +64,14 @@ class NginxRenderer:
         text = f"""\
 # {GENERATED}
 # The static registry at {ctx.root}, on http://{ctx.listen}/.
-# Use: `include {ctx.hosts_dir / FILENAME};` inside nginx's http {{}} block.
+# Use: `include {ctx.hosts_dir / FILENAME};` inside nginx's http {{}} block, and
+# `nginx -s reload` after each sync (the tag -> digest table below changes with the lock).
+{tag_digest_map(ctx.tag_digests)}
+# `?last=<tag>` (a valid tag only) -> its page `tags/<tag>{LAST_PAGE_SUFFIX}`; else the list.
+map $arg_last $registrish_last_page {{
+    default "list";
+    "~^{TAG_RE}$" "$arg_last{LAST_PAGE_SUFFIX}";
+}}
 server {{
     listen {ctx.listen};
     server_name _;
@@ -79,11 +111,12 @@ server {{
         {API}
         try_files $uri @registrish_name_unknown;
     }}
-    location ~ "^/v2/.+/tags/list$" {{
+    # ?last=<tag> -> the page of tags after <tag> that sync wrote (`n` is ignored).
+    location ~ "^(?<registrish_tags>/v2/.+/tags/)list$" {{
         default_type {JSON};
         add_header Cache-Control "{short}";
         {API}
-        try_files $uri @registrish_name_unknown;
+        try_files $registrish_tags$registrish_last_page $uri @registrish_name_unknown;
     }}
 
     # Manifests: the typed twin's suffix gives the exact media type.
@@ -96,10 +129,11 @@ server {{
         {API}
         try_files {tries} @registrish_manifest_unknown;
     }}
-    location ~ "^/v2/.+/manifests/[A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}$" {{
+    location ~ "^/v2/(?<registrish_name>.+)/manifests/(?<registrish_tag>{TAG_RE})$" {{
         types {{
 {types}
         }}
+        add_header Docker-Content-Digest $registrish_tag_digest;
         add_header Cache-Control "{short}";
         {API}
         try_files {tries} @registrish_manifest_unknown;
