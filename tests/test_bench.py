@@ -1,0 +1,130 @@
+"""The benchmark harness (bench/): its pure parts, and a smoke run of every scenario.
+
+The smoke run uses tiny data and one run per measurement: it asserts that each scenario runs
+against the real components and produces numbers, never what the numbers are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from testbed.procs import require_binary
+
+from bench import datagen
+from bench.machine import REQUIRED
+from bench.measure import BenchError, Stats, parse_wrk
+from bench.report import Check, Result, Row, render, splice
+from bench.scenarios import SCENARIOS
+
+REPO = Path(__file__).resolve().parent.parent
+
+WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:1234/v2/x/manifests/1
+  2 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   312.00us  101.00us   4.00ms   90.00%
+    Req/Sec    24.10k     1.20k   26.00k    70.00%
+  240000 requests in 5.00s, 1.50GB read
+Requests/sec:  48000.00
+Transfer/sec:    307.20MB
+"""
+
+
+def test_parse_wrk_reads_rate_and_transfer() -> None:
+    got = parse_wrk(WRK_OUTPUT)
+    assert got.requests_per_s == 48000.0
+    assert got.bytes_per_s == pytest.approx(307.2 * 1024**2)
+    assert got.requests == 240000
+
+
+def test_parse_wrk_rejects_error_answers() -> None:
+    bad = WRK_OUTPUT.replace("Requests/sec", "  Non-2xx or 3xx responses: 12\nRequests/sec")
+    with pytest.raises(BenchError, match="12 non-2xx"):
+        parse_wrk(bad)
+
+
+def test_stats_median_and_range() -> None:
+    s = Stats.of([3.0, 1.0, 2.0, 10.0, 4.0])
+    assert (s.median, s.low, s.high, s.n) == (3.0, 1.0, 10.0, 5)
+
+
+def test_full_plan_matches_the_issue() -> None:
+    plan = datagen.make_plan(datagen.SCALES["full"])
+    real_keys = {k for t in plan.sets["real"].tags for i in t.images for k in i.layers}
+    real_bytes = sum(plan.layers[k] for k in real_keys)
+    assert 0.9 * datagen.GiB <= real_bytes <= 1.1 * datagen.GiB
+    sizes = [plan.layers[k] for k in real_keys]
+    assert min(sizes) == datagen.KiB and max(sizes) == 200 * datagen.MiB
+    assert sum(1 for t in plan.sets["real"].tags if t.is_index) >= 2
+    # Base layers are shared: some layer is used by several repositories.
+    users: dict[str, set[str]] = {}
+    for t in plan.sets["real"].tags:
+        for image in t.images:
+            for k in image.layers:
+                users.setdefault(k, set()).add(t.repo)
+    assert max(len(v) for v in users.values()) >= 5
+    ten = next(t for t in plan.sets["real"].tags if (t.repo, t.tag) == datagen.TEN_LAYER_REF)
+    assert len(ten.images[0].layers) == 10
+    assert plan.layers["big-1"] == 2 * datagen.GiB
+    assert plan.scale.wide_tags == 1000
+
+
+def test_noshare_uses_each_real_layer_exactly_once() -> None:
+    plan = datagen.make_plan(datagen.SCALES["quick"])
+    real_keys = {k for t in plan.sets["real"].tags for i in t.images for k in i.layers}
+    used = [k for t in plan.sets["noshare"].tags for i in t.images for k in i.layers]
+    assert sorted(used) == sorted(real_keys)
+    assert all(not t.is_index for t in plan.sets["noshare"].tags)
+
+
+def test_plan_hash_changes_with_the_scale() -> None:
+    hashes = {datagen.make_plan(s).spec_hash() for s in datagen.SCALES.values()}
+    assert len(hashes) == len(datagen.SCALES)
+
+
+def test_splice_replaces_only_its_block() -> None:
+    doc = "# B\n\n<!-- bench:a -->old a<!-- /bench:a -->\n\nkept\n\n<!-- bench:b -->old b<!-- /bench:b -->\n"
+    out = splice(doc, [("a", "<!-- bench:a -->new \\1 a<!-- /bench:a -->")])
+    assert "new \\1 a" in out and "old a" not in out
+    assert "old b" in out and "kept" in out
+    out = splice(out, [("c", "<!-- bench:c -->c<!-- /bench:c -->")])
+    assert out.rstrip().endswith("<!-- bench:c -->c<!-- /bench:c -->")
+
+
+def test_render_marks_missed_targets() -> None:
+    result = Result(
+        key="k",
+        title="T",
+        data="d",
+        rows=(Row("x", Stats.of([1.0, 2.0, 3.0]), "s", "0.50× y"),),
+        checks=(Check("≤ 0.5× y", "0.6×", False), Check("≥ 1", "2", True)),
+    )
+    text = render(result, stamp="now", command="cmd")
+    assert "| x | 2.000 | 1.000 – 3.000 | s (n=3) | 0.50× y |" in text
+    assert "| ≤ 0.5× y | 0.6× | **missed** |" in text
+    assert "| ≥ 1 | 2 | met |" in text
+
+
+@pytest.mark.slow
+def test_smoke_every_scenario_produces_numbers(tmp_path: Path) -> None:
+    for name in REQUIRED:
+        require_binary(name)
+    out, raw = tmp_path / "BENCH.md", tmp_path / "bench.json"
+    argv = [sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--runs", "1"]
+    argv += ["--cache", str(tmp_path / "cache"), "--output", str(out), "--json", str(raw)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(raw.read_text())
+    assert sorted(r["key"] for r in results) == sorted(SCENARIOS)
+    for r in results:
+        assert r["rows"], r["key"]
+        for row in r["rows"]:
+            median = row["stats"]["median"]
+            assert math.isfinite(median) and median > 0, (r["key"], row["label"])
+    text = out.read_text()
+    for key in SCENARIOS:
+        assert f"<!-- bench:{key} -->" in text and "FAILED" not in text
