@@ -138,25 +138,29 @@ class TreeResolver:
         for kind in mediatypes.KINDS:
             media_type = mediatypes.TYPE_OF_KIND[kind]
             twin = exact.with_name(f"{exact.name}.~{kind}")
+            # Read the bytes now, through one open file: sync may replace (or, on a kind
+            # change, remove) a tag's twin before the handler would open it, and length,
+            # digest and body must all describe one version (tests/test_crash_serve.py).
             try:
-                st = twin.stat()
+                with twin.open("rb") as handle:
+                    st = os.fstat(handle.fileno())
+                    data = handle.read()
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            digest = target.ref if target.kind is Kind.MANIFEST_DIGEST else self._digest(twin, st)
+            digest = target.ref if target.kind is Kind.MANIFEST_DIGEST else self._digest(data, st)
             return Answer(
                 200,
                 headers_for(target.kind, policy=self.policy, media_type=media_type, digest=digest),
-                file=twin,
-                size=st.st_size,
+                data,
             )
         return self._error(404, ErrorCode.MANIFEST_UNKNOWN, f"{target.name}:{target.ref}")
 
-    def _digest(self, path: Path, st: os.stat_result) -> str:
+    def _digest(self, data: bytes, st: os.stat_result) -> str:
         key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
         with self._lock:
             cached = self._digests.get(key)
         if cached is None:
-            cached = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+            cached = "sha256:" + hashlib.sha256(data).hexdigest()
             with self._lock:
                 self._digests[key] = cached
         return cached
