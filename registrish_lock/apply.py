@@ -10,7 +10,7 @@ no-op sync makes zero requests.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +19,20 @@ from . import gc as gc_mod
 from .config import Config
 from .console import Console
 from .errors import IntegrityError
+from .fsutil import DirSyncs
 from .layout import Layout
 from .lockfile import Lock, LockedTag
 from .manifest import Manifest, parse_manifest
-from .plan import BlobFetch, Desired, Plan, desired_tree, make_plan, selected_children
+from .plan import (
+    BlobFetch,
+    Desired,
+    DocWrite,
+    ManifestWrite,
+    Plan,
+    desired_tree,
+    make_plan,
+    selected_children,
+)
 from .progress import Progress, Stats, Stopwatch
 from .reference import Reference, parse_source
 from .tree import (
@@ -130,6 +140,7 @@ def _fetch_blobs(
     jobs: int,
     progress: Progress,
     console: Console,
+    batch: DirSyncs | None = None,
 ) -> None:
     """Download in parallel: at most `jobs` at a time per upstream registry. Each blob
     streams to `<tmp>/<hex>.partial` (resumed after a crash), is verified, then renamed
@@ -147,7 +158,7 @@ def _fetch_blobs(
             dest = partial_path(layout, item.digest)
             already = dest.stat().st_size if dest.exists() else 0
             progress.blob_started(item.digest, item.size, item.name, already=already)
-            upstream.get().fetch_blob(
+            verified = upstream.get().fetch_blob(
                 repo,
                 item.digest,
                 item.size,
@@ -155,7 +166,7 @@ def _fetch_blobs(
                 on_bytes=lambda n: progress.advance(item.digest, n),
             )
             try:
-                commit_blob(layout, dest, item.digest, item.size)
+                commit_blob(layout, dest, item.digest, item.size, verified=verified, batch=batch)
             except IntegrityError as exc:
                 raise IntegrityError(
                     f"{item.name} (from {item.source}): {exc.message}", hint=exc.hint
@@ -196,8 +207,15 @@ def apply_plan(
     stats: Stats,
 ) -> None:
     """Blobs → platform manifests → indexes → referrers → tags → tags/list → stale tags
-    → catalog → ping. A tag is written only after everything it reaches is in place."""
+    → catalog → ping. A tag is written only after everything it reaches is in place.
+
+    Durability: each phase's renames are made durable by one fsync per directory at the
+    end of the phase (`batch.flush()`), before the next phase writes names that refer to
+    them, so after a power loss a tag never points at a blob or manifest that was lost.
+    (Per-file directory fsyncs were 17 % of a small cold sync's profile: one per blob, and
+    one per repository sharing it.)"""
     ensure_dirs(layout)
+    batch = DirSyncs()
     for digest in plan.drop_store:
         console.warn(f"stored blob {digest} is corrupt; fetching it again")
         remove_file(layout.store_blob(digest))
@@ -214,26 +232,45 @@ def apply_plan(
         jobs=jobs,
         progress=progress,
         console=console,
+        batch=batch,
     )
+    batch.flush()
     stats.fetch_seconds = watch.elapsed()
     stats.fetched, stats.fetched_bytes = len(plan.fetches), plan.fetch_bytes
     stats.reused, stats.reused_bytes = plan.reused_blobs, plan.reused_bytes
     for link in plan.links:
-        link_blob(layout, link.rel, link.digest)
-    for write in (*plan.manifests, *plan.tags):  # manifests are ordered leaves first
-        w = write.want
-        console.debug(f"{write.action} {w.rel} ({w.kind})")
-        write_manifest(layout, w.rel, w.twin, manifests[w.digest], write.stale_twins)
+        link_blob(layout, link.rel, link.digest, batch=batch)
+    batch.flush()
+
+    def write_manifests(writes: Sequence[ManifestWrite]) -> None:
+        for write in writes:
+            w = write.want
+            console.debug(f"{write.action} {w.rel} ({w.kind})")
+            write_manifest(
+                layout, w.rel, w.twin, manifests[w.digest], write.stale_twins, batch=batch
+            )
+        batch.flush()
+
+    def write_docs(docs: Sequence[DocWrite]) -> None:
+        for doc in docs:
+            write_doc(layout, doc.rel, doc.data, batch=batch)
+        batch.flush()
+
+    # Manifests by digest (leaves first) are reachable from no tag until the tags phase;
+    # referrers go before the tags so a freshly published tag's signatures are there.
+    write_manifests(plan.manifests)
+    write_docs(plan.referrers)
+    write_manifests(plan.tags)
     stats.manifests, stats.tags = len(plan.manifests), len(plan.tags)
-    for doc in (*plan.referrers, *plan.tag_lists):
-        write_doc(layout, doc.rel, doc.data)
+    write_docs(plan.tag_lists)
     for removal in plan.removals:
         console.debug(f"remove {removal.what} {removal.rel}")
         remove_file(layout.path(removal.rel))
     stats.removed = len(plan.removals)
     for last in (plan.catalog, plan.ping):
         if last is not None:
-            write_doc(layout, last.rel, last.data)
+            write_doc(layout, last.rel, last.data, batch=batch)
+    batch.flush()
 
 
 # --- entry points --------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import contextlib
 import os
 import secrets
 import tempfile
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -25,7 +27,65 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:
+class DirSyncs:
+    """Directories whose renames/links are made durable together: one fsync per directory
+    per batch instead of one per file. A writer given a batch defers its directory fsync
+    here; `flush()` must run before anything that depends on those names is written (sync
+    flushes at the end of every phase, so a tag is never durable before what it reaches)."""
+
+    def __init__(self) -> None:
+        self._dirs: set[Path] = set()
+        self._lock = threading.Lock()  # blobs are committed from a thread pool
+
+    def add(self, directory: Path) -> None:
+        with self._lock:
+            self._dirs.add(directory)
+
+    def flush(self) -> None:
+        with self._lock:
+            dirs, self._dirs = self._dirs, set()
+        for directory in sorted(dirs):
+            fsync_dir(directory)
+
+
+def sync_dir(directory: Path, batch: DirSyncs | None) -> None:
+    """fsync `directory` now, or at the batch's next flush."""
+    if batch is None:
+        fsync_dir(directory)
+    else:
+        batch.add(directory)
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """Which file (device, inode) in which state (size, mtime, ctime): a write or a
+    replacement changes it (and ctime cannot be set back by `utime`). Compared to tell
+    that a file is still the one a writer left."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStamp:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    """A file whose bytes were hashed as they were written: `digest` and `size` describe
+    it for as long as it still has `stamp` (taken after its last write and fsync)."""
+
+    digest: str
+    size: int
+    stamp: FileStamp
+
+
+def atomic_write_bytes(
+    path: Path, data: bytes, *, tmp_dir: Path | None = None, batch: DirSyncs | None = None
+) -> None:
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=tmp_dir or directory)
@@ -40,7 +100,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, tmp_dir: Path | None = None) 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    fsync_dir(directory)
+    sync_dir(directory, batch)
 
 
 def link_or_copy(src: Path, dst: Path, *, tmp_dir: Path) -> None:

@@ -37,6 +37,7 @@ from .config import Config
 from .console import Console
 from .discovery import ReferrersUpstream
 from .errors import IntegrityError, NotFoundError, RegistrishError
+from .fsutil import VerifiedFile
 from .manifest import MAX_MANIFEST_BYTES, Descriptor, parse_manifest, sha256_digest
 from .reference import (
     DOCKER_ARCHIVE,
@@ -654,8 +655,8 @@ class SourceRouter:
         dest: Path,
         *,
         on_bytes: Callable[[int], None] | None = None,
-    ) -> None:
-        self._pick(repo).fetch_blob(repo, digest, size, dest, on_bytes=on_bytes)
+    ) -> VerifiedFile | None:
+        return self._pick(repo).fetch_blob(repo, digest, size, dest, on_bytes=on_bytes)
 
     def list_referrers(self, repo: Reference, digest: str) -> list[Descriptor] | None:
         """The registry's OCI referrers API; None (no API) for local sources, where the

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .fsutil import VerifiedFile
 from .reference import Reference
 
 
@@ -73,7 +74,7 @@ class BlobSource(Protocol):
         dest: Path,
         *,
         on_bytes: Callable[[int], None] | None = None,
-    ) -> None: ...
+    ) -> VerifiedFile | None: ...  # None: the caller hashes `dest` itself
     def close(self) -> None: ...
 
 

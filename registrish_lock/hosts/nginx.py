@@ -26,6 +26,8 @@ from .base import GENERATED, HostContext, Output, Rendered, error_text, twin_kin
 FILENAME = "registrish.conf"
 TAG_RE = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 API = "add_header Docker-Distribution-API-Version registry/2.0 always;"
+#: How long nginx may answer from a cached file handle (or a cached miss) before re-checking.
+OPEN_FILE_CACHE_VALID = "10s"
 
 
 def _not_found(code: ErrorCode) -> str:
@@ -81,6 +83,15 @@ server {{
     gzip off;
     sendfile on;
     tcp_nopush on;
+    # Cache open files and failed look-ups: a manifest is found by probing its typed twins
+    # (a failed stat() per wrong kind), which made this config serve 0.77x the req/s of bare
+    # nginx. An entry is re-checked by name after {OPEN_FILE_CACHE_VALID}, so a tag moved or a
+    # file removed without a reload is seen late by at most that (clients may cache a
+    # tag for {ctx.policy.tag_cache_seconds} s); the reload after each sync starts workers
+    # with empty caches.
+    open_file_cache max=10000 inactive=60s;
+    open_file_cache_valid {OPEN_FILE_CACHE_VALID};
+    open_file_cache_errors on;
     autoindex off;
     absolute_redirect off;
     charset off;
