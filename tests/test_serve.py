@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -250,3 +252,38 @@ def test_json_tags_file_bytes_served_verbatim(client: httpx.Client, tree: BuiltT
     on_disk = tree.layout.path("v2/app-oci/tags/list").read_bytes()
     assert client.get("/v2/app-oci/tags/list").content == on_disk
     assert json.loads(on_disk)["name"] == "app-oci"
+
+
+def test_client_hanging_up_mid_body_is_not_an_error(tree: BuiltTree) -> None:
+    """A cancelled pull resets the connection while a blob is being sent: serve must log no
+    traceback (even with -q it used to print one per connection) and keep serving."""
+    name = tree.lock.tags[0].name
+    big = tree.layout.repo_dir(name) / "blobs" / ("sha256:" + "f" * 64)
+    big.write_bytes(bytes(32 << 20))  # far larger than the socket buffers
+    port = free_port()
+    argv = [sys.executable, "-m", "registrish_lock", "serve", "-q", "--root"]
+    argv += [str(tree.layout.root), "--port", str(port)]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            try:
+                assert httpx.get(f"http://{LOOPBACK}:{port}/v2/").status_code == 200
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("serve did not answer")
+        for _ in range(3):
+            with socket.create_connection((LOOPBACK, port)) as sock:
+                request = f"GET /v2/{name}/blobs/sha256:{'f' * 64} HTTP/1.1\r\nHost: x\r\n\r\n"
+                sock.sendall(request.encode())
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+                # close with RST, mid-body
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        time.sleep(0.3)
+        assert httpx.get(f"http://{LOOPBACK}:{port}/v2/").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "Traceback" not in err and "Error" not in err, err
