@@ -4,6 +4,7 @@ filtering, and a real `registrish serve` process stopped with SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import signal
@@ -214,11 +215,14 @@ def test_serve_process_logs_and_stops_on_sigterm(tree: BuiltTree, tmp_path: Path
     assert "stopped" in log
 
 
-def test_serve_quiet_has_no_access_log(tree: BuiltTree) -> None:
+@contextlib.contextmanager
+def quiet_serve(root: Path) -> Iterator[tuple[int, list[str]]]:
+    """`registrish serve -q` as a process, answering; yields its port and, once stopped,
+    its stderr (in the list) after checking it exited 0 on SIGTERM."""
     port = free_port()
-    argv = [sys.executable, "-m", "registrish_lock", "serve", "-q", "--root"]
-    argv += [str(tree.layout.root), "--port", str(port)]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    argv = [sys.executable, "-m", "registrish_lock", "serve", "-q", "--root", str(root)]
+    proc = subprocess.Popen([*argv, "--port", str(port)], stderr=subprocess.PIPE, text=True)
+    stderr: list[str] = []
     try:
         for _ in range(200):
             try:
@@ -228,11 +232,17 @@ def test_serve_quiet_has_no_access_log(tree: BuiltTree) -> None:
                 time.sleep(0.05)
         else:
             pytest.fail("serve did not answer")
+        yield port, stderr
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=10)
+        stderr.append(proc.communicate(timeout=10)[1])
     assert proc.returncode == 0
-    assert "GET /v2/" not in err
+
+
+def test_serve_quiet_has_no_access_log(tree: BuiltTree) -> None:
+    with quiet_serve(tree.layout.root) as (_port, stderr):
+        pass
+    assert "GET /v2/" not in stderr[0]
 
 
 def test_serve_without_tree_fails_with_hint(tmp_path: Path) -> None:
@@ -260,19 +270,7 @@ def test_client_hanging_up_mid_body_is_not_an_error(tree: BuiltTree) -> None:
     name = tree.lock.tags[0].name
     big = tree.layout.repo_dir(name) / "blobs" / ("sha256:" + "f" * 64)
     big.write_bytes(bytes(32 << 20))  # far larger than the socket buffers
-    port = free_port()
-    argv = [sys.executable, "-m", "registrish_lock", "serve", "-q", "--root"]
-    argv += [str(tree.layout.root), "--port", str(port)]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(200):
-            try:
-                assert httpx.get(f"http://{LOOPBACK}:{port}/v2/").status_code == 200
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("serve did not answer")
+    with quiet_serve(tree.layout.root) as (port, stderr):
         for _ in range(3):
             with socket.create_connection((LOOPBACK, port)) as sock:
                 request = f"GET /v2/{name}/blobs/sha256:{'f' * 64} HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -282,8 +280,4 @@ def test_client_hanging_up_mid_body_is_not_an_error(tree: BuiltTree) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         time.sleep(0.3)
         assert httpx.get(f"http://{LOOPBACK}:{port}/v2/").status_code == 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0
-    assert "Traceback" not in err and "Error" not in err, err
+    assert "Traceback" not in stderr[0] and "Error" not in stderr[0], stderr[0]
