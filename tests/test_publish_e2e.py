@@ -5,6 +5,9 @@ pulls from the bucket at the host root (skopeo, containerd, the Docker engine) a
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -369,3 +372,49 @@ def test_refused_credentials_are_one_line_without_secrets(
     assert "hint: check the credentials" in captured.err
     assert wrong not in captured.err + captured.out and "Traceback" not in captured.err
     assert bucket_listing(seaweed) == {}
+
+
+def test_publish_killed_mid_upload_converges_on_rerun(
+    seeded_upstream: SeededUpstream,
+    seaweed: SeaweedS3,
+    aws_env: Path,
+    calls: Calls,
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the publish process after a few uploads (not an exception: the process is
+    gone, whatever it held): what reached the bucket is a prefix of the safe order, and the
+    rerun uploads exactly what is missing and leaves the bucket equal to the tree."""
+    push_random_image(
+        seeded_upstream.registry,
+        "publish/killed",
+        "v1",
+        layer_sizes=[256 * 1024] * 24,
+        seed=77,
+        workdir=tmp_path / "build",
+    )
+    config = write_config(tmp_path, seeded_upstream.host, [("publish/killed", "v1")])
+    assert registrish("lock", "-c", str(config)) == 0
+    assert registrish("sync", "-c", str(config)) == 0
+    root = tmp_path / "public"
+    phase_of = {o.key: o.phase for o in collect_objects(Layout(root), Policy())}
+
+    argv = [sys.executable, "-m", "registrish_lock", *publish_args(config, seaweed, "-j", "1")]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)  # env: aws_env
+    assert proc.stderr is not None
+    uploaded = 0
+    for line in proc.stderr:  # plain progress: one "[i/N] uploaded KEY" line per object
+        uploaded += "] uploaded " in line
+        if uploaded == 5:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "publish finished before it could be killed"
+
+    present = set(bucket_listing(seaweed))
+    assert 5 <= len(present) < len(phase_of)
+    highest = max(phase_of[key] for key in present)
+    assert highest is Phase.BLOBS  # nothing but blobs yet: no manifest, no tag exposed
+    calls.reset()
+    assert registrish(*publish_args(config, seaweed)) == 0
+    assert len(calls.puts) == len(phase_of) - len(present)
+    assert_bucket_equals_tree(seaweed, root)
