@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from testbed.clients import Containerd, Dockerd, start_containerd, start_dockerd
 from testbed.images import BaseLayout, SeededUpstream, build_base_layout, seed_upstream
 from testbed.procs import ServerGroup, short_tmpdir
+from testbed.registrish import start_registrish_serve
 from testbed.upstream import CountingProxy, Registry, start_registry
 
 _TIMINGS: dict[str, float] = {}
@@ -120,3 +121,18 @@ def dockerd(_daemon_dir: Path, containerd: Containerd) -> Iterator[Dockerd]:
         yield daemon
     finally:
         daemon.server.stop(timeout=20)
+
+
+@pytest.fixture
+def serve_tree(servers: ServerGroup, tmp_path: Path) -> Callable[[Path], str]:
+    """Start `registrish serve` on a tree (with the test's `registrish.toml`, if any);
+    returns `127.0.0.1:PORT`. Stopped at teardown."""
+
+    def start(root: Path) -> str:
+        serving = start_registrish_serve(
+            log_dir=tmp_path, root=root, config=tmp_path / "registrish.toml", quiet=False
+        )
+        servers.add(serving.server)
+        return serving.host
+
+    return start

@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from test_browse import _big_lock
 from test_hosts_e2e import _start as start_host
 from test_hosts_tree import BuiltTree, build_tree
 from testbed.images import SeededUpstream
-from testbed.procs import LOOPBACK, Server, ServerGroup, free_port, require_binary
+from testbed.procs import LOOPBACK, Server, ServerGroup, require_binary
+from testbed.registrish import start_registrish_serve
 
 from registrish_lock import cli
 from registrish_lock.browse import model_from, render_page, render_tree_page
@@ -213,14 +213,11 @@ def synced(
     before = page.stat()
     assert cli.main(["sync", "-q", "-c", str(config)]) == 0
     assert (page.stat().st_ino, page.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    port = free_port()
-    argv = [sys.executable, "-m", "registrish_lock", "serve", "-q", "-c", str(config)]
-    server = Server("serve", [*argv, "--root", str(root), "--port", str(port)], log_dir=tmp)
-    server.start().wait_http(f"http://{LOOPBACK}:{port}/v2/", status=200)
+    serving = start_registrish_serve(log_dir=tmp, root=root, config=config, name="serve")
     try:
-        yield root, f"{LOOPBACK}:{port}"
+        yield root, serving.host
     finally:
-        server.stop()
+        serving.server.stop()
 
 
 def _grant_clipboard(chromium: Browser, origin: str) -> None:
@@ -334,11 +331,9 @@ def test_one_thousand_tags_load_and_filter_time_reported(
     (root / "v2").mkdir(parents=True)
     data = render_page(model_from(make_lock("big", tags), manifests, {}))
     (root / BROWSE_REL).write_bytes(data)
-    port = free_port()
-    argv = [sys.executable, "-m", "registrish_lock", "serve", "-q", "-c", str(tmp_path / "x")]
-    server = Server("serve", [*argv, "--root", str(root), "--port", str(port)], log_dir=tmp_path)
-    servers.add(server.start()).wait_http(f"http://{LOOPBACK}:{port}/v2/", status=200)
-    load = chromium.goto(f"http://{LOOPBACK}:{port}/")
+    serving = start_registrish_serve(log_dir=tmp_path, root=root, name="serve")
+    servers.add(serving.server)
+    load = chromium.goto(f"{serving.url}/")
     assert chromium.page.js("document.querySelectorAll('tbody tr').length") == 1200
     assert chromium.page.js("document.querySelectorAll('button[data-text]').length") == 2400
     ready = chromium.page.js(

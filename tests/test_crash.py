@@ -36,7 +36,8 @@ import pytest
 from test_sync import verify_tree
 from test_sync_e2e import registrish
 from testbed.images import PushedRef, describe, retag, skopeo_push, write_random_image
-from testbed.procs import Server, ServerGroup, free_port
+from testbed.procs import ServerGroup
+from testbed.registrish import start_registrish_serve
 from testbed.upstream import (
     DOCKER_LIST,
     MANIFEST_ACCEPT,
@@ -264,16 +265,6 @@ def dripping_proxy(upstream_registry: Registry) -> Iterator[CountingProxy]:
         yield proxy
 
 
-def start_serve(servers: ServerGroup, root: Path, tmp: Path) -> str:
-    port = free_port()
-    argv = [sys.executable, "-m", "registrish_lock", "serve", "-q", "--root", str(root)]
-    argv += ["--port", str(port), "-c", str(tmp / "none.toml")]
-    server = servers.add(Server("registrish-serve", argv, log_dir=tmp).start())
-    url = f"http://127.0.0.1:{port}"
-    server.wait_http(f"{url}/v2/", status=200)
-    return url
-
-
 def sync_argv(config: Path) -> list[str]:
     return [sys.executable, "-m", "registrish_lock", "sync", "-q", "-c", str(config)]
 
@@ -354,7 +345,9 @@ def test_sigkilled_syncs_never_serve_a_broken_image(
     full = timed_sync(config)
     idle = timed_sync(config)
     print(f"one cold sync: {full:.2f}s; one sync with nothing to do: {idle:.2f}s")
-    url = start_serve(servers, root, tmp_path)  # it wants a tree to start on
+    serving = start_registrish_serve(log_dir=tmp_path, root=root)  # it wants a tree to start on
+    servers.add(serving.server)
+    url = serving.url
     puller = Puller(url, known)
     puller.current = dict(pinned)
     probe = httpx.Client(base_url=url, timeout=10.0)

@@ -6,7 +6,6 @@ A host serving the tree without the config fails both pulls and `check`."""
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from test_hosts_tree import BuiltTree, build_tree
 from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, podman_pull, skopeo_copy
 from testbed.procs import LOOPBACK, CommandError, Server, free_port, require_binary
+from testbed.registrish import start_registrish_serve
 from testbed.statichosts import (
     start_apache,
     start_caddy,
@@ -58,10 +58,7 @@ def _start(host: str, tree: BuiltTree, tmp: Path) -> Server:
     port = free_port()
     hosts_dir = tmp / "hosts"
     if host == "serve":
-        argv = [sys.executable, "-m", "registrish_lock", "serve", "-q", "-c", str(tmp / "none")]
-        argv += ["--root", str(tree.layout.root), "--port", str(port)]
-        server = Server("serve", argv, log_dir=tmp, url=f"http://{LOOPBACK}:{port}").start()
-        return server.wait_http(f"http://{LOOPBACK}:{port}/v2/", status=200)
+        return start_registrish_serve(log_dir=tmp, root=tree.layout.root, name="serve").server
     _render(tree, host, hosts_dir, port)
     if host == "nginx":
         require_binary("nginx")

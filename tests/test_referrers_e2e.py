@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tarfile
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,6 @@ import httpx
 import pytest
 from testbed.clients import skopeo_copy
 from testbed.images import PushedRef, push_random_image
-from testbed.procs import Server, ServerGroup, free_port
 from testbed.upstream import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -78,25 +77,6 @@ def write_config(tmp: Path, host: str, images: list[tuple[str, str, str]]) -> Pa
     config = tmp / "registrish.toml"
     config.write_text(text)
     return config
-
-
-@pytest.fixture
-def serve_tree(servers: ServerGroup, tmp_path: Path) -> Iterator[Callable[[Path], str]]:
-    def start(root: Path) -> str:
-        port = free_port()
-        server = Server(
-            "registrish-serve",
-            [
-                *(sys.executable, "-m", "registrish_lock", "serve", "--root", str(root)),
-                *("--port", str(port), "-c", str(tmp_path / "registrish.toml")),
-            ],
-            log_dir=tmp_path,
-        )
-        servers.add(server.start())
-        server.wait_http(f"http://127.0.0.1:{port}/v2/", status=200)
-        return f"127.0.0.1:{port}"
-
-    yield start
 
 
 # --- building artifacts in the upstream --------------------------------------------------------

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, docker_run, skopeo_copy
 from testbed.images import DEFAULT_OUTPUT, BaseLayout, SeededUpstream
-from testbed.procs import Server, ServerGroup, free_port, require_binary, run
+from testbed.procs import ServerGroup, require_binary, run
+from testbed.registrish import start_registrish_serve
 
 from registrish_lock.lockfile import Lock, LockedTag, read_lock
 
@@ -94,12 +95,9 @@ def offline(seeded_upstream: SeededUpstream, tmp_path: Path) -> Offline:
 @pytest.fixture
 def served(offline: Offline, servers: ServerGroup, tmp_path: Path) -> str:
     registrish(offline.config, "sync")
-    port = free_port()
-    argv = [sys.executable, "-m", "registrish_lock", "serve", "-q", "--port", str(port)]
-    server = Server("serve", [*argv, "-c", str(offline.config)], log_dir=tmp_path)
-    servers.add(server.start())
-    server.wait_http(f"http://127.0.0.1:{port}/v2/", status=200)
-    return f"127.0.0.1:{port}"
+    serving = start_registrish_serve(log_dir=tmp_path, config=offline.config, name="serve")
+    servers.add(serving.server)
+    return serving.host
 
 
 def test_lock_selects_from_the_layout_and_keeps_upstream_digests(
@@ -190,14 +188,11 @@ def test_a_real_docker_save_archive(
     assert entry.digest == offline.tag("app", "v1").digest
 
     registrish(config, "sync")
-    port = free_port()
-    argv = [sys.executable, "-m", "registrish_lock", "serve", "-q", "--port", str(port)]
-    server = Server("serve-saved", [*argv, "-c", str(config)], log_dir=config.parent)
-    servers.add(server.start())
-    server.wait_http(f"http://127.0.0.1:{port}/v2/", status=200)
-    pulled = docker_pull(dockerd, f"127.0.0.1:{port}/app:v1")  # fresh: every layer fetched
+    serving = start_registrish_serve(log_dir=config.parent, config=config, name="serve-saved")
+    servers.add(serving.server)
+    pulled = docker_pull(dockerd, f"{serving.host}/app:v1")  # fresh: every layer fetched
     assert pulled.digest == entry.digest
-    assert docker_run(dockerd, f"127.0.0.1:{port}/app:v1").strip() == DEFAULT_OUTPUT
+    assert docker_run(dockerd, f"{serving.host}/app:v1").strip() == DEFAULT_OUTPUT
 
 
 def test_an_umoci_layout_with_a_hand_written_index(base_layout: BaseLayout, tmp_path: Path) -> None:

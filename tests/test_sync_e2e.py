@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,6 @@ from testbed.clients import (
     skopeo_copy,
 )
 from testbed.images import SeededUpstream, push_random_image
-from testbed.procs import Server, ServerGroup, free_port
 from testbed.upstream import CountingProxy, Registry, Respond, get_manifest
 
 from registrish_lock.console import Console
@@ -67,25 +66,6 @@ def write_config(
     config = tmp / "registrish.toml"
     config.write_text(text)
     return config
-
-
-@pytest.fixture
-def serve_tree(servers: ServerGroup, tmp_path: Path) -> Iterator[Callable[[Path], str]]:
-    def start(root: Path) -> str:
-        port = free_port()
-        server = Server(
-            "registrish-serve",
-            [
-                *(sys.executable, "-m", "registrish_lock", "serve", "--root", str(root)),
-                *("--port", str(port), "-c", str(tmp_path / "registrish.toml")),
-            ],
-            log_dir=tmp_path,
-        )
-        servers.add(server.start())
-        server.wait_http(f"http://127.0.0.1:{port}/v2/", status=200)
-        return f"127.0.0.1:{port}"
-
-    yield start
 
 
 def test_lock_sync_serve_and_pull_all_four_kinds(
