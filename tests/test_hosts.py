@@ -14,9 +14,10 @@ from registrish_lock import mediatypes
 from registrish_lock.config import parse_config
 from registrish_lock.console import Console
 from registrish_lock.hosts import RENDERERS, HostLimitError, make_context, write_host_configs
+from registrish_lock.hosts.base import HostContext
 from registrish_lock.hosts.netlify import CLOUDFLARE_MAX_RULES, parse_headers
 from registrish_lock.layout import Layout
-from registrish_lock.lockfile import make_lock
+from registrish_lock.lockfile import Lock, make_lock
 from registrish_lock.routes import (
     EMPTY_REFERRERS,
     EMPTY_REFERRERS_REL,
@@ -34,6 +35,25 @@ ALL = ("nginx", "caddy", "apache", "netlify", "s3", "plain")
 @pytest.fixture
 def tree(tmp_path: Path) -> BuiltTree:
     return build_tree(tmp_path / "public")
+
+
+def context_for(
+    tree: BuiltTree,
+    tmp_path: Path,
+    *hosts: str,
+    policy: Policy | None = None,
+    lock: Lock | None = None,
+) -> HostContext:
+    """A render context over `tree` for `hosts`, listening on 127.0.0.1:80."""
+    return make_context(
+        layout=tree.layout,
+        hosts_dir=tmp_path / "h",
+        listen_host="127.0.0.1",
+        listen_port=80,
+        policy=policy or Policy(),
+        lock=lock or tree.lock,
+        hosts=hosts,
+    )
 
 
 def test_write_host_configs_is_idempotent(tmp_path: Path, tree: BuiltTree) -> None:
@@ -59,15 +79,7 @@ def test_write_host_configs_is_idempotent(tmp_path: Path, tree: BuiltTree) -> No
 def test_nginx_caddy_apache_grow_only_with_tags(tmp_path: Path, tree: BuiltTree) -> None:
     def sizes(lock_tags: int) -> dict[str, int]:
         lock = make_lock("x", tree.lock.tags[:lock_tags])
-        ctx = make_context(
-            layout=tree.layout,
-            hosts_dir=tmp_path / "h",
-            listen_host="127.0.0.1",
-            listen_port=80,
-            policy=Policy(),
-            lock=lock,
-            hosts=("nginx", "caddy", "apache"),
-        )
+        ctx = context_for(tree, tmp_path, "nginx", "caddy", "apache", lock=lock)
         return {
             h: sum(len(o.data) for o in RENDERERS[h].render(ctx).outputs)
             for h in ("nginx", "caddy", "apache")
@@ -83,15 +95,7 @@ def test_nginx_caddy_apache_grow_only_with_tags(tmp_path: Path, tree: BuiltTree)
 
 def test_headers_file_matches_the_route_table(tmp_path: Path, tree: BuiltTree) -> None:
     policy = Policy(tag_cache_seconds=60)
-    ctx = make_context(
-        layout=tree.layout,
-        hosts_dir=tmp_path / "h",
-        listen_host="127.0.0.1",
-        listen_port=80,
-        policy=policy,
-        lock=tree.lock,
-        hosts=("netlify",),
-    )
+    ctx = context_for(tree, tmp_path, "netlify", policy=policy)
     out = {o.path.name: o.data.decode() for o in RENDERERS["netlify"].render(ctx).outputs}
     rules = parse_headers(out["_headers"])
 
@@ -122,15 +126,7 @@ def test_headers_file_matches_the_route_table(tmp_path: Path, tree: BuiltTree) -
 
 
 def test_cloudflare_fails_loudly_past_100_rules(tmp_path: Path, tree: BuiltTree) -> None:
-    ctx = make_context(
-        layout=tree.layout,
-        hosts_dir=tmp_path / "h",
-        listen_host="127.0.0.1",
-        listen_port=80,
-        policy=Policy(),
-        lock=tree.lock,
-        hosts=("cloudflare",),
-    )
+    ctx = context_for(tree, tmp_path, "cloudflare")
     small = RENDERERS["cloudflare"].render(ctx)
     assert len(parse_headers(small.outputs[0].data.decode())) < CLOUDFLARE_MAX_RULES
     many = ctx.entries + tuple(
@@ -144,15 +140,7 @@ def test_cloudflare_fails_loudly_past_100_rules(tmp_path: Path, tree: BuiltTree)
 
 
 def test_headers_refuse_overlapping_rules(tmp_path: Path, tree: BuiltTree) -> None:
-    ctx = make_context(
-        layout=tree.layout,
-        hosts_dir=tmp_path / "h",
-        listen_host="127.0.0.1",
-        listen_port=80,
-        policy=Policy(),
-        lock=tree.lock,
-        hosts=("netlify",),
-    )
+    ctx = context_for(tree, tmp_path, "netlify")
     clash = (
         *ctx.entries,
         Entry("v2/app-oci/blobs/manifests/v1", Kind.MANIFEST_TAG, mediatypes.OCI_MANIFEST, "x"),
@@ -162,15 +150,7 @@ def test_headers_refuse_overlapping_rules(tmp_path: Path, tree: BuiltTree) -> No
 
 
 def test_s3_metadata_types_every_key(tmp_path: Path, tree: BuiltTree) -> None:
-    ctx = make_context(
-        layout=tree.layout,
-        hosts_dir=tmp_path / "h",
-        listen_host="127.0.0.1",
-        listen_port=80,
-        policy=Policy(),
-        lock=tree.lock,
-        hosts=("s3",),
-    )
+    ctx = context_for(tree, tmp_path, "s3")
     (out,) = RENDERERS["s3"].render(ctx).outputs
     objects = json.loads(out.data)["objects"]
     digest, media_type = tree.refs["multi-docker:v1"]
@@ -183,15 +163,7 @@ def test_s3_metadata_types_every_key(tmp_path: Path, tree: BuiltTree) -> None:
 
 
 def test_plain_warns_that_clients_cannot_pull(tmp_path: Path, tree: BuiltTree) -> None:
-    ctx = make_context(
-        layout=tree.layout,
-        hosts_dir=tmp_path / "h",
-        listen_host="127.0.0.1",
-        listen_port=80,
-        policy=Policy(),
-        lock=tree.lock,
-        hosts=("plain",),
-    )
+    ctx = context_for(tree, tmp_path, "plain")
     rendered = RENDERERS["plain"].render(ctx)
     assert any("cannot pull" in w for w in rendered.warnings)
     assert {o.path.name for o in rendered.outputs} == {".nojekyll", "index.html", "plain-host.txt"}
