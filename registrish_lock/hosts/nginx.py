@@ -172,13 +172,16 @@ server {{
         {API}
     }}
 
-    # The browse page (written by sync) at / and /{BROWSE_REL}.
+    # The browse page (written by sync) at / and /{BROWSE_REL}. A miss is not cached here, so
+    # the page written by the first sync shows without a reload.
     location = / {{
+        open_file_cache_errors off;
         default_type "{HTML}";
         add_header Cache-Control "{short}";
         try_files /{BROWSE_REL} @registrish_name_unknown;
     }}
     location = /{BROWSE_REL} {{
+        open_file_cache_errors off;
         default_type "{HTML}";
         add_header Cache-Control "{short}";
         try_files $uri @registrish_name_unknown;
