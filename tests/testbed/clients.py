@@ -147,6 +147,10 @@ def podman_pull(
         str(root),
         "--runroot",
         str(runroot),
+        # libpod's state dir defaults to the shared /run/libpod: concurrent podmans (another
+        # test run on the machine) then fail with "creating runtime status file".
+        "--tmpdir",
+        str(runroot / "libpod"),
         "--storage-driver",
         "vfs",
         "--cgroup-manager",
