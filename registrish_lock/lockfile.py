@@ -39,6 +39,8 @@ HEADER = (
 class LockedManifest:
     """A platform manifest selected from an index."""
 
+    #: `os/arch[/variant]`; "" for a child whose descriptor names no platform (the OCI spec
+    #: makes it optional: nested indexes, artifact indexes).
     platform: str
     digest: str
     media_type: str
@@ -124,7 +126,7 @@ def dumps(lock: Lock) -> str:
                 "total-size": t.total_size,
                 "platforms": [
                     {
-                        "platform": p.platform,
+                        **({"platform": p.platform} if p.platform else {}),
                         "digest": p.digest,
                         "media-type": p.media_type,
                         "size": p.size,
@@ -161,7 +163,12 @@ def _dump_referrer(r: LockedReferrer) -> dict[str, Any]:
 def write_lock(path: Path, lock: Lock) -> bool:
     """Write `lock` to `path` unless the file already holds exactly these bytes.
     Returns True when the file was written."""
-    data = dumps(lock).encode()
+    text = dumps(lock)
+    # Never write a lock this module would refuse to read back: every later command,
+    # `lock` included, would then be stuck on it.
+    if loads(text, path) != lock:
+        raise AssertionError(f"{path}: the lock does not survive a round trip")
+    data = text.encode()
     try:
         if path.read_bytes() == data:
             return False
@@ -200,6 +207,8 @@ class _Checker:
         return value
 
     def platform(self, table: Mapping[str, Any], where: str) -> str:
+        if "platform" not in table:
+            return ""  # the child's descriptor names no platform
         value: str = self.get(table, "platform", str, where)
         try:
             Platform.parse(value)

@@ -35,11 +35,34 @@ class Platform:
             raise ValueError(f"invalid platform {text!r} (expected os/arch[/variant])")
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
+    def normalized(self) -> Platform:
+        """As containerd's `platforms.Normalize`: `arm64/v8` is `arm64`, `amd64/v1` is
+        `amd64`, a bare `arm` is `arm/v7`; `aarch64`, `x86_64`, `armhf`, `armel` are aliases."""
+        arch = _ARCH_ALIASES.get(self.architecture, self.architecture)
+        variant = self.variant or _IMPLIED_VARIANT.get(self.architecture)
+        if variant is not None and variant[:1].isdigit():
+            variant = f"v{variant}"
+        if (arch, variant) in (("arm64", "v8"), ("arm64", "v8.0"), ("amd64", "v1")):
+            variant = None
+        return Platform(self.os, arch, variant)
+
     def matches(self, wanted: Platform) -> bool:
-        """`linux/arm64` matches `linux/arm64/v8`; a variant in `wanted` must be exact."""
-        if (self.os, self.architecture) != (wanted.os, wanted.architecture):
+        """`linux/arm64` matches `linux/arm64/v8` (and the reverse, as containerd does); any
+        other variant in `wanted` must be the child's."""
+        have, want = self.normalized(), wanted.normalized()
+        if (have.os, have.architecture) != (want.os, want.architecture):
             return False
-        return wanted.variant is None or wanted.variant == self.variant
+        return wanted.variant is None or want.variant == have.variant
+
+
+_ARCH_ALIASES = {
+    "aarch64": "arm64",
+    "x86_64": "amd64",
+    "x86-64": "amd64",
+    "armhf": "arm",
+    "armel": "arm",
+}
+_IMPLIED_VARIANT = {"arm": "v7", "armhf": "v7", "armel": "v6"}
 
 
 @dataclass(frozen=True)

@@ -58,13 +58,13 @@ def selected_children(tag: LockedTag, manifest: Manifest, *, top: bool) -> tuple
         child = by_digest.get(locked.digest)
         if child is None:
             raise IntegrityError(
-                f"{where}: locked {locked.platform} manifest {locked.digest} "
+                f"{where}: locked {locked.platform or 'child'} manifest {locked.digest} "
                 f"is not in index {manifest.digest}",
                 hint="the lock does not match the upstream; run `registrish lock --upgrade`",
             )
         if (child.size, child.media_type) != (locked.size, locked.media_type):
             raise IntegrityError(
-                f"{where}: locked {locked.platform} manifest {locked.digest} has size/type "
+                f"{where}: locked {locked.platform or 'child'} manifest {locked.digest} has size/type "
                 f"{locked.size}/{locked.media_type}, the index says {child.size}/{child.media_type}",
                 hint="regenerate the lock with `registrish lock --upgrade`",
             )

@@ -49,16 +49,23 @@ def _select_platforms(
     """(platform, digest, media type, size) of the children an index keeps."""
     chosen = []
     for child in index.children:
-        label = str(child.platform) if child.platform else "unknown"
+        label = str(child.platform) if child.platform else ""
         if wanted is None or (
             child.platform is not None and any(child.platform.matches(w) for w in wanted)
         ):
             chosen.append((label, child.digest, child.media_type, child.size))
     if not chosen:
+        if not index.children:
+            raise NotFoundError(f"{where} is an empty index", hint="it has nothing to mirror")
         available = sorted({str(c.platform) for c in index.children if c.platform})
+        offers = (
+            f"it offers {', '.join(available)}; adjust 'platforms'"
+            if available
+            else "its children name no platform; remove 'platforms' to mirror every child"
+        )
         raise NotFoundError(
             f"{where} has none of the platforms {', '.join(str(w) for w in wanted or ())}",
-            hint=f"it offers {', '.join(available) or 'no platforms'}; adjust 'platforms'",
+            hint=offers,
         )
     return chosen
 

@@ -10,6 +10,7 @@ from memory_upstream import MemoryUpstream, image_manifest
 from registrish_lock.config import load_config
 from registrish_lock.errors import LockfileError, NotFoundError
 from registrish_lock.lockfile import dumps, loads, read_lock, write_lock
+from registrish_lock.manifest import Platform
 from registrish_lock.resolve import resolve
 from registrish_lock.selectors import select_from_listing, tag_version
 
@@ -133,6 +134,28 @@ def test_missing_platform_is_a_clear_error(tmp_path: Path, upstream: MemoryUpstr
     config = load_config(config_at(tmp_path, CONFIG.replace("linux/arm64", "linux/s390x")))
     with pytest.raises(NotFoundError, match="none of the platforms linux/s390x"):
         resolve(config, None, upstream)
+
+
+@pytest.mark.parametrize(
+    ("child", "wanted", "expected"),
+    [
+        ("linux/arm64", "linux/arm64/v8", True),
+        ("linux/arm64/v8", "linux/arm64", True),
+        ("linux/arm64", "linux/aarch64", True),
+        ("linux/arm", "linux/arm/v7", True),
+        ("linux/arm", "linux/arm/v6", False),
+        ("linux/arm/v6", "linux/arm", True),
+        ("linux/amd64", "linux/amd64/v1", True),
+        ("linux/amd64/v3", "linux/amd64", True),
+        ("linux/amd64", "linux/amd64/v3", False),
+        ("linux/amd64", "linux/arm64", False),
+        ("windows/amd64", "linux/amd64", False),
+    ],
+)
+def test_platforms_match_as_containerd_normalises_them(
+    child: str, wanted: str, expected: bool
+) -> None:
+    assert Platform.parse(child).matches(Platform.parse(wanted)) is expected
 
 
 def test_removed_image_drops_its_tags(tmp_path: Path, upstream: MemoryUpstream) -> None:
