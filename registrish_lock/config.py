@@ -19,6 +19,7 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from .errors import ConfigError, ReferenceError_
+from .layout import path_collisions
 from .manifest import Platform
 from .reference import (
     DOCKER_ARCHIVE,
@@ -292,6 +293,8 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
                 "give one of them a distinct 'name'",
             )
         seen[image.name] = image.index
+    for name, problem in path_collisions({i.name: i.tags for i in images}):
+        raise r.fail(f"image[{seen[name]}].name", problem, "give it another 'name'")
 
     registries: dict[str, RegistrySettings] = {}
     for host, raw in r.table(doc.get("registries", {}), "registries").items():

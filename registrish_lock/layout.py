@@ -22,6 +22,7 @@ names, tags and digests (`reference.validate_*`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -137,6 +138,33 @@ def parse_rel_path(rel: str) -> tuple[str, str, str] | None:
     if section not in ("manifests", "blobs", "referrers", "tags"):
         return None
     return "/".join(parts[1:-2]), section, ref
+
+
+def path_collisions(tags_by_name: Mapping[str, Iterable[str]]) -> list[tuple[str, str]]:
+    """Where one repository's directory would sit on another's file: repository
+    `x/manifests/v1` lies under tag `v1` of `x`, `x/tags/list` under `x`'s tag list,
+    `index` on the `/v2/` ping. (name, problem) pairs; empty when there is none."""
+    # Every file whose path a repository name could spell: the pings (names cannot start
+    # with `_` like `_catalog`), `tags/list` and tag files (digests hold a colon, twins and
+    # last pages a `~`: no name can spell those).
+    files = {PING_FILE: "the /v2/ ping", "index.html": "the plain host's /v2/ ping"}
+    for name, tags in tags_by_name.items():
+        files[f"{name}/tags/list"] = f"the tag list of {name!r}"
+        for tag in tags:
+            files[f"{name}/manifests/{tag}"] = f"tag {tag!r} of {name!r}"
+    problems: list[tuple[str, str]] = []
+    for name in sorted(tags_by_name):
+        parts = name.split("/")
+        for i in range(1, len(parts) + 1):
+            owner = files.get("/".join(parts[:i]))
+            if owner is not None:
+                where = "/".join(parts[:i])
+                problem = (
+                    f"repository {name!r} needs the directory v2/{where}/, the file of {owner}"
+                )
+                problems.append((name, problem))
+                break
+    return problems
 
 
 def is_last_page(rel: str) -> bool:

@@ -18,6 +18,7 @@ import tomli_w
 from . import mediatypes
 from .errors import LockfileError
 from .fsutil import atomic_write_bytes
+from .layout import path_collisions
 from .manifest import Platform
 from .reference import is_digest, is_name, is_tag, parse_source
 from .referrers import cosign_subject
@@ -300,6 +301,11 @@ def loads(text: str, path: Path) -> Lock:
                 referrers=referrers,
             )
         )
+    by_name: dict[str, list[str]] = {}
+    for entry in tags:
+        by_name.setdefault(entry.name, []).append(entry.tag)
+    for _, problem in path_collisions(by_name):
+        raise c.fail("tag", problem)
     return make_lock(config_hash, tags, raw_inputs)
 
 

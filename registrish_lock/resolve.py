@@ -16,6 +16,7 @@ from .config import Config, ImageSpec
 from .console import Console
 from .discovery import ReferrerFinder, ReferrersUpstream
 from .errors import ConfigError, NotFoundError
+from .layout import path_collisions
 from .lockfile import Lock, LockedManifest, LockedTag, make_lock
 from .manifest import Manifest, Platform, parse_manifest
 from .selectors import select_from_listing
@@ -219,11 +220,26 @@ def resolve(
         [*keep, *resolved],
         {image.name: image.input_hash() for image in config.images},
     )
+    _refuse_path_collisions(config, new_lock)
     return Resolution(
         lock=new_lock,
         changes=diff_locks(old, new_lock),
         unchanged=sum(1 for t in new_lock.tags if old_by_key.get(t.key) == t),
     )
+
+
+def _refuse_path_collisions(config: Config, lock: Lock) -> None:
+    """The tags an upstream listing selected can put one repository's directory where
+    another's tag file is (`x:tags` and `x/manifests/tags`): refused before anything is
+    written."""
+    tags_by_name: dict[str, list[str]] = {i.name: [] for i in config.images}
+    for entry in lock.tags:
+        tags_by_name.setdefault(entry.name, []).append(entry.tag)
+    keys = {i.name: i.key for i in config.images}
+    for name, problem in path_collisions(tags_by_name):
+        raise ConfigError(
+            config.path, f"{keys.get(name, 'image')}.name", problem, hint="give it another 'name'"
+        )
 
 
 def _referrer_finder(

@@ -8,7 +8,7 @@ import pytest
 from memory_upstream import MemoryUpstream, image_manifest
 
 from registrish_lock.config import load_config
-from registrish_lock.errors import LockfileError, NotFoundError
+from registrish_lock.errors import ConfigError, LockfileError, NotFoundError
 from registrish_lock.lockfile import dumps, loads, read_lock, write_lock
 from registrish_lock.manifest import Platform
 from registrish_lock.resolve import resolve
@@ -156,6 +156,20 @@ def test_platforms_match_as_containerd_normalises_them(
     child: str, wanted: str, expected: bool
 ) -> None:
     assert Platform.parse(child).matches(Platform.parse(wanted)) is expected
+
+
+def test_a_listed_tag_that_a_repository_would_sit_under_is_refused(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    upstream.put("base", "manifests", image_manifest("odd"))
+    text = (
+        '[[image]]\nsource = "127.0.0.1:5000/base"\nmatch = "^man"\n\n'
+        '[[image]]\nsource = "127.0.0.1:5000/multi"\nname = "base/manifests/manifests"\n'
+        'tags = ["v1"]\n'
+    )
+    config = load_config(config_at(tmp_path, text))  # no collision among exact tags
+    with pytest.raises(ConfigError, match=r"image\[1\]\.name: repository 'base/manifests/"):
+        resolve(config, None, upstream)
 
 
 def test_removed_image_drops_its_tags(tmp_path: Path, upstream: MemoryUpstream) -> None:
