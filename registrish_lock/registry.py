@@ -534,21 +534,30 @@ class RegistryClient:
             raise IntegrityError(f"blob {digest} of {repo.repository_ref}: negative size {size}")
         what = f"blob {digest} of {repo.repository_ref}"
 
+        def download(ep: _Endpoint, sink: _BlobSink) -> None:
+            if sink.written < size:
+                self._call(
+                    ep,
+                    "GET",
+                    ep.url(f"/v2/{name}/blobs/{digest}"),
+                    scope=_pull_scope(name),
+                    what=repo.repository_ref,
+                    not_found=f"{what} not found",
+                    headers=lambda: _range_headers(sink.written),
+                    consume=lambda r: _consume_blob(r, sink),
+                    extra_ok=frozenset({416}),
+                )
+
         def op(ep: _Endpoint) -> VerifiedFile:
             sink = _BlobSink(dest, size, on_bytes, what)
             try:
-                if sink.written < size:
-                    self._call(
-                        ep,
-                        "GET",
-                        ep.url(f"/v2/{name}/blobs/{digest}"),
-                        scope=_pull_scope(name),
-                        what=repo.repository_ref,
-                        not_found=f"{what} not found",
-                        headers=lambda: _range_headers(sink.written),
-                        consume=lambda r: _consume_blob(r, sink),
-                        extra_ok=frozenset({416}),
-                    )
+                resumed = sink.written > 0
+                download(ep, sink)
+                if sink.digest != digest and resumed:
+                    # The bytes kept from an earlier run may be the wrong ones (a disk error,
+                    # a killed writer): start over once before blaming the registry.
+                    sink.restart()
+                    download(ep, sink)
                 if sink.digest != digest:
                     raise IntegrityError(
                         f"{what}: the {size} bytes received hash to {sink.digest}",

@@ -480,15 +480,28 @@ def test_fetch_blob_complete_partial_needs_no_request(tmp_path: Path) -> None:
         assert client.request_count == 0
 
 
-def test_fetch_blob_bad_partial_prefix_is_deleted(tmp_path: Path) -> None:
+def test_fetch_blob_bad_partial_prefix_is_fetched_again_from_zero(tmp_path: Path) -> None:
     fake = FakeRegistry()
     data = os.urandom(10_000)
     digest = fake.add_blob(data)
     dest = tmp_path / "partial"
     dest.write_bytes(b"\0" * 4000)  # not the blob's prefix
-    with make_client(fake) as client, pytest.raises(IntegrityError) as info:
+    with make_client(fake) as client:
         client.fetch_blob(REPO, digest, len(data), dest)
+    assert dest.read_bytes() == data
+    assert [r.headers.get("range") for r in fake.requests] == ["bytes=4000-", None]
+
+
+def test_fetch_blob_bad_partial_and_bad_upstream_is_deleted(tmp_path: Path) -> None:
+    fake = FakeRegistry()
+    digest = sha256(b"the real thing")
+    fake.blobs[digest] = b"something else"
+    dest = tmp_path / "partial"
+    dest.write_bytes(b"some")
+    with make_client(fake) as client, pytest.raises(IntegrityError) as info:
+        client.fetch_blob(REPO, digest, len(b"the real thing"), dest)
     assert digest in info.value.message and "reg.test/team/app" in info.value.message
+    assert len(fake.requests) == 2  # resumed, then once from zero
     assert not dest.exists()
 
 

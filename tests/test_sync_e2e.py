@@ -182,8 +182,9 @@ def test_gc_dry_run_then_real(
     assert registrish(config, "sync", "--dry-run", check=False).returncode == 0
 
 
+@pytest.mark.parametrize("damage", [False, True], ids=["intact", "damaged-partial"])
 def test_sigkill_during_a_large_download_then_rerun_verifies(
-    upstream_registry: Registry, counting_proxy: CountingProxy, tmp_path: Path
+    damage: bool, upstream_registry: Registry, counting_proxy: CountingProxy, tmp_path: Path
 ) -> None:
     size = 96 * 1024 * 1024
     big = push_random_image(upstream_registry, "big", "v1", (size,), seed=3, workdir=tmp_path / "w")
@@ -210,11 +211,20 @@ def test_sigkill_during_a_large_download_then_rerun_verifies(
     layer = big.layers[0]
     assert not (tmp_path / "public/.registrish/blobs/sha256" / layer[7:]).exists()
     assert not (tmp_path / "public/v2/big/manifests/v1").exists()
+    if damage:  # the kept bytes are wrong (a disk error): the rerun must not blame upstream
+        partial = max(tmp.glob("*.partial"), key=lambda p: p.stat().st_size)
+        with partial.open("r+b") as f:
+            f.seek(1000)
+            byte = f.read(1)
+            f.seek(1000)
+            f.write(bytes([byte[0] ^ 0xFF]))
     counting_proxy.reset()
     registrish(config, "sync")
     assert verify_tree(tmp_path / "public") >= 3
     blob_gets = counting_proxy.count("GET", f"/blobs/{layer}")
-    assert blob_gets == 1  # one resumed request for the rest, not a restart from zero
+    # one resumed request for the rest, not a restart from zero; a damaged partial is found
+    # when the blob is complete and fetched once more from byte 0, in the same run
+    assert blob_gets == (2 if damage else 1)
 
 
 def test_corrupt_upstream_bytes_never_land(
