@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 
 from . import mediatypes
-from .errors import IntegrityError
+from .errors import IntegrityError, UpstreamError
 from .reference import is_digest
 
 #: Manifests larger than this are refused (the distribution spec's suggested limit).
@@ -136,6 +136,23 @@ def _descriptor(raw: object, where: str) -> Descriptor:
     )
 
 
+def _media_type_of(doc: dict[str, object], content_type: str | None) -> str | None:
+    """The document's `mediaType`; else a manifest type the response named; else what the
+    document's shape says (OCI allows omitting `mediaType`, and some registries answer
+    `application/json`); else whatever the response named."""
+    declared = doc.get("mediaType")
+    if isinstance(declared, str):
+        return declared
+    named = mediatypes.strip_parameters(content_type) if content_type else None
+    if named in mediatypes.MANIFEST_TYPES:
+        return named
+    if doc.get("schemaVersion") == 2 and "manifests" in doc:
+        return mediatypes.OCI_INDEX
+    if doc.get("schemaVersion") == 2 and "config" in doc:
+        return mediatypes.OCI_MANIFEST
+    return named
+
+
 def parse_manifest(
     data: bytes, *, content_type: str | None = None, expected_digest: str | None = None
 ) -> Manifest:
@@ -154,19 +171,18 @@ def parse_manifest(
         raise IntegrityError(f"manifest {digest} is not JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise IntegrityError(f"manifest {digest} is not a JSON object")
-    media_type = doc.get("mediaType")
-    if not isinstance(media_type, str) and content_type:
-        media_type = mediatypes.strip_parameters(content_type)
-    if not isinstance(media_type, str) and "manifests" in doc:
-        media_type = mediatypes.OCI_INDEX  # OCI allows omitting mediaType
-    if not isinstance(media_type, str) and "config" in doc:
-        media_type = mediatypes.OCI_MANIFEST
+    media_type = _media_type_of(doc, content_type)
     if media_type not in mediatypes.MANIFEST_TYPES:
-        raise IntegrityError(
-            f"manifest {digest} has unsupported media type {media_type!r}",
-            hint="registrish mirrors OCI and Docker v2 schema 2 manifests and indexes",
+        problem = f"manifest {digest} has unsupported media type {media_type!r}"
+        if not isinstance(media_type, str) or not mediatypes.is_media_type(media_type):
+            raise IntegrityError(problem)  # not even a media type: a broken or hostile source
+        if doc.get("schemaVersion") == 1:
+            problem = f"manifest {digest} is a Docker schema 1 manifest (deprecated)"
+        raise UpstreamError(
+            problem,
+            hint="registrish mirrors OCI and Docker v2 schema 2 manifests and indexes; "
+            "re-push the image with a current tool (docker, buildah, skopeo)",
         )
-    assert isinstance(media_type, str)
     where = f"manifest {digest}"
     raw_subject = doc.get("subject")
     subject = _descriptor(raw_subject, f"{where} subject") if raw_subject is not None else None

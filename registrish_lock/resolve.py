@@ -15,7 +15,7 @@ from . import mediatypes
 from .config import Config, ImageSpec
 from .console import Console
 from .discovery import ReferrerFinder, ReferrersUpstream
-from .errors import ConfigError, NotFoundError
+from .errors import ConfigError, NotFoundError, UpstreamError
 from .layout import path_collisions
 from .lockfile import Lock, LockedManifest, LockedTag, make_lock
 from .manifest import Manifest, Platform, parse_manifest
@@ -73,10 +73,15 @@ def _select_platforms(
 
 class _TagResolver:
     def __init__(
-        self, upstream: ManifestSource, image: ImageSpec, finder: ReferrerFinder | None = None
+        self,
+        upstream: ManifestSource,
+        image: ImageSpec,
+        finder: ReferrerFinder | None = None,
+        console: Console | None = None,
     ) -> None:
         self.upstream = upstream
         self.image = image
+        self.console = console
         self.repo = image.source
         self.finder = finder if image.referrers else None
 
@@ -116,14 +121,26 @@ class _TagResolver:
         total = top.size
         platforms: list[LockedManifest] = []
         if top.is_index:
+            skipped: set[str] = set()
             for label, child_digest, media_type, size in _select_platforms(
                 top, self.image.platforms, where
             ):
                 if media_type not in mediatypes.MANIFEST_TYPES:
-                    continue  # not a manifest we can mirror (e.g. a foreign type)
+                    skipped.add(media_type)  # not a manifest we can mirror (schema 1, foreign)
+                    continue
                 child = self._fetch(child_digest)
                 total += self._blob_bytes(child, seen)
                 platforms.append(LockedManifest(label, child_digest, child.media_type, size))
+            if skipped:
+                types = ", ".join(sorted(skipped))
+                if not platforms:
+                    raise UpstreamError(
+                        f"{where}: no child of the index is a manifest registrish can mirror "
+                        f"({types})",
+                        hint="registrish mirrors OCI and Docker v2 schema 2 manifests",
+                    )
+                if self.console:
+                    self.console.warn(f"{where}: left out index children of type {types}")
         else:
             total = self._blob_bytes(top, set())
         return self.with_referrers(
@@ -197,7 +214,7 @@ def resolve(
 
     def run(item: tuple[ImageSpec, str, LockedTag | None]) -> LockedTag:
         image, tag, entry = item
-        resolver = _TagResolver(upstream, image, finder)
+        resolver = _TagResolver(upstream, image, finder, console)
         same_inputs = old_inputs.get(image.name) == image.input_hash()
         if entry is None:
             if console:

@@ -74,16 +74,24 @@ class MemoryUpstream:
     manifests: dict[str, bytes] = field(default_factory=dict)
     tags: dict[tuple[str, str], str] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
+    #: digest → the Content-Type answered, where it is not the document's `mediaType`
+    content_types: dict[str, str] = field(default_factory=dict)
 
     @property
     def request_count(self) -> int:
         return sum(self.calls.values())
 
-    def put(self, repo: str, tag: str, data: bytes) -> str:
+    def put(self, repo: str, tag: str, data: bytes, content_type: str = "") -> str:
         digest = sha256_digest(data)
         self.manifests[digest] = data
         self.tags[(repo, tag)] = digest
+        if content_type:
+            self.content_types[digest] = content_type
         return digest
+
+    def _type(self, digest: str) -> str:
+        declared = json.loads(self.manifests[digest]).get("mediaType", "application/json")
+        return self.content_types.get(digest, str(declared))
 
     def put_index(self, repo: str, tag: str, platforms: dict[str, str]) -> str:
         children = {plat: image_manifest(label) for plat, label in platforms.items()}
@@ -100,13 +108,11 @@ class MemoryUpstream:
         digest = self.tags.get((repo.repository, ref))
         if digest is None:
             raise NotFoundError(f"tag {ref!r} not found in {repo}")
-        data = self.manifests[digest]
-        return Info(digest, json.loads(data)["mediaType"], len(data))
+        return Info(digest, self._type(digest), len(self.manifests[digest]))
 
     def get_manifest(
         self, repo: Reference, ref: str, *, expected_digest: str | None = None
     ) -> Fetched:
         self.calls["get"] += 1
         digest = ref if ref.startswith("sha256:") else self.tags[(repo.repository, ref)]
-        data = self.manifests[digest]
-        return Fetched(data, json.loads(data)["mediaType"], digest)
+        return Fetched(self.manifests[digest], self._type(digest), digest)

@@ -117,9 +117,22 @@ def test_check_and_dry_run(
     assert main(["-c", str(config), "lock", "--check"]) == 1
     err = capsys.readouterr().err
     assert "is stale" in err and "hint: run `registrish lock`" in err
+    assert main(["--json", "-c", str(config), "lock", "--check"]) == 1
+    assert json.loads(capsys.readouterr().out)["stale"] is True  # scripts read stdout
     assert main(["--json", "-c", str(config), "lock"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["removed"] == 1 and report["written"] is True
+
+
+@pytest.mark.parametrize("command", ["lock", "sync", "outdated", "publish"])
+def test_jobs_must_be_at_least_one(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = ["s3://bucket"] if command == "publish" else []
+    with pytest.raises(SystemExit) as info:
+        main(["-c", str(tmp_path / "registrish.toml"), command, *extra, "--jobs", "0"])
+    assert info.value.code == 2
+    assert "--jobs: must be at least 1, not 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

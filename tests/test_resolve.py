@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import pytest
 from memory_upstream import MemoryUpstream, image_manifest
 
+from registrish_lock import mediatypes
 from registrish_lock.config import load_config
-from registrish_lock.errors import ConfigError, LockfileError, NotFoundError
+from registrish_lock.console import Console
+from registrish_lock.errors import ConfigError, LockfileError, NotFoundError, UpstreamError
 from registrish_lock.lockfile import dumps, loads, read_lock, write_lock
-from registrish_lock.manifest import Platform
+from registrish_lock.manifest import Platform, sha256_digest
 from registrish_lock.resolve import resolve
 from registrish_lock.selectors import select_from_listing, tag_version
 
@@ -170,6 +174,69 @@ def test_a_listed_tag_that_a_repository_would_sit_under_is_refused(
     config = load_config(config_at(tmp_path, text))  # no collision among exact tags
     with pytest.raises(ConfigError, match=r"image\[1\]\.name: repository 'base/manifests/"):
         resolve(config, None, upstream)
+
+
+SCHEMA1 = json.dumps({"schemaVersion": 1, "name": "base", "tag": "old", "fsLayers": []}).encode()
+SCHEMA1_TYPE = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+
+
+def test_a_manifest_without_media_type_served_as_json_is_an_oci_manifest(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    doc = json.loads(image_manifest("plain"))
+    del doc["mediaType"]
+    digest = upstream.put("base", "plain", json.dumps(doc).encode(), "application/json")
+    text = '[[image]]\nsource = "127.0.0.1:5000/base"\ntags = ["plain"]\n'
+    (entry,) = resolve(load_config(config_at(tmp_path, text)), None, upstream).lock.tags
+    assert (entry.digest, entry.media_type) == (digest, mediatypes.OCI_MANIFEST)
+
+
+def test_schema1_is_an_upstream_error_that_says_so(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    upstream.put("base", "old", SCHEMA1, SCHEMA1_TYPE)
+    text = '[[image]]\nsource = "127.0.0.1:5000/base"\ntags = ["old"]\n'
+    with pytest.raises(UpstreamError, match="Docker schema 1 manifest") as info:
+        resolve(load_config(config_at(tmp_path, text)), None, upstream)
+    assert info.value.exit_code == 3
+
+
+def _index_with_schema1_child(upstream: MemoryUpstream, *, with_image: bool) -> None:
+    upstream.manifests[sha256_digest(SCHEMA1)] = SCHEMA1
+    upstream.content_types[sha256_digest(SCHEMA1)] = SCHEMA1_TYPE
+    image = image_manifest("amd64")
+    upstream.manifests[sha256_digest(image)] = image
+    children = [
+        {"mediaType": SCHEMA1_TYPE, "digest": sha256_digest(SCHEMA1), "size": len(SCHEMA1)},
+        {"mediaType": mediatypes.OCI_MANIFEST, "digest": sha256_digest(image), "size": len(image)},
+    ]
+    for child, arch in zip(children, ("386", "amd64"), strict=True):
+        child["platform"] = {"os": "linux", "architecture": arch}
+    doc = {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX}
+    doc["manifests"] = children if with_image else children[:1]
+    upstream.put("base", "mixed", json.dumps(doc).encode())
+
+
+def test_an_index_of_only_unmirrorable_children_is_refused(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    _index_with_schema1_child(upstream, with_image=False)
+    text = '[[image]]\nsource = "127.0.0.1:5000/base"\ntags = ["mixed"]\n'
+    with pytest.raises(UpstreamError, match="no child of the index is a manifest registrish"):
+        resolve(load_config(config_at(tmp_path, text)), None, upstream)
+
+
+def test_unmirrorable_children_left_out_with_a_warning(
+    tmp_path: Path, upstream: MemoryUpstream
+) -> None:
+    _index_with_schema1_child(upstream, with_image=True)
+    text = '[[image]]\nsource = "127.0.0.1:5000/base"\ntags = ["mixed"]\n'
+    err = io.StringIO()
+    console = Console(out=io.StringIO(), err=err)
+    result = resolve(load_config(config_at(tmp_path, text)), None, upstream, console=console)
+    (entry,) = result.lock.tags
+    assert [p.platform for p in entry.platforms] == ["linux/amd64"]
+    assert f"left out index children of type {SCHEMA1_TYPE}" in err.getvalue()
 
 
 def test_removed_image_drops_its_tags(tmp_path: Path, upstream: MemoryUpstream) -> None:

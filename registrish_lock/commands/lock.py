@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import load_config
+from ..config import Config, load_config
 from ..console import Console
 from ..errors import ConfigError, ExitCode, StaleLockError
 from ..lockfile import Lock, dumps, read_lock, write_lock
 from ..resolve import CHANGE_KINDS, Change, resolve
 from ..sources import open_sources
+from . import positive_int
 
 NAME = "lock"
 HELP = "resolve the config's tags to digests and write registrish.lock"
@@ -46,7 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="print what would change; exit 1 if anything would"
     )
     parser.add_argument(
-        "--jobs", type=int, default=8, metavar="N", help="tags resolved in parallel (default 8)"
+        "--jobs",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="tags resolved in parallel (default 8)",
     )
 
 
@@ -57,22 +62,34 @@ def _describe(change: Change) -> str:
     return f"  {change.kind:<10} {change.name}:{change.tag}  {old} -> {new}"
 
 
+def _check(config: Config, old: Lock | None, console: Console) -> int:
+    """`--check`: is the lock there and made from this config? No network."""
+    lock_path = config.lock_path
+    if old is None:
+        stale: StaleLockError | None = StaleLockError(
+            f"{lock_path}: no such file", hint="run `registrish lock`"
+        )
+    elif old.config_hash != config.input_hash():
+        stale = StaleLockError(
+            f"{lock_path} is stale: {config.path} changed since it was written",
+            hint="run `registrish lock` and commit the result",
+        )
+    else:
+        stale = None
+    console.emit_json({"stale": stale is not None, "lock": str(lock_path)})
+    if stale is not None:
+        raise stale
+    console.result(f"{lock_path} is up to date")
+    return ExitCode.OK
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     config = load_config(args.config)
     lock_path = config.lock_path
     old: Lock | None = read_lock(lock_path) if lock_path.exists() else None
 
     if args.check:
-        if old is None:
-            raise StaleLockError(f"{lock_path}: no such file", hint="run `registrish lock`")
-        if old.config_hash != config.input_hash():
-            raise StaleLockError(
-                f"{lock_path} is stale: {config.path} changed since it was written",
-                hint="run `registrish lock` and commit the result",
-            )
-        console.result(f"{lock_path} is up to date")
-        console.emit_json({"stale": False, "lock": str(lock_path)})
-        return ExitCode.OK
+        return _check(config, old, console)
 
     upgrade = None if args.upgrade is None else set(args.upgrade)
     unknown = sorted((upgrade or set()) - {i.name for i in config.images})

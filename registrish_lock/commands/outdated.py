@@ -10,6 +10,7 @@ from ..errors import ExitCode
 from ..lockfile import read_lock
 from ..outdated import STATES, outdated
 from ..sources import open_sources
+from . import positive_int
 
 NAME = "outdated"
 HELP = "show locked tags that moved upstream and new tags the selectors match"
@@ -34,7 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--all", action="store_true", help="also list current tags (default: only outdated)"
     )
     parser.add_argument(
-        "--jobs", type=int, default=8, metavar="N", help="images checked in parallel (default 8)"
+        "--jobs",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="images checked in parallel (default 8)",
     )
 
 

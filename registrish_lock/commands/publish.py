@@ -12,6 +12,7 @@ from ..progress import UPLOAD, QuietProgress, make_progress
 from ..publish import DEFAULT_JOBS, open_store, parse_s3_url, publish
 from ..routes import Policy
 from ..treelock import tree_lock
+from . import positive_int
 
 NAME = "publish"
 HELP = "upload the tree to S3-compatible storage (S3, R2, Scaleway, MinIO, SeaweedFS)"
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-j",
         "--jobs",
-        type=int,
+        type=positive_int,
         default=DEFAULT_JOBS,
         metavar="N",
         help=f"parallel uploads (default {DEFAULT_JOBS})",
@@ -71,9 +72,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    if args.jobs < 1:
-        console.error(f"--jobs must be at least 1, not {args.jobs}")
-        return int(ExitCode.USAGE)
     target = parse_s3_url(args.target)
     config = load_config(args.config)
     layout = Layout(config.root)

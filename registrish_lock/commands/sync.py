@@ -14,6 +14,7 @@ from ..lockfile import Lock, read_lock
 from ..progress import make_progress
 from ..sources import open_sources
 from ..treelock import tree_lock
+from . import positive_int
 
 NAME = "sync"
 HELP = "reconcile the static tree with registrish.lock"
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-j",
         "--jobs",
-        type=int,
+        type=positive_int,
         default=DEFAULT_JOBS,
         metavar="N",
         help=f"parallel downloads per upstream registry (default {DEFAULT_JOBS})",
@@ -66,9 +67,6 @@ def load_locked(config_path: Path, *, frozen: bool) -> tuple[Config, Lock]:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    if args.jobs < 1:
-        console.error(f"--jobs must be at least 1, not {args.jobs}")
-        return int(ExitCode.USAGE)
     config, lock = load_locked(args.config, frozen=args.frozen)
     layout = Layout(config.root)
     upstream = LazyUpstream(lambda: open_sources(config, console, jobs=args.jobs))
