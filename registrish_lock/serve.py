@@ -316,11 +316,20 @@ class RegistryHandler(BaseHTTPRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         if self.server.access_log is not None:
-            self.server.access_log(f'{self.client_address[0]} "{self.requestline}" {code} {size}')
+            line = _printable(self.requestline)
+            self.server.access_log(f'{self.client_address[0]} "{line}" {code} {size}')
 
     def log_error(self, format: str, *args: Any) -> None:
         if self.server.access_log is not None:
-            self.server.access_log(f"{self.client_address[0]} error: {format % args}")
+            self.server.access_log(f"{self.client_address[0]} error: {_printable(format % args)}")
+
+
+def _printable(text: str) -> str:
+    """Control and non-ASCII characters escaped: a request line is whatever a client sent
+    (a TLS ClientHello probing a plain-HTTP port is binary) and must not reach a terminal."""
+    if text.isascii() and text.isprintable():
+        return text
+    return text.encode("unicode_escape", "backslashreplace").decode("ascii").replace('"', '\\"')
 
 
 class RegistryServer(ThreadingHTTPServer):

@@ -204,6 +204,10 @@ def test_serve_process_logs_and_stops_on_sigterm(tree: BuiltTree, tmp_path: Path
         server.wait_http(f"http://{LOOPBACK}:{port}/v2/", status=200)
         r = httpx.get(f"http://{LOOPBACK}:{port}/v2/app-oci/manifests/v1")
         assert r.status_code == 200
+        # what docker and skopeo send when they probe for TLS: binary, not a request line
+        with socket.create_connection((LOOPBACK, port), timeout=5) as probe:
+            probe.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x1b[2J\r\n\r\n")
+            assert b"400" in probe.recv(4096)  # answered as a bad request (HTTP/0.9 style)
         proc = server._proc
         assert proc is not None
         proc.send_signal(signal.SIGTERM)
@@ -212,6 +216,8 @@ def test_serve_process_logs_and_stops_on_sigterm(tree: BuiltTree, tmp_path: Path
         server.stop()
     log = server.log_path.read_text()
     assert '"GET /v2/app-oci/manifests/v1 HTTP/1.1" 200' in log
+    assert "\\x16\\x03\\x01" in log and "\\x1b[2J" in log  # escaped, never raw
+    assert all(line.isprintable() for line in log.splitlines())
     assert "stopped" in log
 
 
