@@ -446,6 +446,9 @@ def test_cli_bad_input_is_one_line(
 ) -> None:
     config, _ = cli_tree
     assert main(["publish", "-c", str(config), "https://bucket"]) == ExitCode.USAGE
-    assert main(["publish", "-c", str(config), "s3://bkt", "-j", "0"]) == ExitCode.USAGE
     err = capsys.readouterr().err
     assert "error: 'https://bucket' is not an s3:// URL" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:  # argparse refuses it, as every bad option
+        main(["publish", "-c", str(config), "s3://bkt", "-j", "0"])
+    assert info.value.code == ExitCode.USAGE
+    assert "-j/--jobs: must be at least 1, not 0" in capsys.readouterr().err
