@@ -5,21 +5,15 @@ A host serving the tree without the config fails both pulls and `check`."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_hosts_tree import BuiltTree, build_tree
 from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, podman_pull, skopeo_copy
-from testbed.procs import LOOPBACK, CommandError, Server, free_port, require_binary
+from testbed.procs import LOOPBACK, CommandError, Server, free_port
 from testbed.registrish import start_registrish_serve
-from testbed.statichosts import (
-    start_apache,
-    start_caddy,
-    start_nginx,
-    start_python_http_server,
-)
+from testbed.statichosts import start_generated, start_python_http_server
 
 from registrish_lock.check import NOT_CONFIGURED, check_url
 from registrish_lock.hosts import make_context, render_hosts, write_if_changed
@@ -29,7 +23,6 @@ pytestmark = pytest.mark.slow
 
 KINDS = ("app-oci:v1", "app-docker:v1", "multi:v1", "multi-docker:v1")
 HOSTS = ("serve", "nginx", "caddy", "apache")
-_APACHE_MODULES = Path("/usr/lib/apache2/modules")
 
 
 @pytest.fixture(scope="module")
@@ -60,33 +53,7 @@ def _start(host: str, tree: BuiltTree, tmp: Path) -> Server:
     if host == "serve":
         return start_registrish_serve(log_dir=tmp, root=tree.layout.root, name="serve").server
     _render(tree, host, hosts_dir, port)
-    if host == "nginx":
-        require_binary("nginx")
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        temps = "".join(
-            f"    {t}_temp_path {tmp}/{t};\n"
-            for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        conf = tmp / "nginx.conf"
-        conf.write_text(
-            f"{user}worker_processes 2;\npid {tmp}/nginx.pid;\nerror_log stderr warn;\n"
-            f"events {{ worker_connections 256; }}\nhttp {{\n    access_log off;\n{temps}"
-            f"    include {hosts_dir / 'registrish.conf'};\n}}\n"
-        )
-        return start_nginx(conf, port=port, ready_path="/v2/")
-    if host == "caddy":
-        return start_caddy(hosts_dir / "Caddyfile", port=port, ready_path="/v2/")
-    modules = ["mpm_event", "authz_core", "mime", "dir", "rewrite", "headers", "setenvif"]
-    loads = "\n".join(f"LoadModule {m}_module {_APACHE_MODULES}/mod_{m}.so" for m in modules)
-    conf = tmp / "httpd.conf"
-    conf.write_text(
-        f'ServerRoot "{tmp}"\nServerName {LOOPBACK}\nPidFile "{tmp}/httpd.pid"\n'
-        f'DefaultRuntimeDir "{tmp}"\nMutex file:{tmp} default\n{loads}\n'
-        f"TypesConfig /etc/mime.types\nErrorLog /dev/stderr\nLogLevel warn\n"
-        f"Include {hosts_dir / 'registrish-apache-listen.conf'}\n"
-        f"Include {hosts_dir / 'registrish-apache.conf'}\n"
-    )
-    return start_apache(conf, port=port, ready_path="/v2/")
+    return start_generated(host, hosts_dir, tmp, port=port)
 
 
 @pytest.fixture(scope="module", params=HOSTS)

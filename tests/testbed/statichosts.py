@@ -10,9 +10,11 @@ template for the generated configs.
 from __future__ import annotations
 
 import os
+import re
+import signal
 from pathlib import Path
 
-from .procs import LOOPBACK, Server, require_binary
+from .procs import LOOPBACK, Server, require_binary, run
 
 _APACHE_MODULES = Path("/usr/lib/apache2/modules")
 
@@ -126,6 +128,66 @@ def start_python_http_server(
     server = Server("python-http-server", argv, log_dir=log_dir, url=f"http://{LOOPBACK}:{port}")
     server.start()
     return server.wait_http(_ready_url(port, "/"), timeout=timeout)
+
+
+# -- the project's generated configs, wrapped as the README says ---------------------------
+GENERATED_HOSTS = ("nginx", "caddy", "apache")
+
+
+def start_generated(host: str, hosts_dir: Path, tmp: Path, *, port: int) -> Server:
+    """Start `host` ("nginx", "caddy" or "apache") on the configs `registrish` generated in
+    `hosts_dir` (which name the tree and 127.0.0.1:`port`), with the smallest wrapper the
+    README asks for: nginx's `http {}` that includes `registrish.conf`, Apache's server
+    config that includes the vhost and its `Listen`; the Caddyfile runs as is."""
+    if host == "nginx":
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        temps = "".join(
+            f"    {t}_temp_path {tmp}/{t};\n"
+            for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        conf = tmp / "nginx.conf"
+        conf.write_text(
+            f"{user}worker_processes 2;\npid {tmp}/nginx.pid;\nerror_log stderr warn;\n"
+            f"events {{ worker_connections 256; }}\nhttp {{\n    access_log off;\n{temps}"
+            f"    include {hosts_dir / 'registrish.conf'};\n}}\n"
+        )
+        return start_nginx(conf, port=port, ready_path="/v2/")
+    if host == "caddy":
+        return start_caddy(hosts_dir / "Caddyfile", port=port, ready_path="/v2/")
+    if host != "apache":
+        raise ValueError(f"not a generated host: {host!r}")
+    modules = ["mpm_event", "authz_core", "mime", "dir", "rewrite", "headers", "setenvif"]
+    loads = "\n".join(f"LoadModule {m}_module {_APACHE_MODULES}/mod_{m}.so" for m in modules)
+    conf = tmp / "httpd.conf"
+    conf.write_text(
+        f'ServerRoot "{tmp}"\nServerName {LOOPBACK}\nPidFile "{tmp}/httpd.pid"\n'
+        f'DefaultRuntimeDir "{tmp}"\nMutex file:{tmp} default\n{loads}\n'
+        f"TypesConfig /etc/mime.types\nErrorLog /dev/stderr\nLogLevel warn\n"
+        f"Include {hosts_dir / 'registrish-apache-listen.conf'}\n"
+        f"Include {hosts_dir / 'registrish-apache.conf'}\n"
+    )
+    return start_apache(conf, port=port, ready_path="/v2/")
+
+
+def reload_generated(host: str, server: Server, hosts_dir: Path) -> None:
+    """Reload a host started by :func:`start_generated` as the README says to after a sync:
+    nginx `-s reload` (SIGHUP to the master), Apache graceful (SIGUSR1 to the parent),
+    `caddy reload` through the admin endpoint its Caddyfile names. Asynchronous for nginx
+    and Apache: the caller polls for the new content."""
+    if host == "nginx":
+        os.kill(server.pid, signal.SIGHUP)
+    elif host == "apache":
+        os.kill(server.pid, signal.SIGUSR1)
+    elif host == "caddy":
+        caddyfile = hosts_dir / "Caddyfile"
+        admin = re.search(r"^\s*admin\s+(\S+)", caddyfile.read_text(), re.MULTILINE)
+        if admin is None or admin.group(1) == "off":
+            raise ValueError(f"{caddyfile} has no admin endpoint: caddy cannot reload it")
+        caddy = require_binary("caddy")
+        argv = [caddy, "reload", "--config", str(caddyfile), "--adapter", "caddyfile"]
+        run([*argv, "--address", admin.group(1)], what="caddy reload")
+    else:
+        raise ValueError(f"not a generated host: {host!r}")
 
 
 # -- minimal configs (for the bed's own tests; templates for the renderers) ----------------
