@@ -63,6 +63,10 @@ class NginxRenderer:
         short = short_cache(ctx.policy.tag_cache_seconds)
         types = "\n".join(f"            {mt} ~{kind};" for kind, mt in twin_kinds())
         tries = " ".join(f"$uri.~{kind}" for kind in mediatypes.KINDS)
+        by_digest = " ".join(
+            f"/v2/$registrish_name/manifests/$registrish_tag_digest.~{kind}"
+            for kind in mediatypes.KINDS
+        )
         text = f"""\
 # {GENERATED}
 # The static registry at {ctx.root}, on http://{ctx.listen}/.
@@ -140,11 +144,24 @@ server {{
         {API}
         try_files {tries} @registrish_manifest_unknown;
     }}
+    # A tag is served through the table: the manifest of the digest the loaded table names,
+    # so the body always matches its Docker-Content-Digest, even after a sync has moved the
+    # tag on disk and before the reload that loads the new table.
     location ~ "^/v2/(?<registrish_name>.+)/manifests/(?<registrish_tag>{TAG_RE})$" {{
         types {{
 {types}
         }}
         add_header Docker-Content-Digest $registrish_tag_digest;
+        add_header Cache-Control "{short}";
+        {API}
+        try_files {by_digest} @registrish_tag_file;
+    }}
+    # A tag the loaded table does not know (added since the reload), or whose old manifest
+    # was collected: the tag's own file, with no digest rather than a wrong one.
+    location @registrish_tag_file {{
+        types {{
+{types}
+        }}
         add_header Cache-Control "{short}";
         {API}
         try_files {tries} @registrish_manifest_unknown;
