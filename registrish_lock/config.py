@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -231,6 +232,13 @@ def load_config(path: Path) -> Config:
     return parse_config(doc, path)
 
 
+#: Hosts whose generated configs spell out the tree's and the hosts dir's absolute paths.
+_PATH_EMBEDDING_HOSTS = frozenset({"nginx", "caddy", "apache"})
+#: In a quoted path: ends the string (`"`), escapes (`\`), an nginx variable (`$`), a Caddy
+#: placeholder (`{`, `}`).
+_UNSAFE_IN_CONFIGS = frozenset('"\\${}')
+
+
 def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     r = _Reader(path)
     r.check_keys(doc, _TOP_KEYS, "")
@@ -248,6 +256,25 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
                 f"unknown host {host!r}",
                 f"did you mean '{close[0]}'?" if close else f"choose from: {', '.join(HOSTS)}",
             )
+    if "netlify" in hosts and "cloudflare" in hosts:
+        raise r.fail(
+            "registry.hosts",
+            "'netlify' and 'cloudflare' both write the tree's _headers and _redirects",
+            "list only the one you deploy to",
+        )
+    if any(h in _PATH_EMBEDDING_HOSTS for h in hosts):
+        for key, value in (("registry.root", root), ("registry.hosts_dir", hosts_dir)):
+            bad = sorted(
+                {c for c in os.path.abspath(value) if c in _UNSAFE_IN_CONFIGS or ord(c) < 32}
+            )
+            if bad:
+                raise r.fail(
+                    key,
+                    f"the path {os.path.abspath(value)!r} holds {' '.join(map(repr, bad))}, "
+                    "which the nginx, Caddy and Apache configs would read as syntax",
+                    "choose a directory whose path has no quote, backslash, $, { or } "
+                    "and no control characters, or list other registry.hosts",
+                )
     listen_text = str(registry.get("listen", "127.0.0.1:8080"))
     listen = _LISTEN_RE.fullmatch(listen_text)
     if listen is None or not 0 < int(listen["port"]) < 65536:
