@@ -68,6 +68,10 @@ def load_locked(config_path: Path, *, frozen: bool) -> tuple[Config, Lock]:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     config, lock = load_locked(args.config, frozen=args.frozen)
+    if "cloudflare" in config.hosts and not args.dry_run:
+        from ..hosts.netlify import cloudflare_preflight
+
+        cloudflare_preflight(lock)
     layout = Layout(config.root)
     upstream = LazyUpstream(lambda: open_sources(config, console, jobs=args.jobs))
     try:

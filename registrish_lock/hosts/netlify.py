@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..layout import Layout
+from ..lockfile import Lock
 from ..routes import (
     API_VERSION_HEADER,
     EMPTY_REFERRERS_REL,
@@ -129,6 +130,36 @@ class NetlifyRenderer:
                 Output(ctx.root / REDIRECTS, ("\n".join(redirects) + "\n").encode()),
             ),
             warnings,
+        )
+
+
+def cloudflare_rule_count(lock: Lock) -> int:
+    """The `_headers` rules the tree of `lock` needs, from the lock alone: what `sync` checks
+    before it writes anything (the renderer checks the tree itself afterwards). Fixed: the
+    ping (3 paths), the empty referrers and `_catalog`; per repository: `blobs/*`,
+    `referrers/*` and `tags/list`; per tag: its manifest path; per manifest the lock names:
+    its digest path (children of a nested index are not named by the lock, so this is a
+    lower bound). `tags/<tag>.~last` pages get no rule: hosts that cannot route on the
+    query string never serve them."""
+    names = {t.name for t in lock.tags}
+    digests = {
+        (t.name, d)
+        for t in lock.tags
+        for d in (t.digest, *(p.digest for p in t.platforms), *(r.digest for r in t.referrers))
+    }
+    return 5 + 3 * len(names) + len(lock.tags) + len(digests)
+
+
+def cloudflare_preflight(lock: Lock) -> None:
+    """Refuse a lock whose tree Cloudflare Pages cannot serve, before `sync` writes a tag
+    that the old `_headers` would then serve with the wrong Content-Type."""
+    needed = cloudflare_rule_count(lock)
+    if needed > CLOUDFLARE_MAX_RULES:
+        raise HostLimitError(
+            f"cloudflare: the locked images need at least {needed} _headers rules; Cloudflare "
+            f"Pages allows {CLOUDFLARE_MAX_RULES} (one per manifest path); nothing was synced",
+            hint="use R2 (per-object metadata, like S3: `registrish publish`) behind "
+            "Cloudflare instead, or lock fewer tags",
         )
 
 
