@@ -357,21 +357,28 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     )
 
 
-def _check_local_source(r: _Reader, source: Reference, key: str) -> None:
-    """A local source must exist now: a typo should fail here, not halfway through a lock."""
-    path = r.path.parent / source.repository
-    if source.registry == OCI_LAYOUT and not path.is_dir():
-        raise r.fail(
-            key,
-            f"no such directory {str(path)!r}",
-            "oci:PATH names an OCI image layout directory, relative to the config file",
-        )
-    if source.registry == DOCKER_ARCHIVE and not path.is_file():
-        raise r.fail(
-            key,
-            f"no such file {str(path)!r}",
-            "docker-archive:FILE names a `docker save` tar, relative to the config file",
-        )
+def check_local_sources(config: Config) -> None:
+    """Every local source exists: checked by the commands that read sources (`lock`,
+    `outdated`) before any work, so a typo fails at once and names its key. Not at load:
+    `serve`, `check`, `gc`, `hosts` and a no-op `sync` work after the layout or archive a
+    tree was synced from is gone (an unmounted USB disk, a deleted download)."""
+    for image in config.images:
+        source, key = image.source, f"{image.key}.source"
+        path = config.path.parent / source.repository
+        if source.registry == OCI_LAYOUT and not path.is_dir():
+            raise ConfigError(
+                config.path,
+                key,
+                f"no such directory {str(path)!r}",
+                hint="oci:PATH names an OCI image layout directory, relative to the config file",
+            )
+        if source.registry == DOCKER_ARCHIVE and not path.is_file():
+            raise ConfigError(
+                config.path,
+                key,
+                f"no such file {str(path)!r}",
+                hint="docker-archive:FILE names a `docker save` tar, relative to the config file",
+            )
 
 
 def _parse_image(
@@ -391,8 +398,6 @@ def _parse_image(
         source = parse_source(source_text)
     except ReferenceError_ as exc:
         raise r.fail(f"{key}.source", exc.message, exc.hint) from None
-    if source.is_local:
-        _check_local_source(r, source, f"{key}.source")
     if source.digest:
         raise r.fail(
             f"{key}.source",

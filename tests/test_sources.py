@@ -18,7 +18,7 @@ from testbed.images import write_random_image
 
 from registrish_lock import mediatypes
 from registrish_lock.cli import main
-from registrish_lock.config import load_config
+from registrish_lock.config import check_local_sources, load_config
 from registrish_lock.discovery import ReferrersUpstream
 from registrish_lock.errors import (
     ConfigError,
@@ -138,8 +138,9 @@ def test_config_rejects_missing_local_paths(
     layout: Path, tmp_path: Path, source: str, problem: str
 ) -> None:
     path = write_config(tmp_path, f'[[image]]\nsource = "{source}"\nname = "x"\ntags = ["v1"]\n')
+    config = load_config(path)  # loads: serve, check and gc need no source
     with pytest.raises(ConfigError) as caught:
-        load_config(path)
+        check_local_sources(config)
     assert caught.value.key == "image[0].source"
     assert problem in caught.value.message
     assert "\n" not in caught.value.message
@@ -454,6 +455,19 @@ def test_cli_lock_twice_is_byte_identical_and_sync_needs_no_network(
     capsys.readouterr()
     assert main(["sync", "--json", "-c", str(config)]) == 0
     assert json.loads(capsys.readouterr().out)["summary"]["upstream_requests"] == 0
+
+    # The sources go away (an unmounted disk): the tree is still managed; only reading
+    # sources again needs them, and says which one is missing.
+    (tmp_path / "tools.tar").unlink()
+    shutil.rmtree(tmp_path / "layouts" / "app")
+    assert main(["sync", "-q", "-c", str(config)]) == 0
+    assert main(["check", "--local", "-q", "-c", str(config)]) == 0
+    assert main(["gc", "--dry-run", "-q", "-c", str(config)]) == 0
+    assert main(["hosts", "-q", "-c", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["lock", "--check", "-c", str(config)]) == 0
+    assert main(["lock", "-c", str(config)]) == ExitCode.USAGE
+    assert "image[0].source: no such directory" in capsys.readouterr().err
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

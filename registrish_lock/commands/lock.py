@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import Config, load_config
+from ..config import Config, check_local_sources, load_config
 from ..console import Console
 from ..errors import ConfigError, ExitCode, StaleLockError
 from ..lockfile import Lock, dumps, read_lock, write_lock
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     if args.check:
         return _check(config, old, console)
+    check_local_sources(config)
 
     upgrade = None if args.upgrade is None else set(args.upgrade)
     unknown = sorted((upgrade or set()) - {i.name for i in config.images})

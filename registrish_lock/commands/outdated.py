@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import load_config
+from ..config import check_local_sources, load_config
 from ..console import Console
 from ..errors import ExitCode
 from ..lockfile import read_lock
@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     config = load_config(args.config)
+    check_local_sources(config)
     lock = read_lock(config.lock_path)
     with open_sources(config, console, jobs=args.jobs) as client:
         rows = outdated(config, lock, client, jobs=args.jobs)
