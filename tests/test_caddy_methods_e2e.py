@@ -1,0 +1,122 @@
+"""The generated Caddyfile on a real Caddy: anything but GET and HEAD gets the 405 that
+`registrish serve` sends (same body, `Allow`, API version header), never the object; and a
+hosts directory too long for the admin socket still gives a Caddy that starts and serves."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_hosts_tree import BuiltTree, build_tree
+from testbed.procs import LOOPBACK, free_port
+from testbed.statichosts import start_generated
+
+from registrish_lock.hosts import make_context, render_hosts, write_if_changed
+from registrish_lock.hosts.base import Rendered
+from registrish_lock.hosts.caddy import ADMIN_SOCKET, MAX_SOCKET_PATH
+from registrish_lock.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL, Policy
+from registrish_lock.serve import TreeResolver
+
+pytestmark = pytest.mark.slow
+
+METHODS = ("POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> BuiltTree:
+    built = build_tree(tmp_path_factory.mktemp("methods") / "public")
+    built.layout.path(EMPTY_REFERRERS_REL).write_bytes(EMPTY_REFERRERS)
+    return built
+
+
+def _render(tree: BuiltTree, hosts_dir: Path, port: int) -> Rendered:
+    ctx = make_context(
+        layout=tree.layout,
+        hosts_dir=hosts_dir,
+        listen_host=LOOPBACK,
+        listen_port=port,
+        policy=Policy(),
+        lock=tree.lock,
+        hosts=("caddy",),
+    )
+    (rendered,) = render_hosts(ctx, ("caddy",))
+    for out in rendered.outputs:
+        write_if_changed(out.path, out.data)
+    return rendered
+
+
+@pytest.fixture(scope="module")
+def caddy(tree: BuiltTree, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("caddy")
+    port = free_port()
+    assert _render(tree, tmp / "hosts", port).warnings == ()
+    server = start_generated("caddy", tmp / "hosts", tmp, port=port)
+    try:
+        # the admin endpoint is the socket in the hosts dir, so `caddy reload` can reach it
+        assert (tmp / "hosts" / ADMIN_SOCKET).is_socket()
+        yield f"http://{LOOPBACK}:{port}"
+    finally:
+        server.stop()
+
+
+def _paths(tree: BuiltTree) -> list[str]:
+    name, blob, _ = tree.blob
+    digest = tree.refs["app-oci:v1"][0]
+    return [
+        "/v2/",
+        "/v2/app-oci/manifests/v1",
+        f"/v2/app-oci/manifests/{digest}",
+        f"/v2/{name}/blobs/{blob}",
+        "/v2/app-oci/tags/list",
+        "/v2/app-oci/manifests/nope",
+        "/.registrish/x",
+        "/v2/app-oci/blobs/uploads/",
+    ]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_other_methods_get_the_405_serve_sends(caddy: str, tree: BuiltTree, method: str) -> None:
+    expected = TreeResolver(tree.layout).answer(method, "/v2/", {})
+    assert expected.status == 405
+    for path in _paths(tree):
+        r = httpx.request(method, caddy + path, content=b"{}", timeout=10)
+        assert r.status_code == 405, (method, path, r.status_code)
+        assert r.content == expected.body, (method, path)
+        assert json.loads(r.content)["errors"][0]["code"] == "UNSUPPORTED"
+        for header, value in expected.headers:
+            assert r.headers[header] == value, (method, path, header)
+        assert r.headers["Allow"] == "GET, HEAD"
+        assert "docker-content-digest" not in r.headers
+
+
+def test_get_and_head_still_serve(caddy: str, tree: BuiltTree) -> None:
+    """The 405 is only for the other methods: the same paths still answer GET and HEAD."""
+    digest = tree.refs["app-oci:v1"][0]
+    for method in ("GET", "HEAD"):
+        r = httpx.request(method, f"{caddy}/v2/app-oci/manifests/v1", timeout=10)
+        assert r.status_code == 200, method
+        assert r.headers["docker-content-digest"] == digest
+        assert "allow" not in r.headers
+
+
+def test_a_hosts_dir_too_long_for_the_admin_socket_turns_admin_off(
+    tree: BuiltTree, tmp_path: Path
+) -> None:
+    hosts_dir = tmp_path / ("h" * max(1, MAX_SOCKET_PATH - len(str(tmp_path))))
+    assert len(str(hosts_dir / ADMIN_SOCKET).encode()) > MAX_SOCKET_PATH
+    port = free_port()
+    rendered = _render(tree, hosts_dir, port)
+    assert len(rendered.warnings) == 1
+    assert "admin off" in rendered.warnings[0] and "restart Caddy" in rendered.warnings[0]
+    assert "\tadmin off\n" in (hosts_dir / "Caddyfile").read_text()
+    # Caddy would refuse to start on a socket path that long: with `admin off` it serves.
+    server = start_generated("caddy", hosts_dir, tmp_path, port=port)
+    try:
+        r = httpx.post(f"http://{LOOPBACK}:{port}/v2/app-oci/manifests/v1", timeout=10)
+        assert r.status_code == 405
+        assert not (hosts_dir / ADMIN_SOCKET).exists()
+    finally:
+        server.stop()
