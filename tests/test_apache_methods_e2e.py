@@ -1,0 +1,143 @@
+"""Real Apache on the generated config: a method other than GET/HEAD gets the 405 that
+`registrish serve` sends (JSON OCI error, `Allow: GET, HEAD`), TRACE included; and the
+.htaccess alone (no vhost, so no tag -> digest table) still serves every manifest, tags
+without a Docker-Content-Digest rather than a guessed one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_hosts_tree import BuiltTree, build_tree
+from testbed.procs import LOOPBACK, free_port
+from testbed.statichosts import start_apache, start_generated
+
+from registrish_lock import mediatypes
+from registrish_lock.hosts import make_context, render_hosts, write_if_changed
+from registrish_lock.hosts.apache import UNSUPPORTED_DOC
+from registrish_lock.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL, IMMUTABLE, Policy
+from registrish_lock.serve import TreeResolver
+
+pytestmark = pytest.mark.slow
+
+WRITES = ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "PROPFIND")
+ACCEPT = {"Accept": ", ".join(sorted(mediatypes.MANIFEST_TYPES))}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> BuiltTree:
+    built = build_tree(tmp_path_factory.mktemp("apache-methods") / "public")
+    built.layout.path(EMPTY_REFERRERS_REL).write_bytes(EMPTY_REFERRERS)
+    return built
+
+
+def _render(tree: BuiltTree, hosts_dir: Path, port: int) -> None:
+    ctx = make_context(
+        layout=tree.layout,
+        hosts_dir=hosts_dir,
+        listen_host=LOOPBACK,
+        listen_port=port,
+        policy=Policy(),
+        lock=tree.lock,
+        hosts=("apache",),
+    )
+    for rendered in render_hosts(ctx, ("apache",)):
+        for out in rendered.outputs:
+            write_if_changed(out.path, out.data)
+
+
+@pytest.fixture(scope="module")
+def apache(tree: BuiltTree, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL of Apache serving `tree` with the generated vhost and .htaccess."""
+    tmp = tmp_path_factory.mktemp("apache")
+    port = free_port()
+    _render(tree, tmp / "hosts", port)
+    server = start_generated("apache", tmp / "hosts", tmp, port=port)
+    try:
+        yield f"http://{LOOPBACK}:{port}"
+    finally:
+        server.stop()
+
+
+def _serve_405(tree: BuiltTree) -> bytes:
+    answer = TreeResolver(tree.layout).answer("POST", "/v2/", {})
+    assert answer.status == 405
+    return answer.body
+
+
+@pytest.mark.parametrize("method", (*WRITES, "TRACE"))
+@pytest.mark.parametrize("path", ("/v2/", "/v2/app-oci/manifests/v1", "/v2/nope/blobs/x"))
+def test_other_methods_get_the_json_405(
+    apache: str, tree: BuiltTree, method: str, path: str
+) -> None:
+    r = httpx.request(method, apache + path, content=b"{}", timeout=10)
+    assert r.status_code == 405
+    assert r.headers.get_list("allow") == ["GET, HEAD"]
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["docker-distribution-api-version"] == "registry/2.0"
+    assert r.content == _serve_405(tree)
+    assert json.loads(r.content)["errors"][0]["code"] == "UNSUPPORTED"
+
+
+def test_the_405_body_is_not_served_by_name(apache: str) -> None:
+    r = httpx.get(f"{apache}/{UNSUPPORTED_DOC}", timeout=10)
+    assert r.status_code == 404
+    assert "allow" not in r.headers
+    # GET and HEAD still answer normally next to the 405 rules.
+    assert httpx.get(f"{apache}/v2/", timeout=10).status_code == 200
+    assert httpx.head(f"{apache}/v2/app-oci/manifests/v1", timeout=10).status_code == 200
+
+
+def test_a_tag_served_through_the_table_keeps_the_short_cache(apache: str, tree: BuiltTree) -> None:
+    digest, media_type = tree.refs["multi:v1"]
+    by_tag = httpx.get(f"{apache}/v2/multi/manifests/v1", headers=ACCEPT, timeout=10)
+    by_digest = httpx.get(f"{apache}/v2/multi/manifests/{digest}", headers=ACCEPT, timeout=10)
+    for r in (by_tag, by_digest):
+        assert r.status_code == 200
+        assert r.headers["docker-content-digest"] == digest
+        assert r.headers["content-type"] == media_type
+        assert "sha256:" + hashlib.sha256(r.content).hexdigest() == digest
+    assert by_tag.headers["cache-control"] == "public, max-age=60"
+    assert by_digest.headers["cache-control"] == IMMUTABLE
+
+
+def test_htaccess_alone_serves_tags_without_a_digest(tree: BuiltTree, tmp_path: Path) -> None:
+    """Shared hosting: only the .htaccess, under a vhost registrish did not write."""
+    port = free_port()
+    _render(tree, tmp_path / "hosts", port)  # writes the .htaccess into the tree
+    root = tree.layout.root.resolve()
+    modules = ["mpm_event", "authz_core", "mime", "dir", "rewrite", "headers", "setenvif"]
+    loads = "\n".join(f"LoadModule {m}_module /usr/lib/apache2/modules/mod_{m}.so" for m in modules)
+    conf = tmp_path / "httpd.conf"
+    conf.write_text(
+        f'ServerRoot "{tmp_path}"\nServerName {LOOPBACK}\nListen {LOOPBACK}:{port}\n'
+        f'PidFile "{tmp_path}/httpd.pid"\nDefaultRuntimeDir "{tmp_path}"\n'
+        f"Mutex file:{tmp_path} default\n{loads}\nTypesConfig /etc/mime.types\n"
+        f'ErrorLog /dev/stderr\nLogLevel warn\nDocumentRoot "{root}"\n'
+        f'<Directory "{root}">\n    Require all granted\n    AllowOverride All\n</Directory>\n'
+    )
+    server = start_apache(conf, port=port, ready_path="/v2/")
+    base = f"http://{LOOPBACK}:{port}"
+    try:
+        for key in ("app-oci:v1", "app-docker:v1", "multi:v1", "multi-docker:v1"):
+            name, tag = key.split(":")
+            digest, media_type = tree.refs[key]
+            by_tag = httpx.get(f"{base}/v2/{name}/manifests/{tag}", headers=ACCEPT, timeout=10)
+            assert by_tag.status_code == 200, key
+            assert by_tag.headers["content-type"] == media_type, key
+            assert "sha256:" + hashlib.sha256(by_tag.content).hexdigest() == digest, key
+            assert "docker-content-digest" not in by_tag.headers, key
+            assert by_tag.headers["cache-control"] == "public, max-age=60", key
+            by_digest = httpx.head(f"{base}/v2/{name}/manifests/{digest}", timeout=10)
+            assert by_digest.headers["docker-content-digest"] == digest, key
+            assert by_digest.headers["cache-control"] == IMMUTABLE, key
+        post = httpx.post(f"{base}/v2/app-oci/manifests/v1", content=b"{}", timeout=10)
+        assert post.status_code == 405
+        assert post.headers["content-type"] == "application/json"
+        assert post.content == _serve_405(tree)
+    finally:
+        server.stop()
