@@ -59,6 +59,8 @@ class ErrorCode(Enum):
     BLOB_UNKNOWN = "BLOB_UNKNOWN"
     NAME_UNKNOWN = "NAME_UNKNOWN"
     DIGEST_INVALID = "DIGEST_INVALID"
+    #: Any method but GET and HEAD (405): the registry is read-only.
+    UNSUPPORTED = "UNSUPPORTED"
 
 
 _ERROR_MESSAGES = {
@@ -66,6 +68,7 @@ _ERROR_MESSAGES = {
     ErrorCode.BLOB_UNKNOWN: "blob unknown to registry",
     ErrorCode.NAME_UNKNOWN: "repository name not known to registry",
     ErrorCode.DIGEST_INVALID: "provided digest did not match uploaded content",
+    ErrorCode.UNSUPPORTED: "this registry is read-only",
 }
 
 

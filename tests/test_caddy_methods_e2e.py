@@ -4,7 +4,6 @@ hosts directory too long for the admin socket still gives a Caddy that starts an
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from registrish_lock.hosts import make_context, render_hosts, write_if_changed
 from registrish_lock.hosts.base import Rendered
 from registrish_lock.hosts.caddy import ADMIN_SOCKET, MAX_SOCKET_PATH
 from registrish_lock.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL, Policy
-from registrish_lock.serve import TreeResolver
 
 pytestmark = pytest.mark.slow
 
@@ -75,21 +73,6 @@ def _paths(tree: BuiltTree) -> list[str]:
         "/.registrish/x",
         "/v2/app-oci/blobs/uploads/",
     ]
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_other_methods_get_the_405_serve_sends(caddy: str, tree: BuiltTree, method: str) -> None:
-    expected = TreeResolver(tree.layout).answer(method, "/v2/", {})
-    assert expected.status == 405
-    for path in _paths(tree):
-        r = httpx.request(method, caddy + path, content=b"{}", timeout=10)
-        assert r.status_code == 405, (method, path, r.status_code)
-        assert r.content == expected.body, (method, path)
-        assert json.loads(r.content)["errors"][0]["code"] == "UNSUPPORTED"
-        for header, value in expected.headers:
-            assert r.headers[header] == value, (method, path, header)
-        assert r.headers["Allow"] == "GET, HEAD"
-        assert "docker-content-digest" not in r.headers
 
 
 def test_get_and_head_still_serve(caddy: str, tree: BuiltTree) -> None:

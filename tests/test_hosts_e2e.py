@@ -5,9 +5,11 @@ A host serving the tree without the config fails both pulls and `check`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from test_hosts_tree import BuiltTree, build_tree
 from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, podman_pull, skopeo_copy
@@ -18,6 +20,7 @@ from testbed.statichosts import start_generated, start_python_http_server
 from registrish_lock.check import NOT_CONFIGURED, check_url
 from registrish_lock.hosts import make_context, render_hosts, write_if_changed
 from registrish_lock.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL, Policy
+from registrish_lock.serve import TreeResolver
 
 pytestmark = pytest.mark.slow
 
@@ -119,3 +122,36 @@ def test_host_without_config_fails_pulls_and_check(tree: BuiltTree, tmp_path: Pa
         server.stop()
     assert not report.ok
     assert any(NOT_CONFIGURED in f.problem for f in report.failures)
+
+
+#: What a pusher or a WebDAV client would send; `registrish serve` and every generated host
+#: config answer all of them alike.
+WRITES = ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE")
+
+
+@pytest.mark.parametrize("method", WRITES)
+def test_other_methods_get_the_405_serve_sends(host: str, tree: BuiltTree, method: str) -> None:
+    expected = TreeResolver(tree.layout).answer("POST", "/v2/", {})
+    assert expected.status == 405
+    name, blob, _ = tree.blob
+    digest = tree.refs["app-oci:v1"][0]
+    paths = (
+        "/v2/",
+        "/v2/app-oci/manifests/v1",
+        f"/v2/app-oci/manifests/{digest}",
+        f"/v2/{name}/blobs/{blob}",
+        "/v2/app-oci/tags/list",
+        "/v2/app-oci/manifests/nope",
+        "/v2/app-oci/blobs/uploads/",
+    )
+    for path in paths:
+        r = httpx.request(method, f"http://{host}{path}", content=b"{}", timeout=10)
+        where = (method, path)
+        assert r.status_code == 405, where
+        assert r.content == expected.body, where
+        assert json.loads(r.content)["errors"][0]["code"] == "UNSUPPORTED", where
+        assert r.headers.get_list("allow") == ["GET, HEAD"], where
+        assert r.headers["content-type"] == "application/json", where
+        assert r.headers["docker-distribution-api-version"] == "registry/2.0", where
+        assert "docker-content-digest" not in r.headers, where
+    assert httpx.head(f"http://{host}/v2/app-oci/manifests/v1", timeout=10).status_code == 200

@@ -11,7 +11,6 @@ mod_headers, mod_setenvif, mod_mime and mod_dir.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 
@@ -25,6 +24,7 @@ from ..routes import (
     JSON,
     OCTET_STREAM,
     ErrorCode,
+    error_body,
     short_cache,
 )
 from .base import GENERATED, HostContext, Output, Rendered, error_text, twin_kinds
@@ -43,10 +43,7 @@ _BROWSE_RE = BROWSE_REL.replace(".", "\\.")  # a regex for the page's name
 _TABLED = "^(.*/)[^/]+::(sha256:[a-f0-9]{64})$"
 _DIGEST_URI = "^/v2/.+/(manifests|blobs)/sha256:[a-f0-9]{64}"
 #: As `registrish serve` answers a method other than GET and HEAD.
-_UNSUPPORTED = json.dumps(
-    {"errors": [{"code": "UNSUPPORTED", "message": "this registry is read-only"}]},
-    separators=(",", ":"),
-).encode()
+_UNSUPPORTED = error_body(ErrorCode.UNSUPPORTED)
 
 
 def tag_digest_table(tags: Sequence[tuple[str, str, str]]) -> str:

@@ -14,7 +14,6 @@ Docker-Content-Digest. The admin endpoint is a unix socket in the hosts dir, so
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,10 +40,7 @@ TAG_RE = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 API = "Docker-Distribution-API-Version registry/2.0"
 ALLOWED_METHODS = ("GET", "HEAD")
 #: Exactly what `registrish serve` answers to other methods.
-UNSUPPORTED = json.dumps(
-    {"errors": [{"code": "UNSUPPORTED", "message": "this registry is read-only"}]},
-    separators=(",", ":"),
-)
+UNSUPPORTED = error_text(ErrorCode.UNSUPPORTED)
 
 
 def _headers(indent: str, *lines: str) -> str:

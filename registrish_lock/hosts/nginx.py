@@ -102,6 +102,11 @@ server {{
     types {{ }}
     default_type {OCTET_STREAM};
     error_page 404 @registrish_name_unknown;
+    # Read-only, as `registrish serve`: anything but GET and HEAD gets the JSON 405.
+    if ($request_method !~ ^(GET|HEAD)$) {{
+        return 405;
+    }}
+    error_page 405 @registrish_read_only;
 
     # Never served by name: the state directory, dotfiles and the typed twins.
     location ~ "/\\.|\\.~" {{
@@ -204,6 +209,12 @@ server {{
         try_files $uri @registrish_name_unknown;
     }}
 
+    location @registrish_read_only {{
+        default_type {JSON};
+        add_header Allow "GET, HEAD" always;
+        {API}
+        return 405 '{error_text(ErrorCode.UNSUPPORTED)}';
+    }}
     location @registrish_manifest_unknown {{
         {_not_found(ErrorCode.MANIFEST_UNKNOWN)}
     }}
