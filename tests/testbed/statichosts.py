@@ -64,7 +64,8 @@ def start_caddy(
 
     Gotchas (Caddy 2.6): a site address ``http://127.0.0.1:PORT`` still binds every interface —
     add ``bind 127.0.0.1``. The admin API defaults to localhost:2019, so two Caddys collide:
-    put ``admin off`` (or ``admin 127.0.0.1:FREEPORT``) in the global options block. An inline
+    put ``admin off``, ``admin 127.0.0.1:FREEPORT`` or (as registrish generates, so ``caddy
+    reload`` works) ``admin unix/DIR/caddy-admin.sock`` in the global options block. An inline
     ``*.ext`` matcher inside ``header`` is silently read as a header name: use named
     matchers. ``file_server`` sends no Content-Type for unknown extensions. No
     ``persist_config`` in this version; ``XDG_DATA_HOME``/``XDG_CONFIG_HOME`` are pointed at
