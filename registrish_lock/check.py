@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from . import mediatypes
-from .errors import IntegrityError
+from .errors import IntegrityError, RegistrishError, UpstreamError
 from .layout import Layout
 from .lockfile import Lock
 from .manifest import Manifest, parse_manifest
@@ -28,6 +28,7 @@ from .referrers import artifact_type_of, refers_to
 from .routes import EMPTY_REFERRERS_REL, BlobObject, read_objects
 
 NOT_CONFIGURED = "the host is not applying registrish's config"
+RELOAD = "the host's config is older than the tree: reload the server after every sync"
 S3_403 = (
     "403 where 404 is expected: an S3 bucket answers 403 for missing keys unless anonymous "
     "readers may s3:ListBucket; allow it (or put a CDN that maps 403 to 404 in front)"
@@ -89,10 +90,17 @@ class _HttpChecker:
         return False
 
     def ping(self) -> None:
+        """Raises UpstreamError when the host gives no HTTP answer at all: every other
+        object would fail the same way, one row each."""
         self.report.checked += 1
-        resp = self.request("GET", "v2/")
-        if resp is None:
-            return
+        try:
+            resp = self.client.request("GET", "/v2/")
+        except httpx.TransportError as exc:
+            url = self.client.base_url.join("v2/")
+            raise UpstreamError(
+                f"{url}: no answer: {type(exc).__name__}: {exc}",
+                hint="check the URL, and that the server is running and reachable from here",
+            ) from None
         if resp.status_code == 403:
             self.report.fail(
                 "v2/",
@@ -114,7 +122,12 @@ class _HttpChecker:
             got = mediatypes.strip_parameters(resp.headers.get("Content-Type", ""))
             if resp.headers.get("Content-Type", "") != media_type:
                 shown = resp.headers.get("Content-Type") or "no Content-Type"
-                extra = f": {NOT_CONFIGURED}" if got != media_type else " (exactly, no parameters)"
+                if got == media_type:
+                    extra = " (exactly, no parameters)"
+                elif got in mediatypes.MANIFEST_TYPES and not _by_digest(path):
+                    extra = f" (another version of the tag: {RELOAD})"
+                else:
+                    extra = f": {NOT_CONFIGURED}"
                 self.report.fail(
                     path, f"manifest {path} served as {shown}, expected {media_type}{extra}"
                 )
@@ -132,13 +145,7 @@ class _HttpChecker:
     def digest_header(self, resp: httpx.Response, path: str, digest: str, method: str) -> None:
         sent = resp.headers.get("Docker-Content-Digest")
         if sent is not None and sent != digest:
-            stale = (
-                ""
-                if path.rsplit("/", 1)[-1].startswith("sha256:")
-                else (
-                    " (the host's config is older than the tree: reload the server after every sync)"
-                )
-            )
+            stale = "" if _by_digest(path) else f" ({RELOAD})"
             self.report.fail(
                 path, f"{method}: Docker-Content-Digest is {sent}, expected {digest}{stale}"
             )
@@ -248,6 +255,31 @@ def _expected_referrers(
     return expected
 
 
+def validate_url(url: str) -> str:
+    """`url` if it is an http(s) URL with a host; else a usage error naming the fix."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise RegistrishError(
+            f"{url!r} is not a valid URL: {exc}",
+            hint="write it as https://HOST[:PORT][/PATH], the URL where /v2/ is served",
+        ) from None
+    if "://" not in url:
+        raise RegistrishError(
+            f"{url!r} has no scheme", hint=f"write it as https://{url} (or http://{url})"
+        )
+    if parsed.scheme not in ("http", "https"):
+        raise RegistrishError(
+            f"{url!r}: check speaks HTTP, not {parsed.scheme}://",
+            hint="write it as https://HOST[:PORT] or http://HOST[:PORT]",
+        )
+    if not parsed.host:
+        raise RegistrishError(
+            f"{url!r} names no host", hint="write it as https://HOST[:PORT][/PATH]"
+        )
+    return url
+
+
 def check_url(
     base_url: str,
     lock: Lock,
@@ -256,7 +288,9 @@ def check_url(
     transport: httpx.BaseTransport | None = None,
     timeout: float = 30.0,
 ) -> Report:
-    """Check a deployment at `base_url` (the host root, where `/v2/` lives)."""
+    """Check a deployment at `base_url` (the host root, where `/v2/` lives). Raises a
+    usage error for a URL that is not http(s), UpstreamError when nothing answers."""
+    validate_url(base_url)
     report = Report(target=base_url)
     with httpx.Client(
         base_url=base_url.rstrip("/"),
@@ -404,3 +438,8 @@ def check_local(layout: Layout, lock: Lock) -> Report:
             if t.name == name and t.tag not in listed:
                 report.fail(rel, f"tag {t.tag} is locked but not listed")
     return report
+
+
+def _by_digest(path: str) -> bool:
+    """A manifest path by digest (immutable), not by tag (moved by syncs)."""
+    return path.rsplit("/", 1)[-1].startswith("sha256:")

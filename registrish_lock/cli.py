@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -157,18 +158,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(modules[args.command].run(args, console))
     except RegistrishError as exc:
-        if args.debug:
-            raise
+        _traceback(console)
         console.error(exc.message, exc.hint)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         console.error("interrupted")
         return int(ExitCode.INTERRUPTED)
     except OSError as exc:
-        if args.debug:
-            raise
+        _traceback(console)
         console.error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         return int(ExitCode.LOCAL)
+
+
+def _traceback(console: Console) -> None:
+    """With --debug, the traceback of the error being handled (stderr). The error line and
+    the documented exit code follow as without it: --debug must not change what scripts see."""
+    if console.debug_mode:
+        traceback.print_exc(file=console.err)
+        console.err.flush()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -19,6 +20,16 @@ class Console:
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
     started: float = field(default_factory=time.monotonic)
+    # `serve` logs from one thread per connection: each line is one locked write, or
+    # print()'s separate message and newline writes interleave (`a b\n\n`).
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    def _line(self, stream: TextIO, text: str) -> None:
+        with self._lock:
+            stream.write(text + "\n")
+            stream.flush()
 
     @property
     def is_terminal(self) -> bool:
@@ -27,24 +38,22 @@ class Console:
     def info(self, message: str) -> None:
         """Progress and status lines (stderr); silenced by `-q`."""
         if self.verbosity >= 0:
-            print(message, file=self.err, flush=True)
+            self._line(self.err, message)
 
     def debug(self, message: str) -> None:
         if self.verbosity >= 1 or self.debug_mode:
-            print(f"debug: {message}", file=self.err, flush=True)
+            self._line(self.err, f"debug: {message}")
 
     def warn(self, message: str) -> None:
-        print(f"warning: {message}", file=self.err, flush=True)
+        self._line(self.err, f"warning: {message}")
 
     def error(self, message: str, hint: str | None = None) -> None:
-        print(f"error: {message}", file=self.err, flush=True)
-        if hint:
-            print(f"hint: {hint}", file=self.err, flush=True)
+        self._line(self.err, f"error: {message}" + (f"\nhint: {hint}" if hint else ""))
 
     def result(self, text: str) -> None:
         """A human result line on stdout (suppressed in `--json` mode)."""
         if not self.json_mode:
-            print(text, file=self.out, flush=True)
+            self._line(self.out, text)
 
     def emit_json(self, document: Any) -> None:
         if self.json_mode:

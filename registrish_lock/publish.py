@@ -27,6 +27,7 @@ import hashlib
 import os
 import re
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -557,6 +558,19 @@ def _botocore_errors() -> tuple[type[Exception], ...]:
     return (BotoCoreError, ClientError, S3UploadFailedError)
 
 
+def _validate_endpoint(url: str) -> None:
+    """A usage error unless `url` is an http(s) URL with a host (botocore says only
+    "Invalid endpoint", and accepts ftp://)."""
+    hint = "write it as https://HOST[:PORT], e.g. https://ACCOUNT.r2.cloudflarestorage.com"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise RegistrishError(f"--endpoint-url {url}: not a URL ({exc})", hint=hint) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RegistrishError(f"--endpoint-url {url}: not an http(s) URL", hint=hint)
+
+
 def open_store(
     target: S3Target,
     *,
@@ -574,6 +588,7 @@ def open_store(
     try:
         import boto3
         from botocore.config import Config as BotoConfig
+        from botocore.exceptions import ProfileNotFound
     except ModuleNotFoundError:
         raise MissingExtraError(
             "publishing to S3 needs boto3, which is not installed",
@@ -588,6 +603,7 @@ def open_store(
     if addressing_style:
         options["s3"] = {"addressing_style": addressing_style}
     if endpoint_url:
+        _validate_endpoint(endpoint_url)
         # Third-party stores (R2, Scaleway, MinIO, SeaweedFS) differ in which of boto3's
         # newer default checksums they accept; Content-MD5 on every single PUT still
         # guards small objects, and blobs are verified before they leave.
@@ -596,7 +612,21 @@ def open_store(
     try:
         session = boto3.session.Session(profile_name=profile, region_name=region)
         client = session.client("s3", endpoint_url=endpoint_url, config=BotoConfig(**options))
-    except Exception as exc:  # botocore's ProfileNotFound, invalid endpoint, …
+    except ProfileNotFound:
+        # bad input, not a failing store (exit 2, not 3)
+        named = (
+            f"--profile {profile}" if profile else f"AWS_PROFILE={os.environ.get('AWS_PROFILE')}"
+        )
+        raise RegistrishError(
+            f"{named}: no such profile in ~/.aws/config or ~/.aws/credentials",
+            hint="list them with `aws configure list-profiles`, or "
+            + ("drop --profile" if profile else "unset AWS_PROFILE"),
+        ) from None
+    except ValueError as exc:  # botocore's InvalidRegionError, an endpoint it rejects
+        raise RegistrishError(
+            f"connecting to {target}: {exc}", hint="check --region and --endpoint-url"
+        ) from None
+    except Exception as exc:
         raise _client_error(exc, f"connecting to {target}") from None
     return Boto3Store(
         client,

@@ -4,17 +4,30 @@ table's semantics (`routes`), plus what only a dynamic server can do: paginated
 
 `TreeResolver.answer` is the whole behaviour (path → `Answer`), independent of the
 socket; `RegistryHandler` only parses the request, sends the answer and logs one line.
-Blobs go out with `socket.sendfile` (zero-copy `os.sendfile` on Linux).
+Blobs go out with `os.sendfile` (zero-copy).
+
+A connection idle for `timeout`, or still sending a request head after it, is closed, and
+so is one whose client takes no byte of a response for `timeout` (a slow download that
+progresses is never cut): idle, half-sent (slowloris) and stalled connections free their
+thread. At most `max_connections` are served at once; further ones wait in the listen queue.
 """
 
 from __future__ import annotations
 
 import email.utils
+import errno
+import fcntl
 import hashlib
+import io
 import json
+import math
 import os
+import select
 import signal
+import socket
+import struct
 import sys
+import termios
 import threading
 import time
 import urllib.parse
@@ -26,7 +39,7 @@ from types import FrameType
 from typing import Any, BinaryIO
 
 from . import mediatypes
-from .errors import LocalError
+from .errors import LocalError, RegistrishError
 from .layout import Layout
 from .reference import is_tag
 from .routes import (
@@ -45,6 +58,13 @@ from .routes import (
 
 Headers = tuple[tuple[str, str], ...]
 ALLOWED_METHODS = ("GET", "HEAD")
+#: Seconds a connection may sit idle or take to send a request head, and a blocking
+#: send may wait for the client to read (a slow download that progresses is never cut).
+DEFAULT_TIMEOUT = 30.0
+#: Connections served at once (one thread each); more wait in the kernel's listen queue.
+DEFAULT_MAX_CONNECTIONS = 256
+#: SIOCOUTQ, the ioctl for a socket's unsent bytes, is TIOCOUTQ's number on Linux.
+_SIOCOUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if sys.platform == "linux" else None
 
 
 @dataclass(frozen=True)
@@ -269,17 +289,62 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
+class _RequestReader(io.RawIOBase):
+    """The read side of a connection with a deadline for the whole request head: the
+    socket's timeout alone lets a client trickle one header byte every few seconds and
+    hold its thread forever (slowloris). The deadline is checked before each read, and a
+    read waits at most the socket's timeout, so a request head gets at most twice the
+    timeout (setting the socket's timeout before every read cost request rate)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+        self.deadline = math.inf
+        self.received = False  # any byte of the current request yet
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if time.monotonic() > self.deadline:
+            raise TimeoutError("timed out")
+        n = self._sock.recv_into(buffer)
+        self.received = self.received or n > 0
+        return n
+
+
 class RegistryHandler(BaseHTTPRequestHandler):
     server: RegistryServer
     protocol_version = "HTTP/1.1"
     # Headers and a sendfile body are two writes: with Nagle on, delayed ACKs add ~40 ms
     # to every keep-alive response (measured on one manifest: 367 → ~2,200 req/s).
     disable_nagle_algorithm = True
+    _reader: _RequestReader
+    _responding = False
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.timeout_seconds)  # bounds every blocking send
+        self.rfile.close()  # the plain makefile() reader, replaced by one with a deadline
+        self._reader = _RequestReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+        self._fd = self.connection.fileno()
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLOUT)
+
+    def handle_one_request(self) -> None:
+        # BaseHTTPRequestHandler closes the connection on a TimeoutError (read or write)
+        # and reports it through log_error.
+        self._reader.deadline = time.monotonic() + self.server.timeout_seconds
+        self._reader.received = False
+        self._responding = False
+        super().handle_one_request()
 
     def version_string(self) -> str:
         return "registrish"
 
     def _serve(self) -> None:
+        self._responding = True
         # The resolver reads one request header; lower-casing all of them cost time.
         wanted = self.headers.get("Range")
         answer = self.server.resolver.answer(
@@ -299,17 +364,58 @@ class RegistryHandler(BaseHTTPRequestHandler):
         ]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if self.command == "HEAD" or answer.length == 0:
-            self.wfile.write(head)
+            self._send(head)
         elif answer.file is None:
-            self.wfile.write(head + answer.body)
+            self._send(head + answer.body)
         else:
-            self.wfile.write(head)
+            self._send(head)
             with answer.file.open("rb") as handle:
                 self._send_file(handle, answer.offset, answer.size)
 
+    # Sends bypass the socket's timeout machinery (sendall's timeout is a deadline for the
+    # whole body, socket.sendfile's one for each wait): the socket is non-blocking (it has
+    # a timeout) and `_wait_writable` gives up only when the client took nothing at all.
+    def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:
+                self._wait_writable()
+
     def _send_file(self, handle: BinaryIO, offset: int, count: int) -> None:
-        # socket.sendfile uses os.sendfile (zero-copy) and falls back to send().
-        self.connection.sendfile(handle, offset, count)
+        """`count` bytes of `handle` from `offset` with os.sendfile (zero-copy)."""
+        source = handle.fileno()
+        while count > 0:
+            try:
+                sent = os.sendfile(self._fd, source, offset, min(count, 1 << 30))
+            except BlockingIOError:
+                self._wait_writable()
+                continue
+            except OSError as exc:  # a file system without sendfile: copy through memory
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                handle.seek(offset)
+                while count > 0 and (chunk := handle.read(min(count, 1 << 20))):
+                    self._send(chunk)
+                    count -= len(chunk)
+                sent = 0
+            if sent == 0 and count > 0:  # close: the client must not take a short body
+                raise OSError(f"{handle.name} ended {count} bytes before its Content-Length")
+            offset += sent
+            count -= sent
+
+    def _wait_writable(self) -> None:
+        """Wait until the socket's send queue has room. A slow client that reads keeps
+        the connection: the wait restarts as long as the queue shrank (Linux's SIOCOUTQ;
+        the kernel reports room only once half the queue, up to megabytes, is gone)."""
+        while True:
+            queued = _unsent(self._fd)
+            if self._poll.poll(self.server.timeout_seconds * 1000):
+                return
+            now = _unsent(self._fd)
+            if queued is None or now is None or now >= queued:
+                raise TimeoutError("timed out")
 
     do_GET = do_HEAD = _serve
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = _serve
@@ -320,8 +426,29 @@ class RegistryHandler(BaseHTTPRequestHandler):
             self.server.access_log(f'{self.client_address[0]} "{line}" {code} {size}')
 
     def log_error(self, format: str, *args: Any) -> None:
-        if self.server.access_log is not None:
-            self.server.access_log(f"{self.client_address[0]} error: {_printable(format % args)}")
+        if self.server.access_log is None:
+            return
+        if args and isinstance(args[0], TimeoutError):
+            seconds = f"{self.server.timeout_seconds:g} s"
+            if self._responding:
+                message = f"the client read nothing for {seconds}: connection closed"
+            elif self._reader.received:
+                message = f"request incomplete after {seconds}: connection closed"
+            else:
+                return  # an idle keep-alive connection closed: routine, not an error
+        else:
+            message = _printable(format % args)
+        self.server.access_log(f"{self.client_address[0]} error: {message}")
+
+
+def _unsent(fd: int) -> int | None:
+    """Bytes in a TCP socket's send queue, not yet acknowledged; None where unknown."""
+    if _SIOCOUTQ is None:
+        return None
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, _SIOCOUTQ, b"\0\0\0\0"))[0])
+    except OSError:
+        return None
 
 
 def _printable(text: str) -> str:
@@ -337,6 +464,29 @@ class RegistryServer(ThreadingHTTPServer):
     # Many clients open several connections at once (docker pulls layers in parallel).
     request_queue_size = 128
     _date: tuple[int, str] = (0, "")
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start a thread for the connection once fewer than `max_connections` are being
+        served; until then the accept loop waits, and new clients queue in the kernel."""
+        while not self._slots.acquire(timeout=0.2):
+            if self._stopping:
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        super().shutdown()
 
     def http_date(self) -> str:
         """The Date header, formatted once a second rather than once a request."""
@@ -360,10 +510,43 @@ class RegistryServer(ThreadingHTTPServer):
         address: tuple[str, int],
         resolver: TreeResolver,
         access_log: Callable[[str], None] | None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        family: socket.AddressFamily = socket.AF_INET,
     ) -> None:
         self.resolver = resolver
         self.access_log = access_log
+        # not `timeout`: socketserver uses that name for handle_request()'s wait
+        self.timeout_seconds = timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._stopping = False
+        self.address_family = family  # read by TCPServer.__init__ to create the socket
         super().__init__(address, RegistryHandler)
+
+
+def _address_family(host: str) -> socket.AddressFamily:
+    """The family to listen with: AF_INET6 for `::1`, `::` or a name that resolves to
+    IPv6 first; AF_INET for an IPv4 address and for "" (every IPv4 interface)."""
+    if not host:
+        return socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise RegistrishError(
+            f"--host {host}: not an address of this machine ({reason})",
+            hint="pass an IP address: 127.0.0.1 or ::1 (this machine), 0.0.0.0 or :: (all)",
+        ) from None
+    return infos[0][0]
+
+
+def _bind_hint(error: OSError) -> str:
+    if error.errno == errno.EADDRNOTAVAIL:
+        return "--host must be an address of this machine: 127.0.0.1, ::1, 0.0.0.0 or ::"
+    if error.errno == errno.EACCES:
+        return "ports below 1024 need privileges: pick a --port above 1023"
+    return "pick another --port, or stop what is using it"
 
 
 def make_server(
@@ -373,19 +556,30 @@ def make_server(
     port: int,
     policy: Policy,
     access_log: Callable[[str], None] | None,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> RegistryServer:
-    """Bind (port 0 picks a free one) without serving yet. Raises `LocalError`."""
+    """Bind (port 0 picks a free one) without serving yet. Raises `LocalError`, or a
+    usage error for a --host that is no address."""
     if not (root / "v2").is_dir():
         raise LocalError(
             f"{root}: no registry tree here (no v2/ directory)",
             hint="run `registrish sync` first, or pass --root DIR",
         )
+    family = _address_family(host)
+    shown = f"[{host}]" if ":" in host else host
     try:
-        return RegistryServer((host, port), TreeResolver(Layout(root), policy), access_log)
+        return RegistryServer(
+            (host, port),
+            TreeResolver(Layout(root), policy),
+            access_log,
+            timeout=timeout,
+            max_connections=max_connections,
+            family=family,
+        )
     except OSError as exc:
         raise LocalError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            hint="pick another --port, or stop what is using it",
+            f"cannot listen on {shown}:{port}: {exc.strerror or exc}", hint=_bind_hint(exc)
         ) from None
 
 

@@ -20,8 +20,10 @@ from testbed.procs import LOOPBACK, free_port
 from testbed.statichosts import GENERATED_HOSTS, reload_generated, start_generated
 
 from registrish_lock import mediatypes
+from registrish_lock.check import NOT_CONFIGURED, check_url
 from registrish_lock.cli import main
 from registrish_lock.hosts.nginx import OPEN_FILE_CACHE_VALID
+from registrish_lock.lockfile import read_lock
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +89,11 @@ def test_a_moved_tag_is_served_consistently_before_and_after_the_reload(
         # Not reloaded: still the image the host's table names, whole and consistent.
         assert _served(base, "mv/manifests/latest") == (old, old, mediatypes.OCI_MANIFEST)
         assert ctr_pull(containerd, ref).digest == old
+        # `check` explains it: the host is behind the tree, not misconfigured
+        report = check_url(base, read_lock(tmp_path / "registrish.lock"))
+        problems = [f.problem for f in report.failures if f.path.endswith("/manifests/latest")]
+        assert problems and all("reload the server after every sync" in p for p in problems)
+        assert not any(NOT_CONFIGURED in f.problem for f in report.failures)
         # A tag the table does not know yet is served, with no digest rather than a wrong one.
         _, extra_sent, _ = _served(base, "mv/manifests/extra")
         assert extra_sent is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..check import Report, check_local, check_url
+from ..check import Report, check_local, check_url, validate_url
 from ..config import load_config
 from ..console import Console
 from ..errors import ExitCode
@@ -16,7 +16,8 @@ HELP = "verify a deployment (URL) or the local tree serves every locked object r
 DESCRIPTION = """\
 Walk every locked tag, manifest, referrers document and blob and verify what the host
 answers: status (404 is 404, never 403), exact Content-Type, Docker-Content-Digest,
-Content-Length, no compression, and the /v2/ ping. Exit 1 on any failure.
+Content-Length, no compression, and the /v2/ ping. Exit 1 on any failure; exit 3 when
+the host does not answer at all (refused, unresolvable, TLS or timeout on /v2/).
 
   registrish check https://registry.example.com     after every deployment
   registrish check http://127.0.0.1:5555 --deep     also download and re-hash blobs
@@ -42,6 +43,8 @@ def _print(report: Report, console: Console) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    if args.url:
+        validate_url(args.url)  # a usage error before the config is even read
     config = load_config(args.config)
     lock = read_lock(config.lock_path)
     reports = []

@@ -8,7 +8,8 @@ from pathlib import Path
 from ..config import DEFAULT_TAG_CACHE_SECONDS, load_config
 from ..console import Console
 from ..routes import Policy
-from ..serve import make_server, serve_until_stopped
+from ..serve import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, make_server, serve_until_stopped
+from . import positive_int
 
 NAME = "serve"
 HELP = "serve the tree over HTTP with the registry semantics (read-only)"
@@ -16,15 +17,61 @@ DESCRIPTION = """\
 Serve the static tree with exactly the headers the generated host configs send, plus
 paginated tags/list and filtered referrers. Read-only: every method but GET/HEAD is 405.
 Without --root the tree is the config's [registry].root. Stop with Ctrl-C or SIGTERM.
+A connection is closed when it idles, or takes to send a request, longer than --timeout,
+or when its client reads nothing of a response for that long (a slow download that
+progresses is never cut); at most --max-connections are served at once, more wait.
 
   registrish serve                     then: docker pull 127.0.0.1:5555/NAME:TAG
   registrish serve --root public --port 8080
+  registrish serve --host :: --port 5000        every IPv6 (and IPv4) interface
 """
 
 
+def port_number(text: str) -> int:
+    """An argparse type for --port: 0 to 65535 (0 picks a free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: use 0 to 65535")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type for --timeout: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5555, help="port (default 5555; 0 picks one)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind: 127.0.0.1 (default), ::1, 0.0.0.0, :: (IPv6 and IPv4)",
+    )
+    parser.add_argument(
+        "--port", type=port_number, default=5555, help="port (default 5555; 0 picks one)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"close idle, half-sent or stalled connections (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"connections served at once; more wait (default {DEFAULT_MAX_CONNECTIONS})",
+    )
     parser.add_argument("--root", type=Path, help="the tree (default: [registry].root)")
 
 
@@ -46,6 +93,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         port=args.port,
         policy=Policy(tag_cache_seconds=cache),
         access_log=console.info if console.verbosity >= 0 else None,
+        timeout=args.timeout,
+        max_connections=args.max_connections,
     )
     host, port = str(server.server_address[0]), int(server.server_address[1])
     shown = f"[{host}]" if ":" in host else host
