@@ -75,10 +75,18 @@ class _HttpChecker:
 
     def request(self, method: str, path: str, **kwargs: object) -> httpx.Response | None:
         try:
-            return self.client.request(method, "/" + path, **kwargs)  # type: ignore[arg-type]
+            return self._send(method, path, kwargs)
         except httpx.HTTPError as exc:
             self.report.fail(path, f"{method} failed: {type(exc).__name__}: {exc}")
             return None
+
+    def _send(self, method: str, path: str, kwargs: dict[str, object]) -> httpx.Response:
+        try:
+            return self.client.request(method, "/" + path, **kwargs)  # type: ignore[arg-type]
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            # A kept-alive connection the host closed as we reused it (seen with SeaweedFS
+            # under load): GET and HEAD are safe to send again, once.
+            return self.client.request(method, "/" + path, **kwargs)  # type: ignore[arg-type]
 
     def status(self, resp: httpx.Response, path: str, what: str) -> bool:
         if resp.status_code == 200:

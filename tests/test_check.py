@@ -112,6 +112,30 @@ def test_check_url_explains_the_s3_403_trap(tree: BuiltTree) -> None:
     assert all("ListBucket" in p for p in problems)
 
 
+def test_check_url_sends_a_request_again_once_after_a_reset(tree: BuiltTree) -> None:
+    """A host closing a kept-alive connection as it is reused is not a failure; a host
+    resetting every time is."""
+    resolver = TreeResolver(tree.layout)
+    resets: dict[str, int] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.raw_path.decode()
+        if "/manifests/" in path and resets.get(path + request.method, 0) < limit:
+            resets[path + request.method] = resets.get(path + request.method, 0) + 1
+            raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
+        answer = resolver.answer(request.method, path, {})
+        body = answer.body if answer.file is None else answer.file.read_bytes()
+        content = body if request.method == "GET" else b""
+        return httpx.Response(answer.status, headers=dict(answer.headers), content=content)
+
+    limit = 1
+    report = check_url("http://h.example", tree.lock, transport=httpx.MockTransport(handler))
+    assert resets and report.failures == []
+    limit, resets = 2, {}
+    report = check_url("http://h.example", tree.lock, transport=httpx.MockTransport(handler))
+    assert report.failures and all("ReadError" in f.problem for f in report.failures)
+
+
 def test_check_url_flags_wrong_digest_header_and_compression(tree: BuiltTree) -> None:
     resolver = TreeResolver(tree.layout)
 
