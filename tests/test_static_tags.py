@@ -15,10 +15,11 @@ from test_sync import quiet, sync
 from test_sync_fake import FakeUpstream, build_image, lock_of, locked
 from testbed.procs import require_binary
 
+from registrish_lock import mediatypes
 from registrish_lock.apply import collect_garbage
 from registrish_lock.hosts import make_context, render_hosts
 from registrish_lock.hosts.apache import LISTEN, VHOST
-from registrish_lock.hosts.base import HostContext
+from registrish_lock.hosts.base import HostContext, TaggedDigest
 from registrish_lock.layout import Layout, is_last_page
 from registrish_lock.plan import MAX_LAST_PAGES, last_pages
 from registrish_lock.routes import Policy
@@ -93,7 +94,7 @@ def test_last_pages_are_never_routes() -> None:
     assert not is_last_page("v2/a/manifests/v1.~oci-manifest")
 
 
-def _ctx(tmp: Path, tags: list[tuple[str, str, str]]) -> HostContext:
+def _ctx(tmp: Path, tags: list[TaggedDigest]) -> HostContext:
     return HostContext(
         root=tmp / "public",
         hosts_dir=tmp / "hosts",
@@ -109,9 +110,9 @@ def _digest(i: int) -> str:
 
 
 def test_configs_carry_one_digest_line_per_tag_and_none_per_digest(tmp_path: Path) -> None:
-    tags = [("team/app", f"v{i}", _digest(i)) for i in range(3)]
+    tags = [TaggedDigest("team/app", f"v{i}", _digest(i), mediatypes.OCI_INDEX) for i in range(3)]
 
-    def texts(table: list[tuple[str, str, str]]) -> dict[str, str]:
+    def texts(table: list[TaggedDigest]) -> dict[str, str]:
         return {
             out.path.name: out.data.decode()
             for rendered in render_hosts(_ctx(tmp_path, table), ("nginx", "caddy", "apache"))
@@ -120,13 +121,15 @@ def test_configs_carry_one_digest_line_per_tag_and_none_per_digest(tmp_path: Pat
 
     full, empty = texts(tags), texts([])
     nginx, caddy, vhost = full["registrish.conf"], full["Caddyfile"], full[VHOST]
-    for _name, tag, digest in tags:
+    for _name, tag, digest, _type in tags:
+        assert f'"team/app:{tag}" "{digest}.~oci-index";' in nginx
         assert f'"team/app:{tag}" "{digest}";' in nginx
         assert f"team/app:{tag} {digest}" in caddy
         assert f"/manifests/{tag}$" in vhost and f"REGISTRISH_TAG_DIGEST={digest}" in vhost
     for name in ("registrish.conf", "Caddyfile", VHOST, ".htaccess"):
         grown = full[name].count("sha256:") - empty[name].count("sha256:")
-        assert grown == (0 if name == ".htaccess" else len(tags)), name
+        per_tag = {".htaccess": 0, "registrish.conf": 2}.get(name, 1)  # nginx: twin + digest
+        assert grown == per_tag * len(tags), name
 
 
 def test_apache_listen_is_a_separate_file(tmp_path: Path) -> None:
@@ -149,14 +152,20 @@ def test_make_context_takes_tag_digests_from_the_lock(tmp_path: Path) -> None:
         lock=lock,
         hosts=("nginx",),
     )
-    assert ctx.tag_digests == (("app", "latest", image.digest), ("app", "v1", image.digest))
+    assert ctx.tag_digests == (
+        TaggedDigest("app", "latest", image.digest, image.media_type),
+        TaggedDigest("app", "v1", image.digest, image.media_type),
+    )
 
 
 @pytest.mark.slow
 def test_nginx_loads_a_config_with_10000_tags(tmp_path: Path) -> None:
     """The map grows with tags only; measure how long `nginx -t` takes to load it."""
     nginx = require_binary("nginx")
-    tags = [(f"team/app{i % 50}", f"1.{i}.0-long-suffix", _digest(i)) for i in range(10_000)]
+    tags = [
+        TaggedDigest(f"team/app{i % 50}", f"1.{i}.0-long-suffix", _digest(i), mediatypes.OCI_INDEX)
+        for i in range(10_000)
+    ]
     (rendered,) = render_hosts(_ctx(tmp_path, tags), ("nginx",))
     (out,) = rendered.outputs
     out.path.parent.mkdir(parents=True)

@@ -24,7 +24,7 @@ from ..routes import (
     read_objects,
 )
 from .apache import ApacheRenderer
-from .base import HostContext, HostLimitError, HostRenderer, Output, Rendered
+from .base import HostContext, HostLimitError, HostRenderer, Output, Rendered, TaggedDigest
 from .caddy import CaddyRenderer
 from .netlify import CloudflareRenderer, NetlifyRenderer
 from .nginx import NginxRenderer
@@ -82,14 +82,14 @@ def make_context(
     )
 
 
-def tag_digests(lock: Lock) -> tuple[tuple[str, str, str], ...]:
-    """(name, tag, digest) of every tag the tree serves: locked tags and cosign tags."""
-    table = {(t.name, t.tag): t.digest for t in lock.tags}
+def tag_digests(lock: Lock) -> tuple[TaggedDigest, ...]:
+    """Every tag the tree serves: locked tags and cosign tags."""
+    table = {(t.name, t.tag): (t.digest, t.media_type) for t in lock.tags}
     for t in lock.tags:
         for r in t.referrers:
             if r.tag:
-                table.setdefault((t.name, r.tag), r.digest)
-    return tuple(sorted((name, tag, digest) for (name, tag), digest in table.items()))
+                table.setdefault((t.name, r.tag), (r.digest, r.media_type))
+    return tuple(sorted(TaggedDigest(n, tag, d, mt) for (n, tag), (d, mt) in table.items()))
 
 
 def render_hosts(ctx: HostContext, hosts: Sequence[str]) -> list[Rendered]:

@@ -27,7 +27,7 @@ from ..routes import (
     error_body,
     short_cache,
 )
-from .base import GENERATED, HostContext, Output, Rendered, error_text, twin_kinds
+from .base import GENERATED, HostContext, Output, Rendered, TaggedDigest, error_text, twin_kinds
 
 HTACCESS = ".htaccess"
 VHOST = "registrish-apache.conf"
@@ -46,13 +46,13 @@ _DIGEST_URI = "^/v2/.+/(manifests|blobs)/sha256:[a-f0-9]{64}"
 _UNSUPPORTED = error_body(ErrorCode.UNSUPPORTED)
 
 
-def tag_digest_table(tags: Sequence[tuple[str, str, str]]) -> str:
+def tag_digest_table(tags: Sequence[TaggedDigest]) -> str:
     """One `SetEnvIf` per tag (none per digest), compiled once at startup: the
     .htaccess turns it into Docker-Content-Digest on manifests by tag."""
     return "".join(
         f'    SetEnvIf Request_URI "^/v2/{re.escape(name)}/manifests/{re.escape(tag)}$" '
         f"{TAG_DIGEST_ENV}={digest}\n"
-        for name, tag, digest in tags
+        for name, tag, digest, _ in tags
     )
 
 

@@ -30,7 +30,7 @@ from ..routes import (
     ErrorCode,
     short_cache,
 )
-from .base import GENERATED, HostContext, Output, Rendered, error_text, twin_kinds
+from .base import GENERATED, HostContext, Output, Rendered, TaggedDigest, error_text, twin_kinds
 
 FILENAME = "Caddyfile"
 ADMIN_SOCKET = "caddy-admin.sock"
@@ -75,15 +75,15 @@ def _manifest_unknown() -> str:
     return f"{t}handle {{\n{_not_found(t + chr(9), ErrorCode.MANIFEST_UNKNOWN)}{t}}}\n"
 
 
-def tag_digest_map(tags: Sequence[tuple[str, str, str]]) -> str:
+def tag_digest_map(tags: Sequence[TaggedDigest]) -> str:
     """`name:tag` -> digest, one line per tag (none per digest). A tag not in it (added
     since the config was loaded) leaves the placeholder empty."""
     t = "\t\t\t"
-    lines = "".join(f"{t}\t{name}:{tag} {digest}\n" for name, tag, digest in tags)
+    lines = "".join(f"{t}\t{name}:{tag} {digest}\n" for name, tag, digest, _ in tags)
     return f"{t}map {{re.mtag.1}}:{{re.mtag.2}} {{registrish_tag_digest}} {{\n{lines}{t}}}\n"
 
 
-def _by_tag(tags: Sequence[tuple[str, str, str]], cc_short: str) -> str:
+def _by_tag(tags: Sequence[TaggedDigest], cc_short: str) -> str:
     """A tag: the manifest of the digest the table names, with that digest; else (a tag
     the table lacks: added since the last reload, or its old manifest collected) the tag
     file with no digest, never a digest of other bytes; else MANIFEST_UNKNOWN. An empty

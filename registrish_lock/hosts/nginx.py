@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .. import mediatypes
-from ..layout import LAST_PAGE_SUFFIX
+from ..layout import LAST_PAGE_SUFFIX, twin_name
 from ..routes import (
     BROWSE_REL,
     EMPTY_REFERRERS_REL,
@@ -21,24 +21,36 @@ from ..routes import (
     ErrorCode,
     short_cache,
 )
-from .base import GENERATED, HostContext, Output, Rendered, error_text, twin_kinds
+from .base import (
+    GENERATED,
+    HostContext,
+    Output,
+    Rendered,
+    TaggedDigest,
+    error_text,
+    twin_kinds,
+)
 
 FILENAME = "registrish.conf"
 TAG_RE = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 API = "add_header Docker-Distribution-API-Version registry/2.0 always;"
 #: How long nginx may answer from a cached file handle (or a cached miss) before re-checking.
 OPEN_FILE_CACHE_VALID = "10s"
+#: What the tag table gives for a tag it does not know: a file name no sync writes.
+NO_TWIN = "~unknown"
 
 
 def _not_found(code: ErrorCode) -> str:
     return f"default_type {JSON};\n        {API}\n        return 404 '{error_text(code)}';"
 
 
-def tag_digest_map(tags: Sequence[tuple[str, str, str]]) -> str:
-    """`map "name:tag" -> digest` at http level: one line per tag (none per digest).
-    An unknown key maps to "", and nginx sends no header with an empty value."""
-    lines = [f'    "{name}:{tag}" "{digest}";' for name, tag, digest in tags]
-    longest = max((len(name) + len(tag) + 1 for name, tag, _ in tags), default=0)
+def tag_digest_map(tags: Sequence[TaggedDigest]) -> str:
+    """Two `map "name:tag"` tables at http level, one line per tag each (none per digest):
+    the typed twin of the tag's digest, so a tag is served with one file look-up, and the
+    digest for its header (an exact map: a regex taking it out of the first cost ~4% of
+    req/s, measured). An unknown key maps to a name no sync writes (`~` cannot start a
+    twin's stem) and to no digest: nginx sends no header with an empty value."""
+    longest = max((len(t.name) + len(t.tag) + 1 for t in tags), default=0)
     sizing = ""
     # A bucket must hold a few whole keys (nginx otherwise warns "could not build optimal
     # map_hash" and may fail): the default is one 64-byte cache line and 2,048 buckets.
@@ -47,8 +59,16 @@ def tag_digest_map(tags: Sequence[tuple[str, str, str]]) -> str:
         sizing += f"map_hash_bucket_size {bucket};\n"
     if len(tags) > 1024:
         sizing += f"map_hash_max_size {_pow2(2 * len(tags))};\n"
-    body = "\n".join(['    default "";', *lines])
-    return f'{sizing}map "$registrish_name:$registrish_tag" $registrish_tag_digest {{\n{body}\n}}'
+    twins = [f'    "{t.name}:{t.tag}" "{twin_name(t.digest, t.media_type)}";' for t in tags]
+    digests = [f'    "{t.name}:{t.tag}" "{t.digest}";' for t in tags]
+    key = '"$registrish_name:$registrish_tag"'
+    return (
+        f"{sizing}map {key} $registrish_tag_twin {{\n"
+        + "\n".join([f'    default "{NO_TWIN}";', *twins])
+        + f"\n}}\nmap {key} $registrish_tag_digest {{\n"
+        + "\n".join(['    default "";', *digests])
+        + "\n}"
+    )
 
 
 def _pow2(n: int) -> int:
@@ -63,10 +83,6 @@ class NginxRenderer:
         short = short_cache(ctx.policy.tag_cache_seconds)
         types = "\n".join(f"            {mt} ~{kind};" for kind, mt in twin_kinds())
         tries = " ".join(f"$uri.~{kind}" for kind in mediatypes.KINDS)
-        by_digest = " ".join(
-            f"/v2/$registrish_name/manifests/$registrish_tag_digest.~{kind}"
-            for kind in mediatypes.KINDS
-        )
         text = f"""\
 # {GENERATED}
 # The static registry at {ctx.root}, on http://{ctx.listen}/.
@@ -159,7 +175,7 @@ server {{
         add_header Docker-Content-Digest $registrish_tag_digest;
         add_header Cache-Control "{short}";
         {API}
-        try_files {by_digest} @registrish_tag_file;
+        try_files /v2/$registrish_name/manifests/$registrish_tag_twin @registrish_tag_file;
     }}
     # A tag the loaded table does not know (added since the reload), or whose old manifest
     # was collected: the tag's own file, with no digest rather than a wrong one.
