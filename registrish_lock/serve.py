@@ -63,6 +63,7 @@ ALLOWED_METHODS = ("GET", "HEAD")
 DEFAULT_TIMEOUT = 30.0
 #: Connections served at once (one thread each); more wait in the kernel's listen queue.
 DEFAULT_MAX_CONNECTIONS = 256
+_MAX_KIND_HINTS = 100_000
 #: SIOCOUTQ, the ioctl for a socket's unsent bytes, is TIOCOUTQ's number on Linux.
 _SIOCOUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if sys.platform == "linux" else None
 
@@ -119,6 +120,9 @@ class TreeResolver:
     layout: Layout
     policy: Policy = field(default_factory=Policy)
     _digests: dict[tuple[int, int, int, int], str] = field(default_factory=dict)
+    #: The kind a manifest path was last found as, tried first: a miss costs an open().
+    #: Only a hint: a stale one costs one failed open, then the usual probe.
+    _kinds: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, method: str, raw_path: str, headers: Mapping[str, str]) -> Answer:
@@ -127,10 +131,7 @@ class TreeResolver:
             return Answer(
                 405,
                 (*error_headers(), ("Allow", ", ".join(ALLOWED_METHODS))),
-                json.dumps(
-                    {"errors": [{"code": "UNSUPPORTED", "message": "this registry is read-only"}]},
-                    separators=(",", ":"),
-                ).encode(),
+                error_body(ErrorCode.UNSUPPORTED),
             )
         split = urllib.parse.urlsplit(raw_path)
         path = urllib.parse.unquote(split.path)
@@ -165,10 +166,12 @@ class TreeResolver:
         return self._error(404, code, detail)
 
     def _manifest(self, target: Target) -> Answer:
-        exact = self.layout.path(target.rel)
-        for kind in mediatypes.KINDS:
+        exact = str(self.layout.path(target.rel))
+        hint = self._kinds.get(exact)
+        kinds = mediatypes.KINDS if hint is None else (hint, *mediatypes.KINDS)
+        for kind in kinds:
             media_type = mediatypes.TYPE_OF_KIND[kind]
-            twin = exact.with_name(f"{exact.name}.~{kind}")
+            twin = f"{exact}.~{kind}"
             # Read the bytes now, through one open file: sync may replace (or, on a kind
             # change, remove) a tag's twin before the handler would open it, and length,
             # digest and body must all describe one version (tests/test_crash_serve.py).
@@ -181,6 +184,10 @@ class TreeResolver:
                 data = _read_all(fd, st.st_size)
             finally:
                 os.close(fd)
+            if hint != kind:
+                if len(self._kinds) >= _MAX_KIND_HINTS:
+                    self._kinds.clear()  # bounded; refilled by the next requests
+                self._kinds[exact] = kind
             digest = target.ref if target.kind is Kind.MANIFEST_DIGEST else self._digest(data, st)
             return Answer(
                 200,
@@ -282,10 +289,13 @@ class TreeResolver:
 
 
 def _read_all(fd: int, size: int) -> bytes:
-    """Read a whole file from `fd` (os.read may return less than asked)."""
+    """The `size` bytes of a file from `fd`. Files in the tree are replaced, never written
+    in place, so the size from fstat is the file's: no read for an end-of-file is needed
+    (os.read may still return less than asked)."""
     chunks = []
-    while chunk := os.read(fd, max(size, 1 << 16)):
+    while size > 0 and (chunk := os.read(fd, size)):
         chunks.append(chunk)
+        size -= len(chunk)
     return b"".join(chunks)
 
 
