@@ -12,7 +12,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -363,22 +363,27 @@ def check_local_sources(config: Config) -> None:
     `serve`, `check`, `gc`, `hosts` and a no-op `sync` work after the layout or archive a
     tree was synced from is gone (an unmounted USB disk, a deleted download)."""
     for image in config.images:
-        source, key = image.source, f"{image.key}.source"
-        path = config.path.parent / source.repository
-        if source.registry == OCI_LAYOUT and not path.is_dir():
+        expected = _LOCAL_SOURCE_KINDS.get(image.source.registry)
+        path = config.path.parent / image.source.repository
+        if expected is not None and not expected[0](path):
             raise ConfigError(
-                config.path,
-                key,
-                f"no such directory {str(path)!r}",
-                hint="oci:PATH names an OCI image layout directory, relative to the config file",
+                config.path, f"{image.key}.source", f"{expected[1]} {str(path)!r}", hint=expected[2]
             )
-        if source.registry == DOCKER_ARCHIVE and not path.is_file():
-            raise ConfigError(
-                config.path,
-                key,
-                f"no such file {str(path)!r}",
-                hint="docker-archive:FILE names a `docker save` tar, relative to the config file",
-            )
+
+
+#: scheme -> (the test its path must pass, what is missing, the hint)
+_LOCAL_SOURCE_KINDS: dict[str, tuple[Callable[[Path], bool], str, str]] = {
+    OCI_LAYOUT: (
+        Path.is_dir,
+        "no such directory",
+        "oci:PATH names an OCI image layout directory, relative to the config file",
+    ),
+    DOCKER_ARCHIVE: (
+        Path.is_file,
+        "no such file",
+        "docker-archive:FILE names a `docker save` tar, relative to the config file",
+    ),
+}
 
 
 def _parse_image(

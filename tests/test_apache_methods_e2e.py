@@ -11,19 +11,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_hosts_tree import BuiltTree, build_tree
+from test_hosts_e2e import render_host
+from test_hosts_tree import BuiltTree, build_served_tree
 from testbed.procs import LOOPBACK, free_port
-from testbed.statichosts import start_apache, start_generated
+from testbed.statichosts import start_apache, start_generated, write_apache_server_config
 
 from registrish_lock import mediatypes
-from registrish_lock.hosts import make_context, render_hosts, write_if_changed
 from registrish_lock.hosts.apache import UNSUPPORTED_DOC
 from registrish_lock.routes import (
-    EMPTY_REFERRERS,
-    EMPTY_REFERRERS_REL,
     IMMUTABLE,
     ErrorCode,
-    Policy,
     error_body,
 )
 
@@ -35,24 +32,7 @@ ACCEPT = {"Accept": ", ".join(sorted(mediatypes.MANIFEST_TYPES))}
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> BuiltTree:
-    built = build_tree(tmp_path_factory.mktemp("apache-methods") / "public")
-    built.layout.path(EMPTY_REFERRERS_REL).write_bytes(EMPTY_REFERRERS)
-    return built
-
-
-def _render(tree: BuiltTree, hosts_dir: Path, port: int) -> None:
-    ctx = make_context(
-        layout=tree.layout,
-        hosts_dir=hosts_dir,
-        listen_host=LOOPBACK,
-        listen_port=port,
-        policy=Policy(),
-        lock=tree.lock,
-        hosts=("apache",),
-    )
-    for rendered in render_hosts(ctx, ("apache",)):
-        for out in rendered.outputs:
-            write_if_changed(out.path, out.data)
+    return build_served_tree(tmp_path_factory.mktemp("apache-methods") / "public")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +40,7 @@ def apache(tree: BuiltTree, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """The base URL of Apache serving `tree` with the generated vhost and .htaccess."""
     tmp = tmp_path_factory.mktemp("apache")
     port = free_port()
-    _render(tree, tmp / "hosts", port)
+    render_host(tree, "apache", tmp / "hosts", port)
     server = start_generated("apache", tmp / "hosts", tmp, port=port)
     try:
         yield f"http://{LOOPBACK}:{port}"
@@ -93,17 +73,12 @@ def test_a_tag_served_through_the_table_keeps_the_short_cache(apache: str, tree:
 def test_htaccess_alone_serves_tags_without_a_digest(tree: BuiltTree, tmp_path: Path) -> None:
     """Shared hosting: only the .htaccess, under a vhost registrish did not write."""
     port = free_port()
-    _render(tree, tmp_path / "hosts", port)  # writes the .htaccess into the tree
+    render_host(tree, "apache", tmp_path / "hosts", port)  # writes the .htaccess into the tree
     root = tree.layout.root.resolve()
-    modules = ["mpm_event", "authz_core", "mime", "dir", "rewrite", "headers", "setenvif"]
-    loads = "\n".join(f"LoadModule {m}_module /usr/lib/apache2/modules/mod_{m}.so" for m in modules)
-    conf = tmp_path / "httpd.conf"
-    conf.write_text(
-        f'ServerRoot "{tmp_path}"\nServerName {LOOPBACK}\nListen {LOOPBACK}:{port}\n'
-        f'PidFile "{tmp_path}/httpd.pid"\nDefaultRuntimeDir "{tmp_path}"\n'
-        f"Mutex file:{tmp_path} default\n{loads}\nTypesConfig /etc/mime.types\n"
-        f'ErrorLog /dev/stderr\nLogLevel warn\nDocumentRoot "{root}"\n'
-        f'<Directory "{root}">\n    Require all granted\n    AllowOverride All\n</Directory>\n'
+    conf = write_apache_server_config(
+        tmp_path,
+        f'Listen {LOOPBACK}:{port}\nDocumentRoot "{root}"\n'
+        f'<Directory "{root}">\n    Require all granted\n    AllowOverride All\n</Directory>\n',
     )
     server = start_apache(conf, port=port, ready_path="/v2/")
     base = f"http://{LOOPBACK}:{port}"

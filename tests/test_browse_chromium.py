@@ -25,7 +25,7 @@ import pytest
 import websocket
 from test_browse import _big_lock
 from test_hosts_e2e import _start as start_host
-from test_hosts_tree import BuiltTree, build_tree
+from test_hosts_tree import BuiltTree, build_served_tree
 from testbed.images import SeededUpstream
 from testbed.procs import LOOPBACK, Server, ServerGroup, require_binary
 from testbed.registrish import start_registrish_serve
@@ -33,7 +33,7 @@ from testbed.registrish import start_registrish_serve
 from registrish_lock import cli
 from registrish_lock.browse import model_from, render_page, render_tree_page
 from registrish_lock.lockfile import make_lock, read_lock
-from registrish_lock.routes import BROWSE_REL, EMPTY_REFERRERS, EMPTY_REFERRERS_REL
+from registrish_lock.routes import BROWSE_REL
 
 pytestmark = pytest.mark.slow
 
@@ -359,8 +359,7 @@ def test_one_thousand_tags_load_and_filter_time_reported(
 
 @pytest.mark.parametrize("host", ["nginx", "caddy", "apache"])
 def test_static_hosts_serve_the_page_at_the_root(host: str, tmp_path: Path) -> None:
-    tree: BuiltTree = build_tree(tmp_path / "public")
-    tree.layout.path(EMPTY_REFERRERS_REL).write_bytes(EMPTY_REFERRERS)
+    tree: BuiltTree = build_served_tree(tmp_path / "public")
     page = render_tree_page(tree.layout, tree.lock)
     if host == "nginx":
         require_binary("nginx")

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_hosts_tree import BuiltTree, build_tree
+from test_hosts_e2e import render_host
+from test_hosts_tree import BuiltTree, build_served_tree
 from testbed.procs import LOOPBACK, free_port
 from testbed.statichosts import start_generated
 
-from registrish_lock.hosts import make_context, render_hosts, write_if_changed
-from registrish_lock.hosts.base import Rendered
 from registrish_lock.hosts.caddy import ADMIN_SOCKET, MAX_SOCKET_PATH
-from registrish_lock.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL, Policy
 
 pytestmark = pytest.mark.slow
 
@@ -25,32 +23,14 @@ METHODS = ("POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> BuiltTree:
-    built = build_tree(tmp_path_factory.mktemp("methods") / "public")
-    built.layout.path(EMPTY_REFERRERS_REL).write_bytes(EMPTY_REFERRERS)
-    return built
-
-
-def _render(tree: BuiltTree, hosts_dir: Path, port: int) -> Rendered:
-    ctx = make_context(
-        layout=tree.layout,
-        hosts_dir=hosts_dir,
-        listen_host=LOOPBACK,
-        listen_port=port,
-        policy=Policy(),
-        lock=tree.lock,
-        hosts=("caddy",),
-    )
-    (rendered,) = render_hosts(ctx, ("caddy",))
-    for out in rendered.outputs:
-        write_if_changed(out.path, out.data)
-    return rendered
+    return build_served_tree(tmp_path_factory.mktemp("methods") / "public")
 
 
 @pytest.fixture(scope="module")
 def caddy(tree: BuiltTree, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("caddy")
     port = free_port()
-    assert _render(tree, tmp / "hosts", port).warnings == ()
+    assert render_host(tree, "caddy", tmp / "hosts", port).warnings == ()
     server = start_generated("caddy", tmp / "hosts", tmp, port=port)
     try:
         # the admin endpoint is the socket in the hosts dir, so `caddy reload` can reach it
@@ -58,21 +38,6 @@ def caddy(tree: BuiltTree, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield f"http://{LOOPBACK}:{port}"
     finally:
         server.stop()
-
-
-def _paths(tree: BuiltTree) -> list[str]:
-    name, blob, _ = tree.blob
-    digest = tree.refs["app-oci:v1"][0]
-    return [
-        "/v2/",
-        "/v2/app-oci/manifests/v1",
-        f"/v2/app-oci/manifests/{digest}",
-        f"/v2/{name}/blobs/{blob}",
-        "/v2/app-oci/tags/list",
-        "/v2/app-oci/manifests/nope",
-        "/.registrish/x",
-        "/v2/app-oci/blobs/uploads/",
-    ]
 
 
 def test_get_and_head_still_serve(caddy: str, tree: BuiltTree) -> None:
@@ -91,7 +56,7 @@ def test_a_hosts_dir_too_long_for_the_admin_socket_turns_admin_off(
     hosts_dir = tmp_path / ("h" * max(1, MAX_SOCKET_PATH - len(str(tmp_path))))
     assert len(str(hosts_dir / ADMIN_SOCKET).encode()) > MAX_SOCKET_PATH
     port = free_port()
-    rendered = _render(tree, hosts_dir, port)
+    rendered = render_host(tree, "caddy", hosts_dir, port)
     assert len(rendered.warnings) == 1
     assert "admin off" in rendered.warnings[0] and "restart Caddy" in rendered.warnings[0]
     assert "\tadmin off\n" in (hosts_dir / "Caddyfile").read_text()

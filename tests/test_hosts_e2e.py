@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_hosts_tree import BuiltTree, build_tree
+from test_hosts_tree import BuiltTree, build_served_tree
 from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, podman_pull, skopeo_copy
 from testbed.procs import LOOPBACK, CommandError, Server, free_port
 from testbed.registrish import start_registrish_serve
@@ -19,7 +19,8 @@ from testbed.statichosts import start_generated, start_python_http_server
 
 from registrish_lock.check import NOT_CONFIGURED, check_url
 from registrish_lock.hosts import make_context, render_hosts, write_if_changed
-from registrish_lock.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL, Policy
+from registrish_lock.hosts.base import Rendered
+from registrish_lock.routes import Policy
 from registrish_lock.serve import TreeResolver
 
 pytestmark = pytest.mark.slow
@@ -30,12 +31,11 @@ HOSTS = ("serve", "nginx", "caddy", "apache")
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> BuiltTree:
-    built = build_tree(tmp_path_factory.mktemp("e2e") / "public")
-    built.layout.path(EMPTY_REFERRERS_REL).write_bytes(EMPTY_REFERRERS)
-    return built
+    return build_served_tree(tmp_path_factory.mktemp("e2e") / "public")
 
 
-def _render(tree: BuiltTree, host: str, hosts_dir: Path, port: int) -> None:
+def render_host(tree: BuiltTree, host: str, hosts_dir: Path, port: int) -> Rendered:
+    """Write `host`'s generated configs for `tree`, listening on 127.0.0.1:`port`."""
     ctx = make_context(
         layout=tree.layout,
         hosts_dir=hosts_dir,
@@ -45,9 +45,10 @@ def _render(tree: BuiltTree, host: str, hosts_dir: Path, port: int) -> None:
         lock=tree.lock,
         hosts=(host,),
     )
-    for rendered in render_hosts(ctx, (host,)):
-        for out in rendered.outputs:
-            write_if_changed(out.path, out.data)
+    (rendered,) = render_hosts(ctx, (host,))
+    for out in rendered.outputs:
+        write_if_changed(out.path, out.data)
+    return rendered
 
 
 def _start(host: str, tree: BuiltTree, tmp: Path) -> Server:
@@ -55,7 +56,7 @@ def _start(host: str, tree: BuiltTree, tmp: Path) -> Server:
     hosts_dir = tmp / "hosts"
     if host == "serve":
         return start_registrish_serve(log_dir=tmp, root=tree.layout.root, name="serve").server
-    _render(tree, host, hosts_dir, port)
+    render_host(tree, host, hosts_dir, port)
     return start_generated(host, hosts_dir, tmp, port=port)
 
 

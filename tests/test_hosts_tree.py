@@ -114,6 +114,14 @@ def _image(w: _Writer, name: str, arch: str, docker: bool, text: str) -> tuple[b
     return json.dumps(doc, indent=2).encode(), media_type
 
 
+def build_served_tree(root: Path) -> BuiltTree:
+    """`build_tree` plus the empty referrers index that `sync` writes with the host configs
+    (every host falls back to it): a tree ready for a web server."""
+    built = build_tree(root)
+    built.layout.path(EMPTY_REFERRERS_REL).write_bytes(EMPTY_REFERRERS)
+    return built
+
+
 def build_tree(root: Path) -> BuiltTree:
     """Write the tree under `root` and return its lock."""
     w = _Writer(root)

@@ -157,17 +157,26 @@ def start_generated(host: str, hosts_dir: Path, tmp: Path, *, port: int) -> Serv
         return start_caddy(hosts_dir / "Caddyfile", port=port, ready_path="/v2/")
     if host != "apache":
         raise ValueError(f"not a generated host: {host!r}")
+    conf = write_apache_server_config(
+        tmp,
+        f"Include {hosts_dir / 'registrish-apache-listen.conf'}\n"
+        f"Include {hosts_dir / 'registrish-apache.conf'}\n",
+    )
+    return start_apache(conf, port=port, ready_path="/v2/")
+
+
+def write_apache_server_config(tmp: Path, body: str) -> Path:
+    """`tmp/httpd.conf`: a standalone Apache (the gotchas in :func:`start_apache`) with the
+    modules registrish's rules need, then `body` (Listen, vhost includes, a DocumentRoot)."""
     modules = ["mpm_event", "authz_core", "mime", "dir", "rewrite", "headers", "setenvif"]
     loads = "\n".join(f"LoadModule {m}_module {_APACHE_MODULES}/mod_{m}.so" for m in modules)
     conf = tmp / "httpd.conf"
     conf.write_text(
         f'ServerRoot "{tmp}"\nServerName {LOOPBACK}\nPidFile "{tmp}/httpd.pid"\n'
         f'DefaultRuntimeDir "{tmp}"\nMutex file:{tmp} default\n{loads}\n'
-        f"TypesConfig /etc/mime.types\nErrorLog /dev/stderr\nLogLevel warn\n"
-        f"Include {hosts_dir / 'registrish-apache-listen.conf'}\n"
-        f"Include {hosts_dir / 'registrish-apache.conf'}\n"
+        f"TypesConfig /etc/mime.types\nErrorLog /dev/stderr\nLogLevel warn\n{body}"
     )
-    return start_apache(conf, port=port, ready_path="/v2/")
+    return conf
 
 
 def reload_generated(host: str, server: Server, hosts_dir: Path) -> None:
