@@ -428,7 +428,13 @@ class RegistryHandler(BaseHTTPRequestHandler):
                 raise TimeoutError("timed out")
 
     do_GET = do_HEAD = _serve
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = _serve
+
+    def __getattr__(self, name: str) -> Any:
+        # Every other method (POST, PROPFIND, ...) is answered by the resolver's 405, not
+        # http.server's 501 for a method without a do_ handler.
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         if self.server.access_log is not None:

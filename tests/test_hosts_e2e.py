@@ -127,7 +127,7 @@ def test_host_without_config_fails_pulls_and_check(tree: BuiltTree, tmp_path: Pa
 
 #: What a pusher or a WebDAV client would send; `registrish serve` and every generated host
 #: config answer all of them alike.
-WRITES = ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE")
+WRITES = ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PROPFIND")
 
 
 @pytest.mark.parametrize("method", WRITES)
