@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import gc as gc_mod
@@ -322,8 +322,10 @@ def sync_tree(
             console=console,
             stats=stats,
         )
-    if prune:
-        gc_plan = collect_garbage(lock=lock, layout=layout, console=console, dry_run=dry_run)
+    if prune and dry_run:
+        gc_plan = _gc_after(plan, lock=lock, layout=layout, manifests=manifests)
+    elif prune:
+        gc_plan = collect_garbage(lock=lock, layout=layout, console=console, dry_run=False)
     stats.seconds = watch.elapsed()
     stats.upstream_requests = upstream.request_count
     return SyncResult(plan=plan, stats=stats, gc=gc_plan)
@@ -340,6 +342,16 @@ def collect_garbage(
     if not dry_run:
         gc_mod.sweep(plan, layout)
     return plan
+
+
+def _gc_after(plan: Plan, *, lock: Lock, layout: Layout, manifests: Manifests) -> gc_mod.GcPlan:
+    """What `--prune` would sweep once `plan` is applied, for a dry run: marked with the
+    manifests the plan fetched (a repository whose new manifest is not in the tree yet is
+    not "unknown" then), and without the files the plan itself removes."""
+    desired = desired_tree(lock, manifests.parsed, strict=False)
+    gc_plan = gc_mod.plan_gc(desired, scan(layout), layout)
+    removed = {r.rel for r in plan.removals}
+    return replace(gc_plan, sweeps=tuple(s for s in gc_plan.sweeps if s.rel not in removed))
 
 
 def write_hosts(config: Config, layout: Layout, lock: Lock, console: Console) -> list[Path]:

@@ -143,7 +143,13 @@ def test_retag_upstream_then_lock_upgrade_and_prune(
     )
     assert second.digest != first.digest
     registrish(config, "lock", "--upgrade")
-    registrish(config, "sync", "--prune")
+    dry = registrish(config, "sync", "--prune", "--dry-run", "--json", check=False)
+    assert dry.returncode == 1  # changes pending
+    would = {r["path"] for r in json.loads(dry.stdout)["gc"]["remove"]}
+    real = json.loads(registrish(config, "sync", "--prune", "--json").stdout)
+    removed = {r["path"] for r in real["gc"]["remove"]}
+    # the dry run foretells what the sync's gc removes, old manifest and layers included
+    assert would == removed and f"v2/moving/manifests/{first.digest}" in would
     assert (root / "v2/moving/manifests/v1").read_bytes() == (
         root / "v2/moving/manifests" / second.digest
     ).read_bytes()
