@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ class _HttpChecker:
         try:
             resp = self.client.request("GET", "/v2/")
         except httpx.TransportError as exc:
-            url = self.client.base_url.join("v2/")
+            url = redact_url(str(self.client.base_url.join("v2/")))
             raise UpstreamError(
                 f"{url}: no answer: {type(exc).__name__}: {exc}",
                 hint="check the URL, and that the server is running and reachable from here",
@@ -269,7 +270,7 @@ def validate_url(url: str) -> str:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
         raise RegistrishError(
-            f"{url!r} is not a valid URL: {exc}",
+            f"{redact_url(url)!r} is not a valid URL: {exc}",
             hint="write it as https://HOST[:PORT][/PATH], the URL where /v2/ is served",
         ) from None
     if "://" not in url:
@@ -278,14 +279,27 @@ def validate_url(url: str) -> str:
         )
     if parsed.scheme not in ("http", "https"):
         raise RegistrishError(
-            f"{url!r}: check speaks HTTP, not {parsed.scheme}://",
+            f"{redact_url(url)!r}: check speaks HTTP, not {parsed.scheme}://",
             hint="write it as https://HOST[:PORT] or http://HOST[:PORT]",
         )
     if not parsed.host:
         raise RegistrishError(
-            f"{url!r} names no host", hint="write it as https://HOST[:PORT][/PATH]"
+            f"{redact_url(url)!r} names no host", hint="write it as https://HOST[:PORT][/PATH]"
+        )
+    if parsed.query or parsed.fragment:
+        raise RegistrishError(
+            f"{redact_url(url)!r} has a query or fragment, which would be sent with every request",
+            hint="write it as https://HOST[:PORT][/PATH], the URL where /v2/ is served",
         )
     return url
+
+
+def redact_url(url: str) -> str:
+    """`url` without a `user:password@` part: what check prints and logs."""
+    return _USERINFO.sub(r"\1", str(url), count=1)
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
 
 
 def check_url(
@@ -299,7 +313,7 @@ def check_url(
     """Check a deployment at `base_url` (the host root, where `/v2/` lives). Raises a
     usage error for a URL that is not http(s), UpstreamError when nothing answers."""
     validate_url(base_url)
-    report = Report(target=base_url)
+    report = Report(target=redact_url(base_url))
     with httpx.Client(
         base_url=base_url.rstrip("/"),
         transport=transport,

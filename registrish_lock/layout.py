@@ -143,7 +143,8 @@ def parse_rel_path(rel: str) -> tuple[str, str, str] | None:
 def path_collisions(tags_by_name: Mapping[str, Iterable[str]]) -> list[tuple[str, str]]:
     """Where one repository's directory would sit on another's file: repository
     `x/manifests/v1` lies under tag `v1` of `x`, `x/tags/list` under `x`'s tag list,
-    `index` on the `/v2/` ping. (name, problem) pairs; empty when there is none."""
+    `x/manifests` needs `x/manifests/tags/` where `x`'s tag `tags` is a file, `index` is
+    the `/v2/` ping. (name, problem) pairs; empty when there is none."""
     # Every file whose path a repository name could spell: the pings (names cannot start
     # with `_` like `_catalog`), `tags/list` and tag files (digests hold a colon, twins and
     # last pages a `~`: no name can spell those).
@@ -155,16 +156,21 @@ def path_collisions(tags_by_name: Mapping[str, Iterable[str]]) -> list[tuple[str
     problems: list[tuple[str, str]] = []
     for name in sorted(tags_by_name):
         parts = name.split("/")
-        for i in range(1, len(parts) + 1):
-            owner = files.get("/".join(parts[:i]))
+        # the directories the repository needs: its own path, then its sections
+        needed = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        needed += [f"{name}/{section}" for section in _SECTIONS]
+        for where in needed:
+            owner = files.get(where)
             if owner is not None:
-                where = "/".join(parts[:i])
                 problem = (
                     f"repository {name!r} needs the directory v2/{where}/, the file of {owner}"
                 )
                 problems.append((name, problem))
                 break
     return problems
+
+
+_SECTIONS = ("manifests", "tags", "blobs", "referrers")
 
 
 def is_last_page(rel: str) -> bool:

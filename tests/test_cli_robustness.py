@@ -73,7 +73,8 @@ def serving(
             def ready() -> bool:
                 assert server.running, server.log_tail()
                 try:
-                    return httpx.get(f"http://[{host}]:{port}/v2/").status_code == 200
+                    bare = host.strip("[]")
+                    return httpx.get(f"http://[{bare}]:{port}/v2/").status_code == 200
                 except httpx.TransportError:
                     return False
 
@@ -300,8 +301,16 @@ def test_serve_bad_port_is_a_usage_error(tmp_path: Path, port: str) -> None:
     assert "argument --port:" in result.stderr.splitlines()[-1]
 
 
-def test_serve_on_ipv6_loopback(tree: BuiltTree, tmp_path: Path) -> None:
-    with serving(tree.layout.root, tmp_path, host="::1") as (server, port):
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e10"])
+def test_serve_bad_timeout_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    result = registrish("serve", "-c", str(tmp_path / "none.toml"), "--timeout", value)
+    assert result.returncode == 2
+    assert "argument --timeout:" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_serve_on_ipv6_loopback(tree: BuiltTree, tmp_path: Path, host: str) -> None:
+    with serving(tree.layout.root, tmp_path, host=host) as (server, port):
         r = httpx.get(f"http://[::1]:{port}/v2/app-oci/manifests/v1")
         assert r.status_code == 200
     log = server.log_path.read_text()
@@ -366,12 +375,29 @@ def test_check_unreachable_host_is_one_error_exit_3(config: Path) -> None:
         ("ftp://x", "not ftp://"),
         ("http://[::1", "not a valid URL"),
         ("http://", "names no host"),
+        ("http://127.0.0.1:4000/?q=1", "has a query or fragment"),
+        ("http://127.0.0.1:4000/#top", "has a query or fragment"),
     ],
 )
 def test_check_bad_url_is_a_usage_error(config: Path, url: str, wanted: str) -> None:
     result = registrish("check", "-c", str(config), url)
     assert_one_line_error(result, 2)
     assert wanted in result.stderr and result.stdout == ""
+
+
+def test_check_never_prints_the_password_of_a_url(
+    tree: BuiltTree, config: Path, tmp_path: Path
+) -> None:
+    with serving(tree.layout.root, tmp_path, quiet=True) as (_server, port):
+        result = registrish("check", "-c", str(config), f"http://user:s3cr3t-pw@{LOOPBACK}:{port}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"http://{LOOPBACK}:{port}" in result.stdout
+    refused = registrish(
+        "check", "-c", str(config), f"http://user:s3cr3t-pw@{LOOPBACK}:{free_port()}"
+    )
+    assert refused.returncode == 3
+    for out in (result.stdout, result.stderr, refused.stdout, refused.stderr):
+        assert "s3cr3t-pw" not in out
 
 
 def test_check_against_a_real_serve_still_passes(

@@ -38,20 +38,32 @@ def port_number(text: str) -> int:
     return value
 
 
+def bind_host(text: str) -> str:
+    """An argparse type for --host: `[::1]`, as URLs write it, is `::1`."""
+    return text[1:-1] if text.startswith("[") and text.endswith("]") else text
+
+
 def seconds(text: str) -> float:
     """An argparse type for --timeout: a positive number of seconds."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    if not 0 < value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 and at most {MAX_TIMEOUT:g} seconds (a day), not {text}"
+        )
     return value
+
+
+#: Larger values overflow the platform's time_t in socket timeouts; nobody needs more.
+MAX_TIMEOUT = 86_400.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
+        type=bind_host,
         default="127.0.0.1",
         help="address to bind: 127.0.0.1 (default), ::1, 0.0.0.0, :: (IPv6 and IPv4)",
     )
