@@ -558,11 +558,13 @@ def _address_family(host: str) -> socket.AddressFamily:
 
 
 def _bind_hint(error: OSError) -> str:
-    if error.errno == errno.EADDRNOTAVAIL:
+    if error.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):  # EINVAL: a link-local scope
         return "--host must be an address of this machine: 127.0.0.1, ::1, 0.0.0.0 or ::"
     if error.errno == errno.EACCES:
         return "ports below 1024 need privileges: pick a --port above 1023"
-    return "pick another --port, or stop what is using it"
+    if error.errno == errno.EADDRINUSE:
+        return "pick another --port, or stop what is using it"
+    return "check --host and --port"
 
 
 def make_server(
