@@ -17,6 +17,7 @@ from testbed.clients import Containerd, Dockerd, start_containerd, start_dockerd
 from testbed.images import BaseLayout, SeededUpstream, build_base_layout, seed_upstream
 from testbed.procs import ServerGroup, short_tmpdir
 from testbed.registrish import start_registrish_serve
+from testbed.s3 import SeaweedS3, require_boto3, start_seaweedfs
 from testbed.upstream import CountingProxy, Registry, start_registry
 
 _TIMINGS: dict[str, float] = {}
@@ -136,3 +137,14 @@ def serve_tree(servers: ServerGroup, tmp_path: Path) -> Callable[[Path], str]:
         return serving.host
 
     return start
+
+
+@pytest.fixture
+def seaweed(tmp_path: Path) -> Iterator[SeaweedS3]:
+    """A SeaweedFS S3 server on loopback (bucket `127` at the host root), for publish."""
+    require_boto3()
+    s3 = start_seaweedfs(tmp_path / "s3")
+    try:
+        yield s3
+    finally:
+        s3.stop()

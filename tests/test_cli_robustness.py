@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 from test_hosts_tree import BuiltTree, build_tree
-from testbed.procs import LOOPBACK, Server, free_port, in_ci
+from testbed.procs import LOOPBACK, Server, free_port
+from testbed.s3 import require_boto3
 
 from registrish_lock.lockfile import write_lock
 
@@ -410,11 +411,6 @@ def test_check_against_a_real_serve_still_passes(
 
 
 # --- 6. publish: bad endpoint or profile is bad input ------------------------------------
-
-
-def require_boto3() -> None:
-    if not in_ci():  # like a missing binary: fail in CI, skip on a laptop
-        pytest.importorskip("boto3", reason="publish needs the extra: pip install '.[s3]'")
 
 
 def aws_env(tmp_path: Path) -> dict[str, str]:

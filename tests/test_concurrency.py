@@ -25,8 +25,7 @@ from test_publish_e2e import bucket_listing
 from test_sync import verify_tree
 from test_sync_e2e import registrish, write_config
 from testbed.images import PushedRef, push_random_image
-from testbed.procs import in_ci
-from testbed.s3 import SeaweedS3, start_seaweedfs
+from testbed.s3 import SeaweedS3
 from testbed.upstream import CountingProxy, Drip, FaultAction, Registry
 
 from registrish_lock.console import Console
@@ -289,17 +288,6 @@ def test_the_lock_file_of_a_killed_sync_blocks_nobody(
     assert not any(word in gc.stderr.lower() for word in SCARY), gc.stderr
     assert verify_tree(layout.root) >= 3
     registrish(config, "check", "--local")
-
-
-@pytest.fixture
-def seaweed(tmp_path: Path) -> Iterator[SeaweedS3]:
-    if not in_ci():  # like a missing binary: fail in CI, skip on a laptop
-        pytest.importorskip("boto3", reason="publish needs the extra: pip install '.[s3]'")
-    s3 = start_seaweedfs(tmp_path / "s3")
-    try:
-        yield s3
-    finally:
-        s3.stop()
 
 
 def test_publish_waits_for_the_tree_lock(

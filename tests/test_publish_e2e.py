@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,7 @@ import pytest
 from test_publish import expected_bucket
 from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, docker_run, skopeo_copy
 from testbed.images import DEFAULT_OUTPUT, SeededUpstream, push_random_image
-from testbed.procs import in_ci
-from testbed.s3 import SeaweedS3, start_seaweedfs
+from testbed.s3 import SeaweedS3
 
 from registrish_lock import publish as publish_mod
 from registrish_lock.cli import main
@@ -33,17 +31,6 @@ pytestmark = pytest.mark.slow
 
 KINDS = ("app-oci", "app-docker", "multi", "multi-docker")
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def seaweed(tmp_path: Path) -> Iterator[SeaweedS3]:
-    if not in_ci():  # like a missing binary: fail in CI, skip on a laptop
-        pytest.importorskip("boto3", reason="publish needs the extra: pip install '.[s3]'")
-    s3 = start_seaweedfs(tmp_path / "s3")
-    try:
-        yield s3
-    finally:
-        s3.stop()
 
 
 @pytest.fixture

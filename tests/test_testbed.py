@@ -369,8 +369,9 @@ def test_docker_runs_pulled_image(seeded_upstream: SeededUpstream, dockerd: Dock
 
 @pytest.mark.slow
 def test_seaweedfs_serves_bucket_at_root(tmp_path: Path) -> None:
-    boto3 = pytest.importorskip("boto3")
-    from testbed.s3 import start_seaweedfs
+    from testbed.s3 import require_boto3, start_seaweedfs
+
+    boto3 = require_boto3()
 
     s3 = start_seaweedfs(tmp_path / "s3")
     try:

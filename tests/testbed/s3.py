@@ -8,14 +8,30 @@ must then send ``Host: localhost:PORT``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
-from .procs import LOOPBACK, Server, ServerError, free_port, require_binary, short_tmpdir
+import pytest
+
+from .procs import LOOPBACK, Server, ServerError, free_port, in_ci, require_binary, short_tmpdir
 
 BUCKET = "127"
+
+
+def require_boto3() -> ModuleType:
+    """The `boto3` module (publish's `s3` extra). Missing: `pytest.fail` in CI, `pytest.skip`
+    elsewhere, as :func:`~testbed.procs.require_binary` does for a program."""
+    try:
+        return importlib.import_module("boto3")
+    except ImportError:
+        message = "boto3 is not installed: pip install '.[s3]' (see .ci/run)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 @dataclass(frozen=True)
