@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 from test_publish_e2e import bucket_listing
 from test_sync import verify_tree
-from test_sync_e2e import registrish, write_config
+from test_sync_e2e import write_config
 from testbed.images import PushedRef, push_random_image
+from testbed.registrish import registrish
 from testbed.s3 import SeaweedS3
 from testbed.upstream import CountingProxy, Drip, FaultAction, Registry
 

@@ -23,8 +23,8 @@ import httpx
 import pytest
 from test_hosts_e2e import _start
 from test_hosts_tree import BuiltTree
-from test_sync_e2e import registrish
 from testbed.images import MANY_TAGS, SeededUpstream
+from testbed.registrish import registrish
 
 from registrish_lock import mediatypes
 from registrish_lock.layout import Layout

@@ -34,10 +34,9 @@ from typing import Any
 import httpx
 import pytest
 from test_sync import verify_tree
-from test_sync_e2e import registrish
 from testbed.images import PushedRef, describe, retag, skopeo_push, write_random_image
 from testbed.procs import ServerGroup
-from testbed.registrish import start_registrish_serve
+from testbed.registrish import registrish, start_registrish_serve
 from testbed.upstream import (
     DOCKER_LIST,
     MANIFEST_ACCEPT,

@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import io
 import json
-import subprocess
 import sys
 import tarfile
 import urllib.parse
@@ -28,6 +27,7 @@ import httpx
 import pytest
 from testbed.clients import skopeo_copy
 from testbed.images import PushedRef, push_random_image
+from testbed.registrish import registrish
 from testbed.upstream import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -52,20 +52,6 @@ EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
 COSIGN_LAYER = "application/vnd.dev.cosign.simplesigning.v1+json"
 HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
 HELM_LAYER = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
-
-
-def registrish(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    command, *rest = args
-    proc = subprocess.run(
-        [sys.executable, "-m", "registrish_lock", command, "-c", str(config), *rest],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"registrish {' '.join(args)} → {proc.returncode}\n{proc.stderr}")
-    return proc
 
 
 def write_config(tmp: Path, host: str, images: list[tuple[str, str, str]]) -> Path:

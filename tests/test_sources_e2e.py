@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, docker_run, skopeo_copy
 from testbed.images import DEFAULT_OUTPUT, BaseLayout, SeededUpstream
 from testbed.procs import ServerGroup, require_binary, run
-from testbed.registrish import start_registrish_serve
+from testbed.registrish import registrish, start_registrish_serve
 
 from registrish_lock.lockfile import Lock, LockedTag, read_lock
 
@@ -39,20 +37,6 @@ versions = ">=3.19,<4"
 source = "docker-archive:archives/app.tar"
 tags = ["v1"]
 """
-
-
-def registrish(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    command, *rest = args
-    proc = subprocess.run(
-        [sys.executable, "-m", "registrish_lock", command, "-c", str(config), *rest],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"registrish {' '.join(args)} → {proc.returncode}\n{proc.stderr}")
-    return proc
 
 
 def skopeo_export(src: str, dest: str) -> None:

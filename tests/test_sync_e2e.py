@@ -24,6 +24,7 @@ from testbed.clients import (
     skopeo_copy,
 )
 from testbed.images import SeededUpstream, push_random_image
+from testbed.registrish import registrish
 from testbed.upstream import CountingProxy, Registry, Respond, get_manifest
 
 from registrish_lock.console import Console
@@ -33,22 +34,6 @@ from registrish_lock.treelock import tree_lock
 pytestmark = pytest.mark.slow
 
 SEEDED = ("app-oci", "app-docker", "multi", "multi-docker", "team/tools/app")
-
-
-def registrish(
-    config: Path, *args: str, check: bool = True, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    command, *rest = args
-    proc = subprocess.run(
-        [sys.executable, "-m", "registrish_lock", command, "-c", str(config), *rest],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"registrish {' '.join(args)} → {proc.returncode}\n{proc.stderr}")
-    return proc
 
 
 def write_config(

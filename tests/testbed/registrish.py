@@ -1,12 +1,32 @@
-"""Run the product itself as a server in tests: `registrish serve` on a free loopback port."""
+"""Run the product itself in tests: a command as a subprocess, `registrish serve` on a free
+loopback port."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .procs import LOOPBACK, Server, free_port
+
+
+def registrish(
+    config: Path, *args: str, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python -m registrish_lock COMMAND -c CONFIG ARGS…` (text output captured); with
+    `check`, a non-zero exit fails the test with the command's stderr."""
+    command, *rest = args
+    proc = subprocess.run(
+        [sys.executable, "-m", "registrish_lock", command, "-c", str(config), *rest],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"registrish {' '.join(args)} → {proc.returncode}\n{proc.stderr}")
+    return proc
 
 
 @dataclass(frozen=True)
