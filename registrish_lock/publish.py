@@ -40,6 +40,7 @@ from .errors import ExitCode, IntegrityError, LocalError, RegistrishError
 from .layout import PING_FILE, Layout, split_twin
 from .progress import Progress, Stopwatch
 from .routes import BROWSE_REL, Kind, Miss, Policy, Target, classify, headers_for, short_cache
+from .tree import hash_file
 
 DEFAULT_JOBS = 8
 #: Objects larger than this go up in parts (boto3 TransferConfig); S3's minimum part is 5 MiB.
@@ -676,13 +677,7 @@ class PublishStats:
 
 def _verified_file_digest(path: Path, obj: LocalObject) -> str:
     """sha256 of the file; for a digest-addressed object it must be the name's digest."""
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    digest = "sha256:" + h.hexdigest()
+    digest, size = hash_file(path)
     if obj.digest is not None and (digest, size) != (obj.digest, obj.size):
         raise IntegrityError(
             f"{path}: {size} bytes hashing to {digest} do not match the name; not uploaded",
