@@ -27,6 +27,7 @@ from .lockfile import Lock
 from .manifest import Manifest, parse_manifest
 from .referrers import artifact_type_of, refers_to
 from .routes import EMPTY_REFERRERS_REL, BlobObject, read_objects
+from .tree import hash_file
 
 NOT_CONFIGURED = "the host is not applying registrish's config"
 RELOAD = "the host's config is older than the tree: reload the server after every sync"
@@ -361,14 +362,6 @@ def check_url(
     return report
 
 
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
 def _files(lock: Lock) -> Iterator[tuple[str, str, str]]:
     """(relative path, expected digest, media type) of every locked manifest path."""
     tags = {t.key for t in lock.tags}
@@ -397,7 +390,7 @@ def check_local(layout: Layout, lock: Lock) -> Report:
             return None
         key = (st.st_dev, st.st_ino)
         if key not in hashed:
-            hashed[key] = _hash_file(path)
+            hashed[key] = hash_file(path)[0]
         return hashed[key]
 
     for rel in (Layout.rel_ping(), Layout.rel_catalog(), EMPTY_REFERRERS_REL):
