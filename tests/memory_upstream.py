@@ -7,10 +7,10 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from registrish_lock import mediatypes
 from registrish_lock.errors import NotFoundError
-from registrish_lock.manifest import sha256_digest
-from registrish_lock.reference import Reference
+from registrish_lock.oci import mediatypes
+from registrish_lock.oci.manifest import sha256_digest
+from registrish_lock.oci.reference import Reference
 
 
 @dataclass(frozen=True)

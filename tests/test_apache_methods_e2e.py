@@ -16,13 +16,9 @@ from test_hosts_tree import BuiltTree, build_served_tree
 from testbed.procs import LOOPBACK, free_port
 from testbed.statichosts import start_apache, start_generated, write_apache_server_config
 
-from registrish_lock import mediatypes
-from registrish_lock.hosts.apache import UNSUPPORTED_DOC
-from registrish_lock.routes import (
-    IMMUTABLE,
-    ErrorCode,
-    error_body,
-)
+from registrish_lock.oci import mediatypes
+from registrish_lock.serving.hosts.apache import UNSUPPORTED_DOC
+from registrish_lock.serving.routes import IMMUTABLE, ErrorCode, error_body
 
 pytestmark = pytest.mark.slow
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from registrish_lock.auth import (
+from registrish_lock.errors import AuthError, UpstreamError
+from registrish_lock.upstream.auth import (
     Authenticator,
     TokenCache,
     parse_token_response,
     parse_www_authenticate,
 )
-from registrish_lock.credentials import CredentialStore
-from registrish_lock.errors import AuthError, UpstreamError
+from registrish_lock.upstream.credentials import CredentialStore
 
 
 def test_parse_docker_hub_bearer_challenge() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from registrish_lock.cli import main
-from registrish_lock.lockfile import loads
+from registrish_lock.lock.lockfile import loads
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -14,22 +14,23 @@ from pathlib import Path
 import pytest
 from test_hosts_tree import OCI_CONFIG, OCI_LAYER, BuiltTree, build_tree
 
-from registrish_lock import browse, mediatypes
-from registrish_lock.apply import collect_garbage
-from registrish_lock.browse import (
+from registrish_lock.console import Console
+from registrish_lock.lock.config import parse_config
+from registrish_lock.lock.lockfile import LockedManifest, LockedTag, make_lock
+from registrish_lock.oci import mediatypes
+from registrish_lock.serving import browse
+from registrish_lock.serving.browse import (
     BrowseModel,
     model_from,
     read_model,
     render_page,
     render_tree_page,
 )
-from registrish_lock.config import parse_config
-from registrish_lock.console import Console
-from registrish_lock.hosts import write_host_configs
-from registrish_lock.layout import Layout
-from registrish_lock.lockfile import LockedManifest, LockedTag, make_lock
-from registrish_lock.routes import BROWSE_REL, HTML, Kind, Target, classify
-from registrish_lock.serve import TreeResolver
+from registrish_lock.serving.hosts import write_host_configs
+from registrish_lock.serving.routes import BROWSE_REL, HTML, Kind, Target, classify
+from registrish_lock.serving.serve import TreeResolver
+from registrish_lock.tree.apply import collect_garbage
+from registrish_lock.tree.layout import Layout
 
 
 def sha(data: bytes) -> str:

@@ -31,9 +31,9 @@ from testbed.procs import LOOPBACK, Server, ServerGroup, require_binary
 from testbed.registrish import start_registrish_serve
 
 from registrish_lock import cli
-from registrish_lock.browse import model_from, render_page, render_tree_page
-from registrish_lock.lockfile import make_lock, read_lock
-from registrish_lock.routes import BROWSE_REL
+from registrish_lock.lock.lockfile import make_lock, read_lock
+from registrish_lock.serving.browse import model_from, render_page, render_tree_page
+from registrish_lock.serving.routes import BROWSE_REL
 
 pytestmark = pytest.mark.slow
 

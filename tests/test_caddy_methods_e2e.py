@@ -14,7 +14,7 @@ from test_hosts_tree import BuiltTree, build_served_tree
 from testbed.procs import LOOPBACK, free_port
 from testbed.statichosts import start_generated
 
-from registrish_lock.hosts.caddy import ADMIN_SOCKET, MAX_SOCKET_PATH
+from registrish_lock.serving.hosts.caddy import ADMIN_SOCKET, MAX_SOCKET_PATH
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,11 @@ from testbed.images import SeededUpstream
 from testbed.procs import LOOPBACK, free_port
 from testbed.statichosts import start_python_http_server
 
-from registrish_lock.check import NOT_CONFIGURED, check_local, check_url
-from registrish_lock.layout import Layout
-from registrish_lock.lockfile import read_lock
-from registrish_lock.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL, Policy
-from registrish_lock.serve import TreeResolver, make_server
+from registrish_lock.lock.lockfile import read_lock
+from registrish_lock.serving.check import NOT_CONFIGURED, check_local, check_url
+from registrish_lock.serving.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL, Policy
+from registrish_lock.serving.serve import TreeResolver, make_server
+from registrish_lock.tree.layout import Layout
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_check_command_local_and_json(
     tree: BuiltTree, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from registrish_lock.cli import main
-    from registrish_lock.lockfile import write_lock
+    from registrish_lock.lock.lockfile import write_lock
 
     config = tmp_path / "registrish.toml"
     config.write_text('[registry]\nroot = "tree"\n')

@@ -23,7 +23,7 @@ from test_hosts_tree import BuiltTree, build_tree
 from testbed.procs import LOOPBACK, Server, free_port
 from testbed.s3 import require_boto3
 
-from registrish_lock.lockfile import write_lock
+from registrish_lock.lock.lockfile import write_lock
 
 REGISTRISH = [sys.executable, "-m", "registrish_lock"]
 

@@ -9,16 +9,16 @@ import pytest
 from test_hosts import context_for
 from test_hosts_tree import BuiltTree, build_tree
 
-from registrish_lock import mediatypes
 from registrish_lock.cli import main
-from registrish_lock.config import load_config
-from registrish_lock.hosts import RENDERERS
-from registrish_lock.hosts.netlify import (
+from registrish_lock.lock.config import load_config
+from registrish_lock.lock.lockfile import LockedTag, make_lock, write_lock
+from registrish_lock.oci import mediatypes
+from registrish_lock.serving.hosts import RENDERERS
+from registrish_lock.serving.hosts.netlify import (
     CLOUDFLARE_MAX_RULES,
     cloudflare_rule_count,
     parse_headers,
 )
-from registrish_lock.lockfile import LockedTag, make_lock, write_lock
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,8 @@ from testbed.s3 import SeaweedS3
 from testbed.upstream import CountingProxy, Drip, FaultAction, Registry
 
 from registrish_lock.console import Console
-from registrish_lock.layout import Layout
-from registrish_lock.treelock import tree_lock
+from registrish_lock.tree.layout import Layout
+from registrish_lock.tree.treelock import tree_lock
 
 pytestmark = pytest.mark.slow
 

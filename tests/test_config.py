@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from registrish_lock.config import load_config
 from registrish_lock.errors import ConfigError
-from registrish_lock.manifest import Platform
+from registrish_lock.lock.config import load_config
+from registrish_lock.oci.manifest import Platform
 
 GOOD = """
 [registry]

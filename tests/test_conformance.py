@@ -26,10 +26,10 @@ from test_hosts_tree import BuiltTree
 from testbed.images import MANY_TAGS, SeededUpstream
 from testbed.registrish import registrish
 
-from registrish_lock import mediatypes
-from registrish_lock.layout import Layout
-from registrish_lock.lockfile import Lock, read_lock
-from registrish_lock.manifest import parse_manifest
+from registrish_lock.lock.lockfile import Lock, read_lock
+from registrish_lock.oci import mediatypes
+from registrish_lock.oci.manifest import parse_manifest
+from registrish_lock.tree.layout import Layout
 
 pytestmark = pytest.mark.slow
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from registrish_lock import mediatypes
-from registrish_lock.layout import Layout
-from registrish_lock.serve import Answer, TreeResolver
-from registrish_lock.tree import write_manifest
+from registrish_lock.oci import mediatypes
+from registrish_lock.serving.serve import Answer, TreeResolver
+from registrish_lock.tree.layout import Layout
+from registrish_lock.tree.state import write_manifest
 
 
 def sha256(data: bytes) -> str:

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from registrish_lock.credentials import (
+from registrish_lock.errors import RegistrishError
+from registrish_lock.upstream.credentials import (
     Credential,
     CredentialStore,
     env_var_name,
     normalize_host,
 )
-from registrish_lock.errors import RegistrishError
 
 HELPER = """#!/bin/sh
 # A fake docker credential helper: logs what it was asked, answers from a table.

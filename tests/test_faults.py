@@ -40,15 +40,15 @@ from testbed.upstream import (
     start_htpasswd_registry,
 )
 
-import registrish_lock.registry as registry_mod
+import registrish_lock.upstream.registry as registry_mod
 from registrish_lock.cli import main
-from registrish_lock.config import RegistrySettings
 from registrish_lock.console import Console
-from registrish_lock.credentials import CredentialStore, env_var_name
 from registrish_lock.errors import IntegrityError, UpstreamError
-from registrish_lock.lockfile import read_lock
-from registrish_lock.reference import Reference
-from registrish_lock.registry import RegistryClient, RetryPolicy
+from registrish_lock.lock.config import RegistrySettings
+from registrish_lock.lock.lockfile import read_lock
+from registrish_lock.oci.reference import Reference
+from registrish_lock.upstream.credentials import CredentialStore, env_var_name
+from registrish_lock.upstream.registry import RegistryClient, RetryPolicy
 
 pytestmark = pytest.mark.slow
 

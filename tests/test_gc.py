@@ -9,8 +9,8 @@ from pathlib import Path
 from test_sync import quiet, sync, verify_tree
 from test_sync_fake import FakeUpstream, build_image, build_index, lock_of, locked
 
-from registrish_lock.apply import collect_garbage
-from registrish_lock.layout import Layout
+from registrish_lock.tree.apply import collect_garbage
+from registrish_lock.tree.layout import Layout
 
 
 def files(root: Path) -> set[str]:

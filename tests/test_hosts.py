@@ -10,15 +10,19 @@ from pathlib import Path
 import pytest
 from test_hosts_tree import BuiltTree, build_tree
 
-from registrish_lock import mediatypes
-from registrish_lock.config import parse_config
 from registrish_lock.console import Console
-from registrish_lock.hosts import RENDERERS, HostLimitError, make_context, write_host_configs
-from registrish_lock.hosts.base import HostContext
-from registrish_lock.hosts.netlify import CLOUDFLARE_MAX_RULES, parse_headers
-from registrish_lock.layout import Layout
-from registrish_lock.lockfile import Lock, make_lock
-from registrish_lock.routes import (
+from registrish_lock.lock.config import parse_config
+from registrish_lock.lock.lockfile import Lock, make_lock
+from registrish_lock.oci import mediatypes
+from registrish_lock.serving.hosts import (
+    RENDERERS,
+    HostLimitError,
+    make_context,
+    write_host_configs,
+)
+from registrish_lock.serving.hosts.base import HostContext
+from registrish_lock.serving.hosts.netlify import CLOUDFLARE_MAX_RULES, parse_headers
+from registrish_lock.serving.routes import (
     EMPTY_REFERRERS,
     EMPTY_REFERRERS_REL,
     Entry,
@@ -28,6 +32,7 @@ from registrish_lock.routes import (
     headers_for,
     read_objects,
 )
+from registrish_lock.tree.layout import Layout
 
 ALL = ("nginx", "caddy", "apache", "netlify", "s3", "plain")
 

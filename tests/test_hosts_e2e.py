@@ -17,11 +17,11 @@ from testbed.procs import LOOPBACK, CommandError, Server, free_port
 from testbed.registrish import start_registrish_serve
 from testbed.statichosts import start_generated, start_python_http_server
 
-from registrish_lock.check import NOT_CONFIGURED, check_url
-from registrish_lock.hosts import make_context, render_hosts, write_if_changed
-from registrish_lock.hosts.base import Rendered
-from registrish_lock.routes import Policy
-from registrish_lock.serve import TreeResolver
+from registrish_lock.serving.check import NOT_CONFIGURED, check_url
+from registrish_lock.serving.hosts import make_context, render_hosts, write_if_changed
+from registrish_lock.serving.hosts.base import Rendered
+from registrish_lock.serving.routes import Policy
+from registrish_lock.serving.serve import TreeResolver
 
 pytestmark = pytest.mark.slow
 

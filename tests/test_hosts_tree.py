@@ -18,10 +18,10 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from registrish_lock import mediatypes
-from registrish_lock.layout import Layout
-from registrish_lock.lockfile import Lock, LockedManifest, LockedTag, make_lock
-from registrish_lock.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL
+from registrish_lock.lock.lockfile import Lock, LockedManifest, LockedTag, make_lock
+from registrish_lock.oci import mediatypes
+from registrish_lock.serving.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL
+from registrish_lock.tree.layout import Layout
 
 SIGNATURE_TYPE = "application/vnd.example.signature.v1"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

@@ -14,9 +14,9 @@ from testbed.clients import skopeo_copy
 from testbed.images import SeededUpstream, skopeo_push
 from testbed.upstream import get_manifest, put_manifest
 
-from registrish_lock import mediatypes
 from registrish_lock.cli import main
-from registrish_lock.lockfile import read_lock
+from registrish_lock.lock.lockfile import read_lock
+from registrish_lock.oci import mediatypes
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from testbed.images import MANY_TAGS, SeededUpstream
 from testbed.upstream import CountingProxy
 
 from registrish_lock.cli import main
-from registrish_lock.lockfile import read_lock
+from registrish_lock.lock.lockfile import read_lock
 
 pytestmark = pytest.mark.slow
 

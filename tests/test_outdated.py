@@ -10,7 +10,7 @@ from testbed.images import push_random_image
 from testbed.upstream import CountingProxy, Registry
 
 from registrish_lock.cli import main
-from registrish_lock.outdated import classify
+from registrish_lock.lock.outdated import classify
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 

@@ -7,17 +7,17 @@ from test_sync_fake import FakeUpstream, build_image, build_index, lock_of, lock
 
 from registrish_lock.console import human_bytes
 from registrish_lock.errors import IntegrityError
-from registrish_lock.layout import Layout
-from registrish_lock.lockfile import Lock, LockedManifest
-from registrish_lock.manifest import Manifest, parse_manifest
-from registrish_lock.plan import (
+from registrish_lock.lock.lockfile import Lock, LockedManifest
+from registrish_lock.oci.manifest import Manifest, parse_manifest
+from registrish_lock.tree.layout import Layout
+from registrish_lock.tree.plan import (
     EMPTY_REFERRERS,
     PING_DOCUMENT,
     Desired,
     desired_tree,
     make_plan,
 )
-from registrish_lock.tree import FileInfo, TreeState
+from registrish_lock.tree.state import FileInfo, TreeState
 
 
 def parsed(up: FakeUpstream) -> dict[str, Manifest]:

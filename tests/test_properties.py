@@ -16,18 +16,12 @@ import tomli_w
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from registrish_lock import mediatypes
-from registrish_lock.config import parse_config
 from registrish_lock.errors import IntegrityError, ReferenceError_
-from registrish_lock.lockfile import LockedManifest, LockedTag, dumps, loads, make_lock
-from registrish_lock.manifest import parse_manifest
-from registrish_lock.reference import (
-    Reference,
-    is_digest,
-    is_name,
-    is_tag,
-    parse_reference,
-)
+from registrish_lock.lock.config import parse_config
+from registrish_lock.lock.lockfile import LockedManifest, LockedTag, dumps, loads, make_lock
+from registrish_lock.oci import mediatypes
+from registrish_lock.oci.manifest import parse_manifest
+from registrish_lock.oci.reference import Reference, is_digest, is_name, is_tag, parse_reference
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -15,14 +15,13 @@ from typing import Any
 import pytest
 from test_hosts_tree import build_tree
 
-from registrish_lock import mediatypes
 from registrish_lock.cli import main
 from registrish_lock.commands import publish as publish_cmd
 from registrish_lock.console import Console
 from registrish_lock.errors import ExitCode, IntegrityError, RegistrishError
-from registrish_lock.layout import Layout
+from registrish_lock.oci import mediatypes
 from registrish_lock.progress import QuietProgress
-from registrish_lock.publish import (
+from registrish_lock.serving.publish import (
     PING_KEY,
     LocalObject,
     MissingExtraError,
@@ -36,8 +35,9 @@ from registrish_lock.publish import (
     plan_publish,
     publish,
 )
-from registrish_lock.routes import IMMUTABLE, JSON, OCTET_STREAM, Policy
-from registrish_lock.treelock import tree_lock
+from registrish_lock.serving.routes import IMMUTABLE, JSON, OCTET_STREAM, Policy
+from registrish_lock.tree.layout import Layout
+from registrish_lock.tree.treelock import tree_lock
 
 POLICY = Policy(tag_cache_seconds=60)
 

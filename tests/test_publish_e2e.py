@@ -19,13 +19,13 @@ from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, docker_r
 from testbed.images import DEFAULT_OUTPUT, SeededUpstream, push_random_image
 from testbed.s3 import SeaweedS3
 
-from registrish_lock import publish as publish_mod
 from registrish_lock.cli import main
 from registrish_lock.commands import publish as publish_cmd
 from registrish_lock.errors import ExitCode
-from registrish_lock.layout import Layout
-from registrish_lock.publish import PING_KEY, Phase, collect_objects
-from registrish_lock.routes import Policy
+from registrish_lock.serving import publish as publish_mod
+from registrish_lock.serving.publish import PING_KEY, Phase, collect_objects
+from registrish_lock.serving.routes import Policy
+from registrish_lock.tree.layout import Layout
 
 pytestmark = pytest.mark.slow
 

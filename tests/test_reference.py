@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from registrish_lock.errors import ReferenceError_
-from registrish_lock.reference import (
+from registrish_lock.oci.reference import (
     Reference,
     default_target_name,
     is_digest,

@@ -17,28 +17,28 @@ from typing import Any
 import pytest
 from fakes.fake_registry import FakeRegistry
 
-from registrish_lock import mediatypes
-from registrish_lock.apply import LazyUpstream, collect_garbage, sync_tree
-from registrish_lock.check import check_local, referrers_problems
-from registrish_lock.config import Config, load_config
 from registrish_lock.console import Console
 from registrish_lock.errors import ConfigError, LockfileError
-from registrish_lock.layout import Layout
-from registrish_lock.lockfile import Lock, LockedReferrer, dumps, loads
-from registrish_lock.manifest import parse_manifest, sha256_digest
-from registrish_lock.progress import QuietProgress
-from registrish_lock.reference import parse_reference
-from registrish_lock.referrers import (
+from registrish_lock.lock.config import Config, load_config
+from registrish_lock.lock.lockfile import Lock, LockedReferrer, dumps, loads
+from registrish_lock.lock.resolve import resolve
+from registrish_lock.oci import mediatypes
+from registrish_lock.oci.manifest import parse_manifest, sha256_digest
+from registrish_lock.oci.reference import parse_reference
+from registrish_lock.oci.referrers import (
     artifact_type_of,
     cosign_subject,
     cosign_tags,
     referrers_index,
     schema_tag,
 )
-from registrish_lock.registry import RegistryClient, RetryPolicy
-from registrish_lock.resolve import resolve
-from registrish_lock.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL
-from registrish_lock.serve import TreeResolver
+from registrish_lock.progress import QuietProgress
+from registrish_lock.serving.check import check_local, referrers_problems
+from registrish_lock.serving.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL
+from registrish_lock.serving.serve import TreeResolver
+from registrish_lock.tree.apply import LazyUpstream, collect_garbage, sync_tree
+from registrish_lock.tree.layout import Layout
+from registrish_lock.upstream.registry import RegistryClient, RetryPolicy
 
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"

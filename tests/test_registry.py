@@ -19,13 +19,13 @@ from testbed.images import MANY_TAGS, SeededUpstream
 from testbed.procs import free_port
 from testbed.upstream import CountingProxy, Drop, Respond, start_htpasswd_registry
 
-from registrish_lock import mediatypes
-from registrish_lock.config import RegistrySettings
 from registrish_lock.console import Console
-from registrish_lock.credentials import CredentialStore, env_var_name
 from registrish_lock.errors import AuthError, IntegrityError, NotFoundError, UpstreamError
-from registrish_lock.reference import Reference, parse_reference
-from registrish_lock.registry import (
+from registrish_lock.lock.config import RegistrySettings
+from registrish_lock.oci import mediatypes
+from registrish_lock.oci.reference import Reference, parse_reference
+from registrish_lock.upstream.credentials import CredentialStore, env_var_name
+from registrish_lock.upstream.registry import (
     RegistryClient,
     RetryPolicy,
     backoff_delay,

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from memory_upstream import MemoryUpstream, image_manifest
 
-from registrish_lock import mediatypes
-from registrish_lock.config import load_config
 from registrish_lock.console import Console
 from registrish_lock.errors import ConfigError, LockfileError, NotFoundError, UpstreamError
-from registrish_lock.lockfile import dumps, loads, read_lock, write_lock
-from registrish_lock.manifest import Platform, sha256_digest
-from registrish_lock.resolve import resolve
-from registrish_lock.selectors import select_from_listing, tag_version
+from registrish_lock.lock.config import load_config
+from registrish_lock.lock.lockfile import dumps, loads, read_lock, write_lock
+from registrish_lock.lock.resolve import resolve
+from registrish_lock.lock.selectors import select_from_listing, tag_version
+from registrish_lock.oci import mediatypes
+from registrish_lock.oci.manifest import Platform, sha256_digest
 
 CONFIG = """
 [[image]]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from test_hosts_tree import build_tree
 
-from registrish_lock import mediatypes
-from registrish_lock.routes import (
+from registrish_lock.oci import mediatypes
+from registrish_lock.serving.routes import (
     IMMUTABLE,
     ErrorCode,
     Kind,

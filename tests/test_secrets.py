@@ -27,9 +27,9 @@ from testbed.procs import LOOPBACK, free_port, require_binary, run
 from testbed.upstream import Registry, start_htpasswd_registry
 
 from registrish_lock.console import Console
-from registrish_lock.credentials import CredentialStore, env_var_name
 from registrish_lock.errors import UpstreamError
-from registrish_lock.registry import RegistryClient, RetryPolicy
+from registrish_lock.upstream.credentials import CredentialStore, env_var_name
+from registrish_lock.upstream.registry import RegistryClient, RetryPolicy
 
 pytestmark = pytest.mark.slow
 

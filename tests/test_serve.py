@@ -22,9 +22,9 @@ import pytest
 from test_hosts_tree import SIGNATURE_TYPE, BuiltTree, build_tree
 from testbed.procs import LOOPBACK, Server, free_port
 
-from registrish_lock import mediatypes
-from registrish_lock.routes import IMMUTABLE, Policy
-from registrish_lock.serve import make_server, parse_range
+from registrish_lock.oci import mediatypes
+from registrish_lock.serving.routes import IMMUTABLE, Policy
+from registrish_lock.serving.serve import make_server, parse_range
 
 RANDOM = "sha256:" + "12" * 32
 

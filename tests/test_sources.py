@@ -16,10 +16,7 @@ from typing import Any
 import pytest
 from testbed.images import write_random_image
 
-from registrish_lock import mediatypes
 from registrish_lock.cli import main
-from registrish_lock.config import check_local_sources, load_config
-from registrish_lock.discovery import ReferrersUpstream
 from registrish_lock.errors import (
     ConfigError,
     ExitCode,
@@ -27,11 +24,15 @@ from registrish_lock.errors import (
     NotFoundError,
     ReferenceError_,
 )
-from registrish_lock.lockfile import read_lock
-from registrish_lock.manifest import parse_manifest
-from registrish_lock.reference import Reference, default_target_name, parse_source
-from registrish_lock.resolve import resolve
-from registrish_lock.sources import (
+from registrish_lock.lock.config import check_local_sources, load_config
+from registrish_lock.lock.discovery import ReferrersUpstream
+from registrish_lock.lock.lockfile import read_lock
+from registrish_lock.lock.resolve import resolve
+from registrish_lock.oci import mediatypes
+from registrish_lock.oci.manifest import parse_manifest
+from registrish_lock.oci.reference import Reference, default_target_name, parse_source
+from registrish_lock.upstream.protocols import Upstream
+from registrish_lock.upstream.sources import (
     DOCKER_LAYER,
     DockerArchiveSource,
     LocalSourceError,
@@ -39,7 +40,6 @@ from registrish_lock.sources import (
     SourceRouter,
     tag_of_ref_name,
 )
-from registrish_lock.upstream import Upstream
 
 REF_NAME = "org.opencontainers.image.ref.name"
 TAGS = ("3.18", "3.19", "3.20", "3.20.1", "latest", "edge")

@@ -15,7 +15,7 @@ from testbed.images import DEFAULT_OUTPUT, BaseLayout, SeededUpstream
 from testbed.procs import ServerGroup, require_binary, run
 from testbed.registrish import registrish, start_registrish_serve
 
-from registrish_lock.lockfile import Lock, LockedTag, read_lock
+from registrish_lock.lock.lockfile import Lock, LockedTag, read_lock
 
 pytestmark = pytest.mark.slow
 

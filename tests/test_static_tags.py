@@ -15,14 +15,14 @@ from test_sync import quiet, sync
 from test_sync_fake import FakeUpstream, build_image, lock_of, locked
 from testbed.procs import require_binary
 
-from registrish_lock import mediatypes
-from registrish_lock.apply import collect_garbage
-from registrish_lock.hosts import make_context, render_hosts
-from registrish_lock.hosts.apache import LISTEN, VHOST
-from registrish_lock.hosts.base import HostContext, TaggedDigest
-from registrish_lock.layout import Layout, is_last_page
-from registrish_lock.plan import MAX_LAST_PAGES, last_pages
-from registrish_lock.routes import Policy
+from registrish_lock.oci import mediatypes
+from registrish_lock.serving.hosts import make_context, render_hosts
+from registrish_lock.serving.hosts.apache import LISTEN, VHOST
+from registrish_lock.serving.hosts.base import HostContext, TaggedDigest
+from registrish_lock.serving.routes import Policy
+from registrish_lock.tree.apply import collect_garbage
+from registrish_lock.tree.layout import Layout, is_last_page
+from registrish_lock.tree.plan import MAX_LAST_PAGES, last_pages
 
 
 def _pages(root: Path, name: str) -> dict[str, list[str]]:

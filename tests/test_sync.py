@@ -24,16 +24,17 @@ from test_sync_fake import (
     locked,
 )
 
-from registrish_lock import cli, mediatypes
-from registrish_lock.apply import LazyUpstream, SyncResult, sync_tree
+from registrish_lock import cli
 from registrish_lock.console import Console
 from registrish_lock.errors import BusyError, ExitCode, IntegrityError
-from registrish_lock.layout import Layout, split_twin
-from registrish_lock.lockfile import Lock, write_lock
+from registrish_lock.lock.lockfile import Lock, write_lock
+from registrish_lock.oci import mediatypes
 from registrish_lock.progress import QuietProgress
-from registrish_lock.tree import hash_file
-from registrish_lock.treelock import tree_lock
-from registrish_lock.upstream import BlobSource as Upstream
+from registrish_lock.tree.apply import LazyUpstream, SyncResult, sync_tree
+from registrish_lock.tree.layout import Layout, split_twin
+from registrish_lock.tree.state import hash_file
+from registrish_lock.tree.treelock import tree_lock
+from registrish_lock.upstream.protocols import BlobSource as Upstream
 
 
 def quiet() -> Console:
@@ -384,7 +385,7 @@ def write_project(tmp_path: Path, lock: Lock | None = None) -> tuple[Path, Calla
         f'source = "{lock.tags[0].source if lock else "127.0.0.1:5999/app"}"\n'
         f'name = "{lock.tags[0].name if lock else "app"}"\ntags = ["v1"]\n'
     )
-    from registrish_lock.config import load_config
+    from registrish_lock.lock.config import load_config
 
     input_hash = load_config(config).input_hash()
     if lock is not None:

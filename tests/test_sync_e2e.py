@@ -28,8 +28,8 @@ from testbed.registrish import registrish
 from testbed.upstream import CountingProxy, Registry, Respond, get_manifest
 
 from registrish_lock.console import Console
-from registrish_lock.layout import Layout
-from registrish_lock.treelock import tree_lock
+from registrish_lock.tree.layout import Layout
+from registrish_lock.tree.treelock import tree_lock
 
 pytestmark = pytest.mark.slow
 

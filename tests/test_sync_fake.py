@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from registrish_lock import mediatypes
 from registrish_lock.errors import NotFoundError
-from registrish_lock.lockfile import Lock, LockedManifest, LockedTag, make_lock
-from registrish_lock.manifest import sha256_digest
-from registrish_lock.reference import Reference
+from registrish_lock.lock.lockfile import Lock, LockedManifest, LockedTag, make_lock
+from registrish_lock.oci import mediatypes
+from registrish_lock.oci.manifest import sha256_digest
+from registrish_lock.oci.reference import Reference
 
 HOST = "127.0.0.1:5999"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"

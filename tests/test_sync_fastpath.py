@@ -22,15 +22,16 @@ from test_sync_fake import FakeUpstream, build_image, build_index, lock_of, lock
 from testbed.images import SeededUpstream
 from testbed.procs import require_binary
 
-from registrish_lock import fsutil, tree
-from registrish_lock.config import RegistrySettings
+from registrish_lock import fsutil
 from registrish_lock.console import Console
-from registrish_lock.credentials import CredentialStore
 from registrish_lock.errors import IntegrityError, RegistrishError
 from registrish_lock.fsutil import FileStamp, VerifiedFile
-from registrish_lock.layout import Layout
-from registrish_lock.reference import Reference
-from registrish_lock.registry import RegistryClient, RetryPolicy
+from registrish_lock.lock.config import RegistrySettings
+from registrish_lock.oci.reference import Reference
+from registrish_lock.tree import state as tree
+from registrish_lock.tree.layout import Layout
+from registrish_lock.upstream.credentials import CredentialStore
+from registrish_lock.upstream.registry import RegistryClient, RetryPolicy
 
 
 def _digest(data: bytes) -> str:

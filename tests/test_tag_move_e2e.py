@@ -19,11 +19,11 @@ from testbed.images import SeededUpstream, skopeo_push
 from testbed.procs import LOOPBACK, free_port
 from testbed.statichosts import GENERATED_HOSTS, reload_generated, start_generated
 
-from registrish_lock import mediatypes
-from registrish_lock.check import NOT_CONFIGURED, check_url
 from registrish_lock.cli import main
-from registrish_lock.hosts.nginx import OPEN_FILE_CACHE_VALID
-from registrish_lock.lockfile import read_lock
+from registrish_lock.lock.lockfile import read_lock
+from registrish_lock.oci import mediatypes
+from registrish_lock.serving.check import NOT_CONFIGURED, check_url
+from registrish_lock.serving.hosts.nginx import OPEN_FILE_CACHE_VALID
 
 pytestmark = pytest.mark.slow
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..check import Report, check_local, check_url, validate_url
-from ..config import load_config
 from ..console import Console
 from ..errors import ExitCode
-from ..layout import Layout
-from ..lockfile import read_lock
+from ..lock.config import load_config
+from ..lock.lockfile import read_lock
+from ..serving.check import Report, check_local, check_url, validate_url
+from ..tree.layout import Layout
 
 NAME = "check"
 HELP = "verify a deployment (URL) or the local tree serves every locked object right"

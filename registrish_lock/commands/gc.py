@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..apply import collect_garbage, write_hosts
 from ..console import Console
 from ..errors import ExitCode
-from ..layout import Layout
-from ..treelock import tree_lock
+from ..tree.apply import collect_garbage, write_hosts
+from ..tree.layout import Layout
+from ..tree.treelock import tree_lock
 from .sync import load_locked
 
 NAME = "gc"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import load_config
 from ..console import Console
-from ..hosts import write_host_configs
-from ..layout import Layout
-from ..lockfile import read_lock
+from ..lock.config import load_config
+from ..lock.lockfile import read_lock
+from ..serving.hosts import write_host_configs
+from ..tree.layout import Layout
 
 NAME = "hosts"
 HELP = "regenerate the web server / host configs for [registry].hosts"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import Config, check_local_sources, load_config
 from ..console import Console
 from ..errors import ConfigError, ExitCode, StaleLockError
-from ..lockfile import Lock, dumps, read_lock, write_lock
-from ..resolve import CHANGE_KINDS, Change, resolve
-from ..sources import open_sources
+from ..lock.config import Config, check_local_sources, load_config
+from ..lock.lockfile import Lock, dumps, read_lock, write_lock
+from ..lock.resolve import CHANGE_KINDS, Change, resolve
+from ..upstream.sources import open_sources
 from . import positive_int
 
 NAME = "lock"

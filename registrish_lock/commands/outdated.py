@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import check_local_sources, load_config
 from ..console import Console
 from ..errors import ExitCode
-from ..lockfile import read_lock
-from ..outdated import STATES, outdated
-from ..sources import open_sources
+from ..lock.config import check_local_sources, load_config
+from ..lock.lockfile import read_lock
+from ..lock.outdated import STATES, outdated
+from ..upstream.sources import open_sources
 from . import positive_int
 
 NAME = "outdated"

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import load_config
 from ..console import Console
 from ..errors import ExitCode
-from ..layout import Layout
+from ..lock.config import load_config
 from ..progress import UPLOAD, QuietProgress, make_progress
-from ..publish import DEFAULT_JOBS, open_store, parse_s3_url, publish
-from ..routes import Policy
-from ..treelock import tree_lock
+from ..serving.publish import DEFAULT_JOBS, open_store, parse_s3_url, publish
+from ..serving.routes import Policy
+from ..tree.layout import Layout
+from ..tree.treelock import tree_lock
 from . import positive_int
 
 NAME = "publish"

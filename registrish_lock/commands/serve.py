@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import DEFAULT_TAG_CACHE_SECONDS, load_config
 from ..console import Console
-from ..routes import Policy
-from ..serve import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, make_server, serve_until_stopped
+from ..lock.config import DEFAULT_TAG_CACHE_SECONDS, load_config
+from ..serving.routes import Policy
+from ..serving.serve import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_TIMEOUT,
+    make_server,
+    serve_until_stopped,
+)
 from . import positive_int
 
 NAME = "serve"

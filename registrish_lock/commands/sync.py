@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..apply import DEFAULT_JOBS, LazyUpstream, sync_tree, write_hosts
-from ..config import Config, load_config
 from ..console import Console
 from ..errors import ExitCode, StaleLockError
-from ..layout import Layout
-from ..lockfile import Lock, read_lock
+from ..lock.config import Config, load_config
+from ..lock.lockfile import Lock, read_lock
 from ..progress import make_progress
-from ..sources import open_sources
-from ..treelock import tree_lock
+from ..tree.apply import DEFAULT_JOBS, LazyUpstream, sync_tree, write_hosts
+from ..tree.layout import Layout
+from ..tree.treelock import tree_lock
+from ..upstream.sources import open_sources
 from . import positive_int
 
 NAME = "sync"
@@ -69,7 +69,7 @@ def load_locked(config_path: Path, *, frozen: bool) -> tuple[Config, Lock]:
 def run(args: argparse.Namespace, console: Console) -> int:
     config, lock = load_locked(args.config, frozen=args.frozen)
     if "cloudflare" in config.hosts and not args.dry_run:
-        from ..hosts.netlify import cloudflare_preflight
+        from ..serving.hosts.netlify import cloudflare_preflight
 
         cloudflare_preflight(lock)
     layout = Layout(config.root)

@@ -1,0 +1,1 @@
+"""What the user asked for, resolved and pinned: config, selectors, resolve, the lock file."""

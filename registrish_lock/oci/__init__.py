@@ -1,0 +1,1 @@
+"""The OCI vocabulary: references, media types, manifests, referrers. Pure: no I/O."""

@@ -1,0 +1,460 @@
+"""`registrish check`: prove that a deployment (or the tree on disk) serves every
+locked object the way the route table says.
+
+`check_url` walks the lock over HTTP: the `/v2/` ping, every tag and manifest digest
+(top level and platform children, `HEAD` and `GET`), every referrers document, every
+blob (`HEAD`; `GET` and re-hash with `deep`), and two objects that must be 404.
+`check_local` verifies the tree on disk. Both return a `Report`; nothing is printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from ..errors import IntegrityError, RegistrishError, UpstreamError
+from ..lock.lockfile import Lock
+from ..oci import mediatypes
+from ..oci.manifest import Manifest, parse_manifest
+from ..oci.referrers import artifact_type_of, refers_to
+from ..tree.layout import Layout
+from ..tree.state import hash_file
+from .routes import EMPTY_REFERRERS_REL, BlobObject, read_objects
+
+NOT_CONFIGURED = "the host is not applying registrish's config"
+RELOAD = "the host's config is older than the tree: reload the server after every sync"
+S3_403 = (
+    "403 where 404 is expected: an S3 bucket answers 403 for missing keys unless anonymous "
+    "readers may s3:ListBucket; allow it (or put a CDN that maps 403 to 404 in front)"
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    problem: str
+
+
+@dataclass
+class Report:
+    target: str
+    checked: int = 0
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def fail(self, path: str, problem: str) -> None:
+        self.failures.append(Failure(path, problem))
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "target": self.target,
+            "checked": self.checked,
+            "ok": self.ok,
+            "failures": [{"path": f.path, "problem": f.problem} for f in self.failures],
+        }
+
+
+def _random_digest() -> str:
+    return "sha256:" + secrets.token_hex(32)
+
+
+class _HttpChecker:
+    def __init__(self, client: httpx.Client, report: Report, deep: bool) -> None:
+        self.client = client
+        self.report = report
+        self.deep = deep
+
+    def request(self, method: str, path: str, **kwargs: object) -> httpx.Response | None:
+        try:
+            return self._send(method, path, kwargs)
+        except httpx.HTTPError as exc:
+            self.report.fail(path, f"{method} failed: {type(exc).__name__}: {exc}")
+            return None
+
+    def _send(self, method: str, path: str, kwargs: dict[str, object]) -> httpx.Response:
+        try:
+            return self.client.request(method, "/" + path, **kwargs)  # type: ignore[arg-type]
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            # A kept-alive connection the host closed as we reused it (seen with SeaweedFS
+            # under load): GET and HEAD are safe to send again, once.
+            return self.client.request(method, "/" + path, **kwargs)  # type: ignore[arg-type]
+
+    def status(self, resp: httpx.Response, path: str, what: str) -> bool:
+        if resp.status_code == 200:
+            return True
+        problem = f"{what} answered {resp.status_code}, expected 200"
+        if resp.status_code == 403:
+            problem += " (a 403 usually means the object is missing on an S3-like host)"
+        self.report.fail(path, problem)
+        return False
+
+    def ping(self) -> None:
+        """Raises UpstreamError when the host gives no HTTP answer at all: every other
+        object would fail the same way, one row each."""
+        self.report.checked += 1
+        try:
+            resp = self.client.request("GET", "/v2/")
+        except httpx.TransportError as exc:
+            url = redact_url(str(self.client.base_url.join("v2/")))
+            raise UpstreamError(
+                f"{url}: no answer: {type(exc).__name__}: {exc}",
+                hint="check the URL, and that the server is running and reachable from here",
+            ) from None
+        if resp.status_code == 403:
+            self.report.fail(
+                "v2/",
+                "the /v2/ ping answered 403: skopeo and podman refuse a registry whose ping is "
+                "403; upload the v2/ key (registrish publish does) and let readers ListBucket",
+            )
+        elif resp.status_code not in (200, 401):
+            self.report.fail("v2/", f"the /v2/ ping answered {resp.status_code}, expected 200")
+
+    def manifest(self, path: str, digest: str, media_type: str, size: int) -> bytes | None:
+        """HEAD then GET one manifest path; returns the verified body."""
+        self.report.checked += 1
+        headers = {"Accept": mediatypes.ACCEPT}
+        body = None
+        for method in ("HEAD", "GET"):
+            resp = self.request(method, path, headers=headers)
+            if resp is None or not self.status(resp, path, f"manifest {method}"):
+                return None
+            got = mediatypes.strip_parameters(resp.headers.get("Content-Type", ""))
+            if resp.headers.get("Content-Type", "") != media_type:
+                shown = resp.headers.get("Content-Type") or "no Content-Type"
+                if got == media_type:
+                    extra = " (exactly, no parameters)"
+                elif got in mediatypes.MANIFEST_TYPES and not _by_digest(path):
+                    extra = f" (another version of the tag: {RELOAD})"
+                else:
+                    extra = f": {NOT_CONFIGURED}"
+                self.report.fail(
+                    path, f"manifest {path} served as {shown}, expected {media_type}{extra}"
+                )
+                return None
+            self.digest_header(resp, path, digest, method)
+            self.length(resp, path, size, method)
+            if method == "GET":
+                body = resp.content
+        assert body is not None
+        if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            self.report.fail(path, f"manifest bytes do not hash to {digest}")
+            return None
+        return body
+
+    def digest_header(self, resp: httpx.Response, path: str, digest: str, method: str) -> None:
+        sent = resp.headers.get("Docker-Content-Digest")
+        if sent is not None and sent != digest:
+            stale = "" if _by_digest(path) else f" ({RELOAD})"
+            self.report.fail(
+                path, f"{method}: Docker-Content-Digest is {sent}, expected {digest}{stale}"
+            )
+
+    def length(self, resp: httpx.Response, path: str, size: int, method: str) -> None:
+        sent = resp.headers.get("Content-Length")
+        if sent is not None and sent != str(size):
+            self.report.fail(path, f"{method}: Content-Length is {sent}, expected {size}")
+        if resp.headers.get("Content-Encoding", "identity") != "identity":
+            self.report.fail(
+                path,
+                f"{method}: Content-Encoding {resp.headers['Content-Encoding']}: the host "
+                "compresses registry objects, which breaks digests; turn compression off",
+            )
+
+    def referrers(self, path: str, expected: Mapping[str, str]) -> None:
+        """`expected`: digest → artifactType of each referrer the document must list."""
+        self.report.checked += 1
+        resp = self.request("GET", path)
+        if resp is None or not self.status(resp, path, "referrers"):
+            return
+        got = resp.headers.get("Content-Type", "")
+        if got != mediatypes.OCI_INDEX:
+            self.report.fail(
+                path,
+                f"referrers {path} served as {got or 'no Content-Type'}, expected "
+                f"{mediatypes.OCI_INDEX} exactly: {NOT_CONFIGURED}",
+            )
+            return
+        for problem in referrers_problems(resp.content, expected):
+            self.report.fail(path, problem)
+
+    def blob(self, blob: BlobObject) -> None:
+        path = Layout.rel_blob(blob.name, blob.digest)
+        self.report.checked += 1
+        resp = self.request("HEAD", path)
+        if resp is None or not self.status(resp, path, "blob HEAD"):
+            return
+        self.digest_header(resp, path, blob.digest, "HEAD")
+        self.length(resp, path, blob.size, "HEAD")
+        if not self.deep:
+            return
+        hasher, total = hashlib.sha256(), 0
+        try:
+            with self.client.stream("GET", "/" + path) as stream:
+                if not self.status(stream, path, "blob GET"):
+                    return
+                for chunk in stream.iter_raw():
+                    hasher.update(chunk)
+                    total += len(chunk)
+        except httpx.HTTPError as exc:
+            self.report.fail(path, f"GET failed: {type(exc).__name__}: {exc}")
+            return
+        if total != blob.size or "sha256:" + hasher.hexdigest() != blob.digest:
+            self.report.fail(path, f"downloaded {total} bytes that do not hash to {blob.digest}")
+
+    def missing(self, path: str, what: str) -> None:
+        self.report.checked += 1
+        resp = self.request("GET", path, headers={"Accept": mediatypes.ACCEPT})
+        if resp is None:
+            return
+        if resp.status_code == 403:
+            self.report.fail(path, f"a missing {what} answered 403: {S3_403}")
+        elif resp.status_code != 404:
+            self.report.fail(path, f"a missing {what} answered {resp.status_code}, expected 404")
+
+
+def referrers_problems(data: bytes, expected: Mapping[str, str]) -> list[str]:
+    """What is wrong with a referrers document that must list `expected` (digest →
+    artifactType, "" for none). Other entries are tolerated: a tree may be shared."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+        return ["referrers document is not an OCI index"]
+    listed = {
+        m["digest"]: m.get("artifactType", "")
+        for m in doc["manifests"]
+        if isinstance(m, dict) and isinstance(m.get("digest"), str)
+    }
+    problems = []
+    for digest, artifact_type in sorted(expected.items()):
+        if digest not in listed:
+            problems.append(f"does not list referrer {digest} (run `registrish sync`)")
+        elif listed[digest] != artifact_type:
+            problems.append(
+                f"lists {digest} as {listed[digest]!r}, expected artifactType {artifact_type!r}"
+            )
+    return problems
+
+
+def _expected_referrers(
+    lock: Lock, bodies: Mapping[tuple[str, str], bytes]
+) -> dict[tuple[str, str], dict[str, str]]:
+    """(name, subject) → {referrer digest: artifactType} from the locked referrers whose
+    (verified) manifest bytes name that subject; a cosign artifact without one is a tag only."""
+    expected: dict[tuple[str, str], dict[str, str]] = {}
+    for t in lock.tags:
+        for r in t.referrers:
+            body = bodies.get((t.name, r.digest))
+            if body is None:
+                continue
+            parsed = parse_manifest(body)
+            if refers_to(parsed, r.subject):
+                expected.setdefault((t.name, r.subject), {})[r.digest] = artifact_type_of(parsed)
+    return expected
+
+
+def validate_url(url: str) -> str:
+    """`url` if it is an http(s) URL with a host; else a usage error naming the fix."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise RegistrishError(
+            f"{redact_url(url)!r} is not a valid URL: {exc}",
+            hint="write it as https://HOST[:PORT][/PATH], the URL where /v2/ is served",
+        ) from None
+    if "://" not in url:
+        raise RegistrishError(
+            f"{url!r} has no scheme", hint=f"write it as https://{url} (or http://{url})"
+        )
+    if parsed.scheme not in ("http", "https"):
+        raise RegistrishError(
+            f"{redact_url(url)!r}: check speaks HTTP, not {parsed.scheme}://",
+            hint="write it as https://HOST[:PORT] or http://HOST[:PORT]",
+        )
+    if not parsed.host:
+        raise RegistrishError(
+            f"{redact_url(url)!r} names no host", hint="write it as https://HOST[:PORT][/PATH]"
+        )
+    if parsed.query or parsed.fragment:
+        raise RegistrishError(
+            f"{redact_url(url)!r} has a query or fragment, which would be sent with every request",
+            hint="write it as https://HOST[:PORT][/PATH], the URL where /v2/ is served",
+        )
+    return url
+
+
+def redact_url(url: str) -> str:
+    """`url` without a `user:password@` part: what check prints and logs."""
+    return _USERINFO.sub(r"\1", str(url), count=1)
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
+
+
+def check_url(
+    base_url: str,
+    lock: Lock,
+    *,
+    deep: bool = False,
+    transport: httpx.BaseTransport | None = None,
+    timeout: float = 30.0,
+) -> Report:
+    """Check a deployment at `base_url` (the host root, where `/v2/` lives). Raises a
+    usage error for a URL that is not http(s), UpstreamError when nothing answers."""
+    validate_url(base_url)
+    report = Report(target=redact_url(base_url))
+    with httpx.Client(
+        base_url=base_url.rstrip("/"),
+        transport=transport,
+        timeout=timeout,
+        follow_redirects=True,  # blobs are often redirected to a CDN or bucket
+        headers={"User-Agent": "registrish-check"},
+    ) as client:
+        c = _HttpChecker(client, report, deep)
+        c.ping()
+        bodies: list[tuple[str, bytes]] = []
+        subjects: set[tuple[str, str]] = set()
+        by_digest: dict[tuple[str, str], bytes] = {}
+        tags = {t.key for t in lock.tags}
+        for t in lock.tags:
+            c.manifest(Layout.rel_manifest(t.name, t.tag), t.digest, t.media_type, t.size)
+            wanted = [(t.digest, t.media_type, t.size)]
+            wanted += [(p.digest, p.media_type, p.size) for p in t.platforms]
+            wanted += [(r.digest, r.media_type, r.size) for r in t.referrers]
+            for digest, media_type, size in wanted:
+                if (t.name, digest) in subjects:
+                    continue
+                subjects.add((t.name, digest))
+                body = c.manifest(Layout.rel_manifest(t.name, digest), digest, media_type, size)
+                if body is not None:
+                    by_digest[(t.name, digest)] = body
+                if body is not None and not mediatypes.is_index(media_type):
+                    bodies.append((t.name, body))
+            for r in t.referrers:  # cosign tags, unless the same name is a locked tag
+                if r.tag and (t.name, r.tag) not in tags:
+                    tags.add((t.name, r.tag))
+                    c.manifest(Layout.rel_manifest(t.name, r.tag), r.digest, r.media_type, r.size)
+        expected = _expected_referrers(lock, by_digest)
+        for name, digest in sorted(subjects):
+            c.referrers(Layout.rel_referrers(name, digest), expected.get((name, digest), {}))
+        blobs: set[BlobObject] = set()
+        for name, body in bodies:
+            parsed: Manifest = parse_manifest(body)
+            blobs.update(BlobObject(name, d.digest, d.size) for d in parsed.blobs)
+        for blob in sorted(blobs):
+            c.blob(blob)
+        names = lock.names()
+        if names:
+            c.missing(Layout.rel_manifest(names[0], _random_digest()), "manifest")
+            c.missing(Layout.rel_blob(names[0], _random_digest()), "blob")
+    return report
+
+
+def _files(lock: Lock) -> Iterator[tuple[str, str, str]]:
+    """(relative path, expected digest, media type) of every locked manifest path."""
+    tags = {t.key for t in lock.tags}
+    for t in lock.tags:
+        yield Layout.rel_manifest(t.name, t.tag), t.digest, t.media_type
+        yield Layout.rel_manifest(t.name, t.digest), t.digest, t.media_type
+        for p in t.platforms:
+            yield Layout.rel_manifest(t.name, p.digest), p.digest, p.media_type
+        for r in t.referrers:
+            yield Layout.rel_manifest(t.name, r.digest), r.digest, r.media_type
+            if r.tag and (t.name, r.tag) not in tags:
+                yield Layout.rel_manifest(t.name, r.tag), r.digest, r.media_type
+
+
+def check_local(layout: Layout, lock: Lock) -> Report:
+    """Verify the tree on disk: every manifest file hashes to its digest and its typed
+    twin is a hardlink of it, every blob is present and hashes to its name, every tag
+    is listed, every manifest has a referrers document."""
+    report = Report(target=str(layout.root))
+    hashed: dict[tuple[int, int], str] = {}
+
+    def digest_of(path: Path) -> str | None:
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        key = (st.st_dev, st.st_ino)
+        if key not in hashed:
+            hashed[key] = hash_file(path)[0]
+        return hashed[key]
+
+    for rel in (Layout.rel_ping(), Layout.rel_catalog(), EMPTY_REFERRERS_REL):
+        report.checked += 1
+        if not layout.path(rel).is_file():
+            report.fail(rel, "missing (run `registrish sync`, then `registrish hosts`)")
+    for rel, digest, media_type in sorted(set(_files(lock))):
+        report.checked += 1
+        path = layout.path(rel)
+        got = digest_of(path)
+        if got is None:
+            report.fail(rel, "missing manifest file (run `registrish sync`)")
+            continue
+        if got != digest:
+            report.fail(rel, f"hashes to {got}, expected {digest}")
+        twin = path.with_name(f"{path.name}.~{mediatypes.KIND_OF[media_type]}")
+        if not twin.exists():
+            report.fail(rel, f"typed twin {twin.name} is missing: hosts cannot type it")
+        elif not os.path.samefile(path, twin):
+            report.fail(rel, f"typed twin {twin.name} is not a hardlink of the manifest")
+    try:
+        objects = read_objects(layout, lock)
+    except IntegrityError as exc:
+        report.fail("(manifests)", str(exc))
+        return report
+    for blob in objects.blobs:
+        rel = Layout.rel_blob(blob.name, blob.digest)
+        report.checked += 1
+        got = digest_of(layout.path(rel))
+        if got is None:
+            report.fail(rel, "missing blob (run `registrish sync`)")
+        elif got != blob.digest:
+            report.fail(rel, f"hashes to {got}: the file is corrupt (run `registrish sync`)")
+    artifacts: dict[tuple[str, str], bytes] = {}
+    for t in lock.tags:
+        for r in t.referrers:
+            path = layout.path(Layout.rel_manifest(t.name, r.digest))
+            if digest_of(path) == r.digest:  # a bad one is reported above
+                artifacts[(t.name, r.digest)] = path.read_bytes()
+    expected = _expected_referrers(lock, artifacts)
+    for name, digest in objects.referrers:
+        rel = Layout.rel_referrers(name, digest)
+        report.checked += 1
+        try:
+            data = layout.path(rel).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            report.fail(rel, "missing referrers document (run `registrish sync`)")
+            continue
+        for problem in referrers_problems(data, expected.get((name, digest), {})):
+            report.fail(rel, problem)
+    for name in objects.names:
+        rel = Layout.rel_tags_list(name)
+        report.checked += 1
+        try:
+            listed = set(json.loads(layout.path(rel).read_bytes()).get("tags") or [])
+        except (OSError, ValueError, AttributeError):
+            report.fail(rel, "missing or not a JSON tag list (run `registrish sync`)")
+            continue
+        for t in lock.tags:
+            if t.name == name and t.tag not in listed:
+                report.fail(rel, f"tag {t.tag} is locked but not listed")
+    return report
+
+
+def _by_digest(path: str) -> bool:
+    """A manifest path by digest (immutable), not by tag (moved by syncs)."""
+    return path.rsplit("/", 1)[-1].startswith("sha256:")

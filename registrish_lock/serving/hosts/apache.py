@@ -1,0 +1,198 @@
+"""Apache 2.4: a `.htaccess` in the tree root (all the rules, so shared hosting works
+with it alone) and a vhost snippet that serves the tree and allows the override.
+
+Manifests are rewritten to their typed twin (`[END]`, so a twin asked for by name
+still hits the hidden-file rule) and `ForceType` by suffix sets the exact type. A tag the
+vhost's tag -> digest table names is served from its digest's twin: the table only
+changes on a reload while the .htaccess and the tree change on every sync, so body and
+Docker-Content-Digest must both come from the table's snapshot. Needs mod_rewrite,
+mod_headers, mod_setenvif, mod_mime and mod_dir.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from ...oci import mediatypes
+from ...tree.layout import LAST_PAGE_SUFFIX
+from ..routes import (
+    BROWSE_REL,
+    EMPTY_REFERRERS_REL,
+    HTML,
+    IMMUTABLE,
+    JSON,
+    OCTET_STREAM,
+    ErrorCode,
+    error_body,
+    short_cache,
+)
+from .base import GENERATED, HostContext, Output, Rendered, TaggedDigest, error_text, twin_kinds
+
+HTACCESS = ".htaccess"
+VHOST = "registrish-apache.conf"
+#: `Listen` apart from the vhost: Debian's ports.conf may already listen on the port.
+LISTEN = "registrish-apache-listen.conf"
+TAG_DIGEST_ENV = "REGISTRISH_TAG_DIGEST"
+#: The 405 body, in the tree root: a local ErrorDocument, since a string one comes with
+#: Apache's own `Allow` (listing TRACE, or nothing) next to ours.
+UNSUPPORTED_DOC = ".registrish-405.json"
+_LAST_QUERY = "(?:^|&)last=([A-Za-z0-9_][A-Za-z0-9._-]{0,127})(?:&|$)"
+_BROWSE_RE = BROWSE_REL.replace(".", "\\.")  # a regex for the page's name
+#: `<tag file>::<digest from the table>` -> %1 the manifests directory, %2 the digest.
+_TABLED = "^(.*/)[^/]+::(sha256:[a-f0-9]{64})$"
+_DIGEST_URI = "^/v2/.+/(manifests|blobs)/sha256:[a-f0-9]{64}"
+#: As `registrish serve` answers a method other than GET and HEAD.
+_UNSUPPORTED = error_body(ErrorCode.UNSUPPORTED)
+
+
+def tag_digest_table(tags: Sequence[TaggedDigest]) -> str:
+    """One `SetEnvIf` per tag (none per digest), compiled once at startup: the
+    .htaccess turns it into Docker-Content-Digest on manifests by tag."""
+    return "".join(
+        f'    SetEnvIf Request_URI "^/v2/{re.escape(name)}/manifests/{re.escape(tag)}$" '
+        f"{TAG_DIGEST_ENV}={digest}\n"
+        for name, tag, digest, _ in tags
+    )
+
+
+def _error_document(code: ErrorCode) -> str:
+    return 'ErrorDocument 404 "' + error_text(code).replace('"', '\\"') + '"'
+
+
+def htaccess(short: str) -> str:
+    # A tag the vhost's table names: its digest's twin, if that is still in the tree.
+    tabled = "".join(
+        f"RewriteCond %{{REQUEST_FILENAME}}::%{{ENV:{TAG_DIGEST_ENV}}} {_TABLED}\n"
+        f"RewriteCond %1%2.~{kind} -f\n"
+        f"RewriteRule ^(v2/.+/manifests/)[^/]+$ $1%{{ENV:{TAG_DIGEST_ENV}}}.~{kind} [END]\n"
+        for kind in mediatypes.KINDS
+    )
+    twins = "".join(
+        f"RewriteCond %{{REQUEST_FILENAME}}.~{kind} -f\n"
+        f"RewriteRule ^v2/.+/manifests/[^/]+$ $0.~{kind} [END]\n"
+        for kind in mediatypes.KINDS
+    )
+    types = "".join(
+        f'<FilesMatch "\\.~{kind}$">\n    ForceType {mt}\n</FilesMatch>\n'
+        for kind, mt in twin_kinds()
+    )
+    return f"""\
+# {GENERATED}
+# Static registry rules for Apache 2.4 (mod_rewrite, mod_headers, mod_setenvif, mod_mime,
+# mod_dir). The registry must be the site's root: clients only ever ask for /v2/...
+Options -Indexes -MultiViews +FollowSymLinks
+DirectoryIndex index
+DirectorySlash Off
+
+# Compression would change the bytes clients verify against digests.
+SetEnvIf Request_URI ^ no-gzip=1 no-brotli=1
+SetEnvIf Request_URI "^/v2/.+/(?:manifests|blobs)/(sha256:[a-f0-9]{{64}})" REGISTRISH_DIGEST=$1
+
+RewriteEngine On
+RewriteBase /
+# Read-only: any other method is refused (405, the JSON error and Allow set below).
+RewriteCond %{{REQUEST_METHOD}} !^(?:GET|HEAD)$
+RewriteRule ^ - [R=405,L]
+# The 405 body, only as the error document (the redirect for it is a GET).
+RewriteCond %{{ENV:REDIRECT_STATUS}} =405
+RewriteRule ^{re.escape(UNSUPPORTED_DOC)}$ - [END]
+# Never served by name: the state directory, dotfiles and the typed twins.
+RewriteRule (^|/)\\.|\\.~ - [R=404,L]
+# The browse page (written by sync) at / and /{BROWSE_REL}.
+RewriteRule ^({_BROWSE_RE})?$ {BROWSE_REL} [END]
+RewriteRule !^v2(/|$) - [R=404,L]
+RewriteRule ^v2/_referrers-empty$ - [R=404,L]
+# The API ping: GET /v2/ -> 200 {{}}.
+RewriteRule ^v2/?$ v2/index [END]
+# ?last=<tag> -> the page of tags after <tag> that sync wrote (`n` is ignored).
+RewriteCond %{{QUERY_STRING}} {_LAST_QUERY}
+RewriteCond %{{REQUEST_FILENAME}}::%1 ^(.*/)list::(.+)$
+RewriteCond %1%2{LAST_PAGE_SUFFIX} -f
+RewriteCond %{{QUERY_STRING}} {_LAST_QUERY}
+RewriteRule ^(v2/.+/tags/)list$ $1%1{LAST_PAGE_SUFFIX} [END]
+# Manifests: serve a typed twin, whose suffix gives the exact media type. A tag the
+# vhost's table (read at startup and reload) names is served from its digest's twin, so the
+# body and Docker-Content-Digest (from the served name) belong to the same snapshot even
+# after a sync moved the tag; otherwise (a newer tag, a collected digest, no vhost) the
+# tag's own twin, with no digest header.
+{tabled}{twins}RewriteRule ^v2/.+/manifests/ - [R=404,L]
+# Referrers: the stored index, or the empty one for any other digest.
+RewriteCond %{{REQUEST_FILENAME}} !-f
+RewriteRule ^v2/.+/referrers/sha256:[a-f0-9]{{64}}$ {EMPTY_REFERRERS_REL} [END]
+
+{types}<FilesMatch "^sha256:[a-f0-9]{{64}}$">
+    ForceType {OCTET_STREAM}
+</FilesMatch>
+<FilesMatch "^(index|_catalog|list)$|\\{LAST_PAGE_SUFFIX}$">
+    ForceType {JSON}
+</FilesMatch>
+<If "%{{REQUEST_URI}} =~ m#^/({_BROWSE_RE})?$#">
+    ForceType "{HTML}"
+</If>
+<If "%{{REQUEST_URI}} =~ m#/referrers/# || %{{REQUEST_URI}} == '/{EMPTY_REFERRERS_REL}'">
+    ForceType {mediatypes.OCI_INDEX}
+</If>
+
+Header always set Docker-Distribution-API-Version registry/2.0
+Header always set Content-Type {JSON} "expr=%{{REQUEST_STATUS}} -in {{'404', '405'}}"
+Header always set Allow "GET, HEAD" "expr=%{{REQUEST_STATUS}} == '405'"
+ErrorDocument 405 /{UNSUPPORTED_DOC}
+# From the name actually served (after the rewrite), so it is always the body's digest.
+Header set Docker-Content-Digest %{{REGISTRISH_DIGEST}}e env=REGISTRISH_DIGEST
+# Immutable for what was asked for by digest; a tag served from its digest's twin (the
+# rewrite renamed the table's variable to REDIRECT_*) keeps the tag's short lifetime.
+<If "%{{REQUEST_URI}} =~ m#{_DIGEST_URI}# && -z reqenv('REDIRECT_{TAG_DIGEST_ENV}')">
+    Header set Cache-Control "{IMMUTABLE}"
+</If>
+<Else>
+    Header set Cache-Control "{short}"
+</Else>
+
+<If "%{{REQUEST_URI}} =~ m#/manifests/#">
+    {_error_document(ErrorCode.MANIFEST_UNKNOWN)}
+</If>
+<ElseIf "%{{REQUEST_URI}} =~ m#/blobs/#">
+    {_error_document(ErrorCode.BLOB_UNKNOWN)}
+</ElseIf>
+<Else>
+    {_error_document(ErrorCode.NAME_UNKNOWN)}
+</Else>
+"""
+
+
+class ApacheRenderer:
+    name = "apache"
+    needs_entries = False
+
+    def render(self, ctx: HostContext) -> Rendered:
+        short = short_cache(ctx.policy.tag_cache_seconds)
+        vhost = f"""\
+# {GENERATED}
+# The static registry at {ctx.root}, on http://{ctx.listen}/.
+# Include it from apache2.conf, plus {LISTEN} unless ports.conf already listens on
+# {ctx.listen}; the rules live in {ctx.root / HTACCESS}. Reload Apache after each sync:
+# until then a tag keeps serving the image the table below names (or, for a tag it does
+# not know or whose manifest was collected, the tag's file with no Docker-Content-Digest).
+<VirtualHost {ctx.listen}>
+    DocumentRoot "{ctx.root}"
+    # TRACE is answered before the .htaccess is read: refuse it like any other write.
+    TraceEnable off
+    ErrorDocument 405 /{UNSUPPORTED_DOC}
+{tag_digest_table(ctx.tag_digests)}    <Directory "{ctx.root}">
+        Require all granted
+        AllowOverride All
+        Options -Indexes +FollowSymLinks
+    </Directory>
+</VirtualHost>
+"""
+        listen = f"# {GENERATED}\n# Apache's Listen for the registrish vhost (skip it if ports.conf has it).\n"
+        listen += f"Listen {ctx.listen}\n"
+        return Rendered(
+            (
+                Output(ctx.hosts_dir / VHOST, vhost.encode()),
+                Output(ctx.hosts_dir / LISTEN, listen.encode()),
+                Output(ctx.root / HTACCESS, htaccess(short).encode()),
+                Output(ctx.root / UNSUPPORTED_DOC, _UNSUPPORTED),
+            )
+        )

@@ -1,0 +1,236 @@
+"""Caddy 2: a `Caddyfile` for `caddy run --config Caddyfile --adapter caddyfile`.
+
+Like nginx, its size does not depend on the tree: a `file` matcher per typed-twin
+suffix finds the manifest and sets its exact Content-Type. Headers are deferred
+because `file_server` clears Content-Type for unknown extensions.
+
+A tag is served through the tag -> digest table loaded with the config: the manifest
+of the digest the table names, with that digest, so header and body always match even
+after `sync` moved the tag and before Caddy reloads. Only a tag the table cannot
+answer (added since, or its manifest collected) is served from the tag file, with no
+Docker-Content-Digest. The admin endpoint is a unix socket in the hosts dir, so
+`caddy reload` works and two Caddys never collide on localhost:2019.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from ...oci import mediatypes
+from ...tree.layout import LAST_PAGE_SUFFIX
+from ..routes import (
+    BROWSE_REL,
+    EMPTY_REFERRERS_REL,
+    HTML,
+    IMMUTABLE,
+    JSON,
+    OCTET_STREAM,
+    ErrorCode,
+    short_cache,
+)
+from .base import GENERATED, HostContext, Output, Rendered, TaggedDigest, error_text, twin_kinds
+
+FILENAME = "Caddyfile"
+ADMIN_SOCKET = "caddy-admin.sock"
+#: sun_path is 108 bytes on Linux, NUL included: Go (so Caddy) refuses longer paths.
+MAX_SOCKET_PATH = 107
+TAG_RE = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+API = "Docker-Distribution-API-Version registry/2.0"
+ALLOWED_METHODS = ("GET", "HEAD")
+#: Exactly what `registrish serve` answers to other methods.
+UNSUPPORTED = error_text(ErrorCode.UNSUPPORTED)
+
+
+def _headers(indent: str, *lines: str) -> str:
+    body = "".join(f"{indent}\t{line}\n" for line in (*lines, API, "defer"))
+    return f"{indent}header {{\n{body}{indent}}}\n"
+
+
+def _not_found(indent: str, code: ErrorCode) -> str:
+    return (
+        f"{indent}header Content-Type {JSON}\n"
+        f"{indent}header {API}\n"
+        f"{indent}respond `{error_text(code)}` 404\n"
+    )
+
+
+def _twins(matcher: str, path: str, extra: tuple[str, ...]) -> str:
+    """One handle per twin kind: serve `path`.~<kind> with that kind's Content-Type."""
+    t = "\t\t\t"
+    out = ""
+    for kind, media_type in twin_kinds():
+        name = f"@{matcher}_{kind.replace('-', '_')}"
+        out += f"{t}{name} file {path}.~{kind}\n"
+        out += f"{t}handle {name} {{\n"
+        out += f"{t}\trewrite * {path}.~{kind}\n"
+        out += _headers(t + "\t", f"Content-Type {media_type}", *extra)
+        out += f"{t}\tfile_server\n{t}}}\n"
+    return out
+
+
+def _manifest_unknown() -> str:
+    t = "\t\t\t"
+    return f"{t}handle {{\n{_not_found(t + chr(9), ErrorCode.MANIFEST_UNKNOWN)}{t}}}\n"
+
+
+def tag_digest_map(tags: Sequence[TaggedDigest]) -> str:
+    """`name:tag` -> digest, one line per tag (none per digest). A tag not in it (added
+    since the config was loaded) leaves the placeholder empty."""
+    t = "\t\t\t"
+    lines = "".join(f"{t}\t{name}:{tag} {digest}\n" for name, tag, digest, _ in tags)
+    return f"{t}map {{re.mtag.1}}:{{re.mtag.2}} {{registrish_tag_digest}} {{\n{lines}{t}}}\n"
+
+
+def _by_tag(tags: Sequence[TaggedDigest], cc_short: str) -> str:
+    """A tag: the manifest of the digest the table names, with that digest; else (a tag
+    the table lacks: added since the last reload, or its old manifest collected) the tag
+    file with no digest, never a digest of other bytes; else MANIFEST_UNKNOWN. An empty
+    digest names `manifests/.~<kind>`, which sync never writes."""
+    digest = "{registrish_tag_digest}"
+    return (
+        tag_digest_map(tags)
+        + _twins(
+            "mtag",
+            f"/v2/{{re.mtag.1}}/manifests/{digest}",
+            (f"Docker-Content-Digest {digest}", cc_short),
+        )
+        + _twins("mtagfile", "{path}", (cc_short,))
+        + _manifest_unknown()
+    )
+
+
+def admin_line(hosts_dir: Path) -> tuple[str, tuple[str, ...]]:
+    """The global `admin` option and any warning: a unix socket in the hosts dir (only
+    who can write there can reconfigure Caddy); `admin off` when that path is too long
+    for a socket, since Caddy would not start at all."""
+    sock = hosts_dir / ADMIN_SOCKET
+    size = len(str(sock).encode())
+    if size > MAX_SOCKET_PATH:
+        return "admin off", (
+            f"caddy: {sock} is {size} bytes, over the {MAX_SOCKET_PATH} a unix socket path "
+            "allows: the Caddyfile sets `admin off`, so restart Caddy after each sync "
+            "(`caddy reload` cannot work), or choose a shorter hosts directory",
+        )
+    address = f"unix/{sock}"
+    if re.search(r'[\s"{}#]', address):
+        address = '"' + address.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"admin {address}", ()
+
+
+class CaddyRenderer:
+    name = "caddy"
+    needs_entries = False
+
+    def render(self, ctx: HostContext) -> Rendered:
+        short = short_cache(ctx.policy.tag_cache_seconds)
+        cc_short = f'Cache-Control "{short}"'
+        cc_long = f'Cache-Control "{IMMUTABLE}"'
+        admin, warnings = admin_line(ctx.hosts_dir)
+        allow = ", ".join(ALLOWED_METHODS)
+        text = f"""\
+# {GENERATED}
+# The static registry at {ctx.root}, on http://{ctx.listen}/.
+# Run: caddy run --config {ctx.hosts_dir / FILENAME} --adapter caddyfile
+# After each sync: caddy reload --config {ctx.hosts_dir / FILENAME} --adapter caddyfile
+{{
+	{admin}
+	auto_https off
+}}
+
+http://{ctx.listen} {{
+	bind {ctx.listen_host}
+	root * "{ctx.root}"
+	# No `encode`: compression would change the bytes clients verify against digests.
+
+	route {{
+		# Read-only, as `registrish serve`: anything but {" and ".join(ALLOWED_METHODS)} is refused.
+		@write not method {" ".join(ALLOWED_METHODS)}
+		handle @write {{
+			header Content-Type {JSON}
+			header Allow "{allow}"
+			header {API}
+			respond `{UNSUPPORTED}` 405
+		}}
+
+		# Never served by name: the state directory, dotfiles and the typed twins.
+		@hidden path_regexp hidden (/\\.|\\.~)
+		handle @hidden {{
+{_not_found(chr(9) * 3, ErrorCode.NAME_UNKNOWN)}		}}
+
+		@ping path /v2 /v2/
+		handle @ping {{
+			rewrite * /v2/index
+{_headers(chr(9) * 3, f"Content-Type {JSON}")}			file_server
+		}}
+
+		@lists path_regexp lists ^/v2/(_catalog|(.+/tags/)list)$
+		handle @lists {{
+			# ?last=<tag> -> the page of tags after <tag> that sync wrote (`n` is ignored).
+			# (The capture comes from the enclosing matcher: a set's order is not defined.)
+			@last_page {{
+				vars_regexp {{query.last}} ^{TAG_RE}$
+				file /v2/{{re.lists.2}}{{query.last}}{LAST_PAGE_SUFFIX}
+			}}
+			handle @last_page {{
+				rewrite * /v2/{{re.lists.2}}{{query.last}}{LAST_PAGE_SUFFIX}
+{_headers(chr(9) * 4, f"Content-Type {JSON}", cc_short)}				file_server
+			}}
+			@lists_found file
+			handle @lists_found {{
+{_headers(chr(9) * 4, f"Content-Type {JSON}", cc_short)}				file_server
+			}}
+			handle {{
+{_not_found(chr(9) * 4, ErrorCode.NAME_UNKNOWN)}			}}
+		}}
+
+		@mdigest path_regexp mdigest ^/v2/.+/manifests/(sha256:[a-f0-9]{{64}})$
+		handle @mdigest {{
+{_twins("mdigest", "{path}", ("Docker-Content-Digest {re.mdigest.1}", cc_long))}{_manifest_unknown()}		}}
+
+		@mtag path_regexp mtag ^/v2/(.+)/manifests/({TAG_RE})$
+		handle @mtag {{
+{_by_tag(ctx.tag_digests, cc_short)}		}}
+
+		@blob path_regexp blob ^/v2/.+/blobs/(sha256:[a-f0-9]{{64}})$
+		handle @blob {{
+			@blob_found file
+			handle @blob_found {{
+{_headers(chr(9) * 4, f"Content-Type {OCTET_STREAM}", "Docker-Content-Digest {re.blob.1}", cc_long)}				file_server
+			}}
+			handle {{
+{_not_found(chr(9) * 4, ErrorCode.BLOB_UNKNOWN)}			}}
+		}}
+
+		# Referrers: the stored index, or the empty one for any other digest.
+		@referrers path_regexp referrers ^/v2/.+/referrers/sha256:[a-f0-9]{{64}}$
+		handle @referrers {{
+			@referrers_missing not file
+			rewrite @referrers_missing /{EMPTY_REFERRERS_REL}
+{_headers(chr(9) * 3, f"Content-Type {mediatypes.OCI_INDEX}", cc_short)}			file_server
+		}}
+
+		# The browse page (written by sync) at / and /{BROWSE_REL}.
+		@browse path / /{BROWSE_REL}
+		handle @browse {{
+			@browse_found file /{BROWSE_REL}
+			handle @browse_found {{
+				rewrite * /{BROWSE_REL}
+				header {{
+					Content-Type "{HTML}"
+					{cc_short}
+					defer
+				}}
+				file_server
+			}}
+			handle {{
+{_not_found(chr(9) * 4, ErrorCode.NAME_UNKNOWN)}			}}
+		}}
+
+		handle {{
+{_not_found(chr(9) * 3, ErrorCode.NAME_UNKNOWN)}		}}
+	}}
+}}
+"""
+        return Rendered((Output(ctx.hosts_dir / FILENAME, text.encode()),), warnings)

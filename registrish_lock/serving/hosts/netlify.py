@@ -1,0 +1,210 @@
+"""Netlify and Cloudflare Pages: `_headers` (and `_redirects`) written into the tree root.
+
+These hosts set headers only from per-path rules, so the files grow with the tree:
+one rule per manifest path (tag and digest, each with its Docker-Content-Digest), one
+splat per repository for blobs and for referrers. Limits are enforced here:
+
+- Cloudflare Pages: at most 100 `_headers` rules and 2,000 characters a line, 20,000
+  files a site and 25 MiB a file. Past that, use R2 (object metadata, like S3).
+- Netlify: no rule limit, but it discourages files over 10 MB (warned).
+
+Typed twins stay reachable by name on these hosts (harmless: same bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ...lock.lockfile import Lock
+from ...tree.layout import Layout
+from ..routes import API_VERSION_HEADER, EMPTY_REFERRERS_REL, Entry, Kind, headers_for
+from .base import GENERATED, HostContext, HostLimitError, Output, Rendered
+
+HEADERS = "_headers"
+REDIRECTS = "_redirects"
+CLOUDFLARE_MAX_RULES = 100
+CLOUDFLARE_MAX_LINE = 2000
+CLOUDFLARE_MAX_FILES = 20_000
+CLOUDFLARE_MAX_FILE_BYTES = 25 * 1024 * 1024
+NETLIFY_LARGE_FILE_BYTES = 10 * 1000 * 1000
+
+Rule = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def header_rules(entries: Iterable[Entry], ctx: HostContext) -> list[Rule]:
+    """Rules (URL path pattern, headers) covering every entry with no two overlapping:
+    both hosts join the values of overlapping rules, which would corrupt a type."""
+    policy = ctx.policy
+    rules: dict[str, tuple[tuple[str, str], ...]] = {}
+    ping = headers_for(Kind.PING, policy=policy)
+    for path in ("/v2/", "/v2", "/" + Layout.rel_ping()):
+        rules[path] = ping
+    rules["/" + EMPTY_REFERRERS_REL] = headers_for(Kind.REFERRERS, policy=policy)
+    for e in entries:
+        if e.kind is Kind.PING:
+            continue
+        if e.kind is Kind.BLOB:
+            name = e.path[len("v2/") : e.path.rindex("/blobs/")]
+            rules[f"/v2/{name}/blobs/*"] = headers_for(Kind.BLOB, policy=policy)
+        elif e.kind is Kind.REFERRERS:
+            name = e.path[len("v2/") : e.path.rindex("/referrers/")]
+            rules[f"/v2/{name}/referrers/*"] = headers_for(Kind.REFERRERS, policy=policy)
+        elif e.kind in (Kind.MANIFEST_TAG, Kind.MANIFEST_DIGEST):
+            rules["/" + e.path] = headers_for(
+                e.kind, policy=policy, media_type=e.content_type, digest=e.digest
+            )
+        else:
+            rules["/" + e.path] = headers_for(e.kind, policy=policy)
+    splats = [p[:-1] for p in rules if p.endswith("*")]
+    for path in rules:
+        for prefix in splats:
+            if path != prefix + "*" and path.startswith(prefix):
+                raise HostLimitError(
+                    f"_headers: {path} would also match the rule {prefix}*, and the host would "
+                    "join both rules' headers",
+                    hint="rename the repository so no name component is 'blobs' or 'referrers'",
+                )
+    return sorted(rules.items())
+
+
+def render_headers(rules: list[Rule]) -> str:
+    lines = [f"# {GENERATED}"]
+    for path, headers in rules:
+        lines.append(path)
+        lines.extend(f"  {key}: {value}" for key, value in headers)
+    return "\n".join(lines) + "\n"
+
+
+def parse_headers(text: str) -> dict[str, dict[str, str]]:
+    """Read a `_headers` file the way Netlify/Cloudflare do (for tests and `check`)."""
+    rules: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for raw in text.splitlines():
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        if not raw[0].isspace():
+            current = rules.setdefault(raw.strip(), {})
+            continue
+        if current is None or ":" not in raw:
+            raise ValueError(f"_headers: header line outside a rule: {raw!r}")
+        key, _, value = raw.strip().partition(":")
+        current[key.strip()] = value.strip()
+    return rules
+
+
+def _large_files(entries: Iterable[Entry], limit: int) -> list[Entry]:
+    return [e for e in entries if e.size is not None and e.size > limit]
+
+
+class NetlifyRenderer:
+    name = "netlify"
+    needs_entries = True
+
+    def render(self, ctx: HostContext) -> Rendered:
+        rules = header_rules(ctx.entries, ctx)
+        names = sorted(
+            {
+                e.path[len("v2/") : e.path.rindex("/referrers/")]
+                for e in ctx.entries
+                if e.kind is Kind.REFERRERS
+            }
+        )
+        # Netlify rewrites (status 200) only when no file exists at the path ("shadowing"),
+        # so stored referrers documents win over the empty catch-all.
+        redirects = [f"# {GENERATED}", "/v2/ /v2/index 200", "/v2 /v2/index 200"]
+        redirects += [f"/v2/{n}/referrers/* /{EMPTY_REFERRERS_REL} 200" for n in names]
+        warnings = tuple(
+            f"netlify: {e.path} is {e.size} bytes; Netlify discourages files over 10 MB "
+            "(consider S3 or R2 behind a CDN for large layers)"
+            for e in _large_files(ctx.entries, NETLIFY_LARGE_FILE_BYTES)
+        )
+        return Rendered(
+            (
+                Output(ctx.root / HEADERS, render_headers(rules).encode()),
+                Output(ctx.root / REDIRECTS, ("\n".join(redirects) + "\n").encode()),
+            ),
+            warnings,
+        )
+
+
+def cloudflare_rule_count(lock: Lock) -> int:
+    """The `_headers` rules the tree of `lock` needs, from the lock alone: what `sync` checks
+    before it writes anything (the renderer checks the tree itself afterwards). Fixed: the
+    ping (3 paths), the empty referrers and `_catalog`; per repository: `blobs/*`,
+    `referrers/*` and `tags/list`; per tag: its manifest path; per manifest the lock names:
+    its digest path (children of a nested index are not named by the lock, so this is a
+    lower bound). `tags/<tag>.~last` pages get no rule: hosts that cannot route on the
+    query string never serve them."""
+    names = {t.name for t in lock.tags}
+    digests = {
+        (t.name, d)
+        for t in lock.tags
+        for d in (t.digest, *(p.digest for p in t.platforms), *(r.digest for r in t.referrers))
+    }
+    return 5 + 3 * len(names) + len(lock.tags) + len(digests)
+
+
+def cloudflare_preflight(lock: Lock) -> None:
+    """Refuse a lock whose tree Cloudflare Pages cannot serve, before `sync` writes a tag
+    that the old `_headers` would then serve with the wrong Content-Type."""
+    needed = cloudflare_rule_count(lock)
+    if needed > CLOUDFLARE_MAX_RULES:
+        raise HostLimitError(
+            f"cloudflare: the locked images need at least {needed} _headers rules; Cloudflare "
+            f"Pages allows {CLOUDFLARE_MAX_RULES} (one per manifest path); nothing was synced",
+            hint="use R2 (per-object metadata, like S3: `registrish publish`) behind "
+            "Cloudflare instead, or lock fewer tags",
+        )
+
+
+class CloudflareRenderer:
+    name = "cloudflare"
+    needs_entries = True
+
+    def render(self, ctx: HostContext) -> Rendered:
+        rules = header_rules(ctx.entries, ctx)
+        alternative = (
+            "use R2 (per-object metadata, like S3: `registrish publish`) behind Cloudflare instead"
+        )
+        if len(rules) > CLOUDFLARE_MAX_RULES:
+            raise HostLimitError(
+                f"cloudflare: the tree needs {len(rules)} _headers rules; Cloudflare Pages "
+                f"allows {CLOUDFLARE_MAX_RULES} (one per manifest path)",
+                hint=alternative,
+            )
+        text = render_headers(rules)
+        long = [line for line in text.splitlines() if len(line) > CLOUDFLARE_MAX_LINE]
+        if long:
+            raise HostLimitError(
+                f"cloudflare: a _headers line is {len(long[0])} characters; the limit is "
+                f"{CLOUDFLARE_MAX_LINE}",
+                hint=alternative,
+            )
+        files = len(ctx.entries) + sum(
+            1 for e in ctx.entries if e.kind in (Kind.MANIFEST_TAG, Kind.MANIFEST_DIGEST)
+        )
+        if files > CLOUDFLARE_MAX_FILES:
+            raise HostLimitError(
+                f"cloudflare: the tree has about {files} files; Cloudflare Pages allows "
+                f"{CLOUDFLARE_MAX_FILES} a site",
+                hint=alternative,
+            )
+        large = _large_files(ctx.entries, CLOUDFLARE_MAX_FILE_BYTES)
+        if large:
+            raise HostLimitError(
+                f"cloudflare: {large[0].path} is {large[0].size} bytes; Cloudflare Pages "
+                "serves files up to 25 MiB",
+                hint=alternative,
+            )
+        # Cloudflare applies _redirects before assets, so a referrers catch-all would
+        # hide stored documents: only the ping is rewritten.
+        redirects = f"# {GENERATED}\n/v2/ /v2/index 200\n/v2 /v2/index 200\n"
+        return Rendered(
+            (
+                Output(ctx.root / HEADERS, text.encode()),
+                Output(ctx.root / REDIRECTS, redirects.encode()),
+            )
+        )
+
+
+__all__ = ["API_VERSION_HEADER", "CloudflareRenderer", "NetlifyRenderer", "parse_headers"]

@@ -1,0 +1,1 @@
+"""The static tree: its layout, observed state, the pure plan, apply, gc, the tree lock."""

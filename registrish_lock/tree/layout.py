@@ -1,0 +1,183 @@
+"""Where everything lives in the static tree. Pure path arithmetic, no I/O.
+
+```
+<root>/v2/                                   the API ping ("index" file holds `{}`)
+<root>/v2/_catalog
+<root>/v2/<name>/tags/list
+<root>/v2/<name>/tags/<tag>.~last            the tags after <tag> (`tags/list?last=<tag>`)
+<root>/v2/<name>/manifests/<tag|digest>      the exact bytes, for hosts that map paths
+<root>/v2/<name>/manifests/<ref>.~<kind>     a hardlinked typed twin: hosts pick the
+                                             Content-Type from the suffix (`KINDS`)
+<root>/v2/<name>/blobs/sha256:<hex>          hardlink into the content store
+<root>/v2/<name>/referrers/sha256:<hex>      an OCI index of what refers to <hex>
+<root>/.registrish/blobs/sha256/<hex>        the content store: one copy of each blob
+<root>/.registrish/tmp/                      temp files (same filesystem, for rename)
+<root>/.registrish/lock                      the exclusive lock file
+```
+
+The twin's suffix starts with `~`, a character no tag or digest can contain, so a
+twin can never collide with a real reference. Paths are built only from validated
+names, tags and digests (`reference.validate_*`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..oci import mediatypes
+from ..oci.reference import digest_hex, is_digest, validate_digest, validate_name, validate_tag
+
+STATE_DIR = ".registrish"
+TWIN_SEPARATOR = ".~"
+PING_FILE = "index"  # v2/ is a directory; its index file answers `GET /v2/`
+#: `tags/<tag>.~last`: the tags after <tag>, what static hosts answer `tags/list?last=<tag>`
+#: with. The fixed suffix keeps a tag's own "extension" (`v1.gz`) from picking a type.
+LAST_PAGE_SUFFIX = ".~last"
+
+
+def ref_component(ref: str) -> str:
+    """A manifest reference (tag or digest) validated for use as a file name."""
+    return validate_digest(ref) if ref.startswith("sha256:") else validate_tag(ref)
+
+
+def twin_name(ref: str, media_type: str) -> str:
+    return f"{ref_component(ref)}{TWIN_SEPARATOR}{mediatypes.KIND_OF[media_type]}"
+
+
+def split_twin(filename: str) -> tuple[str, str] | None:
+    """`latest.~oci-index` → (`latest`, OCI index type); None for a non-twin."""
+    ref, sep, kind = filename.rpartition(TWIN_SEPARATOR)
+    if not sep or kind not in mediatypes.TYPE_OF_KIND:
+        return None
+    return ref, mediatypes.TYPE_OF_KIND[kind]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one tree. `rel_*` give `/`-separated paths relative to the root
+    (what a URL path is, minus the leading `/`)."""
+
+    root: Path
+
+    # --- relative (URL) paths -------------------------------------------------
+    @staticmethod
+    def rel_ping() -> str:
+        return f"v2/{PING_FILE}"
+
+    @staticmethod
+    def rel_catalog() -> str:
+        return "v2/_catalog"
+
+    @staticmethod
+    def rel_tags_list(name: str) -> str:
+        return f"v2/{validate_name(name)}/tags/list"
+
+    @staticmethod
+    def rel_tags_last(name: str, tag: str) -> str:
+        return f"v2/{validate_name(name)}/tags/{validate_tag(tag)}{LAST_PAGE_SUFFIX}"
+
+    @staticmethod
+    def rel_manifest(name: str, ref: str) -> str:
+        return f"v2/{validate_name(name)}/manifests/{ref_component(ref)}"
+
+    @staticmethod
+    def rel_manifest_twin(name: str, ref: str, media_type: str) -> str:
+        return f"v2/{validate_name(name)}/manifests/{twin_name(ref, media_type)}"
+
+    @staticmethod
+    def rel_blob(name: str, digest: str) -> str:
+        return f"v2/{validate_name(name)}/blobs/{validate_digest(digest)}"
+
+    @staticmethod
+    def rel_referrers(name: str, digest: str) -> str:
+        return f"v2/{validate_name(name)}/referrers/{validate_digest(digest)}"
+
+    # --- absolute paths -------------------------------------------------------
+    def path(self, rel: str) -> Path:
+        """Absolute path for a relative tree path (which must not escape the root)."""
+        pure = PurePosixPath(rel)
+        if pure.is_absolute() or ".." in pure.parts or not pure.parts:
+            raise ValueError(f"unsafe tree path {rel!r}")
+        return self.root.joinpath(*pure.parts)
+
+    @property
+    def v2(self) -> Path:
+        return self.root / "v2"
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def tmp(self) -> Path:
+        return self.state / "tmp"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state / "lock"
+
+    def store_blob(self, digest: str) -> Path:
+        return self.state / "blobs" / "sha256" / digest_hex(digest)
+
+    def repo_dir(self, name: str) -> Path:
+        return self.v2.joinpath(*validate_name(name).split("/"))
+
+
+def parse_rel_path(rel: str) -> tuple[str, str, str] | None:
+    """Split `v2/<name>/<section>/<ref>` into (name, section, ref), or None.
+
+    `section` is `manifests`, `blobs`, `referrers` or `tags` (ref `list`). The name
+    and ref are not validated here; callers validate what they use.
+    """
+    parts = rel.strip("/").split("/")
+    if len(parts) < 4 or parts[0] != "v2":
+        return None
+    section, ref = parts[-2], parts[-1]
+    if section not in ("manifests", "blobs", "referrers", "tags"):
+        return None
+    return "/".join(parts[1:-2]), section, ref
+
+
+def path_collisions(tags_by_name: Mapping[str, Iterable[str]]) -> list[tuple[str, str]]:
+    """Where one repository's directory would sit on another's file: repository
+    `x/manifests/v1` lies under tag `v1` of `x`, `x/tags/list` under `x`'s tag list,
+    `x/manifests` needs `x/manifests/tags/` where `x`'s tag `tags` is a file, `index` is
+    the `/v2/` ping. (name, problem) pairs; empty when there is none."""
+    # Every file whose path a repository name could spell: the pings (names cannot start
+    # with `_` like `_catalog`), `tags/list` and tag files (digests hold a colon, twins and
+    # last pages a `~`: no name can spell those).
+    files = {PING_FILE: "the /v2/ ping", "index.html": "the plain host's /v2/ ping"}
+    for name, tags in tags_by_name.items():
+        files[f"{name}/tags/list"] = f"the tag list of {name!r}"
+        for tag in tags:
+            files[f"{name}/manifests/{tag}"] = f"tag {tag!r} of {name!r}"
+    problems: list[tuple[str, str]] = []
+    for name in sorted(tags_by_name):
+        parts = name.split("/")
+        # the directories the repository needs: its own path, then its sections
+        needed = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        needed += [f"{name}/{section}" for section in _SECTIONS]
+        for where in needed:
+            owner = files.get(where)
+            if owner is not None:
+                problem = (
+                    f"repository {name!r} needs the directory v2/{where}/, the file of {owner}"
+                )
+                problems.append((name, problem))
+                break
+    return problems
+
+
+_SECTIONS = ("manifests", "tags", "blobs", "referrers")
+
+
+def is_last_page(rel: str) -> bool:
+    """`v2/<name>/tags/<tag>.~last` (a `last`-keyed tag-list page)."""
+    parsed = parse_rel_path(rel)
+    return parsed is not None and parsed[1] == "tags" and parsed[2].endswith(LAST_PAGE_SUFFIX)
+
+
+def is_digest_ref(ref: str) -> bool:
+    return is_digest(ref)

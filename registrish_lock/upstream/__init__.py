@@ -1,0 +1,1 @@
+"""Where images come from: the registry client, auth, credentials, local sources."""

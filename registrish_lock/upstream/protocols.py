@@ -1,0 +1,82 @@
+"""What the resolver and sync need from an upstream: one set of protocols, satisfied by
+`registry.RegistryClient`, by the local sources in `sources`, and by `sources.SourceRouter`
+which dispatches between them. Kept free of httpx so local-only runs never import it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..fsutil import VerifiedFile
+from ..oci.reference import Reference
+
+
+class ManifestInfoLike(Protocol):
+    @property
+    def digest(self) -> str: ...
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+
+
+class FetchedLike(Protocol):
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def digest(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    """What `HEAD` (or a `GET` fallback) tells about a manifest."""
+
+    digest: str
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    data: bytes
+    media_type: str
+    #: The verified sha256 of `data`.
+    digest: str
+
+
+class ManifestSource(Protocol):
+    """What resolution (`lock`, `outdated`) needs."""
+
+    def list_tags(self, repo: Reference) -> list[str]: ...
+    def head_manifest(self, repo: Reference, ref: str) -> ManifestInfoLike: ...
+    def get_manifest(
+        self, repo: Reference, ref: str, *, expected_digest: str | None = None
+    ) -> FetchedLike: ...
+
+
+class BlobSource(Protocol):
+    """What `sync` needs."""
+
+    @property
+    def request_count(self) -> int: ...
+    def get_manifest(
+        self, repo: Reference, ref: str, *, expected_digest: str | None = None
+    ) -> FetchedLike: ...
+    def fetch_blob(
+        self,
+        repo: Reference,
+        digest: str,
+        size: int,
+        dest: Path,
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> VerifiedFile | None: ...  # None: the caller hashes `dest` itself
+    def close(self) -> None: ...
+
+
+class Upstream(ManifestSource, BlobSource, Protocol):
+    """Everything: a registry client or a local source."""
