@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -424,9 +423,3 @@ def ensure_data(
 
 def registry_dir(cache: Path) -> Path:
     return cache / "registry"
-
-
-def wipe(cache: Path) -> None:
-    """Forget the pushed data (the layout's layers are kept: they are the slow part)."""
-    shutil.rmtree(registry_dir(cache), ignore_errors=True)
-    (cache / "pushed.json").unlink(missing_ok=True)

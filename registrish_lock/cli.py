@@ -104,23 +104,6 @@ def build_parser(modules: dict[str, ModuleType]) -> argparse.ArgumentParser:
     return parser
 
 
-def _to_load(argv: Sequence[str]) -> tuple[str, ...]:
-    """Only the command being run is imported: each command module pulls in its own
-    dependencies (httpx, rich, http.server …), ~0.5 s of a no-op sync's start-up in total
-    (bench/, noop_sync). Top-level help, --version or no/unknown command load them all."""
-    skip = False
-    for token in argv:
-        if skip:
-            skip = False
-        elif token in ("-c", "--config"):
-            skip = True
-        elif token in ("-h", "--help", "--version"):
-            return COMMANDS
-        elif not token.startswith("-"):
-            return (token,) if token in COMMANDS else COMMANDS
-    return COMMANDS
-
-
 def _chosen_command(argv: Sequence[str]) -> str | None:
     """The subcommand named on the command line, found without importing any command:
     only its module is then loaded, which keeps every run's start-up short."""

@@ -7,6 +7,7 @@ clients work here before the product exists.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from pathlib import Path
 
@@ -73,6 +74,11 @@ EXPECTED_TYPES = {
 def test_free_port_is_bindable() -> None:
     port = free_port()
     assert 1024 < port < 65536
+    # The port must really be free for a listener on loopback, the way the servers bind it.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        assert sock.getsockname()[1] == port
 
 
 def test_server_failure_reports_log_tail(tmp_path: Path) -> None:

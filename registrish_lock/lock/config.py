@@ -7,7 +7,6 @@ and the fix; unknown keys suggest the closest valid one.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -20,7 +19,7 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from ..errors import ConfigError, ReferenceError_
-from ..oci.manifest import Platform
+from ..oci.manifest import Platform, sha256_digest
 from ..oci.reference import (
     DOCKER_ARCHIVE,
     OCI_LAYOUT,
@@ -128,7 +127,7 @@ class Config:
 
 def _hash(doc: object) -> str:
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    return "sha256:" + hashlib.sha256(blob).hexdigest()
+    return sha256_digest(blob)
 
 
 class _Reader:

@@ -30,7 +30,7 @@ from ..console import human_bytes
 from ..errors import IntegrityError
 from ..lock.lockfile import Lock, LockedTag
 from ..oci import mediatypes
-from ..oci.manifest import Manifest, parse_manifest
+from ..oci.manifest import Manifest, parse_manifest, sha256_digest
 from ..tree.layout import Layout
 
 #: Placeholder for the registry host in the no-JavaScript rendering.
@@ -210,13 +210,9 @@ def read_model(layout: Layout, lock: Lock) -> BrowseModel:
                             layout, Layout.rel_blob(tag.name, config.digest), MAX_CONFIG_BYTES
                         )
                         # only bytes that hash to the digest are trusted
-                        if blob is not None and _sha256(blob) == config.digest:
+                        if blob is not None and sha256_digest(blob) == config.digest:
                             configs[config.digest] = blob
     return model_from(lock, manifests, configs)
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # --- the page (pure) -----------------------------------------------------------------------

@@ -23,7 +23,7 @@ import httpx
 from ..errors import IntegrityError, RegistrishError, UpstreamError
 from ..lock.lockfile import Lock
 from ..oci import mediatypes
-from ..oci.manifest import Manifest, parse_manifest
+from ..oci.manifest import Manifest, parse_manifest, sha256_digest
 from ..oci.referrers import artifact_type_of, refers_to
 from ..tree.layout import Layout
 from ..tree.state import hash_file
@@ -147,7 +147,7 @@ class _HttpChecker:
             if method == "GET":
                 body = resp.content
         assert body is not None
-        if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+        if sha256_digest(body) != digest:
             self.report.fail(path, f"manifest bytes do not hash to {digest}")
             return None
         return body

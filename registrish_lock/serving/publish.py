@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from ..console import Console, human_bytes
 from ..errors import ExitCode, IntegrityError, LocalError, RegistrishError
+from ..oci.manifest import sha256_digest
 from ..progress import Progress, Stopwatch
 from ..tree.layout import PING_FILE, Layout, split_twin
 from ..tree.state import hash_file
@@ -694,7 +695,7 @@ def _upload(
     try:
         if obj.size <= SINGLE_PUT_MAX:
             data = path.read_bytes()
-            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            digest = sha256_digest(data)
             if obj.digest is not None and (digest, len(data)) != (obj.digest, obj.size):
                 _verified_file_digest(path, obj)  # raises with the full message
             progress.blob_started(key, len(data), obj.key)

@@ -20,7 +20,7 @@ from ..lock.lockfile import Lock
 from ..oci import mediatypes
 from ..oci.manifest import parse_manifest
 from ..oci.reference import is_digest, is_name, is_tag
-from ..tree.layout import TWIN_SEPARATOR, Layout, split_twin
+from ..tree.layout import TWIN_SEPARATOR, Layout
 
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 JSON = "application/json"
@@ -150,15 +150,6 @@ def classify(url_path: str) -> Target | Miss:
             return Target(Kind.REFERRERS, name, ref)
         return Miss(400, ErrorCode.DIGEST_INVALID)
     return Miss(404, ErrorCode.NAME_UNKNOWN)
-
-
-def miss_for(kind: Kind) -> ErrorCode:
-    """The error code when an object of this kind does not exist."""
-    if kind in (Kind.MANIFEST_TAG, Kind.MANIFEST_DIGEST):
-        return ErrorCode.MANIFEST_UNKNOWN
-    if kind is Kind.BLOB:
-        return ErrorCode.BLOB_UNKNOWN
-    return ErrorCode.NAME_UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -346,9 +337,3 @@ def read_objects(layout: Layout, lock: Lock) -> TreeObjects:
             except FileNotFoundError:
                 continue
     return objects_from(lock, data)
-
-
-def twin_type(filename: str) -> str | None:
-    """The media type a typed twin's file name carries (None for other names)."""
-    split = split_twin(filename)
-    return split[1] if split else None

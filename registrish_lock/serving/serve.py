@@ -17,7 +17,6 @@ from __future__ import annotations
 import email.utils
 import errno
 import fcntl
-import hashlib
 import io
 import json
 import math
@@ -40,6 +39,7 @@ from typing import Any, BinaryIO
 
 from ..errors import LocalError, RegistrishError
 from ..oci import mediatypes
+from ..oci.manifest import sha256_digest
 from ..oci.reference import is_tag
 from ..tree.layout import Layout
 from .routes import (
@@ -201,7 +201,7 @@ class TreeResolver:
         with self._lock:
             cached = self._digests.get(key)
         if cached is None:
-            cached = "sha256:" + hashlib.sha256(data).hexdigest()
+            cached = sha256_digest(data)
             with self._lock:
                 self._digests[key] = cached
         return cached

@@ -281,7 +281,6 @@ class SyncResult:
     plan: Plan
     stats: Stats
     gc: gc_mod.GcPlan | None = None
-    host_files: tuple[Path, ...] = ()
 
 
 def plan_sync(

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..oci import mediatypes
-from ..oci.reference import digest_hex, is_digest, validate_digest, validate_name, validate_tag
+from ..oci.reference import digest_hex, validate_digest, validate_name, validate_tag
 
 STATE_DIR = ".registrish"
 TWIN_SEPARATOR = ".~"
@@ -177,7 +177,3 @@ def is_last_page(rel: str) -> bool:
     """`v2/<name>/tags/<tag>.~last` (a `last`-keyed tag-list page)."""
     parsed = parse_rel_path(rel)
     return parsed is not None and parsed[1] == "tags" and parsed[2].endswith(LAST_PAGE_SUFFIX)
-
-
-def is_digest_ref(ref: str) -> bool:
-    return is_digest(ref)

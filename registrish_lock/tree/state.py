@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import IntegrityError
 from ..fsutil import DirSyncs, FileStamp, VerifiedFile, atomic_write_bytes, link_or_copy, sync_dir
-from ..oci.manifest import MAX_MANIFEST_BYTES
+from ..oci.manifest import MAX_MANIFEST_BYTES, sha256_digest
 from ..oci.reference import is_digest
 from .layout import Layout, parse_rel_path, split_twin
 
@@ -131,7 +131,7 @@ def scan(layout: Layout, *, verify: bool = False) -> TreeState:
                 section = _section(rel)
                 if section == "manifests" and st.st_size <= MAX_MANIFEST_BYTES:
                     data = path.read_bytes()
-                    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+                    digest = sha256_digest(data)
                     manifest_digests[rel] = digest
                     manifest_bytes.setdefault(digest, data)
                 elif section == "blobs":

@@ -171,8 +171,6 @@ class Authenticator:
         self._known: dict[str, Challenge] = {}
         self._lock = threading.Lock()
         self._key_locks: dict[TokenKey, threading.Lock] = {}
-        #: Number of token requests sent (for tests and benchmarks).
-        self.token_requests = 0
 
     def for_request(
         self, *, origin: str, registry: str, scope: str | None, what: str
@@ -251,8 +249,6 @@ class Authenticator:
             if cred is not None:
                 headers["Authorization"] = cred.basic_authorization()
             request = httpx.Request("GET", realm_url, params=params, headers=headers)
-        with self._lock:
-            self.token_requests += 1
         status, body = self._fetch(request)
         if status in (401, 403):
             if cred is None:

@@ -57,10 +57,6 @@ class Credential:
 
     __str__ = __repr__
 
-    @property
-    def has_identity_token(self) -> bool:
-        return self.identity_token is not None
-
     def basic_authorization(self) -> str:
         """The value of an ``Authorization: Basic …`` header."""
         raw = f"{self.username}:{self.password}".encode()

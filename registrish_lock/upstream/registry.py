@@ -37,7 +37,7 @@ from ..errors import IntegrityError, NotFoundError, RegistrishError, UpstreamErr
 from ..fsutil import FileStamp, VerifiedFile
 from ..lock.config import RegistrySettings
 from ..oci import mediatypes
-from ..oci.manifest import MAX_MANIFEST_BYTES, Descriptor, parse_manifest
+from ..oci.manifest import MAX_MANIFEST_BYTES, Descriptor, parse_manifest, sha256_digest
 from ..oci.reference import (
     DOCKER_HUB,
     Reference,
@@ -436,7 +436,7 @@ class RegistryClient:
                     r.headers.get("docker-content-digest"),
                 ),
             )
-            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            digest = sha256_digest(data)
             expected: list[tuple[str | None, str]] = [(expected_digest, "the expected digest")]
             expected.append((ref if kind == "manifest" else None, "the requested digest"))
             if header_digest and header_digest.startswith("sha256:"):
