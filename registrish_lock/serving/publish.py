@@ -29,7 +29,7 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from ..console import Console, human_bytes
 from ..errors import ExitCode, IntegrityError, LocalError, RegistrishError
 from ..oci.manifest import sha256_digest
+from ..pool import run_fail_fast
 from ..progress import Progress, Stopwatch
 from ..tree.layout import PING_FILE, Layout, split_twin
 from ..tree.state import hash_file
@@ -743,20 +744,12 @@ def execute_plan(
     try:
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="publish") as pool:
             for _phase, uploads in plan.phases():
-                futures: dict[Future[None], Upload] = {
-                    pool.submit(_upload, store, target, layout, u.obj, progress): u for u in uploads
-                }
-                done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
-                for f in not_done:
-                    f.cancel()
-                wait(not_done)
-                for f in done:
-                    if f.exception() is None:
-                        stats.count_upload(futures[f].obj.size)
-                for f in (*done, *not_done):
-                    exc = None if f.cancelled() else f.exception()
-                    if exc is not None:
-                        raise exc
+                run_fail_fast(
+                    pool,
+                    lambda u: _upload(store, target, layout, u.obj, progress),
+                    uploads,
+                    on_done=lambda u: stats.count_upload(u.obj.size),
+                )
     finally:
         progress.close()
         stats.upload_seconds = clock.elapsed()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from ..lock.config import Config
 from ..lock.lockfile import Lock, LockedTag
 from ..oci.manifest import Manifest, parse_manifest
 from ..oci.reference import Reference, parse_source
+from ..pool import run_fail_fast
 from ..progress import Progress, Stats, Stopwatch
 from ..upstream.protocols import BlobSource as Upstream
 from . import gc as gc_mod
@@ -174,24 +175,10 @@ def _fetch_blobs(
             progress.blob_done(item.digest)
 
     workers = max(1, min(jobs * len(limits), 64))
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
     try:
-        futures: list[Future[None]] = [pool.submit(fetch_one, f) for f in fetches]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in futures if f.done() and f.exception() is not None]
-        if failed:
-            for future in futures:
-                future.cancel()
-            wait(futures)
-            errors = [f.exception() for f in futures if not f.cancelled() and f.exception()]
-            for extra in errors[1:]:
-                console.warn(str(extra))
-            first = errors[0]
-            assert first is not None
-            raise first
-        assert len(done) == len(futures)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
+            run_fail_fast(pool, fetch_one, fetches, on_extra_error=lambda e: console.warn(str(e)))
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
         progress.close()
 
 

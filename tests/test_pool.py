@@ -1,0 +1,102 @@
+"""The fail-fast pool that sync and publish share."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any, ParamSpec, TypeVar
+
+import pytest
+
+from registrish_lock.pool import run_fail_fast
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def test_every_item_runs_and_on_done_sees_each() -> None:
+    seen: list[int] = []
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def work(n: int) -> None:
+        with lock:
+            seen.append(n)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        run_fail_fast(pool, work, range(20), on_done=done.append)
+    assert sorted(seen) == list(range(20)) and sorted(done) == list(range(20))
+
+
+class ManualExecutor(Executor):
+    """Queues what is submitted and runs it only when the test says: no scheduling races."""
+
+    def __init__(self, expect: int) -> None:
+        self.queue: list[tuple[Future[Any], Callable[[], Any]]] = []
+        self.all_submitted = threading.Event()
+        self._expect = expect
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        future: Future[R] = Future()
+        self.queue.append((future, lambda: fn(*args, **kwargs)))
+        if len(self.queue) == self._expect:
+            self.all_submitted.set()
+        return future
+
+    def run(self, index: int) -> None:
+        """What a pool's worker does with a queued item: run it unless it was cancelled."""
+        future, call = self.queue[index]
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(call())
+            except Exception as exc:
+                future.set_exception(exc)
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, "state not reached"
+        time.sleep(0.01)
+
+
+def test_first_failure_is_raised_and_queued_work_never_starts() -> None:
+    executor = ManualExecutor(expect=10)
+    started: list[int] = []
+    raised: list[BaseException] = []
+
+    def work(n: int) -> None:
+        started.append(n)
+        raise ValueError(f"boom {n}")
+
+    def run() -> None:
+        try:
+            run_fail_fast(executor, work, range(10))
+        except ValueError as exc:
+            raised.append(exc)
+
+    caller = threading.Thread(target=run)
+    caller.start()
+    assert executor.all_submitted.wait(timeout=60)
+    executor.run(0)  # item 0 fails; the nine queued behind it must be cancelled
+    wait_until(lambda: all(future.cancelled() for future, _ in executor.queue[1:]))
+    for index in range(1, 10):
+        executor.run(index)  # the pool's workers drain the queue: nothing may start
+    caller.join(timeout=60)
+    assert not caller.is_alive()
+    assert [str(e) for e in raised] == ["boom 0"] and started == [0]
+
+
+def test_later_failures_of_running_work_are_reported_not_lost() -> None:
+    both_running = threading.Barrier(2)
+    extra: list[str] = []
+
+    def work(n: int) -> None:
+        both_running.wait(timeout=30)  # both fail while the other is in flight
+        raise RuntimeError(f"boom {n}")
+
+    with ThreadPoolExecutor(max_workers=2) as pool, pytest.raises(RuntimeError) as raised:
+        run_fail_fast(pool, work, [1, 2], on_extra_error=lambda e: extra.append(str(e)))
+    assert sorted([str(raised.value), *extra]) == ["boom 1", "boom 2"]
