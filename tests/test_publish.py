@@ -21,21 +21,23 @@ from registrish_lock.console import Console
 from registrish_lock.errors import ExitCode, IntegrityError, RegistrishError
 from registrish_lock.oci import mediatypes
 from registrish_lock.progress import QuietProgress
-from registrish_lock.serving.publish import (
+from registrish_lock.serving.publish import publish
+from registrish_lock.serving.publish_plan import (
     PING_KEY,
     LocalObject,
-    MissingExtraError,
     Phase,
-    RemoteObject,
-    S3Target,
     TreeError,
     collect_objects,
-    open_store,
-    parse_s3_url,
     plan_publish,
-    publish,
 )
 from registrish_lock.serving.routes import IMMUTABLE, JSON, OCTET_STREAM, Policy
+from registrish_lock.serving.s3store import (
+    MissingExtraError,
+    RemoteObject,
+    S3Target,
+    open_store,
+    parse_s3_url,
+)
 from registrish_lock.tree.layout import Layout
 from registrish_lock.tree.treelock import tree_lock
 

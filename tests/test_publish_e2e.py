@@ -22,8 +22,8 @@ from testbed.s3 import SeaweedS3
 from registrish_lock.cli import main
 from registrish_lock.commands import publish as publish_cmd
 from registrish_lock.errors import ExitCode
-from registrish_lock.serving import publish as publish_mod
-from registrish_lock.serving.publish import PING_KEY, Phase, collect_objects
+from registrish_lock.serving import s3store
+from registrish_lock.serving.publish_plan import PING_KEY, Phase, collect_objects
 from registrish_lock.serving.routes import Policy
 from registrish_lock.tree.layout import Layout
 
@@ -76,9 +76,9 @@ class InjectedFailure(Exception):
 def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
     """Wrap `open_store` as the command calls it: count calls, small multipart sizes."""
     counted = Calls()
-    real_open = publish_mod.open_store
+    real_open = s3store.open_store
 
-    def open_store(*args: Any, **kwargs: Any) -> publish_mod.Boto3Store:
+    def open_store(*args: Any, **kwargs: Any) -> s3store.Boto3Store:
         kwargs.update(multipart_threshold=5 * MiB, multipart_chunk=5 * MiB)
         store = real_open(*args, **kwargs)
 

@@ -8,8 +8,9 @@ from ..console import Console
 from ..errors import ExitCode
 from ..lock.config import load_config
 from ..progress import UPLOAD, QuietProgress, make_progress
-from ..serving.publish import DEFAULT_JOBS, open_store, parse_s3_url, publish
+from ..serving.publish import publish
 from ..serving.routes import Policy
+from ..serving.s3store import DEFAULT_JOBS, open_store, parse_s3_url
 from ..tree.layout import Layout
 from ..tree.treelock import tree_lock
 from . import positive_int

@@ -1,0 +1,315 @@
+"""An S3-compatible bucket as publish sees it: the `s3://BUCKET[/PREFIX]` target, the
+`Store` protocol (list, put, delete) and `Boto3Store`, its boto3 implementation (boto3 is
+the optional extra `registrish[s3]`, imported lazily). Errors never carry a credential."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import ExitCode, RegistrishError
+
+DEFAULT_JOBS = 8
+#: Objects larger than this go up in parts (boto3 TransferConfig); S3's minimum part is 5 MiB.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+MULTIPART_CHUNK = 16 * 1024 * 1024
+_DELETE_BATCH = 1000  # DeleteObjects' limit
+
+
+class PublishError(RegistrishError):
+    """The object store refused or failed (credentials, bucket, network)."""
+
+    exit_code = ExitCode.UPSTREAM
+
+
+class MissingExtraError(RegistrishError):
+    """boto3 is not installed."""
+
+
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+@dataclass(frozen=True)
+class S3Target:
+    bucket: str
+    prefix: str = ""  # no leading/trailing slash; "" is the bucket root
+
+    def key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    @property
+    def list_prefix(self) -> str:
+        return f"{self.prefix}/" if self.prefix else ""
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+def parse_s3_url(url: str) -> S3Target:
+    """`s3://BUCKET[/PREFIX]` → S3Target. Bucket names follow S3's rules (lowercase,
+    3-63 characters); the prefix may not contain empty, `.` or `..` segments."""
+    hint = "write it as s3://BUCKET or s3://BUCKET/PREFIX"
+    if not url.startswith("s3://"):
+        raise RegistrishError(f"{url!r} is not an s3:// URL", hint=hint)
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+        raise RegistrishError(f"{url!r}: {bucket!r} is not a valid bucket name", hint=hint)
+    prefix = prefix.strip("/")
+    if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):
+        raise RegistrishError(f"{url!r}: the prefix {prefix!r} has an empty or dot segment")
+    return S3Target(bucket, prefix)
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    key: str  # relative to the prefix
+    size: int
+    etag: str  # without quotes
+
+
+class Store(Protocol):
+    """What publish needs from an S3 bucket. Keys here are full keys (prefix included)."""
+
+    def list_objects(self, prefix: str) -> Iterator[RemoteObject]: ...
+
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str, cache_control: str, sha256: str
+    ) -> None: ...
+
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        content_type: str,
+        cache_control: str,
+        sha256: str,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None: ...
+
+    def delete(self, keys: Sequence[str]) -> None: ...
+
+
+def _client_error(exc: Exception, what: str) -> PublishError:
+    """A one-line error from a botocore exception (never any credential)."""
+    response: Any = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        err = response.get("Error", {})
+        code, message = err.get("Code", "?"), err.get("Message", "")
+        hint = None
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+            hint = (
+                "check the credentials (AWS_PROFILE, --profile) and that they may List/Put/Delete"
+            )
+        elif code in ("NoSuchBucket", "404"):
+            hint = "create the bucket first, or check --endpoint-url and --region"
+        return PublishError(f"{what}: {code} {message}".rstrip(), hint=hint)
+    name = type(exc).__name__
+    if name in ("NoCredentialsError", "PartialCredentialsError"):
+        return PublishError(
+            f"{what}: no S3 credentials found",
+            hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use --profile with ~/.aws/credentials",
+        )
+    if name == "ProfileNotFound":
+        return PublishError(f"{what}: {exc}", hint="see ~/.aws/config and ~/.aws/credentials")
+    return PublishError(f"{what}: {exc}", hint="check --endpoint-url and the network")
+
+
+class Boto3Store:
+    """`Store` over one boto3 S3 client (thread-safe: shared by the upload workers)."""
+
+    def __init__(
+        self,
+        client: Any,  # botocore's S3 client (untyped)
+        bucket: str,
+        *,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        multipart_chunk: int = MULTIPART_CHUNK,
+    ) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        self.client = client
+        self.bucket = bucket
+        self._botocore_errors = _botocore_errors()
+        # a few part uploads per large blob; the outer pool already runs --jobs objects
+        self.transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunk,
+            max_concurrency=4,
+        )
+
+    def list_objects(self, prefix: str) -> Iterator[RemoteObject]:
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield RemoteObject(item["Key"], int(item["Size"]), item["ETag"].strip('"'))
+        except self._botocore_errors as exc:
+            raise _client_error(exc, f"listing s3://{self.bucket}/{prefix}") from None
+
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str, cache_control: str, sha256: str
+    ) -> None:
+        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                CacheControl=cache_control,
+                ContentMD5=md5,  # the store rejects a body damaged in transit
+                Metadata={"sha256": sha256},
+            )
+        except self._botocore_errors as exc:
+            raise _client_error(exc, f"uploading s3://{self.bucket}/{key}") from None
+
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        content_type: str,
+        cache_control: str,
+        sha256: str,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        try:
+            self.client.upload_file(
+                str(path),
+                self.bucket,
+                key,
+                ExtraArgs={
+                    "ContentType": content_type,
+                    "CacheControl": cache_control,
+                    "Metadata": {"sha256": sha256},
+                },
+                Config=self.transfer,
+                Callback=on_bytes,
+            )
+        except self._botocore_errors as exc:
+            raise _client_error(exc, f"uploading s3://{self.bucket}/{key}") from None
+
+    def delete(self, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), _DELETE_BATCH):
+            batch = keys[start : start + _DELETE_BATCH]
+            try:
+                response = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                )
+            except self._botocore_errors as exc:
+                raise _client_error(exc, f"deleting from s3://{self.bucket}") from None
+            errors = response.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise PublishError(
+                    f"deleting s3://{self.bucket}/{first.get('Key')}: {first.get('Code')} "
+                    f"{first.get('Message', '')} ({len(errors)} failed)".rstrip()
+                )
+
+
+def _botocore_errors() -> tuple[type[Exception], ...]:
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError, S3UploadFailedError)
+
+
+def _validate_endpoint(url: str) -> None:
+    """A usage error unless `url` is an http(s) URL with a host (botocore says only
+    "Invalid endpoint", and accepts ftp://)."""
+    hint = "write it as https://HOST[:PORT], e.g. https://ACCOUNT.r2.cloudflarestorage.com"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise RegistrishError(f"--endpoint-url {url}: not a URL ({exc})", hint=hint) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RegistrishError(f"--endpoint-url {url}: not an http(s) URL", hint=hint)
+
+
+def open_store(
+    target: S3Target,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    addressing_style: str | None = None,
+    jobs: int = DEFAULT_JOBS,
+    multipart_threshold: int = MULTIPART_THRESHOLD,
+    multipart_chunk: int = MULTIPART_CHUNK,
+) -> Boto3Store:
+    """A `Boto3Store` using boto3's standard credential chain (environment, shared
+    config/credentials files, `profile`, instance roles). Raises MissingExtraError when
+    boto3 is not installed."""
+    try:
+        import boto3
+        from botocore.config import Config as BotoConfig
+        from botocore.exceptions import ProfileNotFound
+    except ModuleNotFoundError:
+        raise MissingExtraError(
+            "publishing to S3 needs boto3, which is not installed",
+            hint="pip install 'registrish[s3]'",
+        ) from None
+    options: dict[str, Any] = {
+        "retries": {"mode": "standard", "max_attempts": 8},
+        "max_pool_connections": max(10, jobs * 4),
+        "connect_timeout": 10,
+        "read_timeout": 120,
+    }
+    if addressing_style:
+        options["s3"] = {"addressing_style": addressing_style}
+    if endpoint_url:
+        _validate_endpoint(endpoint_url)
+        # Third-party stores (R2, Scaleway, MinIO, SeaweedFS) differ in which of boto3's
+        # newer default checksums they accept; Content-MD5 on every single PUT still
+        # guards small objects, and blobs are verified before they leave.
+        options["request_checksum_calculation"] = "when_required"
+        options["response_checksum_validation"] = "when_required"
+    try:
+        session = boto3.session.Session(profile_name=profile, region_name=region)
+        client = session.client("s3", endpoint_url=endpoint_url, config=BotoConfig(**options))
+    except ProfileNotFound:
+        # bad input, not a failing store (exit 2, not 3)
+        named = (
+            f"--profile {profile}" if profile else f"AWS_PROFILE={os.environ.get('AWS_PROFILE')}"
+        )
+        raise RegistrishError(
+            f"{named}: no such profile in ~/.aws/config or ~/.aws/credentials",
+            hint="list them with `aws configure list-profiles`, or "
+            + ("drop --profile" if profile else "unset AWS_PROFILE"),
+        ) from None
+    except ValueError as exc:  # botocore's InvalidRegionError, an endpoint it rejects
+        raise RegistrishError(
+            f"connecting to {target}: {exc}", hint="check --region and --endpoint-url"
+        ) from None
+    except Exception as exc:
+        raise _client_error(exc, f"connecting to {target}") from None
+    return Boto3Store(
+        client,
+        target.bucket,
+        multipart_threshold=multipart_threshold,
+        multipart_chunk=multipart_chunk,
+    )
+
+
+def list_remote(store: Store, target: S3Target) -> dict[str, RemoteObject]:
+    """The bucket's objects under the prefix, keyed relative to it."""
+    prefix = target.list_prefix
+    result = {}
+    for obj in store.list_objects(prefix):
+        if not obj.key.startswith(prefix) or obj.key == prefix:
+            continue
+        rel = obj.key[len(prefix) :]
+        result[rel] = RemoteObject(rel, obj.size, obj.etag)
+    return result
