@@ -9,14 +9,9 @@ from registrish_lock.console import human_bytes
 from registrish_lock.errors import IntegrityError
 from registrish_lock.lock.lockfile import Lock, LockedManifest
 from registrish_lock.oci.manifest import Manifest, parse_manifest
+from registrish_lock.tree.desired import EMPTY_REFERRERS, PING_DOCUMENT, Desired, desired_tree
 from registrish_lock.tree.layout import Layout
-from registrish_lock.tree.plan import (
-    EMPTY_REFERRERS,
-    PING_DOCUMENT,
-    Desired,
-    desired_tree,
-    make_plan,
-)
+from registrish_lock.tree.plan import make_plan
 from registrish_lock.tree.state import FileInfo, TreeState
 
 

@@ -21,8 +21,8 @@ from registrish_lock.serving.hosts.apache import LISTEN, VHOST
 from registrish_lock.serving.hosts.base import HostContext, TaggedDigest
 from registrish_lock.serving.routes import Policy
 from registrish_lock.tree.apply import collect_garbage
+from registrish_lock.tree.desired import MAX_LAST_PAGES, last_pages
 from registrish_lock.tree.layout import Layout, is_last_page
-from registrish_lock.tree.plan import MAX_LAST_PAGES, last_pages
 
 
 def _pages(root: Path, name: str) -> dict[str, list[str]]:

@@ -26,17 +26,9 @@ from ..pool import run_fail_fast
 from ..progress import Progress, Stats, Stopwatch
 from ..upstream.protocols import BlobSource as Upstream
 from . import gc as gc_mod
+from .desired import Desired, desired_tree, selected_children
 from .layout import Layout
-from .plan import (
-    BlobFetch,
-    Desired,
-    DocWrite,
-    ManifestWrite,
-    Plan,
-    desired_tree,
-    make_plan,
-    selected_children,
-)
+from .plan import BlobFetch, DocWrite, ManifestWrite, Plan, make_plan
 from .state import (
     TreeState,
     commit_blob,

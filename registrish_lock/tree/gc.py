@@ -1,4 +1,4 @@
-"""Garbage collection: mark from the lock (`plan.desired_tree`), sweep the rest.
+"""Garbage collection: mark from the lock (`desired.desired_tree`), sweep the rest.
 
 `plan_gc` is pure. It only proposes files registrish itself lays out (manifests, blobs,
 referrers, tags/list under `v2/`, the content store, temp files), never one the lock
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..console import human_bytes
+from .desired import Desired
 from .layout import Layout, is_last_page, parse_rel_path
-from .plan import Desired
 from .state import (
     PARTIAL_SUFFIX,
     FileInfo,
