@@ -31,15 +31,11 @@ from registrish_lock.lock.resolve import resolve
 from registrish_lock.oci import mediatypes
 from registrish_lock.oci.manifest import parse_manifest
 from registrish_lock.oci.reference import Reference, default_target_name, parse_source
+from registrish_lock.upstream.docker_archive import DockerArchiveSource
+from registrish_lock.upstream.local import DOCKER_LAYER, LocalSourceError, tag_of_ref_name
+from registrish_lock.upstream.oci_layout import OciLayoutSource
 from registrish_lock.upstream.protocols import Upstream
-from registrish_lock.upstream.sources import (
-    DOCKER_LAYER,
-    DockerArchiveSource,
-    LocalSourceError,
-    OciLayoutSource,
-    SourceRouter,
-    tag_of_ref_name,
-)
+from registrish_lock.upstream.sources import SourceRouter
 
 REF_NAME = "org.opencontainers.image.ref.name"
 TAGS = ("3.18", "3.19", "3.20", "3.20.1", "latest", "edge")

@@ -1,6 +1,6 @@
 """What the resolver and sync need from an upstream: one set of protocols, satisfied by
-`registry.RegistryClient`, by the local sources in `sources`, and by `sources.SourceRouter`
-which dispatches between them. Kept free of httpx so local-only runs never import it."""
+`registry.RegistryClient`, by the local sources (`oci_layout`, `docker_archive`), and by
+`sources.SourceRouter` which dispatches between them. Kept free of httpx so local-only runs never import it."""
 
 from __future__ import annotations
 
