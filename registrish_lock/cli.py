@@ -15,7 +15,7 @@ from . import __version__
 from .console import Console
 from .errors import ExitCode, RegistrishError
 
-COMMANDS = ("lock", "sync", "gc", "hosts", "serve", "check", "publish", "outdated")
+COMMANDS = ("lock", "sync", "gc", "hosts", "serve", "check", "publish", "outdated", "ls")
 
 EPILOG = """\
 exit codes:
@@ -31,6 +31,7 @@ exit codes:
 typical flow:
   registrish lock            resolve registrish.toml to registrish.lock
   registrish sync            make the static tree under [registry].root match the lock
+  registrish ls              list what the tree serves (from the lock and the tree alone)
   registrish serve           try it: docker pull 127.0.0.1:5555/NAME:TAG
   registrish check URL       prove a deployment serves every locked image
 """

@@ -22,14 +22,14 @@ from testbed.images import build_base_layout, skopeo_push
 from testbed.procs import Server, free_port
 from testbed.upstream import start_registry
 
-REGISTRISH = [sys.executable, "-m", "registrish_lock"]
+#: The `registrish` command of the environment this script runs in (scripts/demo runs it
+#: with .venv-demo's Python, where the checkout is installed).
+REGISTRISH = [str(Path(sys.executable).with_name("registrish"))]
 
 
 def step(title: str, argv: list[str], cwd: Path) -> None:
-    print(
-        f"\n$ {shlex.join(['registrish', *argv[len(REGISTRISH) :]] if argv[:3] == REGISTRISH else argv)}",
-        flush=True,
-    )
+    shown = ["registrish", *argv[1:]] if argv[:1] == REGISTRISH else argv
+    print(f"\n$ {shlex.join(shown)}", flush=True)
     started = time.monotonic()
     subprocess.run(argv, cwd=cwd, check=True)
     print(f"  ({title}: {time.monotonic() - started:.1f} s)", flush=True)
@@ -39,6 +39,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
+    if not Path(REGISTRISH[0]).is_file():
+        parser.error(f"no {REGISTRISH[0]}: run `bash scripts/demo`, which installs it")
     work = Path(tempfile.mkdtemp(prefix="registrish-demo-"))
     servers: list[Server] = []
     try:

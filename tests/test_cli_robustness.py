@@ -14,13 +14,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from test_hosts_tree import BuiltTree, build_tree
-from testbed.procs import LOOPBACK, Server, free_port
+from testbed.procs import LOOPBACK, Server, free_port, threads, wait_until
 from testbed.s3 import require_boto3
 
 from registrish_lock.lock.lockfile import write_lock
@@ -85,22 +85,6 @@ def serving(
         yield server, port
     finally:
         server.stop()
-
-
-def threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise AssertionError("no Threads: line")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def request(sock: socket.socket, path: str = "/v2/", *, close: bool = False) -> None:
@@ -232,7 +216,9 @@ def test_serve_closes_a_stalled_blob_reader(tree: BuiltTree, tmp_path: Path) -> 
             sock.connect((LOOPBACK, port))
             request(sock, path)
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-            time.sleep(3)  # read nothing: the server's send waits, then gives up
+            # read nothing: the server's send waits, then gives up (and says so)
+            gave_up = "the client read nothing for 1 s: connection closed"
+            assert wait_until(lambda: gave_up in server.log_path.read_text()), server.log_tail()
             received = 0
             sock.settimeout(10)
             with contextlib.suppress(ConnectionResetError):
@@ -278,6 +264,7 @@ def test_serve_bounds_concurrent_connections(tree: BuiltTree, tmp_path: Path) ->
                 assert read_response(s)[1] == b"{}"
             for s in waiting:
                 request(s, close=True)
+            # a window to see them stay queued: no event marks a connection not served
             time.sleep(1)
             assert select.select(waiting, [], [], 0)[0] == []  # queued, not served
             assert threads(server.pid) <= 1 + 3

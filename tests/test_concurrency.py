@@ -8,6 +8,7 @@ blobs so a sync holds the lock long enough to be watched; SeaweedFS for `publish
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +26,10 @@ from test_publish_e2e import bucket_listing
 from test_sync import verify_tree
 from test_sync_e2e import write_config
 from testbed.images import PushedRef, push_random_image
+from testbed.procs import wait_until
 from testbed.registrish import registrish
 from testbed.s3 import SeaweedS3
+from testbed.treeholder import hold_tree
 from testbed.upstream import CountingProxy, Drip, FaultAction, Registry
 
 from registrish_lock.console import Console
@@ -161,11 +164,17 @@ class LockWatcher(threading.Thread):
         return out
 
 
-def wait_for(predicate: object, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30) -> None:
+    assert wait_until(predicate, timeout), f"timed out waiting for {what}"
+
+
+def partial_bytes(tmp: Path) -> int:
+    """Bytes of blobs being downloaded into a tree's `tmp` directory."""
+    total = 0
+    for path in tmp.glob("*.partial"):
+        with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
+            total += path.stat().st_size
+    return total
 
 
 def test_two_syncs_and_a_gc_started_together_take_turns(
@@ -226,45 +235,43 @@ def test_two_syncs_and_a_gc_started_together_take_turns(
     registrish(config, "check", "--local")
 
 
-def test_no_wait_exits_5_while_a_sync_holds_the_tree(
+def test_no_wait_exits_5_while_another_process_holds_the_tree(
     config: Path, tmp_path: Path, upstream_registry: Registry
 ) -> None:
     layout = Layout(tmp_path / "public")
-    holder = Watched(start(config, "sync", stdout=subprocess.DEVNULL))
-    wait_for(
-        lambda: layout.lock_file.exists() and layout.lock_file.read_text().strip() != "",
-        "the sync to take the lock",
-    )
-    assert layout.lock_file.read_text().strip() == str(holder.proc.pid)
-    # `publish` would talk to this "S3 endpoint": it must not get a single request.
-    with CountingProxy(upstream_registry.url) as s3_endpoint:
-        aws = {
-            "AWS_ACCESS_KEY_ID": "test-key",
-            "AWS_SECRET_ACCESS_KEY": "test-secret",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
-        }
-        busy = {
-            "sync": start(config, "sync", "--no-wait"),
-            "gc": start(config, "gc", "--no-wait"),
-            "publish": start(
-                config,
-                *("publish", "s3://bucket", "--endpoint-url", s3_endpoint.url, "--no-wait"),
-                env=aws,
-            ),
-        }
-        results = {name: (p.wait(60), p.communicate()[1]) for name, p in busy.items()}
-        assert holder.proc.poll() is None, "the holder finished too early to prove anything"
-        assert s3_endpoint.requests == []
+    # The holder keeps the lock until we let go: nothing here depends on anyone being slow.
+    with hold_tree(layout.root) as holder:
+        assert layout.lock_file.read_text().strip() == str(holder.pid)
+        # `publish` would talk to this "S3 endpoint": it must not get a single request.
+        with CountingProxy(upstream_registry.url) as s3_endpoint:
+            aws = {
+                "AWS_ACCESS_KEY_ID": "test-key",
+                "AWS_SECRET_ACCESS_KEY": "test-secret",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+            }
+            busy = {
+                "sync": start(config, "sync", "--no-wait"),
+                "gc": start(config, "gc", "--no-wait"),
+                "publish": start(
+                    config,
+                    *("publish", "s3://bucket", "--endpoint-url", s3_endpoint.url, "--no-wait"),
+                    env=aws,
+                ),
+            }
+            results = {name: (p.wait(60), p.communicate()[1]) for name, p in busy.items()}
+            assert holder.poll() is None
+            assert s3_endpoint.requests == []
     for name, (code, err) in results.items():
         assert code == EXIT_BUSY, (name, code, err)
         first = err.splitlines()[0]
-        assert first.startswith("error: ") and f"locked by pid {holder.proc.pid}" in first, err
+        assert first.startswith("error: ") and f"locked by pid {holder.pid}" in first, err
         assert "Traceback" not in err
-    assert holder.wait() == 0, holder.stderr
-    assert "waiting" not in holder.stderr
+    assert holder.returncode == 0
+    # Let go: the same sync now runs.
+    assert "synced:" in registrish(config, "sync", "--no-wait").stderr
 
 
 def test_the_lock_file_of_a_killed_sync_blocks_nobody(
@@ -272,8 +279,11 @@ def test_the_lock_file_of_a_killed_sync_blocks_nobody(
 ) -> None:
     layout = Layout(tmp_path / "public")
     proc = start(config, "sync")
-    wait_for(lambda: bool(dripping.blob_gets), "the sync to start downloading")
-    time.sleep(0.2)
+    partials = layout.root / ".registrish/tmp"
+    wait_for(  # killed mid-download: some bytes of a blob are on disk
+        lambda: partial_bytes(partials) > 0,
+        "the sync to write part of a blob",
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
@@ -312,7 +322,7 @@ def test_publish_waits_for_the_tree_lock(
         assert busy.wait(60) == EXIT_BUSY, busy.communicate()
         publish = Watched(start(config, *argv, env=aws, stdout=subprocess.DEVNULL))
         wait_for(lambda: f"waiting for pid {os.getpid()}" in publish.stderr, "publish to queue")
-        time.sleep(0.5)
+        time.sleep(0.5)  # a window to see it stay queued: no event marks "still waiting"
         assert publish.proc.poll() is None
         assert bucket_listing(seaweed) == {}  # nothing uploaded while the tree is held
     assert publish.wait() == 0, publish.stderr

@@ -35,7 +35,7 @@ import httpx
 import pytest
 from test_sync import verify_tree
 from testbed.images import PushedRef, describe, retag, skopeo_push, write_random_image
-from testbed.procs import ServerGroup
+from testbed.procs import ServerGroup, wait_until
 from testbed.registrish import registrish, start_registrish_serve
 from testbed.upstream import (
     DOCKER_LIST,
@@ -390,7 +390,9 @@ def test_sigkilled_syncs_never_serve_a_broken_image(
                 f"{'finished first' if outcome == 0 else 'killed'}; tags {state}"
             )
         registrish(config, "sync", "-q")  # the final rerun converges
-        time.sleep(0.5)  # some pulls of the final tree too
+        pulled = sum(puller.tally.counts.values())
+        # some pulls of the final tree too (every tag once more)
+        assert wait_until(lambda: sum(puller.tally.counts.values()) >= pulled + len(TAGS))
     finally:
         puller.stop()
         probe.close()

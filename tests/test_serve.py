@@ -13,14 +13,14 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from test_hosts_tree import SIGNATURE_TYPE, BuiltTree, build_tree
-from testbed.procs import LOOPBACK, Server, free_port
+from testbed.procs import LOOPBACK, Server, free_port, threads, wait_until
+from testbed.registrish import Serving, start_registrish_serve
 
 from registrish_lock.oci import mediatypes
 from registrish_lock.serving.routes import IMMUTABLE, Policy
@@ -222,31 +222,23 @@ def test_serve_process_logs_and_stops_on_sigterm(tree: BuiltTree, tmp_path: Path
 
 
 @contextlib.contextmanager
-def quiet_serve(root: Path) -> Iterator[tuple[int, list[str]]]:
-    """`registrish serve -q` as a process, answering; yields its port and, once stopped,
-    its stderr (in the list) after checking it exited 0 on SIGTERM."""
-    port = free_port()
-    argv = [sys.executable, "-m", "registrish_lock", "serve", "-q", "--root", str(root)]
-    proc = subprocess.Popen([*argv, "--port", str(port)], stderr=subprocess.PIPE, text=True)
-    stderr: list[str] = []
+def quiet_serve(root: Path, log_dir: Path) -> Iterator[tuple[Serving, list[str]]]:
+    """`registrish serve -q` as a process, answering; yields it and, once stopped,
+    its output (in the list) after checking it exited 0 on SIGTERM. A serve that ignores
+    the SIGTERM is killed, never left running, and fails the test."""
+    serving = start_registrish_serve(log_dir=log_dir, root=root)
+    output: list[str] = []
     try:
-        for _ in range(200):
-            try:
-                assert httpx.get(f"http://{LOOPBACK}:{port}/v2/").status_code == 200
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("serve did not answer")
-        yield port, stderr
+        yield serving, output
     finally:
-        proc.send_signal(signal.SIGTERM)
-        stderr.append(proc.communicate(timeout=10)[1])
-    assert proc.returncode == 0
+        code = serving.server.stop(timeout=30)  # generous for a loaded machine
+        output.append(serving.server.log_path.read_text())
+    assert not serving.server.killed, f"serve ignored SIGTERM:\n{output[0]}"
+    assert code == 0, output[0]
 
 
-def test_serve_quiet_has_no_access_log(tree: BuiltTree) -> None:
-    with quiet_serve(tree.layout.root) as (_port, stderr):
+def test_serve_quiet_has_no_access_log(tree: BuiltTree, tmp_path: Path) -> None:
+    with quiet_serve(tree.layout.root, tmp_path) as (_port, stderr):
         pass
     assert "GET /v2/" not in stderr[0]
 
@@ -270,13 +262,14 @@ def test_json_tags_file_bytes_served_verbatim(client: httpx.Client, tree: BuiltT
     assert json.loads(on_disk)["name"] == "app-oci"
 
 
-def test_client_hanging_up_mid_body_is_not_an_error(tree: BuiltTree) -> None:
+def test_client_hanging_up_mid_body_is_not_an_error(tree: BuiltTree, tmp_path: Path) -> None:
     """A cancelled pull resets the connection while a blob is being sent: serve must log no
     traceback (even with -q it used to print one per connection) and keep serving."""
     name = tree.lock.tags[0].name
     big = tree.layout.repo_dir(name) / "blobs" / ("sha256:" + "f" * 64)
     big.write_bytes(bytes(32 << 20))  # far larger than the socket buffers
-    with quiet_serve(tree.layout.root) as (port, stderr):
+    with quiet_serve(tree.layout.root, tmp_path) as (serving, stderr):
+        port = serving.port
         for _ in range(3):
             with socket.create_connection((LOOPBACK, port)) as sock:
                 request = f"GET /v2/{name}/blobs/sha256:{'f' * 64} HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -284,6 +277,7 @@ def test_client_hanging_up_mid_body_is_not_an_error(tree: BuiltTree) -> None:
                 assert sock.recv(4096).startswith(b"HTTP/1.1 200")
                 # close with RST, mid-body
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        time.sleep(0.3)
+        # every reset connection's thread is done (and would have logged by now)
+        assert wait_until(lambda: threads(serving.server.pid) == 1)
         assert httpx.get(f"http://{LOOPBACK}:{port}/v2/").status_code == 200
     assert "Traceback" not in stderr[0] and "Error" not in stderr[0], stderr[0]

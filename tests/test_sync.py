@@ -6,10 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +20,8 @@ from test_sync_fake import (
     lock_of,
     locked,
 )
+from testbed.procs import wait_until
+from testbed.treeholder import hold_tree
 
 from registrish_lock import cli
 from registrish_lock.console import Console
@@ -341,12 +340,13 @@ def test_tree_lock_waits_with_a_message_then_proceeds(tmp_path: Path) -> None:
     def holder() -> None:
         with tree_lock(layout, quiet()):
             held.set()
-            time.sleep(0.4)
+            # let go only once the second one waits (it says so before it blocks)
+            assert wait_until(lambda: "waiting for pid" in console.err.getvalue())  # type: ignore[attr-defined]
             events.append("first done")
 
     thread = threading.Thread(target=holder)
     thread.start()
-    held.wait(5)
+    assert held.wait(30)
     with tree_lock(layout, console):
         events.append("second in")
     thread.join()
@@ -356,21 +356,12 @@ def test_tree_lock_waits_with_a_message_then_proceeds(tmp_path: Path) -> None:
 
 def test_a_killed_holder_does_not_block(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
-    layout.state.mkdir(parents=True)
-    code = (
-        "import fcntl, os, sys, time\n"
-        f"fd = os.open({str(layout.lock_file)!r}, os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'%d' % os.getpid())\n"
-        "print('held', flush=True); time.sleep(60)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == b"held\n"
+    with hold_tree(layout.root) as holder:
         with pytest.raises(BusyError), tree_lock(layout, quiet(), wait=False):
             pass  # pragma: no cover
-    finally:
-        proc.kill()
-        proc.wait()
+        holder.kill()
+        holder.wait()
+        assert layout.lock_file.read_text().strip() == str(holder.pid)  # left behind
     with tree_lock(layout, quiet(), wait=False):
         assert layout.lock_file.read_text().strip() == str(os.getpid())
 

@@ -265,10 +265,12 @@ def test_stale_lock_refused_and_tree_lock_serialises_syncs(
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(1.0)
-        assert waiting.poll() is None  # queued behind us
+        assert waiting.stderr is not None
+        first = waiting.stderr.readline()  # said before it blocks: queued behind us
+        assert f"waiting for pid {os.getpid()}" in first, first
+        assert waiting.poll() is None
     _, err = waiting.communicate(timeout=120)
-    assert waiting.returncode == 0 and "waiting for" in err
+    assert waiting.returncode == 0, first + err
     config.write_text(config.read_text().replace('tags = ["v1"]', 'tags = ["v1", "v2"]'))
     stale = registrish(config, "sync", check=False)
     assert stale.returncode == 1 and "registrish lock" in stale.stderr

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from packaging.version import InvalidVersion, Version
 
 from .config import ImageSpec
+
+T = TypeVar("T")
 
 
 def tag_version(tag: str) -> Version | None:
@@ -16,6 +19,22 @@ def tag_version(tag: str) -> Version | None:
         return Version(text)
     except InvalidVersion:
         return None
+
+
+def newest_first(items: Iterable[T], tag: Callable[[T], str]) -> list[T]:
+    """`items` in the order people read tags in (`ls`, the browse page): tags that parse
+    as versions newest first (`1.0.10` before `1.0.2`, `2.0` before `2.0rc1`), then every
+    other tag (`latest`, `edge`) by name. Equal versions (`1.0`, `v1.0`) keep name order."""
+    versions: list[tuple[Version, T]] = []
+    others: list[T] = []
+    for item in sorted(items, key=tag):
+        version = tag_version(tag(item))
+        if version is None:
+            others.append(item)
+        else:
+            versions.append((version, item))
+    versions.sort(key=lambda pair: pair[0], reverse=True)  # stable: ties stay by name
+    return [item for _, item in versions] + others
 
 
 def _sort_key(tag: str) -> tuple[int, Version, str]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from ..console import human_bytes
 from ..errors import IntegrityError
 from ..lock.lockfile import Lock, LockedTag
+from ..lock.selectors import newest_first
 from ..oci import mediatypes
 from ..oci.manifest import Manifest, parse_manifest, sha256_digest
 from ..tree.layout import Layout
@@ -72,7 +73,7 @@ class TagFacts:
 
 @dataclass(frozen=True)
 class BrowseModel:
-    """Tags grouped by repository, both sorted."""
+    """Tags grouped by repository: repositories by name, tags newest version first."""
 
     repositories: tuple[tuple[str, tuple[TagFacts, ...]], ...] = ()
 
@@ -165,11 +166,17 @@ def tag_facts(
 def model_from(
     lock: Lock, manifests: Mapping[str, bytes], configs: Mapping[str, bytes]
 ) -> BrowseModel:
-    """The page's content from the lock plus tree bytes (see `tag_facts`). Pure."""
+    """The page's content from the lock plus tree bytes (see `tag_facts`). Pure.
+    Repositories by name; tags newest version first (`selectors.newest_first`)."""
     by_name: dict[str, list[TagFacts]] = {}
-    for tag in sorted(lock.tags, key=lambda t: t.key):
+    for tag in lock.tags:
         by_name.setdefault(tag.name, []).append(tag_facts(tag, manifests, configs))
-    return BrowseModel(tuple((name, tuple(tags)) for name, tags in sorted(by_name.items())))
+    return BrowseModel(
+        tuple(
+            (name, tuple(newest_first(tags, lambda t: t.tag)))
+            for name, tags in sorted(by_name.items())
+        )
+    )
 
 
 # --- reading the tree (I/O) ----------------------------------------------------------------

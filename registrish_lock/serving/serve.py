@@ -22,7 +22,7 @@ import json
 import math
 import os
 import select
-import signal
+import selectors
 import socket
 import struct
 import sys
@@ -34,13 +34,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType
 from typing import Any, BinaryIO
 
 from ..errors import LocalError, RegistrishError
 from ..oci import mediatypes
 from ..oci.manifest import sha256_digest
 from ..oci.reference import is_tag
+from ..stopsignals import StopSignals
 from ..tree.layout import Layout
 from .routes import (
     EMPTY_REFERRERS,
@@ -485,12 +485,15 @@ class RegistryServer(ThreadingHTTPServer):
         """Start a thread for the connection once fewer than `max_connections` are being
         served; until then the accept loop waits, and new clients queue in the kernel."""
         while not self._slots.acquire(timeout=0.2):
-            if self._stopping:
+            if self._stopping or (self.stop_signals is not None and self.stop_signals.requested):
                 self.shutdown_request(request)
                 return
+        thread = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address), daemon=True
+        )
         try:
-            super().process_request(request, client_address)
-        except BaseException:
+            thread.start()
+        except RuntimeError:  # "can't start new thread": no thread will release the slot
             self._slots.release()
             raise
 
@@ -537,6 +540,8 @@ class RegistryServer(ThreadingHTTPServer):
         self.timeout_seconds = timeout
         self._slots = threading.BoundedSemaphore(max_connections)
         self._stopping = False
+        #: Set by `serve_until_stopped`: a stop request also ends a wait for a free slot.
+        self.stop_signals: StopSignals | None = None
         self.address_family = family  # read by TCPServer.__init__ to create the socket
         super().__init__(address, RegistryHandler)
 
@@ -601,17 +606,19 @@ def make_server(
         ) from None
 
 
-def serve_until_stopped(server: RegistryServer) -> None:
-    """Serve until Ctrl-C or SIGTERM, then close the socket cleanly."""
-
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
+def serve_until_stopped(server: RegistryServer, stop: StopSignals) -> None:
+    """Serve until SIGTERM or SIGINT (`stop`, installed before the socket was bound: one
+    that came during start-up ends the loop as it starts), then close the socket."""
+    server.stop_signals = stop
     try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
+        with selectors.DefaultSelector() as selector:
+            selector.register(server, selectors.EVENT_READ)
+            selector.register(stop, selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj is not stop:
+                        server.handle_request()
+                    elif stop.requested:
+                        return
     finally:
-        signal.signal(signal.SIGTERM, previous)
         server.server_close()

@@ -14,13 +14,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-
-import pytest
+from typing import NoReturn
 
 LOOPBACK = "127.0.0.1"
 
@@ -34,18 +34,29 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
-def require_binary(name: str) -> str:
-    """Return the absolute path of the executable ``name``.
+class MissingComponent(RuntimeError):
+    """A component the test bed needs is not installed (raised outside pytest)."""
 
-    When it is missing: ``pytest.fail`` in CI (a missing component is a broken CI image,
-    never a reason to pass), ``pytest.skip`` elsewhere (a newcomer's laptop).
-    """
+
+def missing(message: str) -> NoReturn:
+    """A required component is missing: ``pytest.fail`` in CI (a missing component is a
+    broken CI image, never a reason to pass), ``pytest.skip`` elsewhere (a newcomer's
+    laptop). Outside a pytest run (scripts/demo.py, which does not need pytest installed)
+    :class:`MissingComponent`."""
+    pytest = sys.modules.get("pytest")
+    if pytest is None:
+        raise MissingComponent(message)
+    if in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+    raise AssertionError("unreachable")  # pytest.skip raises
+
+
+def require_binary(name: str) -> str:
+    """Return the absolute path of the executable ``name``; see :func:`missing`."""
     path = shutil.which(name)
     if path is None:
-        message = f"required binary {name!r} not found on PATH (see .ci/run for the packages)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"required binary {name!r} not found on PATH (see .ci/run for the packages)")
     return path
 
 
@@ -73,6 +84,25 @@ def tail(path: Path, lines: int = 40) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def threads(pid: int) -> int:
+    """How many threads process ``pid`` runs now (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads: line")
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` s passed; whether it became true.
+    For a state no event announces: a test never sleeps a fixed time in its place."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())
 
 
 def http_status(url: str, *, timeout: float = 2.0, method: str = "GET") -> int:
@@ -120,6 +150,8 @@ class Server:
         #: Base URL (``http://127.0.0.1:PORT``) when the server speaks HTTP, for callers.
         self.url = url
         self._proc: subprocess.Popen[bytes] | None = None
+        #: True once ``stop`` had to SIGKILL it (SIGTERM did not end it in time).
+        self.killed = False
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -152,7 +184,9 @@ class Server:
         return self
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """Terminate the process group; kill it after ``timeout``. Returns the exit code."""
+        """Terminate the process group; SIGKILL it when it is still up after ``timeout``
+        (``killed`` then says so: a test that expects a clean stop checks it). Returns the
+        exit code. Whatever happens, nothing it started is left running."""
         proc = self._proc
         if proc is None:
             return None
@@ -161,6 +195,7 @@ class Server:
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                self.killed = True
                 self._signal_group(signal.SIGKILL)
                 proc.wait(timeout=timeout)
         # Children that outlived the leader (same group) get a last SIGKILL.

@@ -15,23 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-
-from .procs import LOOPBACK, Server, ServerError, free_port, in_ci, require_binary, short_tmpdir
+from .procs import LOOPBACK, Server, ServerError, free_port, missing, require_binary, short_tmpdir
 
 BUCKET = "127"
 
 
 def require_boto3() -> ModuleType:
-    """The `boto3` module (publish's `s3` extra). Missing: `pytest.fail` in CI, `pytest.skip`
-    elsewhere, as :func:`~testbed.procs.require_binary` does for a program."""
+    """The `boto3` module (publish's `s3` extra); missing, see :func:`~testbed.procs.missing`."""
     try:
         return importlib.import_module("boto3")
     except ImportError:
-        message = "boto3 is not installed: pip install '.[s3]' (see .ci/run)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("boto3 is not installed: pip install '.[s3]' (see .ci/run)")
 
 
 @dataclass(frozen=True)
