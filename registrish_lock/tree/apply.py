@@ -23,6 +23,7 @@ from ..lock.lockfile import Lock, LockedTag
 from ..oci.manifest import Manifest, parse_manifest
 from ..oci.reference import Reference, parse_source
 from ..progress import Progress, Stats, Stopwatch
+from ..upstream.protocols import DEFAULT_JOBS
 from ..upstream.protocols import BlobSource as Upstream
 from . import gc as gc_mod
 from .layout import Layout
@@ -47,8 +48,6 @@ from .state import (
     write_doc,
     write_manifest,
 )
-
-DEFAULT_JOBS = 8
 
 
 class LazyUpstream:

@@ -48,7 +48,15 @@ from ..oci.reference import (
     is_tag,
     validate_digest,
 )
-from .protocols import FetchedLike, FetchedManifest, ManifestInfo, ManifestInfoLike, Upstream
+from .protocols import (
+    DEFAULT_JOBS,
+    FetchedLike,
+    FetchedManifest,
+    ManifestBudget,
+    ManifestInfo,
+    ManifestInfoLike,
+    Upstream,
+)
 
 REF_NAME = "org.opencontainers.image.ref.name"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
@@ -622,9 +630,12 @@ class SourceRouter:
         self._archives = DockerArchiveSource(base)
 
     def _pick(self, repo: Reference) -> Upstream:
-        if repo.registry == OCI_LAYOUT:
+        return self._source(repo.registry)
+
+    def _source(self, registry: str) -> Upstream:
+        if registry == OCI_LAYOUT:
             return self._oci
-        if repo.registry == DOCKER_ARCHIVE:
+        if registry == DOCKER_ARCHIVE:
             return self._archives
         with self._lock:
             if self._registry is None:
@@ -666,6 +677,12 @@ class SourceRouter:
             return source.list_referrers(repo, digest)
         return None
 
+    def plan_manifest_gets(self, registry: str, gets: int) -> None:
+        """Local sources have no rate limit; a registry client may warn about its own."""
+        source = self._source(registry)
+        if isinstance(source, ManifestBudget):
+            source.plan_manifest_gets(registry, gets)
+
     def close(self) -> None:
         if self._registry is not None:
             self._registry.close()
@@ -682,7 +699,7 @@ class SourceRouter:
         self.close()
 
 
-def open_sources(config: Config, console: Console, *, jobs: int = 8) -> SourceRouter:
+def open_sources(config: Config, console: Console, *, jobs: int = DEFAULT_JOBS) -> SourceRouter:
     """The upstream for `config`'s images: each request goes to the image's source, a
     registry client being created (and httpx imported) only when a registry is used."""
 
