@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..upstream.protocols import DEFAULT_JOBS
+
 
 def positive_int(text: str) -> int:
     """An argparse type for counts such as `--jobs`: an integer of at least 1."""
@@ -15,3 +17,18 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def add_jobs_option(
+    parser: argparse.ArgumentParser, what: str, *, default: int = DEFAULT_JOBS
+) -> None:
+    """`-j/--jobs N`, declared once for every command that runs work in parallel (`lock`,
+    `outdated` and `sync` share the default: requests in flight per upstream registry)."""
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=positive_int,
+        default=default,
+        metavar="N",
+        help=f"{what} (default {default})",
+    )

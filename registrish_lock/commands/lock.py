@@ -10,7 +10,7 @@ from ..lock.config import Config, check_local_sources, load_config
 from ..lock.lockfile import Lock, dumps, read_lock, write_lock
 from ..lock.resolve import CHANGE_KINDS, Change, resolve
 from ..upstream.sources import open_sources
-from . import positive_int
+from . import add_jobs_option
 
 NAME = "lock"
 HELP = "resolve the config's tags to digests and write registrish.lock"
@@ -46,13 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print what would change; exit 1 if anything would"
     )
-    parser.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=8,
-        metavar="N",
-        help="tags resolved in parallel (default 8)",
-    )
+    add_jobs_option(parser, "tags resolved in parallel per upstream registry")
 
 
 def _describe(change: Change) -> str:

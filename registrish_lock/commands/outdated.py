@@ -10,7 +10,7 @@ from ..lock.config import check_local_sources, load_config
 from ..lock.lockfile import read_lock
 from ..lock.outdated import STATES, outdated
 from ..upstream.sources import open_sources
-from . import positive_int
+from . import add_jobs_option
 
 NAME = "outdated"
 HELP = "show locked tags that moved upstream and new tags the selectors match"
@@ -34,13 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--all", action="store_true", help="also list current tags (default: only outdated)"
     )
-    parser.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=8,
-        metavar="N",
-        help="images checked in parallel (default 8)",
-    )
+    add_jobs_option(parser, "tags checked in parallel per upstream registry")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

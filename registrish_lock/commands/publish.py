@@ -13,7 +13,7 @@ from ..serving.routes import Policy
 from ..serving.s3store import DEFAULT_JOBS, open_store, parse_s3_url
 from ..tree.layout import Layout
 from ..tree.treelock import tree_lock
-from . import positive_int
+from . import add_jobs_option
 
 NAME = "publish"
 HELP = "upload the tree to S3-compatible storage (S3, R2, Scaleway, MinIO, SeaweedFS)"
@@ -48,14 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "path", "virtual"),
         help="how API calls name the bucket (default: boto3's choice or the profile's)",
     )
-    parser.add_argument(
-        "-j",
-        "--jobs",
-        type=positive_int,
-        default=DEFAULT_JOBS,
-        metavar="N",
-        help=f"parallel uploads (default {DEFAULT_JOBS})",
-    )
+    add_jobs_option(parser, "parallel uploads", default=DEFAULT_JOBS)
     parser.add_argument(
         "--delete",
         action="store_true",

@@ -10,11 +10,11 @@ from ..errors import ExitCode, StaleLockError
 from ..lock.config import Config, load_config
 from ..lock.lockfile import Lock, read_lock
 from ..progress import make_progress
-from ..tree.apply import DEFAULT_JOBS, LazyUpstream, sync_tree, write_hosts
+from ..tree.apply import LazyUpstream, sync_tree, write_hosts
 from ..tree.layout import Layout
 from ..tree.treelock import tree_lock
 from ..upstream.sources import open_sources
-from . import positive_int
+from . import add_jobs_option
 
 NAME = "sync"
 HELP = "reconcile the static tree with registrish.lock"
@@ -35,14 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prune", action="store_true", help="then remove what the lock no longer reaches (gc)"
     )
-    parser.add_argument(
-        "-j",
-        "--jobs",
-        type=positive_int,
-        default=DEFAULT_JOBS,
-        metavar="N",
-        help=f"parallel downloads per upstream registry (default {DEFAULT_JOBS})",
-    )
+    add_jobs_option(parser, "downloads in parallel per upstream registry")
     parser.add_argument(
         "--verify", action="store_true", help="re-hash every file on disk and repair"
     )

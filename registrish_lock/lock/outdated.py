@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import NotFoundError
-from ..upstream.protocols import ManifestSource
+from ..parallel import map_parallel
+from ..upstream.protocols import DEFAULT_JOBS, ManifestSource
 from .config import Config, ImageSpec
 from .lockfile import Lock
 from .resolve import selected_tags
@@ -59,27 +59,39 @@ def classify(
     return rows
 
 
-def _image_rows(upstream: ManifestSource, image: ImageSpec, lock: Lock) -> list[Row]:
-    locked = {t.tag: t.digest for t in lock.tags if t.name == image.name}
-    selected = set(selected_tags(upstream, image))
-    digests: dict[str, str | None] = {}
-    for tag in sorted(set(locked) | selected):
-        try:
-            digests[tag] = upstream.head_manifest(image.source, tag).digest
-        except NotFoundError:
-            digests[tag] = None
-    return [
-        Row(image.name, tag, state, old, new)
-        for tag, state, old, new in classify(locked, selected, digests)
+def _upstream_digest(upstream: ManifestSource, image: ImageSpec, tag: str) -> str | None:
+    try:
+        return upstream.head_manifest(image.source, tag).digest
+    except NotFoundError:
+        return None
+
+
+def outdated(
+    config: Config, lock: Lock, upstream: ManifestSource, *, jobs: int = DEFAULT_JOBS
+) -> list[Row]:
+    """Every (name, tag) of the lock and of the selectors now, with its state. Listings,
+    then one HEAD per tag, `jobs` at a time (the client bounds each registry as well)."""
+    images = config.images
+    selected = map_parallel(lambda i: set(selected_tags(upstream, i)), images, jobs)
+    locked: dict[str, dict[str, str]] = {i.name: {} for i in images}
+    for t in lock.tags:
+        locked.get(t.name, {})[t.tag] = t.digest
+    asks = [
+        (image, tag)
+        for image, picked in zip(images, selected, strict=True)
+        for tag in sorted(set(locked[image.name]) | picked)
     ]
-
-
-def outdated(config: Config, lock: Lock, upstream: ManifestSource, *, jobs: int = 8) -> list[Row]:
-    """Every (name, tag) of the lock and of the selectors now, with its state."""
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        per_image = list(pool.map(lambda i: _image_rows(upstream, i, lock), config.images))
-    configured = {i.name for i in config.images}
+    found = map_parallel(lambda a: _upstream_digest(upstream, *a), asks, jobs)
+    digests: dict[str, dict[str, str | None]] = {i.name: {} for i in images}
+    for (image, tag), digest in zip(asks, found, strict=True):
+        digests[image.name][tag] = digest
+    rows = [
+        Row(image.name, tag, state, old, new)
+        for image, picked in zip(images, selected, strict=True)
+        for tag, state, old, new in classify(locked[image.name], picked, digests[image.name])
+    ]
+    configured = {i.name for i in images}
     orphans = [
         Row(t.name, t.tag, "dropped", t.digest, None) for t in lock.tags if t.name not in configured
     ]
-    return sorted([row for rows in per_image for row in rows] + orphans)
+    return sorted(rows + orphans)

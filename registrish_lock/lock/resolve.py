@@ -7,16 +7,18 @@ fetches manifests only for tags that moved.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 
 from ..console import Console
 from ..errors import ConfigError, NotFoundError, UpstreamError
+from ..manifestcache import ManifestCache
 from ..oci import mediatypes
-from ..oci.manifest import Manifest, Platform, parse_manifest
-from ..tree.layout import path_collisions
-from ..upstream.protocols import ManifestSource
+from ..oci.manifest import Manifest, Platform
+from ..parallel import map_parallel
+from ..tree.layout import Layout, path_collisions
+from ..upstream.protocols import DEFAULT_JOBS, ManifestBudget, ManifestSource
 from .config import Config, ImageSpec
 from .discovery import ReferrerFinder, ReferrersUpstream
 from .lockfile import Lock, LockedManifest, LockedTag, make_lock
@@ -74,12 +76,12 @@ def _select_platforms(
 class _TagResolver:
     def __init__(
         self,
-        upstream: ManifestSource,
+        cache: ManifestCache,
         image: ImageSpec,
         finder: ReferrerFinder | None = None,
         console: Console | None = None,
     ) -> None:
-        self.upstream = upstream
+        self.cache = cache
         self.image = image
         self.console = console
         self.repo = image.source
@@ -93,8 +95,7 @@ class _TagResolver:
         return replace(entry, referrers=tuple(sorted(f.locked for f in found)))
 
     def _fetch(self, digest: str) -> Manifest:
-        fetched = self.upstream.get_manifest(self.repo, digest, expected_digest=digest)
-        return parse_manifest(fetched.data, content_type=fetched.media_type, expected_digest=digest)
+        return self.cache.get(self.repo, digest, self.image.name)
 
     def _blob_bytes(self, manifest: Manifest, seen: set[str]) -> int:
         """Bytes of a manifest and everything below it, each digest counted once."""
@@ -112,10 +113,8 @@ class _TagResolver:
                 total += blob.size
         return total
 
-    def resolve(self, tag: str, digest: str | None = None) -> LockedTag:
+    def resolve(self, tag: str, digest: str) -> LockedTag:
         where = f"{self.image.name}:{tag} ({self.repo})"
-        if digest is None:
-            digest = self.upstream.head_manifest(self.repo, tag).digest
         top = self._fetch(digest)
         seen = {top.digest}
         total = top.size
@@ -179,7 +178,7 @@ def resolve(
     upstream: ManifestSource,
     *,
     upgrade: Collection[str] | None = None,
-    jobs: int = 8,
+    jobs: int = DEFAULT_JOBS,
     console: Console | None = None,
 ) -> Resolution:
     """Resolve `config` against `upstream`, keeping `old`'s pins where they still hold.
@@ -212,25 +211,39 @@ def resolve(
                 entry = None  # a new source: the old pin says nothing about it
             work.append((image, tag, entry))
 
-    def run(item: tuple[ImageSpec, str, LockedTag | None]) -> LockedTag:
+    def target(item: tuple[ImageSpec, str, LockedTag | None]) -> str | LockedTag:
+        """The digest to resolve the tag at (one HEAD, or its pin), or its entry as it is."""
         image, tag, entry = item
-        resolver = _TagResolver(upstream, image, finder, console)
-        same_inputs = old_inputs.get(image.name) == image.input_hash()
         if entry is None:
             if console:
                 console.debug(f"resolving {image.name}:{tag}")
-            return resolver.resolve(tag)
+            return upstream.head_manifest(image.source, tag).digest
         if upgrading(image.name):
             head = upstream.head_manifest(image.source, tag)
-            if head.digest == entry.digest and same_inputs:
-                return resolver.with_referrers(entry)  # signatures get added to old digests
-            return resolver.resolve(tag, head.digest)
+            if head.digest == entry.digest and old_inputs.get(image.name) == image.input_hash():
+                return entry  # signatures get added to old digests below
+            return head.digest
         # Inputs changed (say, the platform list) but the pin must not move:
         # re-derive the selection from the pinned digest.
-        return resolver.resolve(tag, entry.digest)
+        return entry.digest
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        resolved = list(pool.map(run, work))
+    # HEADs first (free on Docker Hub), so the manifest GETs are known before any is made.
+    targets = map_parallel(target, work, jobs)
+    cache = ManifestCache(upstream, Layout(config.root))
+    _plan_gets(upstream, cache, zip(work, targets, strict=True))
+
+    def run(item: tuple[tuple[ImageSpec, str, LockedTag | None], str | LockedTag]) -> LockedTag:
+        (image, tag, _entry), digest = item
+        resolver = _TagResolver(cache, image, finder, console)
+        if isinstance(digest, LockedTag):
+            return resolver.with_referrers(digest)
+        return resolver.resolve(tag, digest)
+
+    resolved = map_parallel(run, list(zip(work, targets, strict=True)), jobs)
+    if console:
+        console.debug(
+            f"manifests: {cache.fetched} fetched, {cache.from_tree} read from {config.root}"
+        )
 
     new_lock = make_lock(
         config.input_hash(),
@@ -243,6 +256,29 @@ def resolve(
         changes=diff_locks(old, new_lock),
         unchanged=sum(1 for t in new_lock.tags if old_by_key.get(t.key) == t),
     )
+
+
+def _plan_gets(
+    upstream: ManifestSource,
+    cache: ManifestCache,
+    targets: Iterable[tuple[tuple[ImageSpec, str, LockedTag | None], str | LockedTag]],
+) -> None:
+    """Tell a rate-limited upstream how many manifest GETs the run will make at least (the
+    distinct top-level digests nobody holds; an index's children come on top)."""
+    if not isinstance(upstream, ManifestBudget):
+        return
+    wanted = {  # each (repository, digest) once, with a name whose tree may hold it
+        (image.source, digest): image.name
+        for (image, _tag, _entry), digest in targets
+        if isinstance(digest, str)
+    }
+    gets = Counter(
+        repo.registry
+        for (repo, digest), name in wanted.items()
+        if cache.local(repo, digest, name) is None
+    )
+    for registry, count in sorted(gets.items()):
+        upstream.plan_manifest_gets(registry, count)
 
 
 def _refuse_path_collisions(config: Config, lock: Lock) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from .. import USER_AGENT
 from ..errors import IntegrityError, RegistrishError, UpstreamError
 from ..lock.lockfile import Lock
 from ..oci import mediatypes
@@ -320,7 +321,7 @@ def check_url(
         transport=transport,
         timeout=timeout,
         follow_redirects=True,  # blobs are often redirected to a CDN or bucket
-        headers={"User-Agent": "registrish-check"},
+        headers={"User-Agent": USER_AGENT},
     ) as client:
         c = _HttpChecker(client, report, deep)
         c.ping()

@@ -24,6 +24,7 @@ from ..oci.manifest import Manifest, parse_manifest
 from ..oci.reference import Reference, parse_source
 from ..pool import run_fail_fast
 from ..progress import Progress, Stats, Stopwatch
+from ..upstream.protocols import DEFAULT_JOBS
 from ..upstream.protocols import BlobSource as Upstream
 from . import gc as gc_mod
 from .desired import Desired, desired_tree, selected_children
@@ -40,8 +41,6 @@ from .state import (
     write_doc,
     write_manifest,
 )
-
-DEFAULT_JOBS = 8
 
 
 class LazyUpstream:

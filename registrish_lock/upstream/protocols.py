@@ -7,10 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..fsutil import VerifiedFile
 from ..oci.reference import Reference
+
+#: Requests in flight per upstream registry (`--jobs`), for `lock`, `outdated` and `sync`.
+DEFAULT_JOBS = 8
 
 
 class ManifestInfoLike(Protocol):
@@ -80,3 +83,11 @@ class BlobSource(Protocol):
 
 class Upstream(ManifestSource, BlobSource, Protocol):
     """Everything: a registry client or a local source."""
+
+
+@runtime_checkable
+class ManifestBudget(Protocol):
+    """An upstream that can warn when a run plans more manifest GETs than its rate limit
+    leaves (the registry client; local sources have no limit)."""
+
+    def plan_manifest_gets(self, registry: str, gets: int) -> None: ...

@@ -13,7 +13,6 @@ headers or query strings (signed CDN URLs carry secrets there).
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import os
@@ -23,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -31,7 +29,7 @@ from typing import TypeVar
 import httpcore
 import httpx
 
-from .. import __version__
+from .. import USER_AGENT
 from ..console import Console
 from ..errors import IntegrityError, NotFoundError, RegistrishError, UpstreamError
 from ..fsutil import FileStamp, VerifiedFile
@@ -47,9 +45,13 @@ from ..oci.reference import (
     validate_name,
     validate_tag,
 )
+from ..ratelimit import DEFAULT_RETRY, RateLimits, exhausted
+from ..ratelimit import RetryPolicy as RetryPolicy
+from ..ratelimit import backoff_delay as backoff_delay
+from ..ratelimit import parse_retry_after as parse_retry_after
 from .auth import MAX_TOKEN_RESPONSE, Authenticator, RequestAuth
 from .credentials import CredentialStore
-from .protocols import FetchedManifest, ManifestInfo
+from .protocols import DEFAULT_JOBS, FetchedManifest, ManifestInfo
 
 T = TypeVar("T")
 
@@ -73,13 +75,6 @@ if getattr(httpcore.HTTP11Connection, "READ_NUM_BYTES", SOCKET_READ_BYTES) < SOC
     httpcore.HTTP11Connection.READ_NUM_BYTES = SOCKET_READ_BYTES
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 20.0
-
-
 #: Mirrors get few attempts: Docker Hub is the fallback, not a failure.
 _MIRROR_POLICY = RetryPolicy(attempts=2, base_delay=0.2, max_delay=2.0)
 
@@ -90,33 +85,6 @@ class UnexpectedStatus(UpstreamError):
     def __init__(self, message: str, *, status: int, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.status = status
-
-
-def backoff_delay(
-    policy: RetryPolicy, failures: int, retry_after: float | None, rand: float
-) -> float:
-    """Seconds to wait after the `failures`-th failure (1-based): the server's
-    ``Retry-After`` when given, else exponential with jitter ("equal jitter"); both capped."""
-    if retry_after is not None:
-        return max(0.0, min(retry_after, policy.max_delay))
-    ceiling = min(policy.max_delay, policy.base_delay * 2.0 ** (failures - 1))
-    return ceiling / 2 + rand * ceiling / 2
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """``Retry-After``: delta-seconds or an HTTP date; None when absent or malformed."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
 def parse_link_next(link: str | None) -> str | None:
@@ -273,8 +241,8 @@ class RegistryClient:
         settings: Callable[[str], RegistrySettings] | None = None,
         credentials: CredentialStore | None = None,
         transport: httpx.BaseTransport | None = None,
-        max_connections_per_registry: int = 8,
-        retry: RetryPolicy = RetryPolicy(),
+        max_connections_per_registry: int = DEFAULT_JOBS,
+        retry: RetryPolicy = DEFAULT_RETRY,
         console: Console | None = None,
         timeout: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -293,12 +261,13 @@ class RegistryClient:
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
             limits=limits,
-            headers={"User-Agent": f"registrish/{__version__}"},
+            headers={"User-Agent": USER_AGENT},
         )
         self._lock = threading.Lock()
         self._semaphores: dict[str, threading.BoundedSemaphore] = {}
         self._count = 0
         self._auth = Authenticator(credentials, fetch=self._fetch_token, clock=clock)
+        self._limits = RateLimits(self._console)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -320,6 +289,10 @@ class RegistryClient:
         """Every HTTP request sent so far, token requests included."""
         with self._lock:
             return self._count
+
+    def plan_manifest_gets(self, registry: str, gets: int) -> None:
+        """Say so now when `gets` manifest GETs are more than the registry's rate limit left."""
+        self._limits.plan(registry, gets)
 
     # -- public operations -------------------------------------------------------------------
     def ping(self, registry: str) -> None:
@@ -733,6 +706,7 @@ class RegistryClient:
         self._console.debug(
             f"{method} {_shown(url)} -> {response.status_code} ({time.monotonic() - started:.2f} s)"
         )
+        self._limits.observe(ep.registry, response.headers)
         return response
 
     def _status_error(
@@ -748,6 +722,9 @@ class RegistryClient:
         if status in RETRY_STATUSES:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             if status == 429:
+                limited = exhausted(ep.host, response.headers, what, _error_detail(response))
+                if limited is not None:
+                    return limited
                 error: RegistrishError = UpstreamError(
                     f"registry {ep.host} is rate-limiting requests for {what} (HTTP 429)",
                     hint="wait and retry, log in for a higher limit, or configure a mirror",
@@ -792,6 +769,7 @@ class RegistryClient:
     # -- token requests (called by auth) -----------------------------------------------------
     def _fetch_token(self, request: httpx.Request) -> tuple[int, bytes]:
         host = request.url.netloc.decode("ascii")
+        request.headers["User-Agent"] = USER_AGENT  # built outside the client: no defaults
         failures = 0
         while True:
             with self._lock:

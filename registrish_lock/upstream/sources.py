@@ -24,7 +24,7 @@ from ..oci.reference import (
 )
 from .docker_archive import DockerArchiveSource
 from .oci_layout import OciLayoutSource
-from .protocols import FetchedLike, ManifestInfoLike, Upstream
+from .protocols import DEFAULT_JOBS, FetchedLike, ManifestBudget, ManifestInfoLike, Upstream
 
 
 class SourceRouter:
@@ -40,9 +40,12 @@ class SourceRouter:
         self._archives = DockerArchiveSource(base)
 
     def _pick(self, repo: Reference) -> Upstream:
-        if repo.registry == OCI_LAYOUT:
+        return self._source(repo.registry)
+
+    def _source(self, registry: str) -> Upstream:
+        if registry == OCI_LAYOUT:
             return self._oci
-        if repo.registry == DOCKER_ARCHIVE:
+        if registry == DOCKER_ARCHIVE:
             return self._archives
         with self._lock:
             if self._registry is None:
@@ -84,6 +87,12 @@ class SourceRouter:
             return source.list_referrers(repo, digest)
         return None
 
+    def plan_manifest_gets(self, registry: str, gets: int) -> None:
+        """Local sources have no rate limit; a registry client may warn about its own."""
+        source = self._source(registry)
+        if isinstance(source, ManifestBudget):
+            source.plan_manifest_gets(registry, gets)
+
     def close(self) -> None:
         if self._registry is not None:
             self._registry.close()
@@ -100,7 +109,7 @@ class SourceRouter:
         self.close()
 
 
-def open_sources(config: Config, console: Console, *, jobs: int = 8) -> SourceRouter:
+def open_sources(config: Config, console: Console, *, jobs: int = DEFAULT_JOBS) -> SourceRouter:
     """The upstream for `config`'s images: each request goes to the image's source, a
     registry client being created (and httpx imported) only when a registry is used."""
 

@@ -56,6 +56,7 @@ def start_seaweedfs(
     secret_key: str = "registrish-test-secret",
     public_read: bool = True,
     list_for_anonymous: bool = True,
+    virtual_hosted: bool = True,
     timeout: float = 60.0,
 ) -> SeaweedS3:
     """Start ``weed mini`` with every port free and on 127.0.0.1, no telemetry, no UI.
@@ -64,12 +65,15 @@ def start_seaweedfs(
     8888, 8333, 23646, 8181 Iceberg, 9101 Lance …): every one is set here. ``s3.json``
     holds an admin identity and, with ``public_read``, anonymous ``Read`` (and ``List`` when
     ``list_for_anonymous``: without it S3 answers 403, not 404, for missing keys — which
-    breaks registry clients that expect 404). Stop it with ``s3.stop()`` (about 3 s).
+    breaks registry clients that expect 404). ``virtual_hosted=False`` leaves out
+    ``-s3.domainName``: every host then reads path-style (what docker-registry's S3 driver
+    sends). Stop it with ``s3.stop()`` (about 3 s).
     """
     weed = require_binary("weed")
     tmp.mkdir(parents=True, exist_ok=True)
     anonymous_actions = [f"Read:{BUCKET}"] if public_read else []
-    if public_read and list_for_anonymous:
+    if (public_read and list_for_anonymous) or not virtual_hosted:
+        # path-style: `/` lists buckets before ours exists; listing ours shows it is there
         anonymous_actions.append(f"List:{BUCKET}")
     identities: list[dict[str, object]] = [
         {
@@ -88,7 +92,7 @@ def start_seaweedfs(
     attempts = 3
     for attempt in range(1, attempts + 1):
         try:
-            return _start_once(weed, tmp, config, timeout, access_key, secret_key)
+            return _start_once(weed, tmp, config, timeout, access_key, secret_key, virtual_hosted)
         except ServerError:
             if attempt == attempts:
                 raise
@@ -96,7 +100,13 @@ def start_seaweedfs(
 
 
 def _start_once(
-    weed: str, tmp: Path, config: Path, timeout: float, access_key: str, secret_key: str
+    weed: str,
+    tmp: Path,
+    config: Path,
+    timeout: float,
+    access_key: str,
+    secret_key: str,
+    virtual_hosted: bool,
 ) -> SeaweedS3:
     port = free_port()
     ports = {
@@ -124,7 +134,7 @@ def _start_once(
         "-admin.ui=false",
         "-webdav=false",
         f"-s3.config={config}",
-        "-s3.domainName=localhost,0.0.1",
+        *(["-s3.domainName=localhost,0.0.1"] if virtual_hosted else []),
         f"-bucket={BUCKET}",
         *(f"-{k}={v}" for k, v in ports.items()),
     ]
@@ -136,7 +146,10 @@ def _start_once(
     server = Server("seaweedfs", argv, log_dir=tmp, url=url).start()
     # the bucket is created on startup; ready when its root answers (200 list / 403)
     try:
-        server.wait_http(f"{url}/", status=(200, 403), timeout=timeout)
+        if virtual_hosted:
+            server.wait_http(f"{url}/", status=(200, 403), timeout=timeout)
+        else:
+            server.wait_http(f"{url}/{BUCKET}/", status=200, timeout=timeout)
     except BaseException:
         server.stop()
         shutil.rmtree(sockets, ignore_errors=True)
