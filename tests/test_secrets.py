@@ -7,15 +7,12 @@ any verbosity, no ``--json`` document. Also: TLS is verified unless a registry i
 from __future__ import annotations
 
 import base64
-import http.server
 import io
 import json
 import os
-import ssl
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +20,8 @@ from urllib.parse import quote
 
 import pytest
 from testbed.images import SeededUpstream
-from testbed.procs import LOOPBACK, free_port, require_binary, run
+from testbed.procs import LOOPBACK
+from testbed.tls import issue, make_ca, serve_https
 from testbed.upstream import Registry, start_htpasswd_registry
 
 from registrish_lock.console import Console
@@ -213,40 +211,10 @@ def test_refused_credentials_do_not_leak_either(
 # -- TLS is verified unless a registry is marked insecure ------------------------------------
 @pytest.fixture
 def self_signed_tls(tmp_path: Path) -> Iterator[str]:
-    """An HTTPS server on 127.0.0.1 with a self-signed certificate, answering ``/v2/``."""
-    openssl = require_binary("openssl")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    run(
-        [
-            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        what="openssl",
-    )
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer((LOOPBACK, free_port()), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield f"{LOOPBACK}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    """An HTTPS server on 127.0.0.1 answering ``/v2/``, with a certificate from a CA
+    nobody trusts."""
+    with serve_https(issue(make_ca(tmp_path / "ca"), tmp_path / "tls")) as port:
+        yield f"{LOOPBACK}:{port}"
 
 
 def test_tls_certificates_are_verified(self_signed_tls: str) -> None:

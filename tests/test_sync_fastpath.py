@@ -5,22 +5,17 @@ renamed into is fsynced before a tag that reaches it is written."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
-import socketserver
-import ssl
-import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 from test_sync import sync, verify_tree
 from test_sync_fake import FakeUpstream, build_image, build_index, lock_of, locked
 from testbed.images import SeededUpstream
-from testbed.procs import require_binary
+from testbed.tls import issue, make_ca, serve_https
 
 from registrish_lock import fsutil
 from registrish_lock.console import Console
@@ -197,43 +192,14 @@ def test_directory_fsyncs_are_batched_and_precede_the_tags(
 
 
 # -- the TLS context is made only for HTTPS, and HTTPS is still verified ------------------------
-def _tls_server(tmp_path: Path) -> tuple[socketserver.TCPServer, int]:
-    """A TLS server on loopback with a self-signed certificate (answers nothing useful)."""
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            require_binary("openssl"),
-            *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-
-    class Handler(socketserver.BaseRequestHandler):
-        def handle(self) -> None:
-            with contextlib.suppress(OSError):
-                context.wrap_socket(self.request, server_side=True).recv(1)
-
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, server.server_address[1]
-
-
 def test_https_is_verified_by_the_lazily_made_transport(tmp_path: Path) -> None:
-    server, port = _tls_server(tmp_path)
     client = RegistryClient(
         settings=lambda _r: RegistrySettings(),
         credentials=CredentialStore(environ={}),
         console=Console(verbosity=-1, err=io.StringIO()),
         retry=RetryPolicy(attempts=1),
     )
-    try:
-        with client, pytest.raises(RegistrishError) as info:
-            client.ping(f"127.0.0.1:{port}")
-    finally:
-        server.shutdown()
-        server.server_close()
+    untrusted = issue(make_ca(tmp_path / "ca"), tmp_path / "tls")
+    with serve_https(untrusted) as port, client, pytest.raises(RegistrishError) as info:
+        client.ping(f"127.0.0.1:{port}")
     assert "certificate" in str(info.value).lower()

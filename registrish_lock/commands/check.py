@@ -17,7 +17,9 @@ DESCRIPTION = """\
 Walk every locked tag, manifest, referrers document and blob and verify what the host
 answers: status (404 is 404, never 403), exact Content-Type, Docker-Content-Digest,
 Content-Length, no compression, and the /v2/ ping. Exit 1 on any failure; exit 3 when
-the host does not answer at all (refused, unresolvable, TLS or timeout on /v2/).
+the host does not answer at all (refused, unresolvable, TLS or timeout on /v2/) or its
+certificate is not trusted or does not match the host. HTTPS is verified against the
+system's CAs, or the PEM bundle SSL_CERT_FILE names.
 
   registrish check https://registry.example.com     after every deployment
   registrish check http://127.0.0.1:5555 --deep     also download and re-hash blobs

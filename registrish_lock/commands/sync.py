@@ -61,6 +61,9 @@ def load_locked(config_path: Path, *, frozen: bool) -> tuple[Config, Lock]:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     config, lock = load_locked(args.config, frozen=args.frozen)
+    from ..serving.hosts import check_host_tls
+
+    check_host_tls(config)  # a bad certificate or key fails before any download
     if "cloudflare" in config.hosts and not args.dry_run:
         from ..serving.hosts.netlify import cloudflare_preflight
 

@@ -30,6 +30,7 @@ from ..oci.reference import (
     parse_reference,
     parse_source,
 )
+from ..tls import TLS_KEYS, Address, ServerTls, parse_server_tls
 from ..tree.layout import path_collisions
 
 if sys.version_info >= (3, 11):
@@ -40,7 +41,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 HOSTS = ("nginx", "caddy", "apache", "netlify", "cloudflare", "s3", "plain")
 DEFAULT_HOSTS = ("nginx",)
 DEFAULT_TAG_CACHE_SECONDS = 60
-_REGISTRY_KEYS = ("root", "hosts", "hosts_dir", "listen", "tag_cache_seconds")
+_REGISTRY_KEYS = ("root", "hosts", "hosts_dir", "listen", "tag_cache_seconds", *TLS_KEYS)
 _DEFAULTS_KEYS = ("platforms", "referrers")
 _IMAGE_KEYS = ("source", "name", "tags", "versions", "match", "latest", "platforms", "referrers")
 _REGISTRIES_KEYS = ("insecure", "mirrors")
@@ -111,6 +112,8 @@ class Config:
     tag_cache_seconds: int
     images: tuple[ImageSpec, ...]
     registries: Mapping[str, RegistrySettings] = field(default_factory=dict)
+    #: HTTPS for the nginx, Caddy and Apache configs (plain HTTP when unset).
+    tls: ServerTls = field(default_factory=ServerTls)
 
     @property
     def lock_path(self) -> Path:
@@ -274,12 +277,15 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
                     "choose a directory whose path has no quote, backslash, $, { or } "
                     "and no control characters, or list other registry.hosts",
                 )
-    listen_text = str(registry.get("listen", "127.0.0.1:8080"))
-    listen = _LISTEN_RE.fullmatch(listen_text)
-    if listen is None or not 0 < int(listen["port"]) < 65536:
-        raise r.fail(
-            "registry.listen", f"invalid address {listen_text!r}", 'use "PORT" or "HOST:PORT"'
-        )
+
+    def address(text: str, key: str) -> Address:
+        found = _LISTEN_RE.fullmatch(text)
+        if found is None or not 0 < int(found["port"]) < 65536:
+            raise r.fail(key, f"invalid address {text!r}", 'use "PORT" or "HOST:PORT"')
+        return Address((found["host"] or "127.0.0.1").strip("[]"), int(found["port"]))
+
+    listen = address(str(registry.get("listen", "127.0.0.1:8080")), "registry.listen")
+    tls = parse_server_tls(r, registry, base, address, _UNSAFE_IN_CONFIGS)
     cache = r.integer(
         registry.get("tag_cache_seconds", DEFAULT_TAG_CACHE_SECONDS),
         "registry.tag_cache_seconds",
@@ -348,11 +354,12 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
         root=root,
         hosts=hosts,
         hosts_dir=hosts_dir,
-        listen_host=(listen["host"] or "127.0.0.1").strip("[]"),
-        listen_port=int(listen["port"]),
+        listen_host=listen.host,
+        listen_port=listen.port,
         tag_cache_seconds=cache,
         images=images,
         registries=registries,
+        tls=tls,
     )
 
 

@@ -26,6 +26,7 @@ from ..lock.lockfile import Lock
 from ..oci import mediatypes
 from ..oci.manifest import Manifest, parse_manifest, sha256_digest
 from ..oci.referrers import artifact_type_of, refers_to
+from ..tls import certificate_problem, client_context
 from ..tree.layout import Layout
 from ..tree.state import hash_file
 from .routes import EMPTY_REFERRERS_REL, BlobObject, read_objects
@@ -108,6 +109,9 @@ class _HttpChecker:
             resp = self.client.request("GET", "/v2/")
         except httpx.TransportError as exc:
             url = redact_url(str(self.client.base_url.join("v2/")))
+            untrusted = certificate_problem(url, exc)
+            if untrusted is not None:
+                raise untrusted from None
             raise UpstreamError(
                 f"{url}: no answer: {type(exc).__name__}: {exc}",
                 hint="check the URL, and that the server is running and reachable from here",
@@ -319,6 +323,7 @@ def check_url(
     with httpx.Client(
         base_url=base_url.rstrip("/"),
         transport=transport,
+        verify=client_context(),  # the system's CAs or SSL_CERT_FILE, not certifi's
         timeout=timeout,
         follow_redirects=True,  # blobs are often redirected to a CDN or bucket
         headers={"User-Agent": USER_AGENT},

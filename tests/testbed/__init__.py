@@ -11,4 +11,5 @@ modules:
 - :mod:`testbed.images` — umoci/busybox images, ``seed_upstream``, ``push_random_image``
 - :mod:`testbed.statichosts` — nginx, Caddy, Apache, ``python3 -m http.server``
 - :mod:`testbed.clients` — skopeo, podman, containerd/ctr, dockerd/docker
+- :mod:`testbed.tls` — a private CA (openssl), server certificates, each client's CA trust
 """

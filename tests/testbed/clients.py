@@ -53,19 +53,21 @@ def skopeo_copy(
     all_platforms: bool = False,
     arch: str | None = None,
     transport: str = "dir",
+    cert_dir: Path | None = None,
     timeout: float = 300.0,
 ) -> SkopeoResult:
     """``skopeo copy --src-tls-verify=false docker://REF dir:DEST`` (or ``oci:DEST:pulled``).
 
     Without ``all_platforms`` an index resolves to the host platform (or ``arch``). skopeo
-    sends ``GET /v2/`` first and never ``HEAD``s manifests.
+    sends ``GET /v2/`` first and never ``HEAD``s manifests. With ``cert_dir``: HTTPS only,
+    verified against the CAs (``*.crt``) in that directory (``--src-cert-dir``).
     """
     skopeo = require_binary("skopeo")
     if transport not in ("dir", "oci"):
         raise ValueError("transport is 'dir' or 'oci'")
     if dest_dir.exists() and any(dest_dir.iterdir()):
         raise ValueError(f"{dest_dir} is not empty")
-    argv = [skopeo, "copy", "-q", "--src-tls-verify=false"]
+    argv = [skopeo, "copy", "-q", *_tls_flags("--src-", cert_dir)]
     if all_platforms:
         argv.append("--all")
     if arch is not None:
@@ -75,6 +77,14 @@ def skopeo_copy(
     if transport == "dir":
         return read_dir_copy(dest_dir)
     return read_oci_layout(dest_dir, "pulled")
+
+
+def _tls_flags(prefix: str, cert_dir: Path | None) -> list[str]:
+    """containers/image's flags: verified HTTPS with `cert_dir`'s CAs, else no verification
+    (and plain HTTP allowed)."""
+    if cert_dir is None:
+        return [f"{prefix}tls-verify=false"]
+    return [f"{prefix}tls-verify=true", f"{prefix}cert-dir", str(cert_dir)]
 
 
 def read_dir_copy(dest_dir: Path) -> SkopeoResult:
@@ -130,13 +140,19 @@ class PodmanResult:
 
 
 def podman_pull(
-    ref: str, tmp: Path, *, arch: str | None = None, timeout: float = 300.0
+    ref: str,
+    tmp: Path,
+    *,
+    arch: str | None = None,
+    cert_dir: Path | None = None,
+    timeout: float = 300.0,
 ) -> PodmanResult:
     """``podman --root TMP/root --runroot /tmp/rr-XXXX --storage-driver vfs pull --tls-verify=false``.
 
     A fresh storage root per call, so every blob is really fetched. ``--runroot`` must be at
     most 50 characters: it lives in a short ``/tmp/rr-*`` dir, removed afterwards.
-    ``podman run`` fails in this sandbox (setrlimit); pulls work.
+    ``podman run`` fails in this sandbox (setrlimit); pulls work. ``cert_dir``: as for
+    :func:`skopeo_copy` (``--cert-dir``).
     """
     podman = require_binary("podman")
     root = tmp / f"podman-{uuid.uuid4().hex[:8]}"
@@ -160,7 +176,7 @@ def podman_pull(
     ]
     env = {"REGISTRIES_CONFIG_PATH": "/dev/null"}
     try:
-        pull = [*base, "pull", "-q", "--tls-verify=false"]
+        pull = [*base, "pull", "-q", *_tls_flags("--", cert_dir)]
         if arch is not None:
             pull += ["--arch", arch]
         out = run([*pull, _strip_transport(ref)], timeout=timeout, env=env, what="podman pull")
@@ -251,9 +267,15 @@ class CtrResult:
 
 
 def ctr_pull(
-    containerd: Containerd, ref: str, *, platform: str | None = None, timeout: float = 300.0
+    containerd: Containerd,
+    ref: str,
+    *,
+    platform: str | None = None,
+    hosts_dir: Path | None = None,
+    timeout: float = 300.0,
 ) -> CtrResult:
     """``ctr -n NS images pull --plain-http REF`` in a fresh namespace, then ``images check``.
+    With ``hosts_dir``: ``--hosts-dir DIR`` instead (HTTPS as its ``hosts.toml`` says).
 
     Exit 0 is not enough: every blob of the selected platform must be in the content store
     (checked with ``ctr content ls``/``content get``) and, for the host platform, ``ctr images
@@ -264,7 +286,8 @@ def ctr_pull(
     ctr = require_binary("ctr")
     ns = f"t{uuid.uuid4().hex[:12]}"
     base = [ctr, "-a", str(containerd.socket), "-n", ns]
-    argv = [*base, "images", "pull", "--plain-http"]
+    argv = [*base, "images", "pull"]
+    argv += ["--plain-http"] if hosts_dir is None else ["--hosts-dir", str(hosts_dir)]
     if platform is not None:
         argv += ["--platform", platform]
     ref = _strip_transport(ref)

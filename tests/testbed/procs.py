@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -105,15 +106,27 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0) -> bool:
     return bool(predicate())
 
 
-def http_status(url: str, *, timeout: float = 2.0, method: str = "GET") -> int:
-    """The status code of one plain-HTTP request to a loopback URL (raises ``OSError``)."""
-    if not url.startswith("http://"):
-        raise ValueError(f"only plain http:// URLs: {url}")
-    hostport, _, path = url[len("http://") :].partition("/")
+def http_status(
+    url: str,
+    *,
+    timeout: float = 2.0,
+    method: str = "GET",
+    context: ssl.SSLContext | None = None,
+) -> int:
+    """The status code of one request to a loopback URL (raises ``OSError``): plain HTTP,
+    or HTTPS verified with ``context``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("http", "https") or (scheme == "https") != (context is not None):
+        raise ValueError(f"only http:// URLs, or https:// ones with a context: {url}")
+    hostport, _, path = rest.partition("/")
     host, _, port = hostport.partition(":")
     if host not in {LOOPBACK, "localhost"}:
         raise ValueError(f"test traffic goes to loopback only, not {host!r}")
-    conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+    conn: http.client.HTTPConnection
+    if context is not None:
+        conn = http.client.HTTPSConnection(host, int(port or 443), timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
     try:
         conn.request(method, "/" + path)
         resp = conn.getresponse()
@@ -241,16 +254,22 @@ class Server:
             raise self.fail(f"exited with code {code} before it was ready")
 
     def wait_http(
-        self, url: str, *, timeout: float = 30.0, status: int | Sequence[int] | None = None
+        self,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        status: int | Sequence[int] | None = None,
+        context: ssl.SSLContext | None = None,
     ) -> Server:
-        """Wait until ``url`` answers (any status, or one of ``status`` when given)."""
+        """Wait until ``url`` answers (any status, or one of ``status`` when given);
+        an https:// ``url`` is verified with ``context``."""
         wanted = {status} if isinstance(status, int) else set(status or ())
         deadline = time.monotonic() + timeout
         last = "no answer"
         while True:
             self._check_alive()
             try:
-                code = http_status(url, timeout=1.0)
+                code = http_status(url, timeout=1.0, context=context)
             except OSError as exc:
                 last = f"{type(exc).__name__}: {exc}"
             else:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
+from collections.abc import Sequence
 from pathlib import Path
 
 from .procs import LOOPBACK, Server, require_binary, run
@@ -19,8 +21,8 @@ from .procs import LOOPBACK, Server, require_binary, run
 _APACHE_MODULES = Path("/usr/lib/apache2/modules")
 
 
-def _ready_url(port: int, ready_path: str) -> str:
-    return f"http://{LOOPBACK}:{port}{ready_path}"
+def _ready_url(port: int, ready_path: str, context: ssl.SSLContext | None = None) -> str:
+    return f"{'https' if context else 'http'}://{LOOPBACK}:{port}{ready_path}"
 
 
 def start_nginx(
@@ -31,6 +33,7 @@ def start_nginx(
     log_dir: Path | None = None,
     ready_path: str = "/",
     timeout: float = 20.0,
+    context: ssl.SSLContext | None = None,
 ) -> Server:
     """``nginx -p PREFIX -c CONF -e stderr -g 'daemon off;'``.
 
@@ -49,7 +52,7 @@ def start_nginx(
     argv = [nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr", "-g", "daemon off;"]
     server = Server("nginx", argv, log_dir=log_dir or conf.parent, url=f"http://{LOOPBACK}:{port}")
     server.start()
-    return server.wait_http(_ready_url(port, ready_path), timeout=timeout)
+    return server.wait_http(_ready_url(port, ready_path, context), timeout=timeout, context=context)
 
 
 def start_caddy(
@@ -59,6 +62,7 @@ def start_caddy(
     log_dir: Path | None = None,
     ready_path: str = "/",
     timeout: float = 20.0,
+    context: ssl.SSLContext | None = None,
 ) -> Server:
     """``caddy run --config CONF --adapter caddyfile`` with its data/config dirs in the tmp dir.
 
@@ -83,7 +87,7 @@ def start_caddy(
         "caddy", argv, log_dir=log_dir or conf.parent, env=env, url=f"http://{LOOPBACK}:{port}"
     )
     server.start()
-    return server.wait_http(_ready_url(port, ready_path), timeout=timeout)
+    return server.wait_http(_ready_url(port, ready_path, context), timeout=timeout, context=context)
 
 
 def start_apache(
@@ -93,6 +97,7 @@ def start_apache(
     log_dir: Path | None = None,
     ready_path: str = "/",
     timeout: float = 20.0,
+    context: ssl.SSLContext | None = None,
 ) -> Server:
     """``apache2 -f CONF -DFOREGROUND``.
 
@@ -114,7 +119,7 @@ def start_apache(
         "apache2", argv, log_dir=log_dir or conf.parent, env=env, url=f"http://{LOOPBACK}:{port}"
     )
     server.start()
-    return server.wait_http(_ready_url(port, ready_path), timeout=timeout)
+    return server.wait_http(_ready_url(port, ready_path, context), timeout=timeout, context=context)
 
 
 def start_python_http_server(
@@ -135,11 +140,14 @@ def start_python_http_server(
 GENERATED_HOSTS = ("nginx", "caddy", "apache")
 
 
-def start_generated(host: str, hosts_dir: Path, tmp: Path, *, port: int) -> Server:
+def start_generated(
+    host: str, hosts_dir: Path, tmp: Path, *, port: int, context: ssl.SSLContext | None = None
+) -> Server:
     """Start `host` ("nginx", "caddy" or "apache") on the configs `registrish` generated in
     `hosts_dir` (which name the tree and 127.0.0.1:`port`), with the smallest wrapper the
     README asks for: nginx's `http {}` that includes `registrish.conf`, Apache's server
-    config that includes the vhost and its `Listen`; the Caddyfile runs as is."""
+    config that includes the vhost and its `Listen` (and mod_ssl for HTTPS); the Caddyfile
+    runs as is. With `context`, readiness is an HTTPS `/v2/` it verifies."""
     if host == "nginx":
         user = "user root;\n" if os.geteuid() == 0 else ""
         temps = "".join(
@@ -152,24 +160,30 @@ def start_generated(host: str, hosts_dir: Path, tmp: Path, *, port: int) -> Serv
             f"events {{ worker_connections 256; }}\nhttp {{\n    access_log off;\n{temps}"
             f"    include {hosts_dir / 'registrish.conf'};\n}}\n"
         )
-        return start_nginx(conf, port=port, ready_path="/v2/")
+        return start_nginx(conf, port=port, ready_path="/v2/", context=context)
     if host == "caddy":
-        return start_caddy(hosts_dir / "Caddyfile", port=port, ready_path="/v2/")
+        return start_caddy(hosts_dir / "Caddyfile", port=port, ready_path="/v2/", context=context)
     if host != "apache":
         raise ValueError(f"not a generated host: {host!r}")
     conf = write_apache_server_config(
         tmp,
         f"Include {hosts_dir / 'registrish-apache-listen.conf'}\n"
         f"Include {hosts_dir / 'registrish-apache.conf'}\n",
+        modules=("ssl", "socache_shmcb") if context is not None else (),
     )
-    return start_apache(conf, port=port, ready_path="/v2/")
+    return start_apache(conf, port=port, ready_path="/v2/", context=context)
 
 
-def write_apache_server_config(tmp: Path, body: str) -> Path:
+def write_apache_server_config(tmp: Path, body: str, *, modules: Sequence[str] = ()) -> Path:
     """`tmp/httpd.conf`: a standalone Apache (the gotchas in :func:`start_apache`) with the
-    modules registrish's rules need, then `body` (Listen, vhost includes, a DocumentRoot)."""
-    modules = ["mpm_event", "authz_core", "mime", "dir", "rewrite", "headers", "setenvif"]
-    loads = "\n".join(f"LoadModule {m}_module {_APACHE_MODULES}/mod_{m}.so" for m in modules)
+    modules registrish's rules need and `modules`, then `body` (Listen, vhost includes, a
+    DocumentRoot). mod_ssl keeps its session cache in socache_shmcb, set here as Debian's
+    ssl.conf does."""
+    needed = ["mpm_event", "authz_core", "mime", "dir", "rewrite", "headers", "setenvif"]
+    needed += modules
+    loads = "\n".join(f"LoadModule {m}_module {_APACHE_MODULES}/mod_{m}.so" for m in needed)
+    if "socache_shmcb" in modules:
+        loads += f"\nSSLSessionCache shmcb:{tmp}/ssl_scache(512000)"
     conf = tmp / "httpd.conf"
     conf.write_text(
         f'ServerRoot "{tmp}"\nServerName {LOOPBACK}\nPidFile "{tmp}/httpd.pid"\n'

@@ -12,6 +12,7 @@ from ...console import Console
 from ...fsutil import atomic_write_bytes
 from ...lock.config import Config
 from ...lock.lockfile import Lock
+from ...tls import ServerTls, check_tls_files
 from ...tree.layout import Layout
 from ..browse import render_tree_page
 from ..routes import (
@@ -57,6 +58,17 @@ RENDERERS: dict[str, HostRenderer] = {
 }
 
 
+#: The hosts whose configs serve HTTPS themselves (the others bring their own TLS).
+TLS_HOSTS = frozenset({"nginx", "caddy", "apache"})
+
+
+def check_host_tls(config: Config) -> None:
+    """The certificate and key the nginx, Caddy or Apache configs will name load, match
+    and are private (ConfigError otherwise); `sync` asks before it fetches anything."""
+    if any(h in TLS_HOSTS for h in config.hosts):
+        check_tls_files(config.path, config.tls)
+
+
 def make_context(
     *,
     layout: Layout,
@@ -66,6 +78,7 @@ def make_context(
     policy: Policy,
     lock: Lock | None,
     hosts: Sequence[str],
+    tls: ServerTls | None = None,
 ) -> HostContext:
     """Everything the renderers read; lists the tree's entries only when one needs them."""
     listed: tuple[Entry, ...] = ()
@@ -79,6 +92,7 @@ def make_context(
         policy=policy,
         entries=listed,
         tag_digests=tag_digests(lock) if lock is not None else (),
+        tls=tls or ServerTls(),
     )
 
 
@@ -121,7 +135,9 @@ def write_host_configs(config: Config, layout: Layout, lock: Lock, console: Cons
         policy=Policy(tag_cache_seconds=config.tag_cache_seconds),
         lock=lock,
         hosts=config.hosts,
+        tls=config.tls,
     )
+    check_host_tls(config)
     rendered = render_hosts(ctx, config.hosts)
     outputs = [Output(layout.path(EMPTY_REFERRERS_REL), EMPTY_REFERRERS)]
     # The browse page is not a host's config but goes with them: always on, rewritten

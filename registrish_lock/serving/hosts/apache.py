@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 
 from ...oci import mediatypes
+from ...tls import CIPHERS
 from ...tree.layout import LAST_PAGE_SUFFIX
 from ..routes import (
     BROWSE_REL,
@@ -27,7 +28,16 @@ from ..routes import (
     error_body,
     short_cache,
 )
-from .base import GENERATED, HostContext, Output, Rendered, TaggedDigest, error_text, twin_kinds
+from .base import (
+    GENERATED,
+    HostContext,
+    Output,
+    Rendered,
+    TaggedDigest,
+    error_text,
+    plain_http_warning,
+    twin_kinds,
+)
 
 HTACCESS = ".htaccess"
 VHOST = "registrish-apache.conf"
@@ -161,21 +171,55 @@ Header set Docker-Content-Digest %{{REGISTRISH_DIGEST}}e env=REGISTRISH_DIGEST
 """
 
 
+def _vhost_tls(ctx: HostContext) -> str:
+    """mod_ssl settings of the registry's vhost (its name alone for plain HTTP)."""
+    name = f"    ServerName {ctx.tls.server_name}\n" if ctx.tls.server_name else ""
+    if ctx.tls.certificate is None or ctx.tls.key is None:
+        return name
+    return f"""{name}    # HTTPS (mod_ssl; HTTP/2 where mod_http2 is loaded): TLS 1.2 and 1.3 only; for
+    # TLS 1.2, only AEAD suites with forward secrecy (TLS 1.3's are all strong).
+    SSLEngine on
+    SSLCertificateFile "{ctx.tls.certificate}"
+    SSLCertificateKeyFile "{ctx.tls.key}"
+    SSLProtocol -all +TLSv1.2 +TLSv1.3
+    SSLCipherSuite {CIPHERS}
+    SSLHonorCipherOrder off
+    SSLSessionTickets off
+    <IfModule http2_module>
+        Protocols h2 http/1.1
+    </IfModule>
+"""
+
+
+def _redirect_vhost(ctx: HostContext) -> str:
+    """`[registry] redirect_http`: a plain-HTTP vhost sending every request to HTTPS."""
+    redirect = ctx.tls.redirect_http
+    if redirect is None or not ctx.tls.own_certificate:
+        return ""
+    return f"""# Plain HTTP on {redirect}: every request is redirected to HTTPS.
+<VirtualHost {redirect}>
+    RewriteEngine On
+    RewriteRule ^ {ctx.https_url("%{SERVER_NAME}")}%{{REQUEST_URI}} [R=308,L]
+</VirtualHost>
+"""
+
+
 class ApacheRenderer:
     name = "apache"
     needs_entries = False
 
     def render(self, ctx: HostContext) -> Rendered:
         short = short_cache(ctx.policy.tag_cache_seconds)
+        scheme = "https" if ctx.tls.own_certificate else "http"
         vhost = f"""\
 # {GENERATED}
-# The static registry at {ctx.root}, on http://{ctx.listen}/.
+# The static registry at {ctx.root}, on {scheme}://{ctx.listen}/.
 # Include it from apache2.conf, plus {LISTEN} unless ports.conf already listens on
 # {ctx.listen}; the rules live in {ctx.root / HTACCESS}. Reload Apache after each sync:
 # until then a tag keeps serving the image the table below names (or, for a tag it does
 # not know or whose manifest was collected, the tag's file with no Docker-Content-Digest).
-<VirtualHost {ctx.listen}>
-    DocumentRoot "{ctx.root}"
+{_redirect_vhost(ctx)}<VirtualHost {ctx.listen}>
+{_vhost_tls(ctx)}    DocumentRoot "{ctx.root}"
     # TRACE is answered before the .htaccess is read: refuse it like any other write.
     TraceEnable off
     ErrorDocument 405 /{UNSUPPORTED_DOC}
@@ -187,12 +231,15 @@ class ApacheRenderer:
 </VirtualHost>
 """
         listen = f"# {GENERATED}\n# Apache's Listen for the registrish vhost (skip it if ports.conf has it).\n"
-        listen += f"Listen {ctx.listen}\n"
+        listen += f"Listen {ctx.listen}{' https' if ctx.tls.own_certificate else ''}\n"
+        if ctx.tls.redirect_http is not None and ctx.tls.own_certificate:
+            listen += f"Listen {ctx.tls.redirect_http}\n"
         return Rendered(
             (
                 Output(ctx.hosts_dir / VHOST, vhost.encode()),
                 Output(ctx.hosts_dir / LISTEN, listen.encode()),
                 Output(ctx.root / HTACCESS, htaccess(short).encode()),
                 Output(ctx.root / UNSUPPORTED_DOC, _UNSUPPORTED),
-            )
+            ),
+            plain_http_warning(ctx, "apache"),
         )

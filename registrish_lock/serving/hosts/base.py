@@ -8,6 +8,7 @@ from typing import NamedTuple, Protocol
 
 from ...errors import RegistrishError
 from ...oci import mediatypes
+from ...tls import ServerTls
 from ..routes import Entry, ErrorCode, Policy, error_body
 
 GENERATED = (
@@ -38,11 +39,16 @@ class HostContext:
     #: Every tag, sorted: hosts serve tags through it, with their Docker-Content-Digest
     #: (it grows with tags, never with manifests by digest).
     tag_digests: tuple[TaggedDigest, ...] = ()
+    tls: ServerTls = field(default_factory=ServerTls)
 
     @property
     def listen(self) -> str:
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
         return f"{host}:{self.listen_port}"
+
+    def https_url(self, host: str) -> str:
+        """The HTTPS address a redirect sends to: `host`, and the port unless 443."""
+        return f"https://{host}" + ("" if self.listen_port == 443 else f":{self.listen_port}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,16 @@ class HostRenderer(Protocol):
     def needs_entries(self) -> bool: ...
 
     def render(self, ctx: HostContext) -> Rendered: ...
+
+
+def plain_http_warning(ctx: HostContext, name: str) -> tuple[str, ...]:
+    """A name without a certificate is Caddy's automatic HTTPS: other servers stay HTTP."""
+    if not ctx.tls.caddy_automatic:
+        return ()
+    return (
+        f"{name}: registry.server_name without tls_certificate: the {name} config serves "
+        "plain HTTP (only Caddy obtains a certificate itself); set tls_certificate and tls_key",
+    )
 
 
 def error_text(code: ErrorCode) -> str:

@@ -119,6 +119,51 @@ def admin_line(hosts_dir: Path) -> tuple[str, tuple[str, ...]]:
     return f"admin {address}", ()
 
 
+def site_address(ctx: HostContext) -> str:
+    """Plain HTTP on `listen`; HTTPS with our certificate on `server_name`, else for any
+    name the clients use (as nginx's `server_name _`; `bind` still picks the address);
+    automatic HTTPS on the name."""
+    tls = ctx.tls
+    if tls.caddy_automatic:
+        assert tls.server_name is not None
+        return tls.server_name + ("" if ctx.listen_port == 443 else f":{ctx.listen_port}")
+    if tls.own_certificate:
+        return f"https://{tls.server_name or ''}:{ctx.listen_port}"
+    return f"http://{ctx.listen}"
+
+
+def _global_tls(ctx: HostContext) -> str:
+    if not ctx.tls.caddy_automatic:
+        # Our own certificate or none: never ask an ACME CA, never bind port 80 unasked.
+        return "\tauto_https off\n"
+    # Automatic HTTPS: ACME for a public name (Caddy's local CA for localhost or an IP),
+    # never installing that CA into this machine's trust store.
+    lines = "\tskip_install_trust\n"
+    if ctx.tls.redirect_http is not None:
+        lines += f"\thttp_port {ctx.tls.redirect_http.port}\n"
+    return lines
+
+
+def _site_tls(ctx: HostContext) -> str:
+    """TLS 1.2+ with strong suites is Caddy's default: only the certificate is named."""
+    if ctx.tls.certificate is None or ctx.tls.key is None:
+        return ""
+    return f'\ttls "{ctx.tls.certificate}" "{ctx.tls.key}"\n'
+
+
+def _redirect_site(ctx: HostContext) -> str:
+    """`[registry] redirect_http` with our own certificate (automatic HTTPS redirects by
+    itself, on `http_port`)."""
+    redirect = ctx.tls.redirect_http
+    if redirect is None or not ctx.tls.own_certificate:
+        return ""
+    return (
+        f"\n# Plain HTTP on {redirect}: every request is redirected to HTTPS.\n"
+        f"http://{redirect} {{\n\tbind {redirect.host}\n"
+        f"\tredir {ctx.https_url('{host}')}{{uri}} 308\n}}\n"
+    )
+
+
 class CaddyRenderer:
     name = "caddy"
     needs_entries = False
@@ -129,19 +174,19 @@ class CaddyRenderer:
         cc_long = f'Cache-Control "{IMMUTABLE}"'
         admin, warnings = admin_line(ctx.hosts_dir)
         allow = ", ".join(ALLOWED_METHODS)
+        site = site_address(ctx)
         text = f"""\
 # {GENERATED}
-# The static registry at {ctx.root}, on http://{ctx.listen}/.
+# The static registry at {ctx.root}, on {site}/.
 # Run: caddy run --config {ctx.hosts_dir / FILENAME} --adapter caddyfile
 # After each sync: caddy reload --config {ctx.hosts_dir / FILENAME} --adapter caddyfile
 {{
 	{admin}
-	auto_https off
-}}
-
-http://{ctx.listen} {{
+{_global_tls(ctx)}}}
+{_redirect_site(ctx)}
+{site} {{
 	bind {ctx.listen_host}
-	root * "{ctx.root}"
+{_site_tls(ctx)}	root * "{ctx.root}"
 	# No `encode`: compression would change the bytes clients verify against digests.
 
 	route {{

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ...oci import mediatypes
+from ...tls import CIPHERS
 from ...tree.layout import LAST_PAGE_SUFFIX, twin_name
 from ..routes import (
     BROWSE_REL,
@@ -21,7 +22,16 @@ from ..routes import (
     ErrorCode,
     short_cache,
 )
-from .base import GENERATED, HostContext, Output, Rendered, TaggedDigest, error_text, twin_kinds
+from .base import (
+    GENERATED,
+    HostContext,
+    Output,
+    Rendered,
+    TaggedDigest,
+    error_text,
+    plain_http_warning,
+    twin_kinds,
+)
 
 FILENAME = "registrish.conf"
 TAG_RE = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
@@ -67,6 +77,37 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def _tls(ctx: HostContext) -> str:
+    """The HTTPS settings of the registry's server block ('' for plain HTTP)."""
+    if ctx.tls.certificate is None or ctx.tls.key is None:
+        return ""
+    return f"""
+    # HTTPS (HTTP/2 for clients that offer it): TLS 1.2 and 1.3 only; for TLS 1.2, only
+    # AEAD suites with forward secrecy (TLS 1.3's are all strong).
+    ssl_certificate "{ctx.tls.certificate}";
+    ssl_certificate_key "{ctx.tls.key}";
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ciphers {CIPHERS};
+    ssl_prefer_server_ciphers off;
+    ssl_session_cache shared:registrish_tls:10m;
+    ssl_session_timeout 1d;
+    ssl_session_tickets off;
+"""
+
+
+def _redirect_server(ctx: HostContext) -> str:
+    """`[registry] redirect_http`: a plain-HTTP server sending every request to HTTPS."""
+    if ctx.tls.redirect_http is None or not ctx.tls.own_certificate:
+        return ""
+    return f"""# Plain HTTP on {ctx.tls.redirect_http}: every request is redirected to HTTPS.
+server {{
+    listen {ctx.tls.redirect_http};
+    server_name {ctx.tls.server_name or "_"};
+    return 308 {ctx.https_url("$host")}$request_uri;
+}}
+"""
+
+
 class NginxRenderer:
     name = "nginx"
     needs_entries = False
@@ -75,9 +116,10 @@ class NginxRenderer:
         short = short_cache(ctx.policy.tag_cache_seconds)
         types = "\n".join(f"            {mt} ~{kind};" for kind, mt in twin_kinds())
         tries = " ".join(f"$uri.~{kind}" for kind in mediatypes.KINDS)
+        scheme = "https" if ctx.tls.own_certificate else "http"
         text = f"""\
 # {GENERATED}
-# The static registry at {ctx.root}, on http://{ctx.listen}/.
+# The static registry at {ctx.root}, on {scheme}://{ctx.listen}/.
 # Use: `include {ctx.hosts_dir / FILENAME};` inside nginx's http {{}} block, and
 # `nginx -s reload` after each sync (the tag -> digest table below changes with the lock).
 {tag_digest_map(ctx.tag_digests)}
@@ -86,11 +128,11 @@ map $arg_last $registrish_last_page {{
     default "list";
     "~^{TAG_RE}$" "$arg_last{LAST_PAGE_SUFFIX}";
 }}
-server {{
-    listen {ctx.listen};
-    server_name _;
+{_redirect_server(ctx)}server {{
+    listen {ctx.listen}{" ssl http2" if ctx.tls.own_certificate else ""};
+    server_name {ctx.tls.server_name or "_"};
     root "{ctx.root}";
-
+{_tls(ctx)}
     # Compression would change the bytes clients verify against digests.
     gzip off;
     sendfile on;
@@ -237,4 +279,6 @@ server {{
     }}
 }}
 """
-        return Rendered((Output(ctx.hosts_dir / FILENAME, text.encode()),))
+        return Rendered(
+            (Output(ctx.hosts_dir / FILENAME, text.encode()),), plain_http_warning(ctx, "nginx")
+        )
