@@ -10,7 +10,7 @@ from ..lock.config import load_config
 from ..progress import UPLOAD, QuietProgress, make_progress
 from ..serving.publish import DEFAULT_JOBS, open_store, parse_s3_url, publish
 from ..serving.routes import Policy
-from ..tree.layout import Layout
+from ..storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from . import positive_int
 
@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     target = parse_s3_url(args.target)
     config = load_config(args.config)
-    layout = Layout(config.root)
+    layout = dry_run_layout(config.layout, console) if args.dry_run else config.layout
     store = open_store(
         target,
         endpoint_url=args.endpoint_url,
