@@ -20,6 +20,8 @@ from testbed.procs import LOOPBACK, Server, free_port
 from testbed.statichosts import start_nginx, write_minimal_nginx_config
 from testbed.upstream import Registry
 
+from registrish_lock.tree.layout import Layout
+
 from .datagen import Data, DataSet, Scale
 from .measure import BenchError, RequestCounter, fresh_dir, timed
 
@@ -97,7 +99,7 @@ class Workspace:
     def check_tree(self) -> None:
         """Every unique blob of the set is in the content store with its size (cheap check;
         digests are verified by sync itself and by the product's tests)."""
-        store = self.root / ".registrish" / "blobs" / "sha256"
+        store = Layout(self.root).state / "blobs" / "sha256"
         for blob in self.dataset.blobs:
             path = store / blob.digest.removeprefix("sha256:")
             if not path.exists() or path.stat().st_size != blob.size:

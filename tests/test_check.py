@@ -126,7 +126,9 @@ def test_check_url_sends_a_request_again_once_after_a_reset(tree: BuiltTree) -> 
         answer = resolver.answer(request.method, path, {})
         body = answer.body if answer.file is None else answer.file.read_bytes()
         content = body if request.method == "GET" else b""
-        return httpx.Response(answer.status, headers=dict(answer.headers), content=content)
+        # a HEAD answer says the length of the body it leaves out, as a real server does
+        headers = {**dict(answer.headers), "Content-Length": str(len(body))}
+        return httpx.Response(answer.status, headers=headers, content=content)
 
     limit = 1
     report = check_url("http://h.example", tree.lock, transport=httpx.MockTransport(handler))
@@ -221,3 +223,38 @@ def test_real_lock_and_sync_then_check_local_and_serve(
         thread.join()
     assert report.failures == []
     assert main(["hosts", "-c", str(config), "-q"]) == 0  # nothing changed: nothing rewritten
+
+
+PAGE = b"<!doctype html><html><head><title>browse</title></head></html>"
+
+
+def test_check_url_flags_an_html_ping_html_404s_and_a_digest_without_length(
+    tree: BuiltTree,
+) -> None:
+    """What Cloudflare Pages did before 404.html and v2/index.html: the browse page for the
+    ping and for every missing path (200 or 404), and no Content-Length beside the digest."""
+    resolver = TreeResolver(tree.layout)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.raw_path.decode()
+        answer = resolver.answer(request.method, path, {})
+        if path == "/v2/":
+            return httpx.Response(200, headers={"Content-Type": "application/json"}, content=PAGE)
+        if "/referrers/" in path and not (tree.layout.root / path.lstrip("/")).exists():
+            return httpx.Response(200, headers={"Content-Type": "text/html"}, content=PAGE)
+        if answer.status == 404:
+            return httpx.Response(404, headers={"Content-Type": "text/html"}, content=PAGE)
+        body = answer.body if answer.file is None else answer.file.read_bytes()
+        headers = dict(answer.headers)  # HEAD: no Content-Length, as wrangler sends it
+        return httpx.Response(
+            200, headers=headers, content=body if request.method == "GET" else b""
+        )
+
+    report = check_url("http://h.example", tree.lock, transport=httpx.MockTransport(handler))
+    joined = " ".join(f.problem for f in report.failures)
+    assert "ping answered an HTML page (application/json), expected JSON" in joined
+    assert "404 with an HTML page" in joined
+    assert "referrers of an unknown digest served as text/html" in joined
+    assert "referrers of an unknown digest: referrers document is not an OCI index" in joined
+    assert "HEAD: Docker-Content-Digest without Content-Length" in joined
+    assert "GET: Docker-Content-Digest without Content-Length" not in joined

@@ -1,5 +1,5 @@
 """Concurrent runs on one tree (issue 7, item 5): `sync`, `gc` and `publish` serialise
-through the tree lock (`<root>/.registrish/lock`, flock); `--no-wait` exits 5 while another
+through the tree lock (`<store>/lock`, flock); `--no-wait` exits 5 while another
 process holds it; the lock file a SIGKILLed sync leaves behind blocks nobody.
 
 Real processes against the test bed's docker-registry, behind a CountingProxy that drips
@@ -182,7 +182,7 @@ def test_two_syncs_and_a_gc_started_together_take_turns(
 ) -> None:
     layout = Layout(tmp_path / "public")
     # Garbage for gc to sweep: proof that it ran, and a hold long enough to be seen.
-    store = layout.root / ".registrish/blobs/sha256"
+    store = layout.state / "blobs/sha256"
     store.mkdir(parents=True)
     for i in range(GARBAGE):
         data = f"garbage {i}".encode()

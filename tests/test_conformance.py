@@ -212,7 +212,7 @@ def test_nothing_answers_403(client: httpx.Client) -> None:
         "/v2/nope/tags/list",
         "/v2/many/tags/latest.~last",
         "/v2/app-oci/manifests/v1.~oci-manifest",
-        "/.registrish/secret",
+        "/.private/secret",
     ):
         assert client.get(path).status_code == 404, path
 

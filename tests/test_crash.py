@@ -49,6 +49,7 @@ from testbed.upstream import (
 )
 
 from registrish_lock.cli import main
+from registrish_lock.tree.layout import Layout
 
 pytestmark = pytest.mark.slow
 
@@ -381,7 +382,7 @@ def test_sigkilled_syncs_never_serve_a_broken_image(
                 outcome = killed_sync(config, delay)
             kills += outcome is None
             finished += outcome is not None
-            partials = len(list((root / ".registrish/tmp").glob("*")))
+            partials = len(list((Layout(root).state / "tmp").glob("*")))
             state = served_state(probe, puller) + (" +partial" if partials else "")
             left[state] += 1
             print(

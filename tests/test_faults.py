@@ -47,6 +47,7 @@ from registrish_lock.errors import IntegrityError, UpstreamError
 from registrish_lock.lock.config import RegistrySettings
 from registrish_lock.lock.lockfile import read_lock
 from registrish_lock.oci.reference import Reference
+from registrish_lock.tree.layout import Layout
 from registrish_lock.upstream.credentials import CredentialStore, env_var_name
 from registrish_lock.upstream.registry import RegistryClient, RetryPolicy
 
@@ -500,7 +501,7 @@ def test_sync_never_publishes_corrupt_blobs_and_a_rerun_converges(
     root = locked.parent / "public"
     verify_tree(root)  # whatever did land hashes to its name
     assert layer.digest not in final_blob_digests(root)
-    store = root / ".registrish" / "blobs" / "sha256" / layer.digest.removeprefix("sha256:")
+    store = Layout(root).state / "blobs" / "sha256" / layer.digest.removeprefix("sha256:")
     assert not store.exists()
     # No tag may point at an image whose layer is missing (tags are written last).
     assert not (root / "v2" / "app-oci" / "manifests" / "v1").exists()

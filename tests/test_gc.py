@@ -45,10 +45,10 @@ def test_gc_dry_run_lists_then_gc_removes_only_what_the_lock_no_longer_reaches(
     swept = {s.rel for s in dry.sweeps}
     assert f"v2/multi/manifests/{old_index.digest}" in swept
     assert f"v2/multi/manifests/{amd.digest}.~oci-manifest" in swept
-    assert f".registrish/blobs/sha256/{gone.blobs[-1][7:]}" in swept
+    assert f"<store>/blobs/sha256/{gone.blobs[-1][7:]}" in swept
     assert f"v2/other/blobs/{shared.blobs[0]}" in swept
     # a blob `other` shared with `app` is still reached: its store copy stays
-    assert f".registrish/blobs/sha256/{keep.blobs[0][7:]}" not in swept
+    assert f"<store>/blobs/sha256/{keep.blobs[0][7:]}" not in swept
     assert dry.emptied_repos == ("gone", "other")
     # bytes freed: every unreached blob once (hardlinks are one inode) plus manifests/docs
     unreached = (all_sizes := {d: len(up.blobs[d]) for d in set(gone.blobs) | set(amd.blobs)})
@@ -74,9 +74,9 @@ def test_gc_keeps_resumable_partials_and_removes_stale_ones(tmp_path: Path) -> N
     img = build_image(up, "app", "v1")
     lock = lock_of(locked("app", "v1", img))
     sync(tmp_path, lock, up)
-    tmp = tmp_path / ".registrish/tmp"
+    tmp = Layout(tmp_path).state / "tmp"
     needed = tmp / f"{img.blobs[0][7:]}.partial"
-    os.remove(tmp_path / ".registrish/blobs/sha256" / img.blobs[0][7:])
+    os.remove(Layout(tmp_path).state / "blobs/sha256" / img.blobs[0][7:])
     needed.write_bytes(b"half")
     stale = tmp / f"{'e' * 64}.partial"
     stale.write_bytes(b"junk")

@@ -209,7 +209,9 @@ def build_tree(root: Path) -> BuiltTree:
     w.layout.path(Layout.rel_ping()).write_bytes(b"{}")
     w.layout.path(EMPTY_REFERRERS_REL).write_bytes(EMPTY_REFERRERS)
     (w.layout.tmp).mkdir(parents=True, exist_ok=True)
-    (w.layout.state / "secret").write_text("must never be served")
+    # a hidden directory in the root: no host may serve it
+    (root / ".private").mkdir(exist_ok=True)
+    (root / ".private" / "secret").write_text("must never be served")
 
     blob_layer, _ = _layer("hello from app-oci\n")
     return BuiltTree(

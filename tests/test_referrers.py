@@ -170,13 +170,13 @@ def test_tag_schemas_and_artifact_type() -> None:
 
 
 def test_referrers_problems() -> None:
-    doc = json.dumps(
-        {"manifests": [{"digest": "sha256:" + "1" * 64, "artifactType": SIG_TYPE}]}
-    ).encode()
+    listed = {"manifests": [{"digest": "sha256:" + "1" * 64, "artifactType": SIG_TYPE}]}
+    doc = json.dumps({"schemaVersion": 2, **listed}).encode()
     assert referrers_problems(doc, {"sha256:" + "1" * 64: SIG_TYPE}) == []
     assert "artifactType" in referrers_problems(doc, {"sha256:" + "1" * 64: SBOM_TYPE})[0]
     assert "does not list" in referrers_problems(doc, {"sha256:" + "2" * 64: SIG_TYPE})[0]
-    assert referrers_problems(b"[]", {}) == ["referrers document is not an OCI index"]
+    for bad in (b"[]", json.dumps(listed).encode(), b"<!doctype html><html></html>"):
+        assert referrers_problems(bad, {}) == ["referrers document is not an OCI index"]
 
 
 # --- config -----------------------------------------------------------------------------------

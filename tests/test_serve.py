@@ -115,7 +115,7 @@ def test_blob_head_get_and_ranges(client: httpx.Client, tree: BuiltTree) -> None
         (f"/v2/app-oci/blobs/{RANDOM}", 404, "BLOB_UNKNOWN"),
         ("/v2/nope/tags/list", 404, "NAME_UNKNOWN"),
         ("/v2/app-oci/manifests/v1.~oci-manifest", 404, "MANIFEST_UNKNOWN"),
-        ("/.registrish/secret", 404, "NAME_UNKNOWN"),
+        ("/.private/secret", 404, "NAME_UNKNOWN"),
         ("/v2/_referrers-empty", 404, "NAME_UNKNOWN"),
     ],
 )

@@ -84,7 +84,7 @@ def verify_tree(root: Path) -> int:
             assert exact.read_bytes() == path.read_bytes(), path
             doc = json.loads(path.read_bytes())
             assert doc.get("mediaType", mediatypes.OCI_MANIFEST) == split_twin(name)[1]  # type: ignore[index]
-    store = root / ".registrish" / "blobs" / "sha256"
+    store = Layout(root).state / "blobs" / "sha256"
     for path in store.iterdir() if store.is_dir() else []:
         assert hash_file(path)[0] == f"sha256:{path.name}", path
         checked += 1
@@ -145,7 +145,7 @@ def test_tree_contents_for_all_four_kinds_and_a_nested_name(tmp_path: Path) -> N
             }
             for blob in json.loads(data).get("layers", []):
                 path = v2 / tag.name / "blobs" / blob["digest"]
-                store = root / ".registrish/blobs/sha256" / blob["digest"][7:]
+                store = Layout(root).state / "blobs/sha256" / blob["digest"][7:]
                 assert os.stat(path).st_ino == os.stat(store).st_ino  # hardlinked, one copy
     # the sparse index: the s390x child is neither stored nor fetched
     index = json.loads(up.manifests[lock.by_key()[("multi", "v1")].digest])
@@ -228,9 +228,9 @@ def test_corrupt_upstream_bytes_never_reach_a_final_path(tmp_path: Path) -> None
     lock = lock_of(locked("app", "v1", img))
     with pytest.raises(IntegrityError, match=rf"app .*{bad}"):
         sync(tmp_path, lock, up)
-    assert not (tmp_path / ".registrish/blobs/sha256" / bad[7:]).exists()
+    assert not (Layout(tmp_path).state / "blobs/sha256" / bad[7:]).exists()
     assert not (tmp_path / "v2/app/manifests").exists()  # no manifest before its blobs
-    assert not list((tmp_path / ".registrish/tmp").glob("*.partial"))
+    assert not list((Layout(tmp_path).state / "tmp").glob("*.partial"))
     verify_tree(tmp_path)
     del up.corrupt[bad]  # the upstream heals: a rerun completes
     sync(tmp_path, lock, up)
@@ -245,7 +245,7 @@ def test_oversized_upstream_blob_is_refused(tmp_path: Path) -> None:
     up.corrupt[big] = up.blobs[big] + b"extra"
     with pytest.raises(IntegrityError, match="expected"):
         sync(tmp_path, lock_of(locked("app", "v1", img)), up)
-    assert not (tmp_path / ".registrish/blobs/sha256" / big[7:]).exists()
+    assert not (Layout(tmp_path).state / "blobs/sha256" / big[7:]).exists()
 
 
 def test_interrupted_download_resumes_from_the_partial(tmp_path: Path) -> None:
@@ -256,7 +256,7 @@ def test_interrupted_download_resumes_from_the_partial(tmp_path: Path) -> None:
     lock = lock_of(locked("app", "v1", img))
     with pytest.raises(Interrupted):
         sync(tmp_path, lock, up)
-    partial = tmp_path / ".registrish/tmp" / f"{layer[7:]}.partial"
+    partial = Layout(tmp_path).state / "tmp" / f"{layer[7:]}.partial"
     assert partial.stat().st_size == 120_000
     sync(tmp_path, lock, up)
     assert (layer, 120_000) in up.ranges  # resumed, not restarted
@@ -269,7 +269,7 @@ def test_verify_rehashes_and_repairs_a_corrupted_store_blob(tmp_path: Path) -> N
     img = build_image(up, "app", "v1")
     lock = lock_of(locked("app", "v1", img))
     sync(tmp_path, lock, up)
-    store = tmp_path / ".registrish/blobs/sha256" / img.blobs[0][7:]
+    store = Layout(tmp_path).state / "blobs/sha256" / img.blobs[0][7:]
     data = bytearray(store.read_bytes())
     data[0] ^= 0xFF
     store.write_bytes(bytes(data))  # same size, same inode: a plain sync cannot tell
@@ -396,15 +396,21 @@ def test_cli_refuses_a_stale_lock_unless_frozen(
     assert json.loads((tmp_path / "public/v2/_catalog").read_bytes()) == {"repositories": []}
 
 
-def test_cli_dry_run_exit_codes_and_json(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def cli_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeUpstream, Path]:
+    """A config and lock of one image `app:v1`, with `sync` reading it from a fake upstream."""
     up = FakeUpstream()
     lock = lock_of(locked("app", "v1", build_image(up, "app", "v1")))
     config, _ = write_project(tmp_path, lock)
     from registrish_lock.commands import sync as sync_cmd
 
     monkeypatch.setattr(sync_cmd, "open_sources", lambda *_args, **_kw: up)
+    return up, config
+
+
+def test_cli_dry_run_exit_codes_and_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, config = cli_project(tmp_path, monkeypatch)
     assert cli.main(["sync", "-c", str(config), "--dry-run"]) == ExitCode.PENDING
     out = capsys.readouterr().out
     assert "Would fetch 3 blobs" in out and "would create tag app:v1" in out

@@ -142,7 +142,7 @@ def test_retag_upstream_then_lock_upgrade_and_prune(
     assert not (root / "v2/moving/manifests" / first.digest).exists()
     for layer in first.layers:
         assert not (root / "v2/moving/blobs" / layer).exists()
-        assert not (root / ".registrish/blobs/sha256" / layer[7:]).exists()
+        assert not (Layout(root).state / "blobs/sha256" / layer[7:]).exists()
     assert registrish(config, "gc", "--dry-run", check=False).returncode == 0
     verify_tree(root)
     host = serve_tree(root)
@@ -181,7 +181,7 @@ def test_sigkill_during_a_large_download_then_rerun_verifies(
     big = push_random_image(upstream_registry, "big", "v1", (size,), seed=3, workdir=tmp_path / "w")
     config = write_config(tmp_path, counting_proxy.host, [("big", "big", "v1")])
     registrish(config, "lock")
-    tmp = tmp_path / "public/.registrish/tmp"
+    tmp = Layout(tmp_path / "public").state / "tmp"
     proc = subprocess.Popen(
         [sys.executable, "-m", "registrish_lock", "sync", "-c", str(config), "-q"],
         stdout=subprocess.DEVNULL,
@@ -200,7 +200,7 @@ def test_sigkill_during_a_large_download_then_rerun_verifies(
     proc.wait()
     assert killed_at, "the download finished before it could be killed"
     layer = big.layers[0]
-    assert not (tmp_path / "public/.registrish/blobs/sha256" / layer[7:]).exists()
+    assert not (Layout(tmp_path / "public").state / "blobs/sha256" / layer[7:]).exists()
     assert not (tmp_path / "public/v2/big/manifests/v1").exists()
     if damage:  # the kept bytes are wrong (a disk error): the rerun must not blame upstream
         partial = max(tmp.glob("*.partial"), key=lambda p: p.stat().st_size)
@@ -241,7 +241,7 @@ def test_corrupt_upstream_bytes_never_land(
     assert proc.returncode == 4, proc.stderr
     assert layer in proc.stderr
     root = tmp_path / "public"
-    assert not (root / ".registrish/blobs/sha256" / layer[7:]).exists()
+    assert not (Layout(root).state / "blobs/sha256" / layer[7:]).exists()
     assert not (root / "v2/corrupt/manifests/v1").exists()
     verify_tree(root)
     counting_proxy.fault = None

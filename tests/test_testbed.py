@@ -60,6 +60,7 @@ from testbed.upstream import (
     get_manifest,
     request,
 )
+from testbed.vendorhosts import require_npm_bin
 
 EXPECTED_TYPES = {
     "app-oci:v1": OCI_MANIFEST,
@@ -401,3 +402,15 @@ def test_seaweedfs_serves_bucket_at_root(tmp_path: Path) -> None:
         assert request(s3.url, "GET", "/v2/x/manifests/missing").status == 404
     finally:
         s3.stop()
+
+
+def test_a_missing_npm_tool_fails_in_ci_and_skips_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REGISTRISH_NPM_PREFIX", str(tmp_path))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"wrangler@4\.86\.0 is not installed"):
+        require_npm_bin("wrangler")
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="netlify-cli"):
+        require_npm_bin("netlify-cli")

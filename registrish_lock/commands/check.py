@@ -9,7 +9,6 @@ from ..errors import ExitCode
 from ..lock.config import load_config
 from ..lock.lockfile import read_lock
 from ..serving.check import Report, check_local, check_url, validate_url
-from ..tree.layout import Layout
 
 NAME = "check"
 HELP = "verify a deployment (URL) or the local tree serves every locked object right"
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     lock = read_lock(config.lock_path)
     reports = []
     if args.local or not args.url:
-        reports.append(check_local(Layout(config.root), lock))
+        reports.append(check_local(config.layout, lock))
     if args.url:
         reports.append(check_url(args.url, lock, deep=args.deep))
     for report in reports:

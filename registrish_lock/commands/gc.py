@@ -6,8 +6,8 @@ import argparse
 
 from ..console import Console
 from ..errors import ExitCode
+from ..storemove import dry_run_layout
 from ..tree.apply import collect_garbage, write_hosts
-from ..tree.layout import Layout
 from ..tree.treelock import tree_lock
 from .sync import load_locked
 
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     config, lock = load_locked(args.config, frozen=args.frozen)
-    layout = Layout(config.root)
+    layout = dry_run_layout(config.layout, console) if args.dry_run else config.layout
     with tree_lock(layout, console, wait=not args.no_wait):
         plan = collect_garbage(lock=lock, layout=layout, console=console, dry_run=args.dry_run)
         if not args.dry_run and plan.pending:  # host configs may list what just went

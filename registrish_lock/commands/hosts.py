@@ -8,7 +8,6 @@ from ..console import Console
 from ..lock.config import load_config
 from ..lock.lockfile import read_lock
 from ..serving.hosts import write_host_configs
-from ..tree.layout import Layout
 
 NAME = "hosts"
 HELP = "regenerate the web server / host configs for [registry].hosts"
@@ -26,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     config = load_config(args.config)
     lock = read_lock(config.lock_path)
-    written = write_host_configs(config, Layout(config.root), lock, console)
+    written = write_host_configs(config, config.layout, lock, console)
     for path in written:
         console.result(f"wrote {path}")
     if not written:

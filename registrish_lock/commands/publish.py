@@ -11,7 +11,7 @@ from ..progress import UPLOAD, QuietProgress, make_progress
 from ..serving.publish import publish
 from ..serving.routes import Policy
 from ..serving.s3store import DEFAULT_JOBS, open_store, parse_s3_url
-from ..tree.layout import Layout
+from ..storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from . import add_jobs_option
 
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     target = parse_s3_url(args.target)
     config = load_config(args.config)
-    layout = Layout(config.root)
+    layout = dry_run_layout(config.layout, console) if args.dry_run else config.layout
     store = open_store(
         target,
         endpoint_url=args.endpoint_url,

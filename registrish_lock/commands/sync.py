@@ -10,8 +10,8 @@ from ..errors import ExitCode, StaleLockError
 from ..lock.config import Config, load_config
 from ..lock.lockfile import Lock, read_lock
 from ..progress import make_progress
+from ..storemove import dry_run_layout
 from ..tree.apply import LazyUpstream, sync_tree, write_hosts
-from ..tree.layout import Layout
 from ..tree.treelock import tree_lock
 from ..upstream.sources import open_sources
 from . import add_jobs_option
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         from ..serving.hosts.netlify import cloudflare_preflight
 
         cloudflare_preflight(lock)
-    layout = Layout(config.root)
+    layout = dry_run_layout(config.layout, console) if args.dry_run else config.layout
     upstream = LazyUpstream(lambda: open_sources(config, console, jobs=args.jobs))
     try:
         with tree_lock(layout, console, wait=not args.no_wait):

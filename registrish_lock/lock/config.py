@@ -31,7 +31,7 @@ from ..oci.reference import (
     parse_source,
 )
 from ..tls import TLS_KEYS, Address, ServerTls, parse_server_tls
-from ..tree.layout import path_collisions
+from ..tree.layout import Layout, path_collisions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,7 +41,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 HOSTS = ("nginx", "caddy", "apache", "netlify", "cloudflare", "s3", "plain")
 DEFAULT_HOSTS = ("nginx",)
 DEFAULT_TAG_CACHE_SECONDS = 60
-_REGISTRY_KEYS = ("root", "hosts", "hosts_dir", "listen", "tag_cache_seconds", *TLS_KEYS)
+_REGISTRY_KEYS = ("root", "store", "hosts", "hosts_dir", "listen", "tag_cache_seconds", *TLS_KEYS)
 _DEFAULTS_KEYS = ("platforms", "referrers")
 _IMAGE_KEYS = ("source", "name", "tags", "versions", "match", "latest", "platforms", "referrers")
 _REGISTRIES_KEYS = ("insecure", "mirrors")
@@ -114,10 +114,17 @@ class Config:
     registries: Mapping[str, RegistrySettings] = field(default_factory=dict)
     #: HTTPS for the nginx, Caddy and Apache configs (plain HTTP when unset).
     tls: ServerTls = field(default_factory=ServerTls)
+    #: `[registry] store`; None = beside the root (`layout.default_store`).
+    store: Path | None = None
 
     @property
     def lock_path(self) -> Path:
         return self.path.with_suffix(".lock")
+
+    @property
+    def layout(self) -> Layout:
+        """The tree and its content store."""
+        return Layout(self.root, self.store)
 
     def registry_settings(self, registry: str) -> RegistrySettings:
         return self.registries.get(registry, RegistrySettings())
@@ -249,6 +256,18 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     r.check_keys(registry, _REGISTRY_KEYS, "registry")
     root = base / r.string(registry.get("root", "public"), "registry.root")
     hosts_dir = base / r.string(registry.get("hosts_dir", "hosts"), "registry.hosts_dir")
+    store = None
+    if "store" in registry:
+        store = base / r.string(registry["store"], "registry.store")
+        inside = os.path.abspath(store), os.path.abspath(root)
+        if os.path.commonpath(inside) in inside:
+            raise r.fail(
+                "registry.store",
+                f"{inside[0]!r} overlaps the root {inside[1]!r}: hosts that deploy the root "
+                "whole would publish the store",
+                "choose a directory beside the root, on the same filesystem "
+                "(or omit the key: the default is <root>/../.registrish-<rootname>)",
+            )
     hosts = r.strings(registry.get("hosts", list(DEFAULT_HOSTS)), "registry.hosts")
     for i, host in enumerate(hosts):
         if host not in HOSTS:
@@ -360,6 +379,7 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
         images=images,
         registries=registries,
         tls=tls,
+        store=store,
     )
 
 

@@ -13,8 +13,9 @@ Two conventions find what refers to a manifest, and both are mirrored:
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import mediatypes
@@ -83,3 +84,32 @@ def referrers_index(referrers: Iterable[Manifest]) -> dict[str, Any]:
         "mediaType": mediatypes.OCI_INDEX,
         "manifests": [descriptor_of(unique[d]) for d in sorted(unique)],
     }
+
+
+def referrers_problems(data: bytes, expected: Mapping[str, str]) -> list[str]:
+    """What is wrong with a referrers document that must list `expected` (digest →
+    artifactType, "" for none). Other entries are tolerated: a tree may be shared."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("schemaVersion") != 2
+        or not isinstance(doc.get("manifests"), list)
+    ):
+        return ["referrers document is not an OCI index"]
+    listed = {
+        m["digest"]: m.get("artifactType", "")
+        for m in doc["manifests"]
+        if isinstance(m, dict) and isinstance(m.get("digest"), str)
+    }
+    problems = []
+    for digest, artifact_type in sorted(expected.items()):
+        if digest not in listed:
+            problems.append(f"does not list referrer {digest} (run `registrish sync`)")
+        elif listed[digest] != artifact_type:
+            problems.append(
+                f"lists {digest} as {listed[digest]!r}, expected artifactType {artifact_type!r}"
+            )
+    return problems

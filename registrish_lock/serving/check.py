@@ -25,11 +25,13 @@ from ..errors import IntegrityError, RegistrishError, UpstreamError
 from ..lock.lockfile import Lock
 from ..oci import mediatypes
 from ..oci.manifest import Manifest, parse_manifest, sha256_digest
-from ..oci.referrers import artifact_type_of, refers_to
+from ..oci.referrers import artifact_type_of, referrers_problems, refers_to
 from ..tls import certificate_problem, client_context
 from ..tree.layout import Layout
 from ..tree.state import hash_file
 from .routes import EMPTY_REFERRERS_REL, BlobObject, read_objects
+
+__all__ = ["check_local", "check_url", "referrers_problems", "validate_url"]
 
 NOT_CONFIGURED = "the host is not applying registrish's config"
 RELOAD = "the host's config is older than the tree: reload the server after every sync"
@@ -124,6 +126,10 @@ class _HttpChecker:
             )
         elif resp.status_code not in (200, 401):
             self.report.fail("v2/", f"the /v2/ ping answered {resp.status_code}, expected 200")
+        elif resp.status_code == 200 and not isinstance(_json(resp.content), dict):
+            self.report.fail(
+                "v2/", f"the /v2/ ping answered {_what_body(resp)}, expected JSON ({{}})"
+            )
 
     def manifest(self, path: str, digest: str, media_type: str, size: int) -> bytes | None:
         """HEAD then GET one manifest path; returns the verified body."""
@@ -148,7 +154,7 @@ class _HttpChecker:
                 )
                 return None
             self.digest_header(resp, path, digest, method)
-            self.length(resp, path, size, method)
+            self.length(resp, path, size, method, manifest=True)
             if method == "GET":
                 body = resp.content
         assert body is not None
@@ -159,17 +165,28 @@ class _HttpChecker:
 
     def digest_header(self, resp: httpx.Response, path: str, digest: str, method: str) -> None:
         sent = resp.headers.get("Docker-Content-Digest")
+        if sent is not None and "Content-Length" not in resp.headers:
+            self.report.fail(
+                path,
+                f"{method}: Docker-Content-Digest without Content-Length: docker refuses it "
+                "(missing or empty Content-Length header); send both or neither",
+            )
         if sent is not None and sent != digest:
             stale = "" if _by_digest(path) else f" ({RELOAD})"
             self.report.fail(
                 path, f"{method}: Docker-Content-Digest is {sent}, expected {digest}{stale}"
             )
 
-    def length(self, resp: httpx.Response, path: str, size: int, method: str) -> None:
+    def length(
+        self, resp: httpx.Response, path: str, size: int, method: str, *, manifest: bool = False
+    ) -> None:
+        """Content-Length, and no compression: clients decode a compressed manifest
+        transparently (its Content-Length is then the compressed size), never a blob."""
         sent = resp.headers.get("Content-Length")
-        if sent is not None and sent != str(size):
+        encoded = resp.headers.get("Content-Encoding", "identity") != "identity"
+        if sent is not None and sent != str(size) and not (manifest and encoded):
             self.report.fail(path, f"{method}: Content-Length is {sent}, expected {size}")
-        if resp.headers.get("Content-Encoding", "identity") != "identity":
+        if encoded and not manifest:
             self.report.fail(
                 path,
                 f"{method}: Content-Encoding {resp.headers['Content-Encoding']}: the host "
@@ -217,40 +234,29 @@ class _HttpChecker:
         if total != blob.size or "sha256:" + hasher.hexdigest() != blob.digest:
             self.report.fail(path, f"downloaded {total} bytes that do not hash to {blob.digest}")
 
-    def missing(self, path: str, what: str) -> None:
+    def missing(self, path: str, what: str, *, or_empty_index: bool = False) -> None:
+        """404 with a body that is not a web page (clients parse it as an OCI error:
+        "invalid character '<'"); with `or_empty_index`, a 200 empty referrers index too."""
         self.report.checked += 1
         resp = self.request("GET", path, headers={"Accept": mediatypes.ACCEPT})
         if resp is None:
             return
-        if resp.status_code == 403:
+        if resp.status_code == 200 and or_empty_index:
+            if resp.headers.get("Content-Type") != mediatypes.OCI_INDEX:
+                got = resp.headers.get("Content-Type") or "no Content-Type"
+                self.report.fail(path, f"{what} served as {got}, expected {mediatypes.OCI_INDEX}")
+            for problem in referrers_problems(resp.content, {}):
+                self.report.fail(path, f"{what}: {problem} ({_what_body(resp)})")
+        elif resp.status_code == 403:
             self.report.fail(path, f"a missing {what} answered 403: {S3_403}")
         elif resp.status_code != 404:
             self.report.fail(path, f"a missing {what} answered {resp.status_code}, expected 404")
-
-
-def referrers_problems(data: bytes, expected: Mapping[str, str]) -> list[str]:
-    """What is wrong with a referrers document that must list `expected` (digest →
-    artifactType, "" for none). Other entries are tolerated: a tree may be shared."""
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
-        return ["referrers document is not an OCI index"]
-    listed = {
-        m["digest"]: m.get("artifactType", "")
-        for m in doc["manifests"]
-        if isinstance(m, dict) and isinstance(m.get("digest"), str)
-    }
-    problems = []
-    for digest, artifact_type in sorted(expected.items()):
-        if digest not in listed:
-            problems.append(f"does not list referrer {digest} (run `registrish sync`)")
-        elif listed[digest] != artifact_type:
-            problems.append(
-                f"lists {digest} as {listed[digest]!r}, expected artifactType {artifact_type!r}"
+        elif _is_html(resp):
+            self.report.fail(
+                path,
+                f"a missing {what} answered 404 with an HTML page: clients expect a JSON "
+                "error (registrish writes 404.html for Netlify and Cloudflare Pages)",
             )
-    return problems
 
 
 def _expected_referrers(
@@ -365,7 +371,26 @@ def check_url(
         if names:
             c.missing(Layout.rel_manifest(names[0], _random_digest()), "manifest")
             c.missing(Layout.rel_blob(names[0], _random_digest()), "blob")
+            unknown = Layout.rel_referrers(names[0], _random_digest())
+            c.missing(unknown, "referrers of an unknown digest", or_empty_index=True)
     return report
+
+
+def _json(data: bytes) -> object:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _is_html(resp: httpx.Response) -> bool:
+    head = resp.content[:512].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html")) or b"<head" in head
+
+
+def _what_body(resp: httpx.Response) -> str:
+    kind = "an HTML page" if _is_html(resp) else "a body that is not a JSON document"
+    return f"{kind} ({resp.headers.get('Content-Type') or 'no Content-Type'})"
 
 
 def _files(lock: Lock) -> Iterator[tuple[str, str, str]]:

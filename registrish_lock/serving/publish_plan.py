@@ -107,7 +107,7 @@ def collect_objects(
     object to upload (sorted by phase, key).
 
     A manifest is published once, under its exact name, with the type its typed twin
-    carries; the twins themselves, `.registrish/`, host configs and anything that is no
+    carries; the twins themselves, the content store, host configs and anything that is no
     registry path stay local. The ping file is published as `v2/` (what `GET /v2/`
     reads) and as `v2/index` (the index document of S3 website endpoints).
     Raises TreeError for a manifest without a (matching) twin.

@@ -315,7 +315,7 @@ def collect_garbage(
     state = scan(layout)
     manifests = collect_manifests(lock, state, None, console)
     desired: Desired = desired_tree(lock, manifests.parsed, strict=False)
-    plan = gc_mod.plan_gc(desired, state, layout)
+    plan = gc_mod.plan_gc(desired, state)
     if not dry_run:
         gc_mod.sweep(plan, layout)
     return plan
@@ -326,7 +326,7 @@ def _gc_after(plan: Plan, *, lock: Lock, layout: Layout, manifests: Manifests) -
     manifests the plan fetched (a repository whose new manifest is not in the tree yet is
     not "unknown" then), and without the files the plan itself removes."""
     desired = desired_tree(lock, manifests.parsed, strict=False)
-    gc_plan = gc_mod.plan_gc(desired, scan(layout), layout)
+    gc_plan = gc_mod.plan_gc(desired, scan(layout))
     removed = {r.rel for r in plan.removals}
     return replace(gc_plan, sweeps=tuple(s for s in gc_plan.sweeps if s.rel not in removed))
 

@@ -28,10 +28,14 @@ from .state import (
     write_doc,
 )
 
+#: How a path in the content store is shown (`<store>/blobs/sha256/…`): the store is
+#: outside the root, so its paths are not root-relative.
+STORE_LABEL = "<store>"
+
 
 @dataclass(frozen=True, order=True)
 class Sweep:
-    rel: str  # relative to the root (`v2/...`, `.registrish/...`)
+    rel: str  # relative to the root (`v2/...`), or `<store>/...` for the content store
     what: str
     size: int
 
@@ -83,7 +87,7 @@ def _what(section: str, ref: str) -> str:
     return {"blobs": "blob", "referrers": "referrers", "tags": "tags list"}.get(section, section)
 
 
-def plan_gc(desired: Desired, state: TreeState, layout: Layout) -> GcPlan:
+def plan_gc(desired: Desired, state: TreeState) -> GcPlan:
     keep = desired.keep
     sweeps: list[Sweep] = []
     repo_files: dict[str, int] = {}
@@ -108,18 +112,16 @@ def plan_gc(desired: Desired, state: TreeState, layout: Layout) -> GcPlan:
         parsed = parse_rel_path(rel)
         if parsed and parsed[0] in desired.unknown_repos and parsed[1] == "blobs":
             kept_store.add(parsed[2])
-    state_rel = layout.state.relative_to(layout.root).as_posix()
     for digest, info in sorted(state.store.items()):
         if digest not in kept_store:
-            rel = f"{state_rel}/blobs/sha256/{digest.removeprefix('sha256:')}"
+            rel = f"{STORE_LABEL}/blobs/sha256/{digest.removeprefix('sha256:')}"
             sweeps.append(Sweep(rel, "stored blob", info.size))
             infos[rel] = info
     for filename, size in sorted(state.tmp.items()):
         hex_part = filename.removesuffix(PARTIAL_SUFFIX)
         if filename.endswith(PARTIAL_SUFFIX) and f"sha256:{hex_part}" in desired.store:
             continue  # a resumable download of something still needed
-        tmp_rel = layout.tmp.relative_to(layout.root).as_posix()
-        sweeps.append(Sweep(f"{tmp_rel}/{filename}", "temp file", size))
+        sweeps.append(Sweep(f"{STORE_LABEL}/tmp/{filename}", "temp file", size))  # noqa: S108
 
     # bytes freed: an inode is freed only when none of its links survives
     swept = {s.rel for s in sweeps}
@@ -196,7 +198,8 @@ def sweep(plan: GcPlan, layout: Layout) -> list[Path]:
     for rel, data in plan.rewrites:
         write_doc(layout, rel, data)
     for item in sorted(plan.sweeps, key=lambda s: (order.get(s.what, 5), s.rel)):
-        path = layout.path(item.rel)
+        store_rel = item.rel.removeprefix(f"{STORE_LABEL}/")
+        path = layout.state / store_rel if store_rel != item.rel else layout.path(item.rel)
         remove_file(path)
         removed.append(path)
     removed += remove_empty_dirs(layout.v2, keep=layout.v2)

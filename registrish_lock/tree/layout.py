@@ -10,10 +10,14 @@
                                              Content-Type from the suffix (`KINDS`)
 <root>/v2/<name>/blobs/sha256:<hex>          hardlink into the content store
 <root>/v2/<name>/referrers/sha256:<hex>      an OCI index of what refers to <hex>
-<root>/.registrish/blobs/sha256/<hex>        the content store: one copy of each blob
-<root>/.registrish/tmp/                      temp files (same filesystem, for rename)
-<root>/.registrish/lock                      the exclusive lock file
+<store>/blobs/sha256/<hex>                   the content store: one copy of each blob
+<store>/tmp/                                 temp files (same filesystem, for rename)
+<store>/lock                                 the exclusive lock file
 ```
+
+The store lives outside the root (by default beside it: `<root>/../.registrish-<rootname>`),
+because Netlify, Cloudflare Pages and GitHub Pages publish a whole directory: a store inside
+it would be served and uploaded. It must share the root's filesystem (hardlinks, renames).
 
 The twin's suffix starts with `~`, a character no tag or digest can contain, so a
 twin can never collide with a real reference. Paths are built only from validated
@@ -22,6 +26,7 @@ names, tags and digests (`reference.validate_*`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -29,7 +34,10 @@ from pathlib import Path, PurePosixPath
 from ..oci import mediatypes
 from ..oci.reference import digest_hex, validate_digest, validate_name, validate_tag
 
-STATE_DIR = ".registrish"
+#: Where older releases kept the store: inside the root (`storemove` moves it out).
+LEGACY_STATE_DIR = ".registrish"
+#: The default store's name beside the root: `.registrish-<rootname>`.
+STORE_PREFIX = ".registrish-"
 TWIN_SEPARATOR = ".~"
 PING_FILE = "index"  # v2/ is a directory; its index file answers `GET /v2/`
 #: `tags/<tag>.~last`: the tags after <tag>, what static hosts answer `tags/list?last=<tag>`
@@ -60,6 +68,8 @@ class Layout:
     (what a URL path is, minus the leading `/`)."""
 
     root: Path
+    #: The content store's directory; None = `default_store(root)`.
+    store: Path | None = None
 
     # --- relative (URL) paths -------------------------------------------------
     @staticmethod
@@ -108,7 +118,8 @@ class Layout:
 
     @property
     def state(self) -> Path:
-        return self.root / STATE_DIR
+        """The content store's directory (blobs, temp files, the lock)."""
+        return self.store if self.store is not None else default_store(self.root)
 
     @property
     def tmp(self) -> Path:
@@ -123,6 +134,15 @@ class Layout:
 
     def repo_dir(self, name: str) -> Path:
         return self.v2.joinpath(*validate_name(name).split("/"))
+
+
+def default_store(root: Path) -> Path:
+    """`<root>/../.registrish-<rootname>`: outside every directory a host deploys whole,
+    on the root's filesystem unless the root is a mount point. (A root named by `.` or a
+    trailing `..` is made absolute first so it has a name.)"""
+    if not root.name or root.name == "..":
+        root = Path(os.path.abspath(root))
+    return root.parent / f"{STORE_PREFIX}{root.name or 'root'}"
 
 
 def parse_rel_path(rel: str) -> tuple[str, str, str] | None:

@@ -6,7 +6,7 @@ only stat'ed unless `verify=True`; manifest files are always hashed because they
 small and a tag moved to a manifest of equal size must still be noticed.
 
 The writers below are the only way sync and gc change the tree: every write is a
-temp file in `<root>/.registrish/tmp` (same filesystem), fsynced, then renamed. Given a
+temp file in `<store>/tmp` (same filesystem), fsynced, then renamed. Given a
 `DirSyncs` batch they defer the directory fsync that makes the rename durable to the
 batch's flush (sync flushes once per phase); without one they fsync it at once.
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, LocalError
 from ..fsutil import DirSyncs, FileStamp, VerifiedFile, atomic_write_bytes, link_or_copy, sync_dir
 from ..oci.manifest import MAX_MANIFEST_BYTES, sha256_digest
 from ..oci.reference import is_digest
@@ -80,7 +80,7 @@ class TreeState:
     bad_store: frozenset[str] = frozenset()
     #: `v2/.../blobs/...` files (copies, not store hardlinks) that failed a re-hash.
     bad_files: frozenset[str] = frozenset()
-    #: Files in `<root>/.registrish/tmp` → size (partial downloads, leftovers).
+    #: Files in `<store>/tmp` → size (partial downloads, leftovers).
     tmp: Mapping[str, int] = field(default_factory=dict)
     #: Whether blobs were re-hashed (`--verify`).
     verified: bool = False
@@ -190,8 +190,16 @@ def partial_path(layout: Layout, digest: str) -> Path:
 
 
 def ensure_dirs(layout: Layout) -> None:
+    """Create the store and `v2/`; refuse a store on another filesystem than the root
+    (temp files are renamed into the tree and blobs hardlinked from the store)."""
     for directory in (layout.tmp, layout.state / "blobs" / "sha256", layout.v2):
         directory.mkdir(parents=True, exist_ok=True)
+    if os.stat(layout.tmp).st_dev != os.stat(layout.v2).st_dev:
+        raise LocalError(
+            f"the content store {layout.state} is on another filesystem than the root "
+            f"{layout.root} (files are renamed and hardlinked from one to the other)",
+            hint="set [registry] store to a directory on the root's filesystem, outside the root",
+        )
 
 
 def _still_verified(src: Path, verified: VerifiedFile | None, digest: str, size: int) -> bool:
@@ -201,7 +209,7 @@ def _still_verified(src: Path, verified: VerifiedFile | None, digest: str, size:
     and size, fsyncs, and stamps the file (device, inode, size, mtime, ctime) from that
     handle. If `src` still has that stamp it holds exactly those bytes: nothing renamed
     another file over it and nothing wrote to it since (a write moves mtime and ctime; only
-    this process, under the tree lock, writes to `.registrish/tmp`). Re-hashing it would
+    this process, under the tree lock, writes to `<store>/tmp`). Re-hashing it would
     re-read and re-hash every byte (0.6 s of CPU per GiB, measured) to learn nothing new;
     `sync --verify` still re-hashes every stored blob. Anything else is hashed here."""
     return (

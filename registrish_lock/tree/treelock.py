@@ -1,8 +1,9 @@
 """The tree's exclusive lock: one `sync`, `gc` or `publish` at a time per tree.
 
-`fcntl.flock` on `<root>/.registrish/lock`: the kernel releases it when the holder dies,
-even by SIGKILL, so a stale lock file never blocks anyone. The holder writes its PID into
-the file only so the waiting side can say who it waits for.
+`fcntl.flock` on `<store>/lock`: the kernel releases it when the holder dies, even by
+SIGKILL, so a stale lock file never blocks anyone. The holder writes its PID into the file
+only so the waiting side can say who it waits for. A store left inside the root by an older
+release is moved out first, under that store's own lock (`storemove`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from ..console import Console
 from ..errors import BusyError
+from ..storemove import legacy_store, move_legacy_store
 from .layout import Layout
 
 
@@ -29,7 +31,17 @@ def _holder(fd: int) -> str:
 @contextlib.contextmanager
 def tree_lock(layout: Layout, console: Console, *, wait: bool = True) -> Iterator[Path]:
     """Hold the tree's lock for the `with` block; wait for it (saying so) or, with
-    `wait=False`, raise BusyError at once."""
+    `wait=False`, raise BusyError at once. Moves a store found inside the root out first."""
+    old = legacy_store(layout)
+    if old is not None:
+        with _flocked(Layout(layout.root, old), console, wait=wait):
+            move_legacy_store(old, layout.state, console)
+    with _flocked(layout, console, wait=wait) as path:
+        yield path
+
+
+@contextlib.contextmanager
+def _flocked(layout: Layout, console: Console, *, wait: bool) -> Iterator[Path]:
     path = layout.lock_file
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -1,8 +1,27 @@
-"""Netlify and Cloudflare Pages: `_headers` (and `_redirects`) written into the tree root.
+r"""Netlify and Cloudflare Pages: `_headers` (and `_redirects`) written into the tree root.
 
 These hosts set headers only from per-path rules, so the files grow with the tree:
-one rule per manifest path (tag and digest, each with its Docker-Content-Digest), one
-splat per repository for blobs and for referrers. Limits are enforced here:
+one rule per manifest path (tag and digest), one splat per repository for blobs and for
+referrers. Both also get `v2/index.html` (`{}`: the `/v2/` ping, which both serve for a
+directory) and a root `404.html` holding an OCI error document: with a browse page at the
+root and no `404.html`, Cloudflare Pages answers every missing path 200 with the page, and
+clients need a JSON error body either way.
+
+Checked against the hosts' own code (wrangler 4.86's Pages asset server, netlify-cli 26.2's
+headers parser):
+
+- A rule path is a pattern. Cloudflare reads `:` followed by a letter anywhere in it as a
+  placeholder (`:[A-Za-z]\w*`): `manifests/sha256:f1…` would match every digest. A digest
+  path is written `sha256*<hex>` instead: a splat inside a segment (both hosts accept it)
+  that can only stand for the colon of a valid digest path.
+- Cloudflare joins the values of every rule matching a path, and applies `_redirects`
+  before files (no shadowing); Netlify lets the last matching rule win, and rewrites only
+  where no file exists. Rules never overlap (checked here).
+- Cloudflare cannot promise a Content-Length: it drops it when it compresses (JSON types)
+  and on HEAD over HTTP/3 (cloudflare/workerd#6830), and wrangler sends none at all. docker refuses `Docker-Content-Digest` without Content-Length, so Cloudflare
+  manifests carry no digest header (optional for docker, podman, skopeo and containerd).
+
+Limits are enforced here:
 
 - Cloudflare Pages: at most 100 `_headers` rules and 2,000 characters a line, 20,000
   files a site and 25 MiB a file. Past that, use R2 (object metadata, like S3).
@@ -17,7 +36,16 @@ from collections.abc import Iterable
 
 from ...lock.lockfile import Lock
 from ...tree.layout import Layout
-from ..routes import API_VERSION_HEADER, EMPTY_REFERRERS_REL, Entry, Kind, headers_for
+from ..routes import (
+    API_VERSION_HEADER,
+    EMPTY_REFERRERS_REL,
+    PING_BODY,
+    Entry,
+    ErrorCode,
+    Kind,
+    error_body,
+    headers_for,
+)
 from .base import GENERATED, HostContext, HostLimitError, Output, Rendered
 
 HEADERS = "_headers"
@@ -31,9 +59,30 @@ NETLIFY_LARGE_FILE_BYTES = 10 * 1000 * 1000
 Rule = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def header_rules(entries: Iterable[Entry], ctx: HostContext) -> list[Rule]:
+NOT_FOUND_PAGE = "404.html"
+PING_PAGE = "v2/index.html"
+
+
+def rule_path(path: str) -> str:
+    """The `_headers` pattern of one tree path: `sha256:<hex>` as `sha256*<hex>`."""
+    return path.replace("/sha256:", "/sha256*")
+
+
+def rule_matches(pattern: str, path: str) -> bool:
+    """Whether a `_headers` pattern registrish writes (literal, or one `*` splat) matches a
+    URL path, as both hosts match it."""
+    prefix, star, suffix = pattern.partition("*")
+    if not star:
+        return pattern == path
+    return (
+        len(path) >= len(prefix) + len(suffix) and path.startswith(prefix) and path.endswith(suffix)
+    )
+
+
+def header_rules(entries: Iterable[Entry], ctx: HostContext, *, digests: bool = True) -> list[Rule]:
     """Rules (URL path pattern, headers) covering every entry with no two overlapping:
-    both hosts join the values of overlapping rules, which would corrupt a type."""
+    Cloudflare joins the values of overlapping rules, which would corrupt a type.
+    `digests=False` leaves Docker-Content-Digest out."""
     policy = ctx.policy
     rules: dict[str, tuple[tuple[str, str], ...]] = {}
     ping = headers_for(Kind.PING, policy=policy)
@@ -50,21 +99,34 @@ def header_rules(entries: Iterable[Entry], ctx: HostContext) -> list[Rule]:
             name = e.path[len("v2/") : e.path.rindex("/referrers/")]
             rules[f"/v2/{name}/referrers/*"] = headers_for(Kind.REFERRERS, policy=policy)
         elif e.kind in (Kind.MANIFEST_TAG, Kind.MANIFEST_DIGEST):
-            rules["/" + e.path] = headers_for(
-                e.kind, policy=policy, media_type=e.content_type, digest=e.digest
+            rules[rule_path("/" + e.path)] = headers_for(
+                e.kind,
+                policy=policy,
+                media_type=e.content_type,
+                digest=e.digest if digests else None,
             )
         else:
             rules["/" + e.path] = headers_for(e.kind, policy=policy)
-    splats = [p[:-1] for p in rules if p.endswith("*")]
+    splats = [p.partition("*") for p in rules if "*" in p]
     for path in rules:
-        for prefix in splats:
-            if path != prefix + "*" and path.startswith(prefix):
+        for prefix, star, suffix in splats:
+            splat = prefix + star + suffix
+            if path != splat and rule_matches(splat, path):
                 raise HostLimitError(
-                    f"_headers: {path} would also match the rule {prefix}*, and the host would "
+                    f"_headers: {path} would also match the rule {splat}, and the host would "
                     "join both rules' headers",
-                    hint="rename the repository so no name component is 'blobs' or 'referrers'",
+                    hint="rename the repository so no name component is 'blobs', "
+                    "'referrers' or 'manifests'",
                 )
     return sorted(rules.items())
+
+
+def pages(ctx: HostContext) -> tuple[Output, ...]:
+    """`v2/index.html` (the ping) and `404.html` (a JSON error for every missing path)."""
+    return (
+        Output(ctx.root / PING_PAGE, PING_BODY),
+        Output(ctx.root / NOT_FOUND_PAGE, error_body(ErrorCode.MANIFEST_UNKNOWN)),
+    )
 
 
 def render_headers(rules: list[Rule]) -> str:
@@ -110,8 +172,10 @@ class NetlifyRenderer:
             }
         )
         # Netlify rewrites (status 200) only when no file exists at the path ("shadowing"),
-        # so stored referrers documents win over the empty catch-all.
-        redirects = [f"# {GENERATED}", "/v2/ /v2/index 200", "/v2 /v2/index 200"]
+        # so stored referrers documents win over the empty catch-all. Its rules files would
+        # be served as files: forced (`!`) 404s hide them.
+        redirects = [f"# {GENERATED}"]
+        redirects += [f"/{f} /{NOT_FOUND_PAGE} 404!" for f in (HEADERS, REDIRECTS)]
         redirects += [f"/v2/{n}/referrers/* /{EMPTY_REFERRERS_REL} 200" for n in names]
         warnings = tuple(
             f"netlify: {e.path} is {e.size} bytes; Netlify discourages files over 10 MB "
@@ -122,6 +186,7 @@ class NetlifyRenderer:
             (
                 Output(ctx.root / HEADERS, render_headers(rules).encode()),
                 Output(ctx.root / REDIRECTS, ("\n".join(redirects) + "\n").encode()),
+                *pages(ctx),
             ),
             warnings,
         )
@@ -162,7 +227,7 @@ class CloudflareRenderer:
     needs_entries = True
 
     def render(self, ctx: HostContext) -> Rendered:
-        rules = header_rules(ctx.entries, ctx)
+        rules = header_rules(ctx.entries, ctx, digests=False)
         alternative = (
             "use R2 (per-object metadata, like S3: `registrish publish`) behind Cloudflare instead"
         )
@@ -197,12 +262,14 @@ class CloudflareRenderer:
                 hint=alternative,
             )
         # Cloudflare applies _redirects before assets, so a referrers catch-all would
-        # hide stored documents: only the ping is rewritten.
-        redirects = f"# {GENERATED}\n/v2/ /v2/index 200\n/v2 /v2/index 200\n"
+        # hide stored documents; it serves the ping from v2/index.html and never publishes
+        # _headers or _redirects: nothing to redirect.
+        redirects = f"# {GENERATED}\n"
         return Rendered(
             (
                 Output(ctx.root / HEADERS, text.encode()),
                 Output(ctx.root / REDIRECTS, redirects.encode()),
+                *pages(ctx),
             )
         )
 
