@@ -19,8 +19,8 @@ from .procs import LOOPBACK, Server, require_binary, run
 _APACHE_MODULES = Path("/usr/lib/apache2/modules")
 
 
-def _ready_url(port: int, ready_path: str) -> str:
-    return f"http://{LOOPBACK}:{port}{ready_path}"
+def _ready_url(port: int, ready_path: str, host: str = LOOPBACK) -> str:
+    return f"http://{host}:{port}{ready_path}"
 
 
 def start_nginx(
@@ -31,6 +31,7 @@ def start_nginx(
     log_dir: Path | None = None,
     ready_path: str = "/",
     timeout: float = 20.0,
+    host: str = LOOPBACK,
 ) -> Server:
     """``nginx -p PREFIX -c CONF -e stderr -g 'daemon off;'``.
 
@@ -47,9 +48,9 @@ def start_nginx(
     nginx = require_binary("nginx")
     prefix = prefix or conf.parent
     argv = [nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr", "-g", "daemon off;"]
-    server = Server("nginx", argv, log_dir=log_dir or conf.parent, url=f"http://{LOOPBACK}:{port}")
+    server = Server("nginx", argv, log_dir=log_dir or conf.parent, url=f"http://{host}:{port}")
     server.start()
-    return server.wait_http(_ready_url(port, ready_path), timeout=timeout)
+    return server.wait_http(_ready_url(port, ready_path, host), timeout=timeout)
 
 
 def start_caddy(
@@ -59,6 +60,7 @@ def start_caddy(
     log_dir: Path | None = None,
     ready_path: str = "/",
     timeout: float = 20.0,
+    host: str = LOOPBACK,
 ) -> Server:
     """``caddy run --config CONF --adapter caddyfile`` with its data/config dirs in the tmp dir.
 
@@ -80,10 +82,10 @@ def start_caddy(
     }
     argv = [caddy, "run", "--config", str(conf), "--adapter", "caddyfile"]
     server = Server(
-        "caddy", argv, log_dir=log_dir or conf.parent, env=env, url=f"http://{LOOPBACK}:{port}"
+        "caddy", argv, log_dir=log_dir or conf.parent, env=env, url=f"http://{host}:{port}"
     )
     server.start()
-    return server.wait_http(_ready_url(port, ready_path), timeout=timeout)
+    return server.wait_http(_ready_url(port, ready_path, host), timeout=timeout)
 
 
 def start_apache(
@@ -93,6 +95,7 @@ def start_apache(
     log_dir: Path | None = None,
     ready_path: str = "/",
     timeout: float = 20.0,
+    host: str = LOOPBACK,
 ) -> Server:
     """``apache2 -f CONF -DFOREGROUND``.
 
@@ -111,10 +114,10 @@ def start_apache(
     argv = [apache2, "-f", str(conf), "-DFOREGROUND"]
     env = {"APACHE_RUN_DIR": str(conf.parent), "APACHE_LOG_DIR": str(conf.parent)}
     server = Server(
-        "apache2", argv, log_dir=log_dir or conf.parent, env=env, url=f"http://{LOOPBACK}:{port}"
+        "apache2", argv, log_dir=log_dir or conf.parent, env=env, url=f"http://{host}:{port}"
     )
     server.start()
-    return server.wait_http(_ready_url(port, ready_path), timeout=timeout)
+    return server.wait_http(_ready_url(port, ready_path, host), timeout=timeout)
 
 
 def start_python_http_server(
@@ -135,9 +138,17 @@ def start_python_http_server(
 GENERATED_HOSTS = ("nginx", "caddy", "apache")
 
 
-def start_generated(host: str, hosts_dir: Path, tmp: Path, *, port: int) -> Server:
+def start_generated(
+    host: str,
+    hosts_dir: Path,
+    tmp: Path,
+    *,
+    port: int,
+    address: str = LOOPBACK,
+    nginx_workers: int = 2,
+) -> Server:
     """Start `host` ("nginx", "caddy" or "apache") on the configs `registrish` generated in
-    `hosts_dir` (which name the tree and 127.0.0.1:`port`), with the smallest wrapper the
+    `hosts_dir` (which name the tree and `address`:`port`), with the smallest wrapper the
     README asks for: nginx's `http {}` that includes `registrish.conf`, Apache's server
     config that includes the vhost and its `Listen`; the Caddyfile runs as is."""
     if host == "nginx":
@@ -148,13 +159,13 @@ def start_generated(host: str, hosts_dir: Path, tmp: Path, *, port: int) -> Serv
         )
         conf = tmp / "nginx.conf"
         conf.write_text(
-            f"{user}worker_processes 2;\npid {tmp}/nginx.pid;\nerror_log stderr warn;\n"
-            f"events {{ worker_connections 256; }}\nhttp {{\n    access_log off;\n{temps}"
-            f"    include {hosts_dir / 'registrish.conf'};\n}}\n"
+            f"{user}worker_processes {nginx_workers};\npid {tmp}/nginx.pid;\n"
+            f"error_log stderr warn;\nevents {{ worker_connections 256; }}\nhttp {{\n"
+            f"    access_log off;\n{temps}    include {hosts_dir / 'registrish.conf'};\n}}\n"
         )
-        return start_nginx(conf, port=port, ready_path="/v2/")
+        return start_nginx(conf, port=port, ready_path="/v2/", host=address)
     if host == "caddy":
-        return start_caddy(hosts_dir / "Caddyfile", port=port, ready_path="/v2/")
+        return start_caddy(hosts_dir / "Caddyfile", port=port, ready_path="/v2/", host=address)
     if host != "apache":
         raise ValueError(f"not a generated host: {host!r}")
     conf = write_apache_server_config(
@@ -162,7 +173,7 @@ def start_generated(host: str, hosts_dir: Path, tmp: Path, *, port: int) -> Serv
         f"Include {hosts_dir / 'registrish-apache-listen.conf'}\n"
         f"Include {hosts_dir / 'registrish-apache.conf'}\n",
     )
-    return start_apache(conf, port=port, ready_path="/v2/")
+    return start_apache(conf, port=port, ready_path="/v2/", host=address)
 
 
 def write_apache_server_config(tmp: Path, body: str) -> Path:
@@ -201,8 +212,8 @@ def reload_generated(host: str, server: Server, hosts_dir: Path) -> None:
 
 
 # -- minimal configs (for the bed's own tests; templates for the renderers) ----------------
-def write_minimal_nginx_config(tmp: Path, root: Path, port: int) -> Path:
-    """A config serving ``root`` on 127.0.0.1:``port``; returns its path (prefix = ``tmp``)."""
+def write_minimal_nginx_config(tmp: Path, root: Path, port: int, host: str = LOOPBACK) -> Path:
+    """A config serving ``root`` on ``host``:``port``; returns its path (prefix = ``tmp``)."""
     tmp.mkdir(parents=True, exist_ok=True)
     user = "user root;\n" if os.geteuid() == 0 else ""
     conf = tmp / "nginx.conf"
@@ -221,7 +232,7 @@ http {{
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
     server {{
-        listen {LOOPBACK}:{port};
+        listen {host}:{port};
         root {root};
     }}
 }}
@@ -230,7 +241,7 @@ http {{
     return conf
 
 
-def write_minimal_caddy_config(tmp: Path, root: Path, port: int) -> Path:
+def write_minimal_caddy_config(tmp: Path, root: Path, port: int, host: str = LOOPBACK) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "Caddyfile"
     conf.write_text(
@@ -238,8 +249,8 @@ def write_minimal_caddy_config(tmp: Path, root: Path, port: int) -> Path:
     admin off
     auto_https off
 }}
-http://{LOOPBACK}:{port} {{
-    bind {LOOPBACK}
+http://{host}:{port} {{
+    bind {host}
     root * {root}
     file_server
 }}
@@ -248,7 +259,7 @@ http://{LOOPBACK}:{port} {{
     return conf
 
 
-def write_minimal_apache_config(tmp: Path, root: Path, port: int) -> Path:
+def write_minimal_apache_config(tmp: Path, root: Path, port: int, host: str = LOOPBACK) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     modules = ["mpm_event", "authz_core", "mime", "dir", "alias", "rewrite", "headers"]
     loads = "\n".join(f"LoadModule {m}_module {_APACHE_MODULES}/mod_{m}.so" for m in modules)
@@ -256,7 +267,7 @@ def write_minimal_apache_config(tmp: Path, root: Path, port: int) -> Path:
     conf.write_text(
         f"""ServerRoot "{tmp}"
 ServerName {LOOPBACK}
-Listen {LOOPBACK}:{port}
+Listen {host}:{port}
 PidFile "{tmp}/httpd.pid"
 DefaultRuntimeDir "{tmp}"
 Mutex file:{tmp} default
