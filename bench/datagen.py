@@ -10,6 +10,8 @@ Four sets live in one upstream (one repository prefix each):
 - ``wide``: many small tags over 10 repositories; every tag a distinct manifest (an
   annotation) over the repository's one 1 KiB layer.
 - ``big``: one image with a single 2 GiB layer.
+- ``sizes``: one image whose layers have the blob sizes the serving scenario measures
+  (16 KiB, 3 MiB, 30 MiB, 200 MiB, at every scale but ``smoke``).
 
 Layers are uncompressed tars of pseudo-random bytes (seeded by the layer's name, so the same
 spec gives the same digests), pushed with ``--preserve-digests``. Everything is cached under
@@ -48,13 +50,16 @@ class Scale:
     factor: float
     wide_tags: int
     big_layer: int
+    #: Scales the ``sizes`` set's layers: 1 except in the smoke test (bytes on a wire do
+    #: not shrink with the data set, so `--quick` serves the real sizes).
+    sizes_factor: float = 1.0
 
 
 SCALES: Mapping[str, Scale] = {
     "full": Scale("full", 1.0, 1000, 2 * GiB),
     "quick": Scale("quick", 0.1, 200, 256 * MiB),
     # CI smoke test: only proves every scenario runs and produces numbers.
-    "smoke": Scale("smoke", 0.004, 20, 4 * MiB),
+    "smoke": Scale("smoke", 0.004, 20, 4 * MiB, sizes_factor=0.004),
 }
 
 
@@ -108,6 +113,14 @@ _TEN_SIZES += (6 * MiB, 8 * MiB, 10 * MiB, 12 * MiB)
 _REAL_LAYERS.update({f"ten-{i}": size for i, size in enumerate(_TEN_SIZES)})
 
 TEN_LAYER_REF = ("apps/ten", "1")
+
+#: The blob sizes served in the serving scenario (file content; the tar adds ~2 KiB).
+SERVED_SIZES: dict[str, int] = {
+    "16k": 16 * KiB,
+    "3m": 3 * MiB,
+    "30m": 30 * MiB,
+    "200m": 200 * MiB,
+}
 
 
 def _amd64(*layers: str) -> tuple[PlatformImage, ...]:
@@ -178,10 +191,13 @@ def make_plan(scale: Scale) -> Plan:
     layers = dict(real_layers)
     layers["big-1"] = scale.big_layer
     layers.update({f"wide-{r:02d}": KiB for r in range(wide_repos)})
+    sized = {f"size-{k}": max(KiB, int(v * scale.sizes_factor)) for k, v in SERVED_SIZES.items()}
+    layers.update(sized)
     sets = {
         "real": SetSpec("real", _real_tags()),
         "noshare": SetSpec("noshare", _noshare_tags(real_layers)),
         "big": SetSpec("big", (TagSpec("one", "1", _amd64("big-1")),)),
+        "sizes": SetSpec("sizes", (TagSpec("blobs", "1", _amd64(*sized)),)),
         # Only the first tag of each wide repository is built; the rest are annotated copies.
         "wide": SetSpec(
             "wide", tuple(TagSpec(f"r{r:02d}", "t0000", _amd64(f"wide-{r:02d}")) for r in range(10))

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 
 #: Everything the harness starts; checked up front so a missing tool fails before any work.
-REQUIRED = ("skopeo", "docker-registry", "nginx", "wrk", "curl", "umoci")
+REQUIRED = ("skopeo", "docker-registry", "nginx", "caddy", "apache2", "wrk", "curl", "umoci")
 
 
 def missing_binaries() -> list[str]:
@@ -56,6 +56,8 @@ def probe() -> Machine:
         "skopeo": _version(["skopeo", "--version"], r"version (\S+)"),
         "docker-registry": _version(["docker-registry", "--version"], r"distribution (\S+)"),
         "nginx": _version(["nginx", "-v"], r"nginx/(\S+)"),
+        "caddy": _version(["caddy", "version"], r"v?(\d+\.\d+\.\d+)"),
+        "apache2": _version(["apache2", "-v"], r"Apache/(\S+)"),
         "wrk": _version(["wrk", "-v"], r"wrk (\S+)"),
         "curl": _version(["curl", "--version"], r"curl (\S+)"),
     }

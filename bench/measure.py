@@ -167,8 +167,18 @@ def wrk(
     threads: int = 2,
     connections: int = 16,
     headers: Mapping[str, str] | None = None,
+    prefix: Sequence[str] = (),
 ) -> WrkResult:
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s"]
+    """``prefix`` runs wrk through another command (``ip netns exec NS``)."""
+    argv = [
+        *prefix,
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "10s",
+    ]
     for k, v in (headers or {}).items():
         argv += ["-H", f"{k}: {v}"]
     proc = subprocess.run(

@@ -33,6 +33,15 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Grid:
+    """A table of preformatted cells, for results with more than one dimension."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
 class Result:
     key: str
     title: str
@@ -40,6 +49,7 @@ class Result:
     rows: tuple[Row, ...]
     checks: tuple[Check, ...] = ()
     notes: tuple[str, ...] = ()
+    grids: tuple[Grid, ...] = ()
     extra: dict[str, object] = field(default_factory=dict)  # raw samples etc. for the JSON
 
 
@@ -63,16 +73,23 @@ def render(result: Result, *, stamp: str, command: str) -> str:
         f"Data: {result.data}.  ",
         f"Run: {stamp}.  ",
         f"Reproduce: `{command}`",
-        "",
-        "| measurement | median | min – max | unit | ratio (same run) | notes |",
-        "|---|---:|---:|---|---|---|",
     ]
+    if result.rows:
+        lines += [
+            "",
+            "| measurement | median | min – max | unit | ratio (same run) | notes |",
+            "|---|---:|---:|---|---|---|",
+        ]
     for row in result.rows:
         s = row.stats
         lines.append(
             f"| {row.label} | {fmt(s.median, row.unit)} | {fmt(s.low, row.unit)} – "
             f"{fmt(s.high, row.unit)} | {row.unit} (n={s.n}) | {row.ratio} | {row.note} |"
         )
+    for grid in result.grids:
+        lines += ["", f"{grid.title}:", "", "| " + " | ".join(grid.header) + " |"]
+        lines.append("|---" + "|---:" * (len(grid.header) - 1) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in grid.rows]
     if result.checks:
         lines += ["", "| target | measured | |", "|---|---|---|"]
         for c in result.checks:

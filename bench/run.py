@@ -7,8 +7,9 @@
 
 Data is generated offline, pushed once to a docker-registry on 127.0.0.1 and cached under
 --cache (default /tmp/registrish-bench/<scale>); later runs reuse it. Every server is
-started on a free loopback port and stopped by PID. Needs skopeo, docker-registry, nginx,
-wrk, curl, umoci and /usr/bin/time (see .ci/run for the Debian packages).
+started on a free loopback port (the serving scenario also on a veth pair into a network
+namespace it creates and removes: root and `ip`) and stopped by PID. Needs skopeo,
+docker-registry, nginx, caddy, apache2, wrk, curl, umoci and /usr/bin/time (see .ci/run).
 """
 
 from __future__ import annotations
@@ -63,6 +64,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--output", type=Path, default=_REPO / "BENCHMARKS.md", help="markdown file to update"
     )
     p.add_argument("--json", type=Path, help="also write the raw results here")
+    p.add_argument(
+        "--network",
+        action="append",
+        choices=("loopback", "veth"),
+        help="serving: where to measure (repeatable; default both; veth needs root and `ip`)",
+    )
+    p.add_argument(
+        "--nginx-variant",
+        action="append",
+        default=[],
+        metavar="DIRECTIVES",
+        help='serving: also measure the generated nginx config plus DIRECTIVES, e.g. "sendfile on;"',
+    )
     p.add_argument("--rebuild-data", action="store_true", help="push the data sets again")
     args = p.parse_args(argv)
     if args.runs < 1:
@@ -120,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             work=cache / "work",
             counter=RequestCounter(registry.server.log_path),
             log=lambda m: print(m, flush=True),
+            networks=tuple(args.network or ("loopback", "veth")),
+            nginx_variants=tuple(args.nginx_variant),
         )
         ctx.work.mkdir(exist_ok=True)
         for name in names:

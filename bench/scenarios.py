@@ -12,20 +12,18 @@ import sys
 from collections.abc import Callable
 
 from testbed.clients import read_dir_copy
-from testbed.upstream import MANIFEST_ACCEPT, OCI_MANIFEST, request
 
 from .datagen import TEN_LAYER_REF, DataSet, MiB
-from .measure import BenchError, Sample, Stats, fresh_dir, timed, wrk
+from .measure import BenchError, Sample, Stats, fresh_dir, timed
 from .report import Check, Result, Row, ratio
+from .serving import serving
 from .workspace import (
     REGISTRISH_ENV,
     Context,
     Workspace,
     check_curl_dest,
     curl_argv,
-    nginx_bare,
     nginx_generated,
-    registrish_serve,
     skopeo_sync_argv,
     write_curl_config,
     write_skopeo_yaml,
@@ -349,102 +347,6 @@ def peak_rss(ctx: Context) -> Result:
         checks=tuple(checks),
         notes=("Peak RSS is `/usr/bin/time`'s maximum resident set size of the process.",),
         extra=extra,
-    )
-
-
-# -- serving -----------------------------------------------------------------------------------
-def _verify_endpoint(
-    base: str, manifest_path: str, digest: str, blob_path: str, blob_size: int, *, typed: bool
-) -> None:
-    """The exact manifest bytes (with its media type unless ``typed`` is off: bare nginx is
-    the file-serving ceiling, not a working registry) and the blob's length."""
-    m = request(base, "GET", manifest_path, headers={"Accept": MANIFEST_ACCEPT})
-    ok_type = not typed or m.content_type.split(";")[0] == OCI_MANIFEST
-    if m.status != 200 or m.digest != digest or not ok_type:
-        raise BenchError(f"{base}{manifest_path}: {m.status} {m.content_type!r} {m.digest}")
-    b = request(base, "HEAD", blob_path)
-    if b.status != 200 or int(b.headers.get("content-length", -1)) != blob_size:
-        raise BenchError(f"{base}{blob_path}: {b.status} {b.headers}")
-
-
-def serving(ctx: Context) -> Result:
-    ds = ctx.dataset("real")
-    tree = ctx.synced_tree("real")
-    manifest = next(t for t in ds.tags if t.media_type == OCI_MANIFEST)
-    manifest_path = f"/v2/{manifest.repo}/manifests/{manifest.tag}"
-    blob = ds.largest_blob(at_most=int(32 * MiB * ctx.scale.factor) + 64 * 1024)
-    blob_path = f"/v2/{blob.repo}/blobs/{blob.digest}"
-    headers = {"Accept": MANIFEST_ACCEPT}
-    tmp = ctx.work / "serving"
-    names = ("bare nginx", "nginx + generated config", "`registrish serve`", "docker-registry")
-    rps: dict[str, list[float]] = {n: [] for n in names}
-    mibs: dict[str, list[float]] = {n: [] for n in names}
-    with (
-        nginx_bare(tree.ws.root, tmp / "bare") as bare,
-        nginx_generated(tree, tmp / "gen") as gen,
-        registrish_serve(tree, tmp / "serve") as serve,
-    ):
-        bases = dict(zip(names, (bare.url, gen.url, serve.url, ctx.registry.url), strict=True))
-        for name, base in bases.items():
-            assert base is not None
-            _verify_endpoint(
-                base, manifest_path, manifest.digest, blob_path, blob.size, typed=name != names[0]
-            )
-        for i in range(ctx.runs):
-            ctx.log(f"  round {i + 1}/{ctx.runs}")
-            for name, base in bases.items():
-                assert base is not None
-                got = wrk(base + manifest_path, duration=ctx.wrk_seconds, headers=headers)
-                rps[name].append(got.requests_per_s)
-                got = wrk(base + blob_path, duration=ctx.wrk_seconds)
-                mibs[name].append(got.bytes_per_s / MIB)
-    r = {n: Stats.of(v) for n, v in rps.items()}
-    b = {n: Stats.of(v) for n, v in mibs.items()}
-    bare_r, bare_b = r["bare nginx"].median, b["bare nginx"].median
-    rows: list[Row] = []
-    for n in names:
-        rows.append(
-            Row(
-                f"{n}: one manifest", r[n], "req/s", f"{ratio(r[n].median, bare_r):.2f}× bare nginx"
-            )
-        )
-    for n in names:
-        rows.append(
-            Row(
-                f"{n}: one {blob.size / MiB:,.1f} MiB blob",
-                b[n],
-                "MiB/s",
-                f"{ratio(b[n].median, bare_b):.2f}× bare nginx",
-            )
-        )
-    gen_vs = ratio(r["nginx + generated config"].median, bare_r)
-    serve_vs_reg = ratio(r["`registrish serve`"].median, r["docker-registry"].median)
-    serve_blob = ratio(b["`registrish serve`"].median, bare_b)
-    return Result(
-        key="serving",
-        title="Serving: manifest req/s and blob MiB/s (wrk)",
-        data=(
-            f"set `real` synced by registrish; manifest `{manifest.repo}:{manifest.tag}` "
-            f"(OCI manifest, by tag, full Accept header), blob {blob.digest[:19]}… "
-            f"({blob.size / MiB:,.1f} MiB)"
-        ),
-        rows=tuple(rows),
-        checks=(
-            Check(
-                "generated nginx config ≥ 0.9× bare nginx req/s", f"{gen_vs:.2f}×", gen_vs >= 0.9
-            ),
-            Check("`serve` ≥ 2× docker-registry req/s", f"{serve_vs_reg:.2f}×", serve_vs_reg >= 2),
-            Check("`serve` ≥ 0.8× nginx blob MiB/s", f"{serve_blob:.2f}×", serve_blob >= 0.8),
-        ),
-        notes=(
-            f"wrk -t2 -c16 -d{ctx.wrk_seconds:g}s per measurement; servers measured in "
-            "rotation, one round per run. Both nginx run 1 worker (the test bed's minimal "
-            "config); wrk's two threads share the machine's cores with the server.",
-            "docker-registry serves the same images from its own storage (the upstream). "
-            "Bare nginx sends manifests as application/octet-stream (no client could pull "
-            "from it): it is the ceiling for serving these files, not a registry.",
-        ),
-        extra={"rps": rps, "mibs": mibs},
     )
 
 

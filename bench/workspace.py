@@ -8,7 +8,6 @@ and a scratch directory. The ``*_argv``/``write_*`` helpers build what each tool
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from testbed.procs import LOOPBACK, Server, free_port
-from testbed.statichosts import start_nginx, write_minimal_nginx_config
+from testbed.statichosts import start_generated
 from testbed.upstream import Registry
 
 from registrish_lock.tree.layout import Layout
@@ -40,6 +39,11 @@ class Context:
     work: Path
     counter: RequestCounter
     log: Callable[[str], None] = print
+    #: Where the serving scenario measures: "loopback" and/or "veth" (bench/netns.py).
+    networks: tuple[str, ...] = ("loopback", "veth")
+    #: Extra nginx endpoints for the serving scenario: the generated config plus these
+    #: directives (e.g. "sendfile on; tcp_nopush on;"), to measure a setting.
+    nginx_variants: tuple[str, ...] = ()
     _trees: dict[str, SyncedTree] = field(default_factory=dict)
 
     def dataset(self, name: str) -> DataSet:
@@ -155,38 +159,15 @@ def check_curl_dest(dest: Path, dataset: DataSet) -> None:
             raise BenchError(f"curl left {blob.digest} missing or truncated")
 
 
-# -- servers -----------------------------------------------------------------------------------
-_NGINX_WRAPPER = """{user}worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-{temps}    include {include};
-}}
-"""
-
-
+# -- servers ---------------------------------------------------------------------------------
 @contextmanager
 def nginx_generated(tree: SyncedTree, tmp: Path) -> Iterator[Server]:
-    """nginx running registrish's generated ``registrish.conf`` (same worker count as bare)."""
+    """nginx running registrish's generated ``registrish.conf`` (1 worker, as bare nginx)."""
     ws = tree.ws
     timed(ws.registrish("hosts", "-q"), env=REGISTRISH_ENV)
-    fresh_dir(tmp)
-    temps = "".join(
-        f"    {t}_temp_path {tmp}/{t};\n"
-        for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    server = start_generated(
+        "nginx", ws.hosts_dir, fresh_dir(tmp), port=ws.listen_port, nginx_workers=1
     )
-    conf = tmp / "nginx.conf"
-    conf.write_text(
-        _NGINX_WRAPPER.format(
-            user="user root;\n" if os.geteuid() == 0 else "",
-            tmp=tmp,
-            temps=temps,
-            include=ws.hosts_dir / "registrish.conf",
-        )
-    )
-    server = start_nginx(conf, port=ws.listen_port, ready_path="/v2/")
     try:
         yield server
     finally:
@@ -194,27 +175,14 @@ def nginx_generated(tree: SyncedTree, tmp: Path) -> Iterator[Server]:
 
 
 @contextmanager
-def nginx_bare(root: Path, tmp: Path) -> Iterator[Server]:
-    """Plain nginx serving the same files (the test bed's minimal config: 1 worker)."""
-    fresh_dir(tmp)
-    port = free_port()
-    conf = write_minimal_nginx_config(tmp, root, port)
-    server = start_nginx(conf, port=port, ready_path="/v2/index")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@contextmanager
-def registrish_serve(tree: SyncedTree, tmp: Path) -> Iterator[Server]:
+def registrish_serve(tree: SyncedTree, tmp: Path, address: str = LOOPBACK) -> Iterator[Server]:
     fresh_dir(tmp)
     port = free_port()
     argv: Sequence[str] = [
         *tree.ws.registrish("serve", "-q"),
-        *("--root", str(tree.ws.root), "--port", str(port)),
+        *("--root", str(tree.ws.root), "--host", address, "--port", str(port)),
     ]
-    url = f"http://{LOOPBACK}:{port}"
+    url = f"http://{address}:{port}"
     server = Server(
         "registrish-serve", argv, log_dir=tmp, url=url, env=REGISTRISH_ENV, cwd=tree.ws.path
     )

@@ -70,6 +70,11 @@ def test_full_plan_matches_the_issue() -> None:
     ten = next(t for t in plan.sets["real"].tags if (t.repo, t.tag) == datagen.TEN_LAYER_REF)
     assert len(ten.images[0].layers) == 10
     assert plan.layers["big-1"] == 2 * datagen.GiB
+    served = {plan.layers[k] for t in plan.sets["sizes"].tags for i in t.images for k in i.layers}
+    assert served == {16 * datagen.KiB, 3 * datagen.MiB, 30 * datagen.MiB, 200 * datagen.MiB}
+    # Bytes on a wire do not shrink with --quick: its serving blobs are the same sizes.
+    quick = datagen.make_plan(datagen.SCALES["quick"])
+    assert {quick.layers[k] for k in plan.layers if k.startswith("size-")} == served
     assert plan.scale.wide_tags == 1000
 
 
@@ -121,10 +126,24 @@ def test_smoke_every_scenario_produces_numbers(tmp_path: Path) -> None:
     results = json.loads(raw.read_text())
     assert sorted(r["key"] for r in results) == sorted(SCENARIOS)
     for r in results:
-        assert r["rows"], r["key"]
+        assert r["rows"] or r["grids"], r["key"]
         for row in r["rows"]:
             median = row["stats"]["median"]
             assert math.isfinite(median) and median > 0, (r["key"], row["label"])
+    # Serving: every server on loopback and over the veth pair, every measure has a number.
+    samples = next(r for r in results if r["key"] == "serving")["extra"]["samples"]
+    assert sorted(samples) == ["loopback", "veth"]
+    for network, by_endpoint in samples.items():
+        servers = {"nginx", "caddy", "apache"}
+        expected = {f"{s}, {k}" for s in servers for k in ("bare", "generated")}
+        expected |= {"`registrish serve`"} | (
+            {"docker-registry"} if network == "loopback" else set()
+        )
+        assert set(by_endpoint) == expected, network
+        for endpoint, by_measure in by_endpoint.items():
+            assert len(by_measure) == 5, (network, endpoint)  # the manifest and 4 blob sizes
+            for values in by_measure.values():
+                assert values and all(math.isfinite(v) and v > 0 for v in values)
     text = out.read_text()
     for key in SCENARIOS:
         assert f"<!-- bench:{key} -->" in text and "FAILED" not in text

@@ -156,3 +156,26 @@ def test_other_methods_get_the_405_serve_sends(host: str, tree: BuiltTree, metho
         assert r.headers["docker-distribution-api-version"] == "registry/2.0", where
         assert "docker-content-digest" not in r.headers, where
     assert httpx.head(f"http://{host}/v2/app-oci/manifests/v1", timeout=10).status_code == 200
+
+
+def test_blob_range_requests(host: str, tree: BuiltTree) -> None:
+    """A client resuming a layer asks for a byte range: every host answers 206 with exactly
+    those bytes (first-last, open-ended, suffix), and 416 past the end."""
+    name, blob, data = tree.blob
+    url = f"http://{host}/v2/{name}/blobs/{blob}"
+    size = len(data)
+    assert size > 20
+    cases = {
+        "bytes=5-14": (5, 14),
+        f"bytes={size - 3}-": (size - 3, size - 1),
+        "bytes=-7": (size - 7, size - 1),
+    }
+    for spec, (first, last) in cases.items():
+        r = httpx.get(url, headers={"Range": spec}, timeout=10)
+        assert r.status_code == 206, spec
+        assert r.content == data[first : last + 1], spec
+        assert r.headers["content-range"] == f"bytes {first}-{last}/{size}", spec
+    r = httpx.get(url, headers={"Range": f"bytes={size}-"}, timeout=10)
+    assert r.status_code == 416
+    whole = httpx.get(url, timeout=10)
+    assert whole.status_code == 200 and whole.content == data

@@ -18,12 +18,32 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import NoReturn
 
 LOOPBACK = "127.0.0.1"
+#: The only hosts test traffic may go to: loopback, plus the addresses of a network
+#: namespace the harness created itself while it exists (see :func:`own_address`).
+_OWN_HOSTS = {LOOPBACK, "localhost"}
+
+
+def check_own_host(host: str) -> None:
+    """Raise ``ValueError`` unless ``host`` is loopback or an address lent by :func:`own_address`."""
+    if host not in _OWN_HOSTS:
+        raise ValueError(f"test traffic goes to loopback only, not {host!r}")
+
+
+@contextlib.contextmanager
+def own_address(*hosts: str) -> Iterator[None]:
+    """Allow requests to ``hosts`` (addresses of a veth pair the caller created) meanwhile."""
+    added = [h for h in hosts if h not in _OWN_HOSTS]
+    _OWN_HOSTS.update(added)
+    try:
+        yield
+    finally:
+        _OWN_HOSTS.difference_update(added)
 
 
 class ServerError(RuntimeError):
@@ -120,8 +140,7 @@ def http_status(
         raise ValueError(f"only http:// URLs, or https:// ones with a context: {url}")
     hostport, _, path = rest.partition("/")
     host, _, port = hostport.partition(":")
-    if host not in {LOOPBACK, "localhost"}:
-        raise ValueError(f"test traffic goes to loopback only, not {host!r}")
+    check_own_host(host)
     conn: http.client.HTTPConnection
     if context is not None:
         conn = http.client.HTTPSConnection(host, int(port or 443), timeout=timeout, context=context)

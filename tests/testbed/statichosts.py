@@ -21,8 +21,10 @@ from .procs import LOOPBACK, Server, require_binary, run
 _APACHE_MODULES = Path("/usr/lib/apache2/modules")
 
 
-def _ready_url(port: int, ready_path: str, context: ssl.SSLContext | None = None) -> str:
-    return f"{'https' if context else 'http'}://{LOOPBACK}:{port}{ready_path}"
+def _ready_url(
+    port: int, ready_path: str, context: ssl.SSLContext | None = None, host: str = LOOPBACK
+) -> str:
+    return f"{'https' if context else 'http'}://{host}:{port}{ready_path}"
 
 
 def start_nginx(
@@ -34,6 +36,7 @@ def start_nginx(
     ready_path: str = "/",
     timeout: float = 20.0,
     context: ssl.SSLContext | None = None,
+    host: str = LOOPBACK,
 ) -> Server:
     """``nginx -p PREFIX -c CONF -e stderr -g 'daemon off;'``.
 
@@ -50,9 +53,11 @@ def start_nginx(
     nginx = require_binary("nginx")
     prefix = prefix or conf.parent
     argv = [nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", "stderr", "-g", "daemon off;"]
-    server = Server("nginx", argv, log_dir=log_dir or conf.parent, url=f"http://{LOOPBACK}:{port}")
+    server = Server("nginx", argv, log_dir=log_dir or conf.parent, url=f"http://{host}:{port}")
     server.start()
-    return server.wait_http(_ready_url(port, ready_path, context), timeout=timeout, context=context)
+    return server.wait_http(
+        _ready_url(port, ready_path, context, host), timeout=timeout, context=context
+    )
 
 
 def start_caddy(
@@ -63,6 +68,7 @@ def start_caddy(
     ready_path: str = "/",
     timeout: float = 20.0,
     context: ssl.SSLContext | None = None,
+    host: str = LOOPBACK,
 ) -> Server:
     """``caddy run --config CONF --adapter caddyfile`` with its data/config dirs in the tmp dir.
 
@@ -84,10 +90,12 @@ def start_caddy(
     }
     argv = [caddy, "run", "--config", str(conf), "--adapter", "caddyfile"]
     server = Server(
-        "caddy", argv, log_dir=log_dir or conf.parent, env=env, url=f"http://{LOOPBACK}:{port}"
+        "caddy", argv, log_dir=log_dir or conf.parent, env=env, url=f"http://{host}:{port}"
     )
     server.start()
-    return server.wait_http(_ready_url(port, ready_path, context), timeout=timeout, context=context)
+    return server.wait_http(
+        _ready_url(port, ready_path, context, host), timeout=timeout, context=context
+    )
 
 
 def start_apache(
@@ -98,6 +106,7 @@ def start_apache(
     ready_path: str = "/",
     timeout: float = 20.0,
     context: ssl.SSLContext | None = None,
+    host: str = LOOPBACK,
 ) -> Server:
     """``apache2 -f CONF -DFOREGROUND``.
 
@@ -116,10 +125,12 @@ def start_apache(
     argv = [apache2, "-f", str(conf), "-DFOREGROUND"]
     env = {"APACHE_RUN_DIR": str(conf.parent), "APACHE_LOG_DIR": str(conf.parent)}
     server = Server(
-        "apache2", argv, log_dir=log_dir or conf.parent, env=env, url=f"http://{LOOPBACK}:{port}"
+        "apache2", argv, log_dir=log_dir or conf.parent, env=env, url=f"http://{host}:{port}"
     )
     server.start()
-    return server.wait_http(_ready_url(port, ready_path, context), timeout=timeout, context=context)
+    return server.wait_http(
+        _ready_url(port, ready_path, context, host), timeout=timeout, context=context
+    )
 
 
 def start_python_http_server(
@@ -141,10 +152,17 @@ GENERATED_HOSTS = ("nginx", "caddy", "apache")
 
 
 def start_generated(
-    host: str, hosts_dir: Path, tmp: Path, *, port: int, context: ssl.SSLContext | None = None
+    host: str,
+    hosts_dir: Path,
+    tmp: Path,
+    *,
+    port: int,
+    context: ssl.SSLContext | None = None,
+    address: str = LOOPBACK,
+    nginx_workers: int = 2,
 ) -> Server:
     """Start `host` ("nginx", "caddy" or "apache") on the configs `registrish` generated in
-    `hosts_dir` (which name the tree and 127.0.0.1:`port`), with the smallest wrapper the
+    `hosts_dir` (which name the tree and `address`:`port`), with the smallest wrapper the
     README asks for: nginx's `http {}` that includes `registrish.conf`, Apache's server
     config that includes the vhost and its `Listen` (and mod_ssl for HTTPS); the Caddyfile
     runs as is. With `context`, readiness is an HTTPS `/v2/` it verifies."""
@@ -156,13 +174,15 @@ def start_generated(
         )
         conf = tmp / "nginx.conf"
         conf.write_text(
-            f"{user}worker_processes 2;\npid {tmp}/nginx.pid;\nerror_log stderr warn;\n"
-            f"events {{ worker_connections 256; }}\nhttp {{\n    access_log off;\n{temps}"
-            f"    include {hosts_dir / 'registrish.conf'};\n}}\n"
+            f"{user}worker_processes {nginx_workers};\npid {tmp}/nginx.pid;\n"
+            f"error_log stderr warn;\nevents {{ worker_connections 256; }}\nhttp {{\n"
+            f"    access_log off;\n{temps}    include {hosts_dir / 'registrish.conf'};\n}}\n"
         )
-        return start_nginx(conf, port=port, ready_path="/v2/", context=context)
+        return start_nginx(conf, port=port, ready_path="/v2/", context=context, host=address)
     if host == "caddy":
-        return start_caddy(hosts_dir / "Caddyfile", port=port, ready_path="/v2/", context=context)
+        return start_caddy(
+            hosts_dir / "Caddyfile", port=port, ready_path="/v2/", context=context, host=address
+        )
     if host != "apache":
         raise ValueError(f"not a generated host: {host!r}")
     conf = write_apache_server_config(
@@ -171,7 +191,7 @@ def start_generated(
         f"Include {hosts_dir / 'registrish-apache.conf'}\n",
         modules=("ssl", "socache_shmcb") if context is not None else (),
     )
-    return start_apache(conf, port=port, ready_path="/v2/", context=context)
+    return start_apache(conf, port=port, ready_path="/v2/", context=context, host=address)
 
 
 def write_apache_server_config(tmp: Path, body: str, *, modules: Sequence[str] = ()) -> Path:
@@ -215,8 +235,8 @@ def reload_generated(host: str, server: Server, hosts_dir: Path) -> None:
 
 
 # -- minimal configs (for the bed's own tests; templates for the renderers) ----------------
-def write_minimal_nginx_config(tmp: Path, root: Path, port: int) -> Path:
-    """A config serving ``root`` on 127.0.0.1:``port``; returns its path (prefix = ``tmp``)."""
+def write_minimal_nginx_config(tmp: Path, root: Path, port: int, host: str = LOOPBACK) -> Path:
+    """A config serving ``root`` on ``host``:``port``; returns its path (prefix = ``tmp``)."""
     tmp.mkdir(parents=True, exist_ok=True)
     user = "user root;\n" if os.geteuid() == 0 else ""
     conf = tmp / "nginx.conf"
@@ -235,7 +255,7 @@ http {{
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
     server {{
-        listen {LOOPBACK}:{port};
+        listen {host}:{port};
         root {root};
     }}
 }}
@@ -244,7 +264,7 @@ http {{
     return conf
 
 
-def write_minimal_caddy_config(tmp: Path, root: Path, port: int) -> Path:
+def write_minimal_caddy_config(tmp: Path, root: Path, port: int, host: str = LOOPBACK) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "Caddyfile"
     conf.write_text(
@@ -252,8 +272,8 @@ def write_minimal_caddy_config(tmp: Path, root: Path, port: int) -> Path:
     admin off
     auto_https off
 }}
-http://{LOOPBACK}:{port} {{
-    bind {LOOPBACK}
+http://{host}:{port} {{
+    bind {host}
     root * {root}
     file_server
 }}
@@ -262,7 +282,7 @@ http://{LOOPBACK}:{port} {{
     return conf
 
 
-def write_minimal_apache_config(tmp: Path, root: Path, port: int) -> Path:
+def write_minimal_apache_config(tmp: Path, root: Path, port: int, host: str = LOOPBACK) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     modules = ["mpm_event", "authz_core", "mime", "dir", "alias", "rewrite", "headers"]
     loads = "\n".join(f"LoadModule {m}_module {_APACHE_MODULES}/mod_{m}.so" for m in modules)
@@ -270,7 +290,7 @@ def write_minimal_apache_config(tmp: Path, root: Path, port: int) -> Path:
     conf.write_text(
         f"""ServerRoot "{tmp}"
 ServerName {LOOPBACK}
-Listen {LOOPBACK}:{port}
+Listen {host}:{port}
 PidFile "{tmp}/httpd.pid"
 DefaultRuntimeDir "{tmp}"
 Mutex file:{tmp} default

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .procs import LOOPBACK, Server, free_port, require_binary, run
+from .procs import LOOPBACK, Server, check_own_host, free_port, require_binary, run
 from .proxy import (
     BodyFault,
     CountingProxy,
@@ -177,8 +177,7 @@ def request(
     """One HTTP request to ``base_url`` (``http://127.0.0.1:PORT``); header names lowercased."""
     hostport = base_url.removeprefix("http://").rstrip("/")
     host, _, port = hostport.partition(":")
-    if host not in {LOOPBACK, "localhost"}:
-        raise ValueError(f"test traffic goes to loopback only, not {host!r}")
+    check_own_host(host)
     conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})

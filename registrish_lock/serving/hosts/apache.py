@@ -215,7 +215,10 @@ class ApacheRenderer:
 # {GENERATED}
 # The static registry at {ctx.root}, on {scheme}://{ctx.listen}/.
 # Include it from apache2.conf, plus {LISTEN} unless ports.conf already listens on
-# {ctx.listen}; the rules live in {ctx.root / HTACCESS}. Reload Apache after each sync:
+# {ctx.listen}. The rules live in {ctx.root / HTACCESS} (so shared hosting can use that
+# file alone); here they are included once, at start and reload, with AllowOverride None:
+# read and parsed on every request (AllowOverride All) they cut Apache's request rate to
+# about a third of a plain file server's (BENCHMARKS.md). Reload Apache after each sync:
 # until then a tag keeps serving the image the table below names (or, for a tag it does
 # not know or whose manifest was collected, the tag's file with no Docker-Content-Digest).
 {_redirect_vhost(ctx)}<VirtualHost {ctx.listen}>
@@ -225,8 +228,9 @@ class ApacheRenderer:
     ErrorDocument 405 /{UNSUPPORTED_DOC}
 {tag_digest_table(ctx.tag_digests)}    <Directory "{ctx.root}">
         Require all granted
-        AllowOverride All
+        AllowOverride None
         Options -Indexes +FollowSymLinks
+        Include "{ctx.root / HTACCESS}"
     </Directory>
 </VirtualHost>
 """

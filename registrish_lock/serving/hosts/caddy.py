@@ -204,6 +204,26 @@ class CaddyRenderer:
 		handle @hidden {{
 {_not_found(chr(9) * 3, ErrorCode.NAME_UNKNOWN)}		}}
 
+		# Blobs and manifests first: nearly every request is one, and each handle tried
+		# before the one that matches costs a regex.
+		@mdigest path_regexp mdigest ^/v2/.+/manifests/(sha256:[a-f0-9]{{64}})$
+		handle @mdigest {{
+{_twins("mdigest", "{path}", ("Docker-Content-Digest {re.mdigest.1}", cc_long))}{_manifest_unknown()}		}}
+
+		@mtag path_regexp mtag ^/v2/(.+)/manifests/({TAG_RE})$
+		handle @mtag {{
+{_by_tag(ctx.tag_digests, cc_short)}		}}
+
+		@blob path_regexp blob ^/v2/.+/blobs/(sha256:[a-f0-9]{{64}})$
+		handle @blob {{
+			@blob_found file
+			handle @blob_found {{
+{_headers(chr(9) * 4, f"Content-Type {OCTET_STREAM}", "Docker-Content-Digest {re.blob.1}", cc_long)}				file_server
+			}}
+			handle {{
+{_not_found(chr(9) * 4, ErrorCode.BLOB_UNKNOWN)}			}}
+		}}
+
 		@ping path /v2 /v2/
 		handle @ping {{
 			rewrite * /v2/index
@@ -228,24 +248,6 @@ class CaddyRenderer:
 			}}
 			handle {{
 {_not_found(chr(9) * 4, ErrorCode.NAME_UNKNOWN)}			}}
-		}}
-
-		@mdigest path_regexp mdigest ^/v2/.+/manifests/(sha256:[a-f0-9]{{64}})$
-		handle @mdigest {{
-{_twins("mdigest", "{path}", ("Docker-Content-Digest {re.mdigest.1}", cc_long))}{_manifest_unknown()}		}}
-
-		@mtag path_regexp mtag ^/v2/(.+)/manifests/({TAG_RE})$
-		handle @mtag {{
-{_by_tag(ctx.tag_digests, cc_short)}		}}
-
-		@blob path_regexp blob ^/v2/.+/blobs/(sha256:[a-f0-9]{{64}})$
-		handle @blob {{
-			@blob_found file
-			handle @blob_found {{
-{_headers(chr(9) * 4, f"Content-Type {OCTET_STREAM}", "Docker-Content-Digest {re.blob.1}", cc_long)}				file_server
-			}}
-			handle {{
-{_not_found(chr(9) * 4, ErrorCode.BLOB_UNKNOWN)}			}}
 		}}
 
 		# Referrers: the stored index, or the empty one for any other digest.
