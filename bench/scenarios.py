@@ -15,6 +15,7 @@ from testbed.clients import read_dir_copy
 from testbed.upstream import MANIFEST_ACCEPT, OCI_MANIFEST, request
 
 from .datagen import TEN_LAYER_REF, DataSet, MiB
+from .huge import huge
 from .measure import BenchError, Sample, Stats, fresh_dir, timed, wrk
 from .report import Check, Result, Row, ratio
 from .workspace import (
@@ -496,4 +497,5 @@ SCENARIOS: dict[str, Callable[[Context], Result]] = {
     "peak_rss": peak_rss,
     "serving": serving,
     "pull": pull,
+    "huge": huge,
 }

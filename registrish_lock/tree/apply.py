@@ -26,6 +26,7 @@ from ..pool import run_fail_fast
 from ..progress import Progress, Stats, Stopwatch
 from ..upstream.protocols import BlobSource as Upstream
 from . import gc as gc_mod
+from . import record
 from .desired import Desired, desired_tree, selected_children
 from .layout import Layout
 from .plan import BlobFetch, DocWrite, ManifestWrite, Plan, make_plan
@@ -318,6 +319,8 @@ def collect_garbage(
     desired: Desired = desired_tree(lock, manifests.parsed, strict=False)
     plan = gc_mod.plan_gc(desired, state, layout)
     if not dry_run:
+        if plan.pending:
+            record.invalidate(layout)
         gc_mod.sweep(plan, layout)
     return plan
 

@@ -13,6 +13,7 @@
 <root>/.registrish/blobs/sha256/<hex>        the content store: one copy of each blob
 <root>/.registrish/tmp/                      temp files (same filesystem, for rename)
 <root>/.registrish/lock                      the exclusive lock file
+<root>/.registrish/synced.json               the sync record (`record.py`): written last
 ```
 
 The twin's suffix starts with `~`, a character no tag or digest can contain, so a
@@ -117,6 +118,10 @@ class Layout:
     @property
     def lock_file(self) -> Path:
         return self.state / "lock"
+
+    @property
+    def sync_record(self) -> Path:
+        return self.state / "synced.json"
 
     def store_blob(self, digest: str) -> Path:
         return self.state / "blobs" / "sha256" / digest_hex(digest)
