@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,3 +194,39 @@ def test_a_stale_lock_is_refused_even_with_a_record(mirror: Mirror) -> None:
     mirror.config.write_text(mirror.config.read_text().replace(f'"{tag_name(4)}"', '"9.9.9"'))
     proc = registrish(mirror.config, "sync", check=False)
     assert proc.returncode == 1 and "stale" in proc.stderr
+
+
+# -- the lock's note (lock/lockcache.py) -------------------------------------------------------
+NOTE = "not re-reading it"
+
+
+def test_a_noop_lock_trusts_its_note(mirror: Mirror) -> None:
+    first = registrish(mirror.config, "lock", "-v", "--json")
+    second = registrish(mirror.config, "lock", "-v", "--json")
+    assert NOTE in second.stderr
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert b["written"] is False and b["tags"] == a["tags"] == TAGS and b["requests"] == 0
+
+
+def test_a_hand_edited_lock_is_read_again_by_lock(mirror: Mirror) -> None:
+    registrish(mirror.config, "lock")
+    canonical = mirror.lock.read_text()
+    mirror.lock.write_text(canonical + "\n# a note by hand\n")
+    got = registrish(mirror.config, "lock", "-v", "--json")
+    assert NOTE not in got.stderr and json.loads(got.stdout)["written"] is True
+    assert mirror.lock.read_text() == canonical
+
+
+def test_a_config_change_is_locked_despite_the_note(mirror: Mirror, tmp_path: Path) -> None:
+    registrish(mirror.config, "lock")
+    # The same layout with one more tag (the generator is deterministic), which the config
+    # now selects.
+    shutil.rmtree(tmp_path / "layouts" / "r000")
+    write_layout(tmp_path / "layouts" / "r000", "r000", TAGS + 1)
+    last, new_tag = tag_name(TAGS - 1), tag_name(TAGS)
+    mirror.config.write_text(
+        mirror.config.read_text().replace(f'"{last}"]', f'"{last}", "{new_tag}"]')
+    )
+    got = registrish(mirror.config, "lock", "-v", "--json")
+    assert NOTE not in got.stderr and json.loads(got.stdout)["tags"] == TAGS + 1
+    assert f'tag = "{new_tag}"' in mirror.lock.read_text()
