@@ -14,6 +14,7 @@ from collections.abc import Callable
 from testbed.clients import read_dir_copy
 
 from .datagen import TEN_LAYER_REF, DataSet, MiB
+from .huge import huge
 from .measure import BenchError, Sample, Stats, fresh_dir, timed
 from .report import Check, Result, Row, ratio
 from .serving import serving
@@ -398,4 +399,5 @@ SCENARIOS: dict[str, Callable[[Context], Result]] = {
     "peak_rss": peak_rss,
     "serving": serving,
     "pull": pull,
+    "huge": huge,
 }

@@ -9,7 +9,6 @@ from ..errors import RegistrishError
 from ..listing import list_tree, listing_json, listing_lines
 from ..lock.config import load_config
 from ..lock.lockfile import read_lock
-from ..tree.layout import Layout
 
 NAME = "ls"
 HELP = "list what the tree serves: repositories, tags, digests, platforms, sizes, sources"
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             f"{config.lock_path}: no repository {', '.join(unknown)} in the lock",
             hint=f"it has: {', '.join(lock.names()) or 'nothing (run `registrish lock`)'}",
         )
-    listing = list_tree(Layout(config.root), lock, args.names)
+    listing = list_tree(config.layout, lock, args.names)
     if listing:
         for line in listing_lines(listing):
             console.result(line)

@@ -356,16 +356,26 @@ def _load_referrers(
 
 
 def read_lock(path: Path) -> Lock:
+    return parse_lock_bytes(read_lock_bytes(path), path)
+
+
+def read_lock_bytes(path: Path) -> bytes:
+    """The lock file's bytes (what `parse_lock_bytes` reads; a cache keys on them)."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        return path.read_bytes()
     except FileNotFoundError:
         raise LockfileError(
             f"{path}: no such file", hint="run `registrish lock` to create it"
         ) from None
+    except OSError as exc:
+        raise LockfileError(f"{path}: cannot read: {exc}") from None
+
+
+def parse_lock_bytes(data: bytes, path: Path) -> Lock:
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LockfileError(
             f"{path}: cannot read: {exc}", hint="regenerate it with `registrish lock`"
         ) from None
-    except OSError as exc:
-        raise LockfileError(f"{path}: cannot read: {exc}") from None
     return loads(text, path)

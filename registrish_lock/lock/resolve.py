@@ -17,7 +17,7 @@ from ..manifestcache import ManifestCache
 from ..oci import mediatypes
 from ..oci.manifest import Manifest, Platform
 from ..parallel import map_parallel
-from ..tree.layout import Layout, path_collisions
+from ..tree.layout import path_collisions
 from ..upstream.protocols import DEFAULT_JOBS, ManifestBudget, ManifestSource
 from .config import Config, ImageSpec
 from .discovery import ReferrerFinder, ReferrersUpstream
@@ -229,7 +229,7 @@ def resolve(
 
     # HEADs first (free on Docker Hub), so the manifest GETs are known before any is made.
     targets = map_parallel(target, work, jobs)
-    cache = ManifestCache(upstream, Layout(config.root))
+    cache = ManifestCache(upstream, config.layout)
     _plan_gets(upstream, cache, zip(work, targets, strict=True))
 
     def run(item: tuple[tuple[ImageSpec, str, LockedTag | None], str | LockedTag]) -> LockedTag:

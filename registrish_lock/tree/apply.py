@@ -27,6 +27,7 @@ from ..progress import Progress, Stats, Stopwatch
 from ..upstream.protocols import DEFAULT_JOBS
 from ..upstream.protocols import BlobSource as Upstream
 from . import gc as gc_mod
+from . import record
 from .desired import Desired, desired_tree, selected_children
 from .layout import Layout
 from .plan import BlobFetch, DocWrite, ManifestWrite, Plan, make_plan
@@ -317,6 +318,8 @@ def collect_garbage(
     desired: Desired = desired_tree(lock, manifests.parsed, strict=False)
     plan = gc_mod.plan_gc(desired, state)
     if not dry_run:
+        if plan.pending:
+            record.invalidate(layout)
         gc_mod.sweep(plan, layout)
     return plan
 

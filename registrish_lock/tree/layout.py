@@ -13,6 +13,7 @@
 <store>/blobs/sha256/<hex>                   the content store: one copy of each blob
 <store>/tmp/                                 temp files (same filesystem, for rename)
 <store>/lock                                 the exclusive lock file
+<store>/synced.json                          the sync record (`record.py`): written last
 ```
 
 The store lives outside the root (by default beside it: `<root>/../.registrish-<rootname>`),
@@ -128,6 +129,10 @@ class Layout:
     @property
     def lock_file(self) -> Path:
         return self.state / "lock"
+
+    @property
+    def sync_record(self) -> Path:
+        return self.state / "synced.json"
 
     def store_blob(self, digest: str) -> Path:
         return self.state / "blobs" / "sha256" / digest_hex(digest)

@@ -1,0 +1,232 @@
+"""The sync record (tree/record.py): a no-op sync trusts it only when the lock and config
+are byte for byte the last completed sync's and no directory of the tree moved since; what
+it cannot see (a file rewritten in place) `sync --verify` and `check --local` find."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from testbed.registrish import registrish
+
+from bench.huge import HugeWorkspace, tag_name, write_layout
+from registrish_lock.tree.layout import Layout
+
+TAGS = 5
+REPO = "huge/r000"
+
+
+@dataclass(frozen=True)
+class Mirror:
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "registrish.toml"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / "registrish.lock"
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.path / "public")
+
+    def sync(self, *args: str, check: bool = True) -> dict[str, object]:
+        proc = registrish(self.config, "sync", "--json", *args, check=check)
+        doc: dict[str, object] = json.loads(proc.stdout) if proc.stdout.strip() else {}
+        doc["exit"] = proc.returncode
+        return doc
+
+    def manifest(self, tag: str) -> Path:
+        return self.layout.path(Layout.rel_manifest(REPO, tag))
+
+    def age(self) -> None:
+        """Move every mtime of the tree and host configs a minute back: what a scheduled
+        sync sees minutes after the last one (the record distrusts fresh stamps)."""
+        past = time.time() - 60
+        for top in (self.layout.root, self.path / "hosts"):
+            for dirpath, dirnames, filenames in os.walk(top):
+                for name in [*dirnames, *filenames]:
+                    os.utime(Path(dirpath) / name, (past, past), follow_symlinks=False)
+            os.utime(top, (past, past))
+
+    def settle(self) -> None:
+        """A record a no-op sync trusts (asserted)."""
+        self.age()
+        assert self.sync()["from_record"] is False  # the aged stamps differ: full path
+        assert self.sync()["from_record"] is True
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Mirror:
+    write_layout(tmp_path / "layouts" / "r000", "r000", TAGS)
+    ws = HugeWorkspace.create(tmp_path / "ws", tmp_path / "layouts", Path())
+    m = Mirror(ws.path)
+    registrish(m.config, "lock")
+    registrish(m.config, "sync")
+    return m
+
+
+def test_a_noop_sync_trusts_a_settled_record(mirror: Mirror) -> None:
+    mirror.settle()
+    doc = mirror.sync()
+    assert doc["from_record"] is True and doc["exit"] == 0
+    assert doc["summary"]["upstream_requests"] == 0  # type: ignore[index]
+    dry = mirror.sync("--dry-run")
+    assert dry["from_record"] is True and dry["exit"] == 0
+
+
+def test_a_record_younger_than_its_stamps_is_not_trusted(mirror: Mirror) -> None:
+    # The fixture's sync just wrote the tree: its directories are as new as the record.
+    assert mirror.sync()["from_record"] is False
+
+
+def test_verify_ignores_the_record(mirror: Mirror) -> None:
+    mirror.settle()
+    assert mirror.sync("--verify")["from_record"] is False
+
+
+def test_a_deleted_manifest_is_found_by_sync_check_and_verify(mirror: Mirror) -> None:
+    mirror.settle()
+    target = mirror.manifest(tag_name(2))
+    data = target.read_bytes()
+    target.unlink()
+    check = registrish(mirror.config, "check", "--local", check=False)
+    assert check.returncode == 1 and Layout.rel_manifest(REPO, tag_name(2)) in check.stdout
+    doc = mirror.sync()
+    assert doc["from_record"] is False
+    assert target.read_bytes() == data
+    target.unlink()
+    assert mirror.sync("--verify")["from_record"] is False
+    assert target.read_bytes() == data
+
+
+def test_a_deleted_store_blob_is_fetched_again(mirror: Mirror) -> None:
+    mirror.settle()
+    store = mirror.layout.state / "blobs" / "sha256"
+    victim = sorted(store.iterdir())[0]
+    victim.unlink()
+    assert mirror.sync()["from_record"] is False
+    assert victim.is_file()
+    assert registrish(mirror.config, "check", "--local").returncode == 0
+
+
+def test_a_manifest_edited_in_place_is_found_by_check_and_verify(mirror: Mirror) -> None:
+    mirror.settle()
+    target = mirror.manifest(tag_name(1))
+    data = target.read_bytes()
+    with target.open("r+b") as handle:  # same name, same size, no rename: no stamp moves
+        handle.write(b" ")
+    check = registrish(mirror.config, "check", "--local", check=False)
+    assert check.returncode == 1 and Layout.rel_manifest(REPO, tag_name(1)) in check.stdout
+    # A plain sync trusts the record here (README, "Large mirrors"); --verify repairs.
+    assert mirror.sync()["from_record"] is True
+    assert mirror.sync("--verify")["from_record"] is False
+    assert target.read_bytes() == data
+    assert registrish(mirror.config, "check", "--local").returncode == 0
+
+
+def test_a_deleted_host_config_is_written_again(mirror: Mirror) -> None:
+    mirror.settle()
+    conf = mirror.path / "hosts" / "registrish.conf"
+    data = conf.read_bytes()
+    conf.unlink()
+    assert mirror.sync()["from_record"] is False
+    assert conf.read_bytes() == data
+
+
+def test_a_hand_edited_lock_is_never_taken_for_the_applied_one(mirror: Mirror) -> None:
+    mirror.settle()
+    original = mirror.lock.read_text()
+    moved_from = mirror.manifest(tag_name(0)).read_bytes()
+    # Point tag 0 at tag 1's manifest by hand: same config, other lock bytes.
+    doc = registrish(mirror.config, "lock", "--json").stdout
+    assert json.loads(doc)["written"] is False
+    lines = original.splitlines()
+    digests = [line for line in lines if line.startswith("digest = ")]
+    edited = original.replace(digests[0], digests[1], 1)
+    assert edited != original
+    mirror.lock.write_text(edited)
+    got = mirror.sync("--frozen")
+    assert got["from_record"] is False
+    assert mirror.manifest(tag_name(0)).read_bytes() == mirror.manifest(tag_name(1)).read_bytes()
+    mirror.lock.write_text(original)
+    assert mirror.sync()["from_record"] is False  # back to the old bytes: the record is gone
+    assert mirror.manifest(tag_name(0)).read_bytes() == moved_from
+
+
+def test_an_interrupted_sync_leaves_no_record(mirror: Mirror, tmp_path: Path) -> None:
+    mirror.settle()
+    original = mirror.lock.read_bytes()
+    # A new tag whose layer is gone from the layout: the sync fails half-way, after
+    # writing nothing it could not complete.
+    layouts = tmp_path / "layouts"
+    write_layout(layouts / "r001", "r001", 1)
+    index = json.loads((layouts / "r001" / "index.json").read_text())
+    manifest_hex = index["manifests"][0]["digest"].removeprefix("sha256:")
+    manifest = json.loads((layouts / "r001" / "blobs" / "sha256" / manifest_hex).read_text())
+    mirror.config.write_text(
+        mirror.config.read_text()
+        + f'[[image]]\nsource = "oci:layouts/r001"\nname = "huge/r001"\ntags = ["{tag_name(0)}"]\n'
+    )
+    registrish(mirror.config, "lock")
+    layer = manifest["layers"][0]["digest"].removeprefix("sha256:")
+    (layouts / "r001" / "blobs" / "sha256" / layer).unlink()
+    failed = mirror.sync(check=False)
+    assert failed["exit"] not in (0, None)
+    assert not mirror.layout.sync_record.exists()
+    # The old config and lock again: the tree changed under them, so no shortcut.
+    mirror.config.write_text(
+        mirror.config.read_text().split('[[image]]\nsource = "oci:layouts/r001"')[0]
+    )
+    mirror.lock.write_bytes(original)
+    assert mirror.sync()["from_record"] is False
+
+
+def test_a_stale_lock_is_refused_even_with_a_record(mirror: Mirror) -> None:
+    mirror.settle()
+    mirror.config.write_text(mirror.config.read_text().replace(f'"{tag_name(4)}"', '"9.9.9"'))
+    proc = registrish(mirror.config, "sync", check=False)
+    assert proc.returncode == 1 and "stale" in proc.stderr
+
+
+# -- the lock's note (lock/lockcache.py) -------------------------------------------------------
+NOTE = "not re-reading it"
+
+
+def test_a_noop_lock_trusts_its_note(mirror: Mirror) -> None:
+    first = registrish(mirror.config, "lock", "-v", "--json")
+    second = registrish(mirror.config, "lock", "-v", "--json")
+    assert NOTE in second.stderr
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert b["written"] is False and b["tags"] == a["tags"] == TAGS and b["requests"] == 0
+
+
+def test_a_hand_edited_lock_is_read_again_by_lock(mirror: Mirror) -> None:
+    registrish(mirror.config, "lock")
+    canonical = mirror.lock.read_text()
+    mirror.lock.write_text(canonical + "\n# a note by hand\n")
+    got = registrish(mirror.config, "lock", "-v", "--json")
+    assert NOTE not in got.stderr and json.loads(got.stdout)["written"] is True
+    assert mirror.lock.read_text() == canonical
+
+
+def test_a_config_change_is_locked_despite_the_note(mirror: Mirror, tmp_path: Path) -> None:
+    registrish(mirror.config, "lock")
+    # The same layout with one more tag (the generator is deterministic), which the config
+    # now selects.
+    shutil.rmtree(tmp_path / "layouts" / "r000")
+    write_layout(tmp_path / "layouts" / "r000", "r000", TAGS + 1)
+    last, new_tag = tag_name(TAGS - 1), tag_name(TAGS)
+    mirror.config.write_text(
+        mirror.config.read_text().replace(f'"{last}"]', f'"{last}", "{new_tag}"]')
+    )
+    got = registrish(mirror.config, "lock", "-v", "--json")
+    assert NOTE not in got.stderr and json.loads(got.stdout)["tags"] == TAGS + 1
+    assert f'tag = "{new_tag}"' in mirror.lock.read_text()
