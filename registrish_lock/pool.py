@@ -1,12 +1,22 @@
-"""Fail-fast parallel work: the one way sync and publish run a batch on a thread pool."""
+"""Fail-fast parallel work: the one way lock, outdated, sync and publish run a batch on
+threads. After the first failure no further item starts; what is running ends (a thread
+cannot be stopped mid-write), then the error of the first failing item, in the items'
+order, is raised: a run that met a rate limit or a broken upstream stops instead of
+making a request per remaining item."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_EXCEPTION, Executor, Future, wait
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+class _Skipped(Exception):
+    """An item not started because another one failed."""
 
 
 def run_fail_fast(
@@ -17,13 +27,26 @@ def run_fail_fast(
     on_done: Callable[[T], None] | None = None,
     on_extra_error: Callable[[BaseException], None] | None = None,
 ) -> None:
-    """Run `work(item)` for every item on `pool`. The first failure cancels what has not
-    started and waits for what is running (a thread cannot be killed mid-write), then is
-    raised; later failures go to `on_extra_error`. `on_done` sees every item that finished."""
-    futures: dict[Future[None], T] = {pool.submit(work, item): item for item in items}
+    """Run `work(item)` for every item on `pool`. The first failure cancels what is
+    queued (and an item a worker picks up after it is skipped), waits for what is
+    running, and is raised; later failures go to `on_extra_error`. `on_done` sees every
+    item that finished."""
+    failed = threading.Event()
+
+    def guarded(item: T) -> None:
+        if failed.is_set():
+            raise _Skipped
+        try:
+            work(item)
+        except BaseException:
+            failed.set()
+            raise
+
+    futures: dict[Future[None], T] = {pool.submit(guarded, item): item for item in items}
     try:
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
     except BaseException:  # Ctrl-C: nothing queued may start once the caller unwinds
+        failed.set()
         _cancel(futures)
         raise
     if any(f.exception() is not None for f in done):
@@ -34,15 +57,31 @@ def run_fail_fast(
         if future.cancelled():
             continue
         exc = future.exception()
-        if exc is not None:
+        if exc is None:
+            if on_done is not None:
+                on_done(item)
+        elif not isinstance(exc, _Skipped):
             errors.append(exc)
-        elif on_done is not None:
-            on_done(item)
     if errors:
         for extra in errors[1:]:
             if on_extra_error is not None:
                 on_extra_error(extra)
         raise errors[0]
+
+
+def map_parallel(fn: Callable[[T], R], items: Sequence[T], jobs: int) -> list[R]:
+    """`fn` over `items` on at most `jobs` threads, failing fast as `run_fail_fast`;
+    the results in the order of `items`."""
+    if not items:
+        return []
+    results: dict[int, R] = {}
+
+    def one(pair: tuple[int, T]) -> None:
+        results[pair[0]] = fn(pair[1])
+
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(items)))) as pool:
+        run_fail_fast(pool, one, list(enumerate(items)))
+    return [results[i] for i in range(len(items))]
 
 
 def _cancel(futures: Iterable[Future[None]]) -> None:

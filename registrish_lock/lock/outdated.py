@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import NotFoundError
-from ..parallel import map_parallel
+from ..pool import map_parallel
 from ..upstream.protocols import DEFAULT_JOBS, ManifestSource
 from .config import Config, ImageSpec
 from .lockfile import Lock

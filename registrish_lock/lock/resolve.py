@@ -16,7 +16,7 @@ from ..errors import ConfigError, NotFoundError, UpstreamError
 from ..manifestcache import ManifestCache
 from ..oci import mediatypes
 from ..oci.manifest import Manifest, Platform
-from ..parallel import map_parallel
+from ..pool import map_parallel
 from ..tree.layout import path_collisions
 from ..upstream.protocols import DEFAULT_JOBS, ManifestBudget, ManifestSource
 from .config import Config, ImageSpec
