@@ -11,11 +11,11 @@ from memory_upstream import Fetched, MemoryUpstream, image_manifest
 
 from registrish_lock.lock.config import load_config
 from registrish_lock.lock.resolve import resolve
-from registrish_lock.manifestcache import ManifestCache
 from registrish_lock.oci import mediatypes
 from registrish_lock.oci.manifest import sha256_digest
 from registrish_lock.oci.reference import Reference
 from registrish_lock.tree.layout import Layout
+from registrish_lock.upstream.manifestcache import ManifestCache
 
 TAGS = [f"t{n}" for n in range(50)]
 

@@ -20,8 +20,8 @@ from registrish_lock.errors import ExitCode, UpstreamError
 from registrish_lock.lock.config import RegistrySettings, load_config
 from registrish_lock.lock.resolve import resolve
 from registrish_lock.oci.reference import Reference
-from registrish_lock.ratelimit import budget_of, duration, exhausted, parse_quota
 from registrish_lock.upstream.credentials import CredentialStore
+from registrish_lock.upstream.ratelimit import budget_of, duration, exhausted, parse_quota
 from registrish_lock.upstream.registry import RegistryClient, RetryPolicy
 
 REPO = Reference("reg.test", "team/app")

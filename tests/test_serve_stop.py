@@ -5,7 +5,7 @@ The bug this guards (issue 11): SIGTERM was raised as KeyboardInterrupt in the m
 raised while the accept loop waited for a connection's thread to start, the loop's cleanup
 turned it into a ValueError that socketserver logged as one failed request, and serve went
 on serving until a second SIGTERM. Now the signal only writes to a pipe the loop watches
-(`registrish_lock.stopsignals`). "Promptly" is generous here (a loaded machine); the bug
+(`registrish_lock.serving.stopsignals`). "Promptly" is generous here (a loaded machine); the bug
 was forever.
 """
 
@@ -25,7 +25,7 @@ import pytest
 from test_hosts_tree import BuiltTree, build_tree
 from testbed.procs import LOOPBACK, Server, free_port, http_status, wait_until
 
-from registrish_lock.stopsignals import StopSignals
+from registrish_lock.serving.stopsignals import StopSignals
 
 #: Seconds a stopped serve may take to exit; it used to take forever.
 STOP_TIMEOUT = 30.0

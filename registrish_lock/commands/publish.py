@@ -11,7 +11,7 @@ from ..progress import UPLOAD, QuietProgress, make_progress
 from ..serving.publish import publish
 from ..serving.routes import Policy
 from ..serving.s3store import DEFAULT_JOBS, open_store, parse_s3_url
-from ..storemove import dry_run_layout
+from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from . import add_jobs_option
 

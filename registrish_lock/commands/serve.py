@@ -14,7 +14,7 @@ from ..serving.serve import (
     make_server,
     serve_until_stopped,
 )
-from ..stopsignals import StopSignals
+from ..serving.stopsignals import StopSignals
 from . import positive_int
 
 NAME = "serve"

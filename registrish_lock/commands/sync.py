@@ -10,10 +10,10 @@ from ..errors import ExitCode, StaleLockError
 from ..lock.config import Config, load_config
 from ..lock.lockfile import Lock, parse_lock_bytes, read_lock, read_lock_bytes
 from ..progress import Stats, make_progress
-from ..storemove import dry_run_layout
 from ..tree import record
 from ..tree.apply import LazyUpstream, sync_tree, write_hosts
 from ..tree.plan import Plan
+from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from ..upstream.sources import open_sources
 from . import add_jobs_option

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field, replace
 
 from ..console import Console
 from ..errors import ConfigError, NotFoundError, UpstreamError
-from ..manifestcache import ManifestCache
 from ..oci import mediatypes
 from ..oci.manifest import Manifest, Platform
 from ..pool import map_parallel
 from ..tree.layout import path_collisions
+from ..upstream.manifestcache import ManifestCache
 from ..upstream.protocols import DEFAULT_JOBS, ManifestBudget, ManifestSource
 from .config import Config, ImageSpec
 from .discovery import ReferrerFinder, ReferrersUpstream

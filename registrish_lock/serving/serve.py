@@ -40,7 +40,6 @@ from ..errors import LocalError, RegistrishError
 from ..oci import mediatypes
 from ..oci.manifest import sha256_digest
 from ..oci.reference import is_tag
-from ..stopsignals import StopSignals
 from ..tree.layout import Layout
 from .routes import (
     EMPTY_REFERRERS,
@@ -55,6 +54,7 @@ from .routes import (
     error_headers,
     headers_for,
 )
+from .stopsignals import StopSignals
 
 Headers = tuple[tuple[str, str], ...]
 ALLOWED_METHODS = ("GET", "HEAD")

@@ -24,11 +24,7 @@ from typing import Any
 
 from ..console import human_bytes
 from ..oci import mediatypes
-from .desired import (
-    Desired,
-    Foreign,
-    WantManifest,
-)
+from .desired import Desired, Foreign, WantManifest
 from .layout import Layout, is_last_page
 from .state import TreeState, manifest_ref_of
 

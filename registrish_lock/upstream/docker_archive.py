@@ -19,12 +19,7 @@ from typing import IO, Any
 from ..errors import IntegrityError, NotFoundError
 from ..oci import mediatypes
 from ..oci.manifest import sha256_digest
-from ..oci.reference import (
-    DOCKER_ARCHIVE,
-    Reference,
-    is_digest,
-    validate_digest,
-)
+from ..oci.reference import DOCKER_ARCHIVE, Reference, is_digest, validate_digest
 from .local import (
     DOCKER_CONFIG,
     DOCKER_LAYER,

@@ -18,10 +18,7 @@ from typing import IO, Generic, Protocol, TypeVar
 
 from ..errors import IntegrityError, RegistrishError
 from ..oci import mediatypes
-from ..oci.reference import (
-    Reference,
-    is_tag,
-)
+from ..oci.reference import Reference, is_tag
 from .protocols import ManifestInfo
 
 REF_NAME = "org.opencontainers.image.ref.name"

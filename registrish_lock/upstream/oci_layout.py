@@ -12,13 +12,7 @@ from pathlib import Path
 from ..errors import IntegrityError, NotFoundError
 from ..oci import mediatypes
 from ..oci.manifest import MAX_MANIFEST_BYTES, parse_manifest, sha256_digest
-from ..oci.reference import (
-    OCI_LAYOUT,
-    Reference,
-    digest_hex,
-    is_digest,
-    validate_digest,
-)
+from ..oci.reference import OCI_LAYOUT, Reference, digest_hex, is_digest, validate_digest
 from .local import (
     REF_NAME,
     LocalSource,

@@ -45,13 +45,13 @@ from ..oci.reference import (
     validate_name,
     validate_tag,
 )
-from ..ratelimit import DEFAULT_RETRY, RateLimits, exhausted
-from ..ratelimit import RetryPolicy as RetryPolicy
-from ..ratelimit import backoff_delay as backoff_delay
-from ..ratelimit import parse_retry_after as parse_retry_after
 from .auth import MAX_TOKEN_RESPONSE, Authenticator, RequestAuth
 from .credentials import CredentialStore
 from .protocols import DEFAULT_JOBS, FetchedManifest, ManifestInfo
+from .ratelimit import DEFAULT_RETRY, RateLimits, exhausted
+from .ratelimit import RetryPolicy as RetryPolicy
+from .ratelimit import backoff_delay as backoff_delay
+from .ratelimit import parse_retry_after as parse_retry_after
 
 T = TypeVar("T")
 

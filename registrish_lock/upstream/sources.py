@@ -17,11 +17,7 @@ from ..fsutil import VerifiedFile
 from ..lock.config import Config
 from ..lock.discovery import ReferrersUpstream
 from ..oci.manifest import Descriptor
-from ..oci.reference import (
-    DOCKER_ARCHIVE,
-    OCI_LAYOUT,
-    Reference,
-)
+from ..oci.reference import DOCKER_ARCHIVE, OCI_LAYOUT, Reference
 from .docker_archive import DockerArchiveSource
 from .oci_layout import OciLayoutSource
 from .protocols import DEFAULT_JOBS, FetchedLike, ManifestBudget, ManifestInfoLike, Upstream

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from .console import Console
-from .errors import UpstreamError
+from ..console import Console
+from ..errors import UpstreamError
 
 #: Longest wait a 429 is retried after; a longer one ends the run (exit 3) saying when.
 MAX_RATE_LIMIT_WAIT = 60.0

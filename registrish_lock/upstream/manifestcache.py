@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import threading
 
-from .errors import IntegrityError
-from .oci import mediatypes
-from .oci.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest, sha256_digest
-from .oci.reference import Reference
-from .tree.layout import Layout
-from .upstream.protocols import ManifestSource
+from ..errors import IntegrityError
+from ..oci import mediatypes
+from ..oci.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest, sha256_digest
+from ..oci.reference import Reference
+from ..tree.layout import Layout
+from .protocols import ManifestSource
 
 _Key = tuple[str, str]  # (repository reference, digest)
 
