@@ -47,10 +47,10 @@ class Mirror:
         return self.layout.path(Layout.rel_manifest(REPO, tag))
 
     def age(self) -> None:
-        """Move every mtime of the tree and host configs a minute back: what a scheduled
+        """Move every mtime of the tree, its store and host configs a minute back: what a scheduled
         sync sees minutes after the last one (the record distrusts fresh stamps)."""
         past = time.time() - 60
-        for top in (self.layout.root, self.path / "hosts"):
+        for top in (self.layout.root, self.layout.state, self.path / "hosts"):
             for dirpath, dirnames, filenames in os.walk(top):
                 for name in [*dirnames, *filenames]:
                     os.utime(Path(dirpath) / name, (past, past), follow_symlinks=False)
