@@ -258,3 +258,32 @@ def test_check_url_flags_an_html_ping_html_404s_and_a_digest_without_length(
     assert "referrers of an unknown digest: referrers document is not an OCI index" in joined
     assert "HEAD: Docker-Content-Digest without Content-Length" in joined
     assert "GET: Docker-Content-Digest without Content-Length" not in joined
+
+
+def test_check_url_takes_an_empty_ping_and_refuses_a_non_json_one(tree: BuiltTree) -> None:
+    """SeaweedFS keeps no body for the `v2/` key (no client reads the ping's body): an
+    empty 200 passes; a body that is not a JSON object fails."""
+    resolver = TreeResolver(tree.layout)
+
+    def serving(ping: bytes) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            path = request.url.raw_path.decode()
+            if path == "/v2/":
+                return httpx.Response(
+                    200, headers={"Content-Type": "application/json"}, content=ping
+                )
+            answer = resolver.answer(request.method, path, {})
+            body = answer.body if answer.file is None else answer.file.read_bytes()
+            return httpx.Response(
+                answer.status,
+                headers=dict(answer.headers),
+                content=body if request.method == "GET" else b"",
+            )
+
+        return httpx.MockTransport(handler)
+
+    empty = check_url("http://h.example", tree.lock, transport=serving(b""))
+    assert not [f for f in empty.failures if f.path == "v2/"]
+    for bad in (b"[]", b"ok"):
+        report = check_url("http://h.example", tree.lock, transport=serving(bad))
+        assert [f.path for f in report.failures if f.path == "v2/"] == ["v2/"], bad
