@@ -19,6 +19,7 @@ from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, docker_r
 from testbed.images import DEFAULT_OUTPUT, SeededUpstream, push_random_image
 from testbed.s3 import SeaweedS3
 
+from registrish_lock import USER_AGENT
 from registrish_lock.cli import main
 from registrish_lock.commands import publish as publish_cmd
 from registrish_lock.errors import ExitCode
@@ -58,6 +59,8 @@ class Calls:
     multipart: list[str] = field(default_factory=list)
     parts: int = 0
     deletes: int = 0
+    #: the User-Agent of every request sent
+    agents: list[str] = field(default_factory=list)
     #: raise after this many PutObject/CreateMultipartUpload calls (None: never)
     fail_after: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -101,7 +104,12 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
         def on_delete(params: dict[str, Any], **_: Any) -> None:
             counted.deletes += len(params["Delete"]["Objects"])
 
+        def on_send(request: Any, **_: Any) -> None:
+            with counted.lock:
+                counted.agents.append(str(request.headers.get("User-Agent", "")))
+
         events = store.client.meta.events
+        events.register("before-send.s3", on_send)
         events.register("provide-client-params.s3.PutObject", on_put)
         events.register("provide-client-params.s3.CreateMultipartUpload", on_multipart)
         events.register("provide-client-params.s3.UploadPart", on_part)
@@ -214,6 +222,8 @@ def test_publish_then_pull_all_four_kinds_from_the_bucket(
     assert seaweed.secret_key not in out and seaweed.access_key not in out
     summary = json.loads(out)["summary"]
     assert summary["uploaded"] == len(expected) == len(calls.puts)
+    # every request to the store names registrish (after boto3's own words)
+    assert calls.agents and all(USER_AGENT in agent for agent in calls.agents)
     assert_bucket_equals_tree(seaweed, root)
     # uploads followed the phases: no tag before its manifests and blobs
     phase_of = {o.key: o.phase for o in collect_objects(Layout(root), Policy())}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import USER_AGENT
 from ..errors import ExitCode, RegistrishError
 
 DEFAULT_JOBS = 8
@@ -265,6 +266,8 @@ def open_store(
         "retries": {"mode": "standard", "max_attempts": 8},
         "max_pool_connections": max(10, jobs * 4),
         "connect_timeout": 10,
+        # every request registrish makes names it (boto3 keeps its own words after it)
+        "user_agent_extra": USER_AGENT,
         "read_timeout": 120,
     }
     if addressing_style:
