@@ -112,12 +112,16 @@ def docker_certs_d(ca_cert: Path, host: str) -> Iterator[Path]:
     target = DOCKER_CERTS_D / host
     if target.exists():
         raise FileExistsError(f"{target} exists: not ours to replace")
+    made_certs_d = not DOCKER_CERTS_D.exists()
     target.mkdir(parents=True)
     try:
         shutil.copyfile(ca_cert, target / "ca.crt")
         yield target
     finally:
         shutil.rmtree(target, ignore_errors=True)
+        if made_certs_d:
+            with contextlib.suppress(OSError):  # not empty: someone else's entry is there
+                DOCKER_CERTS_D.rmdir()
 
 
 @contextlib.contextmanager
