@@ -22,7 +22,7 @@ from .errors import ConfigError, UpstreamError
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from .lock.config import _Reader
+    from .lock.tomlreader import Reader
 
 TLS_KEYS = ("server_name", "tls_certificate", "tls_key", "redirect_http")
 #: A DNS name (labels of letters, digits and inner hyphens) or an IPv4 address.
@@ -71,7 +71,7 @@ class ServerTls:
 
 
 def parse_server_tls(
-    r: _Reader,
+    r: Reader,
     registry: Mapping[str, Any],
     base: Path,
     parse_address: Callable[[str, str], Address],
