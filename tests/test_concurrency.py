@@ -279,7 +279,7 @@ def test_the_lock_file_of_a_killed_sync_blocks_nobody(
 ) -> None:
     layout = Layout(tmp_path / "public")
     proc = start(config, "sync")
-    partials = layout.root / ".registrish/tmp"
+    partials = layout.tmp
     wait_for(  # killed mid-download: some bytes of a blob are on disk
         lambda: partial_bytes(partials) > 0,
         "the sync to write part of a blob",
