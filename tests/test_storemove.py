@@ -20,8 +20,8 @@ from testbed.procs import in_ci
 from registrish_lock import cli
 from registrish_lock.errors import ConfigError, ExitCode, LocalError
 from registrish_lock.lock.config import load_config
-from registrish_lock.storemove import legacy_store
 from registrish_lock.tree.layout import LEGACY_STATE_DIR, Layout, default_store
+from registrish_lock.tree.storemove import legacy_store
 from registrish_lock.tree.treelock import tree_lock
 
 

@@ -6,8 +6,8 @@ import argparse
 
 from ..console import Console
 from ..errors import ExitCode
-from ..storemove import dry_run_layout
 from ..tree.apply import collect_garbage, write_hosts
+from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from .sync import load_locked
 

@@ -10,7 +10,7 @@ from ..lock.config import load_config
 from ..progress import UPLOAD, QuietProgress, make_progress
 from ..serving.publish import DEFAULT_JOBS, open_store, parse_s3_url, publish
 from ..serving.routes import Policy
-from ..storemove import dry_run_layout
+from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from . import positive_int
 

@@ -10,8 +10,8 @@ from ..errors import ExitCode, StaleLockError
 from ..lock.config import Config, load_config
 from ..lock.lockfile import Lock, read_lock
 from ..progress import make_progress
-from ..storemove import dry_run_layout
 from ..tree.apply import DEFAULT_JOBS, LazyUpstream, sync_tree, write_hosts
+from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from ..upstream.sources import open_sources
 from . import positive_int

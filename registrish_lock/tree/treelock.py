@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..console import Console
 from ..errors import BusyError
-from ..storemove import legacy_store, move_legacy_store
 from .layout import Layout
+from .storemove import legacy_store, move_legacy_store
 
 
 def _holder(fd: int) -> str:

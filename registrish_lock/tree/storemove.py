@@ -23,10 +23,10 @@ import errno
 import os
 from pathlib import Path
 
-from .console import Console
-from .errors import LocalError
-from .fsutil import fsync_dir
-from .tree.layout import LEGACY_STATE_DIR, Layout
+from ..console import Console
+from ..errors import LocalError
+from ..fsutil import fsync_dir
+from .layout import LEGACY_STATE_DIR, Layout
 
 #: What a store holds, relative to its directory: these are merged entry by entry.
 _MERGED = ("blobs/sha256", "tmp")
