@@ -24,6 +24,8 @@ from testbed.images import SeededUpstream
 from testbed.upstream import MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST, CountingProxy, Respond
 from testbed.upstream import get_manifest as raw_manifest
 
+from registrish_lock.tree.layout import Layout
+
 # `backoffs` (from test_faults): real retries, shortened sleeps.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("backoffs")]
 
@@ -166,11 +168,12 @@ def write_config(tmp_path: Path, host: str) -> Path:
 
 def outside(tmp_path: Path, root: Path) -> dict[str, int]:
     """What exists around ``root``: every path under the test's directory except inside
-    ``root`` (name → size), and the names beside the test's directory."""
+    ``root`` and its content store (name → size), and the names beside the test's directory."""
+    store = Layout(root).state
     mine = {
         str(p): p.stat().st_size if p.is_file() else -1
         for p in tmp_path.rglob("*")
-        if root not in p.parents and p != root
+        if not {root, store} & {p, *p.parents}
     }
     return mine | {str(p): -2 for p in tmp_path.parent.iterdir()}
 
