@@ -81,6 +81,7 @@ class HashingSink:
         self.written = 0
 
     def write(self, chunk: bytes) -> None:
+        # Only a download can overflow: `copy_from` never reads past `size`.
         if self.written + len(chunk) > self.size:
             raise IntegrityError(
                 f"{self.what}: the registry sent more than the declared {self.size} bytes",
