@@ -40,7 +40,6 @@ from testbed.upstream import (
     start_htpasswd_registry,
 )
 
-import registrish_lock.upstream.registry as registry_mod
 from registrish_lock.cli import main
 from registrish_lock.console import Console
 from registrish_lock.errors import IntegrityError, UpstreamError
@@ -49,7 +48,8 @@ from registrish_lock.lock.lockfile import read_lock
 from registrish_lock.oci.reference import Reference
 from registrish_lock.tree.layout import Layout
 from registrish_lock.upstream.credentials import CredentialStore, env_var_name
-from registrish_lock.upstream.registry import RegistryClient, RetryPolicy
+from registrish_lock.upstream.ratelimit import RetryPolicy, backoff_delay
+from registrish_lock.upstream.registry import RegistryClient
 
 pytestmark = pytest.mark.slow
 
@@ -95,13 +95,13 @@ def both(*hooks: FaultHook) -> FaultHook:
 def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Record every backoff the client computes (Retry-After included), sleep 10 ms instead."""
     asked: list[float] = []
-    real = registry_mod.backoff_delay
 
     def fast(policy: RetryPolicy, failures: int, retry_after: float | None, rand: float) -> float:
-        asked.append(real(policy, failures, retry_after, rand))
+        asked.append(backoff_delay(policy, failures, retry_after, rand))
         return 0.01
 
-    monkeypatch.setattr(registry_mod, "backoff_delay", fast)
+    # The request loop looks `backoff_delay` up in its own module at each retry.
+    monkeypatch.setattr("registrish_lock.upstream.http.backoff_delay", fast)
     return asked
 
 

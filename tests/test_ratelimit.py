@@ -21,8 +21,14 @@ from registrish_lock.lock.config import RegistrySettings, load_config
 from registrish_lock.lock.resolve import resolve
 from registrish_lock.oci.reference import Reference
 from registrish_lock.upstream.credentials import CredentialStore
-from registrish_lock.upstream.ratelimit import budget_of, duration, exhausted, parse_quota
-from registrish_lock.upstream.registry import RegistryClient, RetryPolicy
+from registrish_lock.upstream.ratelimit import (
+    RetryPolicy,
+    budget_of,
+    duration,
+    exhausted,
+    parse_quota,
+)
+from registrish_lock.upstream.registry import RegistryClient
 
 REPO = Reference("reg.test", "team/app")
 NOW = datetime(2026, 12, 5, 20, 0, tzinfo=timezone.utc)

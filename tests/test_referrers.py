@@ -38,7 +38,8 @@ from registrish_lock.serving.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL
 from registrish_lock.serving.serve import TreeResolver
 from registrish_lock.tree.apply import LazyUpstream, collect_garbage, sync_tree
 from registrish_lock.tree.layout import Layout
-from registrish_lock.upstream.registry import RegistryClient, RetryPolicy
+from registrish_lock.upstream.ratelimit import RetryPolicy
+from registrish_lock.upstream.registry import RegistryClient
 
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"

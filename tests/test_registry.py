@@ -25,13 +25,8 @@ from registrish_lock.lock.config import RegistrySettings
 from registrish_lock.oci import mediatypes
 from registrish_lock.oci.reference import Reference, parse_reference
 from registrish_lock.upstream.credentials import CredentialStore, env_var_name
-from registrish_lock.upstream.registry import (
-    RegistryClient,
-    RetryPolicy,
-    backoff_delay,
-    parse_link_next,
-    parse_retry_after,
-)
+from registrish_lock.upstream.ratelimit import RetryPolicy, backoff_delay, parse_retry_after
+from registrish_lock.upstream.registry import RegistryClient, parse_link_next
 
 REPO = Reference("reg.test", "team/app")
 THREE_ATTEMPTS = RetryPolicy(attempts=3)

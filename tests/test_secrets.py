@@ -27,7 +27,8 @@ from testbed.upstream import Registry, start_htpasswd_registry
 from registrish_lock.console import Console
 from registrish_lock.errors import UpstreamError
 from registrish_lock.upstream.credentials import CredentialStore, env_var_name
-from registrish_lock.upstream.registry import RegistryClient, RetryPolicy
+from registrish_lock.upstream.ratelimit import RetryPolicy
+from registrish_lock.upstream.registry import RegistryClient
 
 pytestmark = pytest.mark.slow
 

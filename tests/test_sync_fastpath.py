@@ -26,7 +26,8 @@ from registrish_lock.oci.reference import Reference
 from registrish_lock.tree import state as tree
 from registrish_lock.tree.layout import Layout
 from registrish_lock.upstream.credentials import CredentialStore
-from registrish_lock.upstream.registry import RegistryClient, RetryPolicy
+from registrish_lock.upstream.ratelimit import RetryPolicy
+from registrish_lock.upstream.registry import RegistryClient
 
 
 def _digest(data: bytes) -> str:

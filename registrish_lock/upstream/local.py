@@ -8,18 +8,17 @@ looked up in the archive and never used as file system paths.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Generic, Protocol, TypeVar
+from typing import IO, Generic, TypeVar
 
 from ..errors import IntegrityError, RegistrishError
 from ..oci import mediatypes
 from ..oci.reference import Reference, is_tag
 from .protocols import ManifestInfo
+from .sink import HashingSink, Readable
 
 REF_NAME = "org.opencontainers.image.ref.name"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
@@ -27,7 +26,6 @@ DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 #: `manifest.json` of an archive and image configs: small documents, read whole.
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
-_CHUNK = 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -57,10 +55,6 @@ def read_capped(stream: IO[bytes], limit: int, what: str) -> bytes:
     return data
 
 
-class Readable(Protocol):
-    def read(self, n: int = -1, /) -> bytes: ...
-
-
 def copy_verified(
     src: Readable,
     *,
@@ -72,33 +66,20 @@ def copy_verified(
 ) -> None:
     """Copy `size` bytes into `dest` (from scratch: local reads are cheap), hashing them;
     on a size or digest mismatch `dest` is deleted and `IntegrityError` raised."""
-    report = on_bytes or (lambda _n: None)
-    hasher = hashlib.sha256()
-    written = 0
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    sink = HashingSink(dest, size, on_bytes, what)
     try:
-        with dest.open("wb") as out:
-            while written < size:
-                chunk = src.read(min(_CHUNK, size - written))
-                if not chunk:
-                    break
-                out.write(chunk)
-                hasher.update(chunk)
-                written += len(chunk)
-                report(len(chunk))
-            extra = src.read(1)
-            out.flush()
-            os.fsync(out.fileno())
-        actual = "sha256:" + hasher.hexdigest()
-        if written != size or extra or actual != digest:
+        sink.copy_from(src)
+        extra = src.read(1)
+        sink.finish()
+        if sink.written != size or extra or sink.digest != digest:
             raise IntegrityError(
-                f"{what}: {'more than ' if extra else ''}{written} bytes hashing to {actual}, "
-                f"expected {size} bytes with digest {digest}",
+                f"{what}: {'more than ' if extra else ''}{sink.written} bytes hashing to "
+                f"{sink.digest}, expected {size} bytes with digest {digest}",
                 hint="the local source is corrupt or changed since `registrish lock`; "
                 "recreate it, or run `registrish lock --upgrade`",
             )
     except BaseException:
-        dest.unlink(missing_ok=True)
+        sink.discard()
         raise
 
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from types import TracebackType
+from typing import Protocol, TypeVar, runtime_checkable
 
 from ..fsutil import VerifiedFile
 from ..oci.reference import Reference
+
+_C = TypeVar("_C", bound="Closing")
 
 #: Requests in flight per upstream registry (`--jobs`), for `lock`, `outdated` and `sync`.
 DEFAULT_JOBS = 8
@@ -91,3 +94,21 @@ class ManifestBudget(Protocol):
     leaves (the registry client; local sources have no limit)."""
 
     def plan_manifest_gets(self, registry: str, gets: int) -> None: ...
+
+
+class Closing:
+    """A `with` block that calls `close()` at its end, for upstreams that hold connections."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

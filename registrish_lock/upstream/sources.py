@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 from ..console import Console
 from ..fsutil import VerifiedFile
@@ -20,10 +19,17 @@ from ..oci.manifest import Descriptor
 from ..oci.reference import DOCKER_ARCHIVE, OCI_LAYOUT, Reference
 from .docker_archive import DockerArchiveSource
 from .oci_layout import OciLayoutSource
-from .protocols import DEFAULT_JOBS, FetchedLike, ManifestBudget, ManifestInfoLike, Upstream
+from .protocols import (
+    DEFAULT_JOBS,
+    Closing,
+    FetchedLike,
+    ManifestBudget,
+    ManifestInfoLike,
+    Upstream,
+)
 
 
-class SourceRouter:
+class SourceRouter(Closing):
     """The upstream protocol over registries and local sources alike: each call goes to the
     source `repo.registry` names. The registry client is made on first use, so a config of
     local sources only never creates one."""
@@ -92,17 +98,6 @@ class SourceRouter:
     def close(self) -> None:
         if self._registry is not None:
             self._registry.close()
-
-    def __enter__(self) -> SourceRouter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_sources(config: Config, console: Console, *, jobs: int = DEFAULT_JOBS) -> SourceRouter:
