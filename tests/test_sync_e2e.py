@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +24,8 @@ from testbed.clients import (
     skopeo_copy,
 )
 from testbed.images import SeededUpstream, push_random_image
+from testbed.procs import wait_until
+from testbed.proxy import Hold
 from testbed.registrish import registrish
 from testbed.upstream import CountingProxy, Registry, Respond, get_manifest
 
@@ -182,24 +184,37 @@ def test_sigkill_during_a_large_download_then_rerun_verifies(
     config = write_config(tmp_path, counting_proxy.host, [("big", "big", "v1")])
     registrish(config, "lock")
     tmp = Layout(tmp_path / "public").state / "tmp"
+    layer = big.layers[0]
+    # The first GET of the layer stops after a quarter of its bytes until released: the
+    # sync is killed with a partial download on disk however fast the machine is.
+    release = threading.Event()
+    held: list[str] = []
+
+    def hold_first_download(method: str, path: str) -> Hold | None:
+        if method == "GET" and path.endswith(f"/blobs/{layer}") and not held:
+            held.append(path)
+            return Hold(after=size // 4, release=release)
+        return None
+
+    def partial_sizes() -> list[int]:
+        return [p.stat().st_size for p in tmp.glob("*.partial")] if tmp.is_dir() else []
+
+    counting_proxy.fault = hold_first_download
     proc = subprocess.Popen(
         [sys.executable, "-m", "registrish_lock", "sync", "-c", str(config), "-q"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     killed_at = 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        partials = list(tmp.glob("*.partial")) if tmp.is_dir() else []
-        sizes = [p.stat().st_size for p in partials]
-        if any(1 << 20 < s < size // 2 for s in sizes):
-            os.kill(proc.pid, signal.SIGKILL)
-            killed_at = max(sizes)
-            break
-        time.sleep(0.002)
-    proc.wait()
+    try:
+        assert wait_until(lambda: any(1 << 20 < s < size // 2 for s in partial_sizes()), 120)
+        os.kill(proc.pid, signal.SIGKILL)
+        killed_at = max(partial_sizes())
+    finally:
+        proc.wait()
+        release.set()
+        counting_proxy.fault = None
     assert killed_at, "the download finished before it could be killed"
-    layer = big.layers[0]
     assert not (Layout(tmp_path / "public").state / "blobs/sha256" / layer[7:]).exists()
     assert not (tmp_path / "public/v2/big/manifests/v1").exists()
     if damage:  # the kept bytes are wrong (a disk error): the rerun must not blame upstream

@@ -79,6 +79,17 @@ class Drip:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Send the first ``after`` bytes of the body, then wait for ``release`` (at most
+    ``timeout`` s) before the rest: a download caught mid-way for as long as a test needs,
+    whatever the machine's speed."""
+
+    after: int
+    release: threading.Event
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
 class AddHeaders:
     """Forward, and add ``headers`` to the upstream's answer (any method and status): say,
     Docker Hub's ``ratelimit-limit`` / ``ratelimit-remaining``."""
@@ -86,7 +97,7 @@ class AddHeaders:
     headers: dict[str, str]
 
 
-BodyFault = Truncate | Reset | Flip | Extra | Drip
+BodyFault = Truncate | Reset | Flip | Extra | Drip | Hold
 #: What a fault hook may return; ``None`` means "forward normally".
 FaultAction = Respond | Drop | AddHeaders | BodyFault
 
@@ -421,6 +432,13 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(length))
         self.end_headers()
         self.close_connection = True  # a mangled exchange never reuses its connection
+        if isinstance(fault, Hold):
+            self.wfile.write(sent[: fault.after])
+            self.wfile.flush()
+            fault.release.wait(fault.timeout)
+            self.wfile.write(sent[fault.after :])
+            self.wfile.flush()
+            return
         if isinstance(fault, Drip):
             for start in range(0, len(sent), max(1, fault.chunk)):
                 self.wfile.write(sent[start : start + fault.chunk])
