@@ -230,3 +230,15 @@ def test_a_config_change_is_locked_despite_the_note(mirror: Mirror, tmp_path: Pa
     got = registrish(mirror.config, "lock", "-v", "--json")
     assert NOTE not in got.stderr and json.loads(got.stdout)["tags"] == TAGS + 1
     assert f'tag = "{new_tag}"' in mirror.lock.read_text()
+
+
+def test_hosts_trusts_the_record_until_a_config_of_its_own_moves(mirror: Mirror) -> None:
+    mirror.settle()
+    got = registrish(mirror.config, "hosts", "--json")
+    assert json.loads(got.stdout)["written"] == []
+    conf = mirror.path / "hosts" / "registrish.conf"
+    data = conf.read_bytes()
+    conf.unlink()
+    got = registrish(mirror.config, "hosts", "--json")
+    assert json.loads(got.stdout)["written"] == [str(conf.resolve())]
+    assert conf.read_bytes() == data

@@ -95,8 +95,7 @@ def _up_to_date(args: argparse.Namespace, console: Console) -> int:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    # The key is read before the parse: a file changed in between misses the record.
-    config_bytes = args.config.read_bytes() if args.config.is_file() else b""
+    config_bytes = record.config_bytes(args.config)
     config = load_config(args.config)
     lock_bytes = read_lock_bytes(config.lock_path)
     layout = Layout(config.root)

@@ -37,6 +37,12 @@ _SECTIONS = ("manifests", "tags", "blobs", "referrers")
 Stamp = list[int] | None
 
 
+def config_bytes(path: Path) -> bytes:
+    """The config's bytes for the key, read before the config is parsed: a file changed in
+    between then misses the record instead of vouching for what was not read."""
+    return path.read_bytes() if path.is_file() else b""
+
+
 def record_key(config_bytes: bytes, lock_bytes: bytes) -> dict[str, object]:
     return {
         "format": RECORD_FORMAT,
