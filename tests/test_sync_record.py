@@ -242,3 +242,18 @@ def test_hosts_trusts_the_record_until_a_config_of_its_own_moves(mirror: Mirror)
     got = registrish(mirror.config, "hosts", "--json")
     assert json.loads(got.stdout)["written"] == [str(conf.resolve())]
     assert conf.read_bytes() == data
+
+
+def test_a_gc_that_sweeps_drops_the_record(mirror: Mirror) -> None:
+    mirror.settle()
+    original = mirror.lock.read_text()
+    # A lock without the last tag, by hand (so it is not canonical for the config: --frozen).
+    head, sep, _last = original.rpartition("\n[[tag]]\n")
+    assert sep
+    mirror.lock.write_text(head + "\n")
+    registrish(mirror.config, "gc", "--frozen")
+    assert not mirror.layout.sync_record.exists()
+    assert not mirror.manifest(tag_name(TAGS - 1)).exists()
+    mirror.lock.write_text(original)  # the lock the record was written for, back again
+    assert mirror.sync()["from_record"] is False
+    assert mirror.manifest(tag_name(TAGS - 1)).is_file()
