@@ -137,7 +137,9 @@ class HugeWorkspace:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"PYTHONPATH": str(self.checkout)}
+        # Bytecode is cached as in any install (an inherited PYTHONDONTWRITEBYTECODE would
+        # add compiling every module to each run's start).
+        return {"PYTHONPATH": str(self.checkout), "PYTHONDONTWRITEBYTECODE": ""}
 
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "registrish_lock", *args]
