@@ -257,3 +257,13 @@ def test_a_gc_that_sweeps_drops_the_record(mirror: Mirror) -> None:
     mirror.lock.write_text(original)  # the lock the record was written for, back again
     assert mirror.sync()["from_record"] is False
     assert mirror.manifest(tag_name(TAGS - 1)).is_file()
+
+
+def test_a_workspace_moved_whole_gets_its_host_configs_rewritten(mirror: Mirror) -> None:
+    mirror.settle()
+    moved = Mirror(mirror.path.with_name("moved"))
+    mirror.path.rename(moved.path)  # every inode and mtime inside stays as it was
+    assert moved.sync()["from_record"] is False
+    conf = (moved.path / "hosts" / "registrish.conf").read_text()
+    assert str(moved.layout.root.resolve()) in conf
+    assert moved.sync()["from_record"] is False  # fresh stamps again: not yet trusted

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     config = load_config(args.config)
     lock_bytes = read_lock_bytes(config.lock_path)
     layout = Layout(config.root)
-    key = record.record_key(config_bytes, lock_bytes)
+    key = record.record_key(config_bytes, lock_bytes, layout, config.hosts_dir)
     # The configs of a stale lock are what sync --frozen writes: staleness is not checked.
     if record.is_current(layout, key, "", frozen=True):
         written = []

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     config = load_config(args.config)
     lock_bytes = read_lock_bytes(config.lock_path)
     layout = Layout(config.root)
-    key = record.record_key(config_bytes, lock_bytes)
+    key = record.record_key(config_bytes, lock_bytes, layout, config.hosts_dir)
     if not (args.verify or args.prune) and layout.sync_record.exists():
         with tree_lock(layout, console, wait=not args.no_wait):
             if record.is_current(layout, key, config.input_hash(), frozen=args.frozen):
