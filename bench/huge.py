@@ -137,7 +137,9 @@ class HugeWorkspace:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"PYTHONPATH": str(self.checkout)}
+        # Bytecode is cached as in any install (an inherited PYTHONDONTWRITEBYTECODE would
+        # add compiling every module to each run's start).
+        return {"PYTHONPATH": str(self.checkout), "PYTHONDONTWRITEBYTECODE": ""}
 
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "registrish_lock", *args]
@@ -174,10 +176,25 @@ def fitted_exponent(points: Sequence[tuple[float, float]]) -> float | None:
 
 @dataclass
 class Measured:
-    """Per checkout and command: the samples of one scale."""
+    """Per checkout and command: the samples of one scale; per checkout the tree's size."""
 
     cold: dict[str, Sample]
     noop: dict[str, dict[str, list[Sample]]]
+    trees: dict[str, tuple[int, int]]
+
+
+def tree_size(root: Path) -> tuple[int, int]:
+    """(files, bytes) under `root`, each inode once (a hardlinked twin costs no bytes)."""
+    seen: set[int] = set()
+    files = size = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            st = os.lstat(os.path.join(dirpath, name))
+            files += 1
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                size += st.st_size
+    return files, size
 
 
 def measure_scale(
@@ -208,7 +225,8 @@ def measure_scale(
         for label, args in COMMANDS.items():
             for name, ws in spaces.items():
                 noop[name][label].append(ws.run(*args))
-    return Measured(cold, noop)
+    trees = {name: tree_size(ws.path / "public") for name, ws in spaces.items()}
+    return Measured(cold, noop, trees)
 
 
 def _secs(samples: list[Sample]) -> Stats:
@@ -251,6 +269,12 @@ def markdown(results: dict[int, Measured], checkouts: Sequence[str]) -> str:
             elif len(checkouts) > 1:
                 row += " |"
             lines.append(row)
+    for name in checkouts:
+        cells = [
+            f"{results[n].trees[name][0]:,} files, {results[n].trees[name][1] / 2**20:,.1f} MiB"
+            for n in scales
+        ]
+        lines.append(f"| tree size | {name} | " + " | ".join(cells) + " | |")
     return "\n".join(lines)
 
 

@@ -147,3 +147,24 @@ def test_smoke_every_scenario_produces_numbers(tmp_path: Path) -> None:
     text = out.read_text()
     for key in SCENARIOS:
         assert f"<!-- bench:{key} -->" in text and "FAILED" not in text
+
+
+def test_fitted_exponent_reads_linear_and_quadratic_growth() -> None:
+    from bench.huge import fitted_exponent
+
+    assert fitted_exponent([(1e3, 0.5), (1e4, 5.0)]) == pytest.approx(1.0)
+    assert fitted_exponent([(1e3, 0.5), (1e4, 50.0), (1e5, 5000.0)]) == pytest.approx(2.0)
+    assert fitted_exponent([(1e3, 0.5)]) is None
+
+
+def test_huge_layouts_hold_one_manifest_per_tag(tmp_path: Path) -> None:
+    from bench.huge import ensure_layouts, tag_name
+
+    top = ensure_layouts(tmp_path, 1500)
+    repos = sorted(p.name for p in top.iterdir() if p.is_dir())
+    assert repos == ["r000", "r001"]
+    index = json.loads((top / "r001" / "index.json").read_text())
+    refs = [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]]
+    assert refs == [tag_name(j) for j in range(500)]
+    # manifest, config and layer per tag: every one distinct
+    assert len(list((top / "r001" / "blobs" / "sha256").iterdir())) == 3 * 500

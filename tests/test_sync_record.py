@@ -230,3 +230,40 @@ def test_a_config_change_is_locked_despite_the_note(mirror: Mirror, tmp_path: Pa
     got = registrish(mirror.config, "lock", "-v", "--json")
     assert NOTE not in got.stderr and json.loads(got.stdout)["tags"] == TAGS + 1
     assert f'tag = "{new_tag}"' in mirror.lock.read_text()
+
+
+def test_hosts_trusts_the_record_until_a_config_of_its_own_moves(mirror: Mirror) -> None:
+    mirror.settle()
+    got = registrish(mirror.config, "hosts", "--json")
+    assert json.loads(got.stdout)["written"] == []
+    conf = mirror.path / "hosts" / "registrish.conf"
+    data = conf.read_bytes()
+    conf.unlink()
+    got = registrish(mirror.config, "hosts", "--json")
+    assert json.loads(got.stdout)["written"] == [str(conf.resolve())]
+    assert conf.read_bytes() == data
+
+
+def test_a_gc_that_sweeps_drops_the_record(mirror: Mirror) -> None:
+    mirror.settle()
+    original = mirror.lock.read_text()
+    # A lock without the last tag, by hand (so it is not canonical for the config: --frozen).
+    head, sep, _last = original.rpartition("\n[[tag]]\n")
+    assert sep
+    mirror.lock.write_text(head + "\n")
+    registrish(mirror.config, "gc", "--frozen")
+    assert not mirror.layout.sync_record.exists()
+    assert not mirror.manifest(tag_name(TAGS - 1)).exists()
+    mirror.lock.write_text(original)  # the lock the record was written for, back again
+    assert mirror.sync()["from_record"] is False
+    assert mirror.manifest(tag_name(TAGS - 1)).is_file()
+
+
+def test_a_workspace_moved_whole_gets_its_host_configs_rewritten(mirror: Mirror) -> None:
+    mirror.settle()
+    moved = Mirror(mirror.path.with_name("moved"))
+    mirror.path.rename(moved.path)  # every inode and mtime inside stays as it was
+    assert moved.sync()["from_record"] is False
+    conf = (moved.path / "hosts" / "registrish.conf").read_text()
+    assert str(moved.layout.root.resolve()) in conf
+    assert moved.sync()["from_record"] is False  # fresh stamps again: not yet trusted

@@ -6,15 +6,18 @@ import argparse
 
 from ..console import Console
 from ..lock.config import load_config
-from ..lock.lockfile import read_lock
+from ..lock.lockfile import parse_lock_bytes, read_lock_bytes
 from ..serving.hosts import write_host_configs
+from ..tree import record
 
 NAME = "hosts"
 HELP = "regenerate the web server / host configs for [registry].hosts"
 DESCRIPTION = """\
 Write the configs for the hosts listed in [registry].hosts (nginx, caddy, apache,
 netlify, cloudflare, s3, plain) into [registry].hosts_dir (and _headers/.htaccess into
-the tree root). `registrish sync` does this too; unchanged files are not rewritten.
+the tree root). `registrish sync` does this too; unchanged files are not rewritten, and
+nothing is rendered while the last sync's record vouches for them (same lock and config
+bytes, no file of theirs touched since).
 """
 
 
@@ -23,9 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    config_bytes = record.config_bytes(args.config)
     config = load_config(args.config)
-    lock = read_lock(config.lock_path)
-    written = write_host_configs(config, config.layout, lock, console)
+    lock_bytes = read_lock_bytes(config.lock_path)
+    layout = config.layout
+    key = record.record_key(config_bytes, lock_bytes, layout, config.hosts_dir)
+    # The configs of a stale lock are what sync --frozen writes: staleness is not checked.
+    if record.is_current(layout, key, "", frozen=True):
+        written = []
+    else:
+        lock = parse_lock_bytes(lock_bytes, config.lock_path)
+        written = write_host_configs(config, layout, lock, console)
     for path in written:
         console.result(f"wrote {path}")
     if not written:

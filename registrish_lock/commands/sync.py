@@ -88,12 +88,11 @@ def _up_to_date(args: argparse.Namespace, console: Console) -> int:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    # The key is read before the parse: a file changed in between misses the record.
-    config_bytes = args.config.read_bytes() if args.config.is_file() else b""
+    config_bytes = record.config_bytes(args.config)
     config = load_config(args.config)
     lock_bytes = read_lock_bytes(config.lock_path)
     layout = dry_run_layout(config.layout, console) if args.dry_run else config.layout
-    key = record.record_key(config_bytes, lock_bytes)
+    key = record.record_key(config_bytes, lock_bytes, layout, config.hosts_dir)
     if not (args.verify or args.prune) and layout.sync_record.exists():
         with tree_lock(layout, console, wait=not args.no_wait):
             if record.is_current(layout, key, config.input_hash(), frozen=args.frozen):

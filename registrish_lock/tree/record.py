@@ -37,12 +37,25 @@ _SECTIONS = ("manifests", "tags", "blobs", "referrers")
 Stamp = list[int] | None
 
 
-def record_key(config_bytes: bytes, lock_bytes: bytes) -> dict[str, object]:
+def config_bytes(path: Path) -> bytes:
+    """The config's bytes for the key, read before the config is parsed: a file changed in
+    between then misses the record instead of vouching for what was not read."""
+    return path.read_bytes() if path.is_file() else b""
+
+
+def record_key(
+    config_bytes: bytes, lock_bytes: bytes, layout: Layout, hosts_dir: Path
+) -> dict[str, object]:
+    """Everything a completed sync's output depends on besides the tree: the config and lock
+    bytes, and where the tree and host configs are (host configs name the absolute root: a
+    workspace moved whole keeps every inode and mtime, yet its configs must be rewritten)."""
     return {
         "format": RECORD_FORMAT,
         "registrish": __version__,
         "config_sha256": hashlib.sha256(config_bytes).hexdigest(),
         "lock_sha256": hashlib.sha256(lock_bytes).hexdigest(),
+        "root": str(layout.root.resolve()),
+        "hosts_dir": str(hosts_dir.resolve()),
     }
 
 
@@ -56,6 +69,8 @@ def _stamp(path: Path) -> Stamp:
 
 def watched(layout: Layout, names: Iterable[str], hosts_dir: Path) -> list[Path]:
     """Every directory of the tree and the top-level files where hosts and sync write."""
+    root = Layout(layout.root.resolve())  # stamps by absolute path, whatever the cwd
+    layout, hosts_dir = root, hosts_dir.resolve()
     dirs = {layout.root, layout.v2, layout.state / "blobs" / "sha256", hosts_dir}
     for name in names:
         repo = layout.repo_dir(name)
