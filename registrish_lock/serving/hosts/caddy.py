@@ -190,6 +190,23 @@ class CaddyRenderer:
 	# No `encode`: compression would change the bytes clients verify against digests.
 
 	route {{
+		# Blobs first, the bulk of all requests: each handle tried before the matching one
+		# cost a measurable share of a request (BENCHMARKS.md). The method is part of the
+		# matcher, and no path segment may start with "." or hold "~", so nothing the two
+		# handles below refuse can match here.
+		@blob {{
+			method {" ".join(ALLOWED_METHODS)}
+			path_regexp blob ^/v2/(?:[^/.~][^/~]*/)+blobs/(sha256:[a-f0-9]{{64}})$
+		}}
+		handle @blob {{
+			@blob_found file
+			handle @blob_found {{
+{_headers(chr(9) * 4, f"Content-Type {OCTET_STREAM}", "Docker-Content-Digest {re.blob.1}", cc_long)}				file_server
+			}}
+			handle {{
+{_not_found(chr(9) * 4, ErrorCode.BLOB_UNKNOWN)}			}}
+		}}
+
 		# Read-only, as `registrish serve`: anything but {" and ".join(ALLOWED_METHODS)} is refused.
 		@write not method {" ".join(ALLOWED_METHODS)}
 		handle @write {{
@@ -204,8 +221,7 @@ class CaddyRenderer:
 		handle @hidden {{
 {_not_found(chr(9) * 3, ErrorCode.NAME_UNKNOWN)}		}}
 
-		# Blobs and manifests first: nearly every request is one, and each handle tried
-		# before the one that matches costs a regex.
+		# Manifests next, before the rarer kinds.
 		@mdigest path_regexp mdigest ^/v2/.+/manifests/(sha256:[a-f0-9]{{64}})$
 		handle @mdigest {{
 {_twins("mdigest", "{path}", ("Docker-Content-Digest {re.mdigest.1}", cc_long))}{_manifest_unknown()}		}}
@@ -213,16 +229,6 @@ class CaddyRenderer:
 		@mtag path_regexp mtag ^/v2/(.+)/manifests/({TAG_RE})$
 		handle @mtag {{
 {_by_tag(ctx.tag_digests, cc_short)}		}}
-
-		@blob path_regexp blob ^/v2/.+/blobs/(sha256:[a-f0-9]{{64}})$
-		handle @blob {{
-			@blob_found file
-			handle @blob_found {{
-{_headers(chr(9) * 4, f"Content-Type {OCTET_STREAM}", "Docker-Content-Digest {re.blob.1}", cc_long)}				file_server
-			}}
-			handle {{
-{_not_found(chr(9) * 4, ErrorCode.BLOB_UNKNOWN)}			}}
-		}}
 
 		@ping path /v2 /v2/
 		handle @ping {{

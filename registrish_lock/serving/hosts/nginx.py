@@ -136,11 +136,12 @@ map $arg_last $registrish_last_page {{
     # Compression would change the bytes clients verify against digests.
     gzip off;
     # No `sendfile`/`tcp_nopush` here: this block follows your http {{}} block (nginx's
-    # default is off, Debian's nginx.conf turns both on). Measured with bench/run.py over
-    # loopback and a veth pair (BENCHMARKS.md), `sendfile on; tcp_nopush on;` served 20 KiB
-    # blobs at about half the rate of nginx's default and 3 MiB blobs at 0.5x-1.3x of it,
-    # depending on load. On a real network card sendfile saves a copy of every byte (more so
-    # with TSO): measure your own link with wrk on a blob before you choose.
+    # default is off, Debian's nginx.conf turns both on). Measured with bench/run.py on
+    # loopback and over a veth pair (BENCHMARKS.md, `serving`), adding `sendfile on;
+    # tcp_nopush on;` here served blobs at 0.56x-1.06x of nginx's default (20 KiB over veth
+    # 0.58x-0.77x, 200 MiB on loopback 0.56x-0.68x) in two runs. On a real network card
+    # sendfile saves a copy of every byte (more so with TSO): measure your own link (wrk on
+    # a blob) before you choose.
     # Cache open files and failed look-ups: a manifest is found by probing its typed twins
     # (a failed stat() per wrong kind), which made this config serve 0.77x the req/s of bare
     # nginx. An entry is re-checked by name after {OPEN_FILE_CACHE_VALID}, so a tag moved or a
