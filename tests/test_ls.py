@@ -13,11 +13,11 @@ from testbed.images import push_random_image
 from testbed.registrish import registrish
 from testbed.upstream import CountingProxy, Registry
 
-from registrish_lock.listing import list_tree, listing_json, listing_lines
 from registrish_lock.lock.lockfile import LockedTag, make_lock
 from registrish_lock.lock.selectors import newest_first
 from registrish_lock.oci import mediatypes
 from registrish_lock.serving.browse import model_from, render_page
+from registrish_lock.serving.listing import list_tree, listing_json, listing_lines
 
 MIXED = ["latest", "1.0.2", "1.0.10", "v2", "2.0rc1", "edge", "1.0", "v1.0", "1.0.9"]
 ORDERED = ["v2", "2.0rc1", "1.0.10", "1.0.9", "1.0.2", "1.0", "v1.0", "edge", "latest"]

@@ -6,9 +6,9 @@ import argparse
 
 from ..console import Console
 from ..errors import RegistrishError
-from ..listing import list_tree, listing_json, listing_lines
 from ..lock.config import load_config
 from ..lock.lockfile import read_lock
+from ..serving.listing import list_tree, listing_json, listing_lines
 from ..tree.layout import Layout
 
 NAME = "ls"

@@ -40,7 +40,6 @@ from typing import Any, BinaryIO
 from ..errors import LocalError, RegistrishError
 from ..oci import mediatypes
 from ..oci.reference import is_tag
-from ..stopsignals import StopSignals
 from ..tree.layout import Layout
 from .routes import (
     EMPTY_REFERRERS,
@@ -55,6 +54,7 @@ from .routes import (
     error_headers,
     headers_for,
 )
+from .stopsignals import StopSignals
 
 Headers = tuple[tuple[str, str], ...]
 ALLOWED_METHODS = ("GET", "HEAD")
@@ -614,11 +614,10 @@ def serve_until_stopped(server: RegistryServer, stop: StopSignals) -> None:
         with selectors.DefaultSelector() as selector:
             selector.register(server, selectors.EVENT_READ)
             selector.register(stop, selectors.EVENT_READ)
-            while True:
+            # `requested` each turn: waiting for a free slot may have read the pipe already.
+            while not stop.requested:
                 for key, _ in selector.select():
-                    if key.fileobj is not stop:
+                    if key.fileobj is server:
                         server.handle_request()
-                    elif stop.requested:
-                        return
     finally:
         server.server_close()

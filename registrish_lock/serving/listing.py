@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .console import human_bytes
-from .lock.lockfile import Lock
-from .serving.browse import TagFacts, read_model
-from .tree.layout import Layout
-from .tree.state import hash_file
+from ..console import human_bytes
+from ..lock.lockfile import Lock
+from ..tree.layout import Layout
+from ..tree.state import hash_file
+from .browse import TagFacts, read_model
 
 
 @dataclass(frozen=True)
