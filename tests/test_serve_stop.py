@@ -16,6 +16,7 @@ import os
 import random
 import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from test_hosts_tree import BuiltTree, build_tree
-from testbed.procs import LOOPBACK, Server, free_port, http_status, wait_until
+from testbed.procs import LOOPBACK, Server, free_port, http_status, tail, wait_until
 
 from registrish_lock.serving.stopsignals import StopSignals
 
@@ -81,13 +82,27 @@ def test_sigterm_during_start_up_stops_serve_cleanly(tree: BuiltTree, tmp_path: 
             return bool(fds)
 
         assert wait_until(opened)
+        # Past open(): a SIGTERM that interrupted the open would retry it after we closed
+        # our end, and wait for a writer forever. In read(), a retry reads our config.
+        assert wait_until(lambda: holds(server.pid, fifo)), server.log_tail()
         os.kill(server.pid, signal.SIGTERM)
         os.set_blocking(fds[0], True)
         os.write(fds[0], f'[registry]\nroot = "{tree.layout.root}"\n'.encode())
         os.close(fds[0])
+        # It exits by itself: a second SIGTERM could land after it restored the default.
+        code = server.wait(STOP_TIMEOUT)
+        assert not server.killed, f"serve ignored SIGTERM\n{server.log_tail()}"
     finally:
-        code = stop(server)
+        server.stop()
     assert code == 0, server.log_tail()
+
+
+def holds(pid: int, path: Path) -> bool:
+    """Whether process `pid` has `path` open now."""
+    fds = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(FileNotFoundError):  # an fd closed while we look
+        return any(os.readlink(fd) == str(path) for fd in fds.iterdir())
+    return False
 
 
 def test_sigterm_at_many_points_of_start_up(tree: BuiltTree, tmp_path: Path) -> None:
@@ -108,7 +123,7 @@ def test_sigterm_at_many_points_of_start_up(tree: BuiltTree, tmp_path: Path) -> 
         time.sleep(ready * 1.2 * i / (points - 1))
         codes.append(stop(server))
     # Before serve installs its handler SIGTERM's default action ends it; after, it stops.
-    assert set(codes) <= {0, -signal.SIGTERM}, codes
+    assert set(codes) <= {0, -signal.SIGTERM}, (codes, [tail(p) for p in tmp_path.glob("*.log")])
 
 
 class Clients:
@@ -128,7 +143,7 @@ class Clients:
             try:
                 http_status(self.url, timeout=STOP_TIMEOUT)
             except OSError:
-                return  # serve has stopped
+                continue  # refused once serve has stopped; `done` follows
             self.served += 1
 
     def join(self) -> None:
@@ -154,3 +169,33 @@ def test_sigterm_while_serving_many_new_connections(tree: BuiltTree, tmp_path: P
         finally:
             clients.join()
             server.stop()
+
+
+def accept_queue(port: int) -> int:
+    """Connections waiting in the kernel for `accept()` on 127.0.0.1:`port` (/proc/net/tcp:
+    a listening socket's rx_queue)."""
+    local = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[3] == "0A":  # LISTEN
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def test_sigterm_while_every_slot_is_taken(tree: BuiltTree, tmp_path: Path) -> None:
+    """With --max-connections 1 held by a kept-alive connection, the accept loop takes a
+    second one and waits for a free slot: a SIGTERM then must still end serve."""
+    config = tmp_path / "registrish.toml"
+    config.write_text(f'[registry]\nroot = "{tree.layout.root}"\n')
+    server, port = serve(tmp_path, "serve-full", config, "--max-connections", "1")
+    server.start().wait_http(f"http://{LOOPBACK}:{port}/v2/", status=200)
+    try:
+        with socket.create_connection((LOOPBACK, port)) as held:
+            held.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert held.recv(4096).startswith(b"HTTP/1.1 200")  # kept alive: slot taken
+            with socket.create_connection((LOOPBACK, port)):
+                # accepted, so the loop is past accept(), waiting for the slot
+                assert wait_until(lambda: accept_queue(port) == 0)
+                assert stop(server) == 0
+    finally:
+        server.stop()

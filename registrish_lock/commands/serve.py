@@ -96,30 +96,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     # Before anything is bound: a SIGTERM from here on stops serve cleanly, never lost.
     with StopSignals() as stop:
-        if args.root is not None:
-            root: Path = args.root
-            # The config is optional with --root; use its cache setting when there is one.
-            cache = (
-                load_config(args.config).tag_cache_seconds
-                if args.config.exists()
-                else DEFAULT_TAG_CACHE_SECONDS
-            )
-        else:
-            config = load_config(args.config)
-            root, cache = config.root, config.tag_cache_seconds
-        server = make_server(
-            root=root.resolve(),
-            host=args.host,
-            port=args.port,
-            policy=Policy(tag_cache_seconds=cache),
-            access_log=console.info if console.verbosity >= 0 else None,
-            timeout=args.timeout,
-            max_connections=args.max_connections,
+        return _serve(args, console, stop)
+
+
+def _serve(args: argparse.Namespace, console: Console, stop: StopSignals) -> int:
+    if args.root is not None:
+        root: Path = args.root
+        # The config is optional with --root; use its cache setting when there is one.
+        cache = (
+            load_config(args.config).tag_cache_seconds
+            if args.config.exists()
+            else DEFAULT_TAG_CACHE_SECONDS
         )
-        host, port = str(server.server_address[0]), int(server.server_address[1])
-        shown = f"[{host}]" if ":" in host else host
-        console.info(f"serving {root} on http://{shown}:{port}/ (Ctrl-C to stop)")
-        console.info(f"try: docker pull {shown}:{port}/NAME:TAG")
-        serve_until_stopped(server, stop)
+    else:
+        config = load_config(args.config)
+        root, cache = config.root, config.tag_cache_seconds
+    server = make_server(
+        root=root.resolve(),
+        host=args.host,
+        port=args.port,
+        policy=Policy(tag_cache_seconds=cache),
+        access_log=console.info if console.verbosity >= 0 else None,
+        timeout=args.timeout,
+        max_connections=args.max_connections,
+    )
+    host, port = str(server.server_address[0]), int(server.server_address[1])
+    shown = f"[{host}]" if ":" in host else host
+    console.info(f"serving {root} on http://{shown}:{port}/ (Ctrl-C to stop)")
+    console.info(f"try: docker pull {shown}:{port}/NAME:TAG")
+    serve_until_stopped(server, stop)
     console.info("stopped")
     return 0

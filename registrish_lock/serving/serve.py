@@ -612,11 +612,10 @@ def serve_until_stopped(server: RegistryServer, stop: StopSignals) -> None:
         with selectors.DefaultSelector() as selector:
             selector.register(server, selectors.EVENT_READ)
             selector.register(stop, selectors.EVENT_READ)
-            while True:
+            # `requested` each turn: waiting for a free slot may have read the pipe already.
+            while not stop.requested:
                 for key, _ in selector.select():
-                    if key.fileobj is not stop:
+                    if key.fileobj is server:
                         server.handle_request()
-                    elif stop.requested:
-                        return
     finally:
         server.server_close()

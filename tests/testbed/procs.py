@@ -234,6 +234,18 @@ class Server:
         self._signal_group(signal.SIGKILL)
         return proc.returncode
 
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the process to exit by itself (a test sent it a signal); still up after
+        ``timeout``, it is SIGKILLed (``killed`` then says so), never left running."""
+        if self._proc is None:
+            raise ServerError(f"{self.name} was never started")
+        try:
+            return self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.killed = True
+            self._signal_group(signal.SIGKILL)
+            return self._proc.wait()
+
     def _signal_group(self, sig: signal.Signals) -> None:
         assert self._proc is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
