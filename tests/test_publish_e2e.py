@@ -17,6 +17,7 @@ import pytest
 from test_publish import expected_bucket
 from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, docker_run, skopeo_copy
 from testbed.images import DEFAULT_OUTPUT, SeededUpstream, push_random_image
+from testbed.proxy import CountingProxy, Pause
 from testbed.s3 import SeaweedS3
 
 from registrish_lock import USER_AGENT
@@ -180,14 +181,16 @@ def registrish(*argv: str) -> int:
     return main(list(argv))
 
 
-def publish_args(config: Path, s3: SeaweedS3, *extra: str) -> list[str]:
+def publish_args(
+    config: Path, s3: SeaweedS3, *extra: str, endpoint: str | None = None
+) -> list[str]:
     return [
         "publish",
         "-c",
         str(config),
         f"s3://{s3.bucket}",
         "--endpoint-url",
-        s3.api_url,
+        endpoint or s3.api_url,
         "--addressing-style",
         "path",
         *extra,
@@ -395,16 +398,36 @@ def test_publish_killed_mid_upload_converges_on_rerun(
     root = tmp_path / "public"
     phase_of = {o.key: o.phase for o in collect_objects(Layout(root), Policy())}
 
-    argv = [sys.executable, "-m", "registrish_lock", *publish_args(config, seaweed, "-j", "1")]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)  # env: aws_env
-    assert proc.stderr is not None
-    uploaded = 0
-    for line in proc.stderr:  # plain progress: one "[i/N] uploaded KEY" line per object
-        uploaded += "] uploaded " in line
-        if uploaded == 5:
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=30)
+    # Through a proxy that holds every PUT after the fifth: the kill lands mid-upload
+    # however fast the machine is (the client signs `Host: localhost:PORT`, which the proxy
+    # passes on, as SeaweedFS's path-style API wants).
+    release = threading.Event()
+    puts: list[str] = []
+
+    def pause_after_five(method: str, path: str) -> Pause | None:
+        if method == "PUT":
+            puts.append(path)
+            if len(puts) > 5:
+                return Pause(release)
+        return None
+
+    with CountingProxy(seaweed.api_url, fault=pause_after_five) as proxy:
+        endpoint = f"http://localhost:{proxy.port}"
+        args = publish_args(config, seaweed, "-j", "1", endpoint=endpoint)
+        proc = subprocess.Popen(  # env: aws_env
+            [sys.executable, "-m", "registrish_lock", *args], stderr=subprocess.PIPE, text=True
+        )
+        assert proc.stderr is not None
+        uploaded = 0
+        try:
+            for line in proc.stderr:  # plain progress: one "[i/N] uploaded KEY" line per object
+                uploaded += "] uploaded " in line
+                if uploaded == 5:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            proc.wait(timeout=60)
+        finally:
+            release.set()
     assert proc.returncode == -signal.SIGKILL, "publish finished before it could be killed"
 
     present = set(bucket_listing(seaweed))

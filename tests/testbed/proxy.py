@@ -90,6 +90,15 @@ class Hold:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """Forward the request only once ``release`` is set (at most ``timeout`` s): a client
+    stopped at a chosen request for as long as a test needs, whatever the machine's speed."""
+
+    release: threading.Event
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
 class AddHeaders:
     """Forward, and add ``headers`` to the upstream's answer (any method and status): say,
     Docker Hub's ``ratelimit-limit`` / ``ratelimit-remaining``."""
@@ -99,7 +108,7 @@ class AddHeaders:
 
 BodyFault = Truncate | Reset | Flip | Extra | Drip | Hold
 #: What a fault hook may return; ``None`` means "forward normally".
-FaultAction = Respond | Drop | AddHeaders | BodyFault
+FaultAction = Respond | Drop | Pause | AddHeaders | BodyFault
 
 
 def rate_limited(retry_after: int = 1) -> Respond:
@@ -303,6 +312,9 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         proxy.record(method, path)
         proxy.record_headers(method, path, {k.lower(): v for k, v in self.headers.items()})
         action = proxy.fault(method, path) if proxy.fault is not None else None
+        if isinstance(action, Pause):
+            action.release.wait(action.timeout)
+            action = None
         if isinstance(action, Drop):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
