@@ -71,3 +71,8 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def human_rate(nbytes: int, seconds: float) -> str:
+    """`12.3 MiB/s` for the summaries of sync and publish (0 B/s when nothing was timed)."""
+    return f"{human_bytes(nbytes / seconds if seconds > 0 else 0.0)}/s"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
-from .console import Console, human_bytes
+from .console import Console, human_bytes, human_rate
 
 
 class Progress(Protocol):
@@ -193,13 +193,13 @@ class Stats:
     upstream_requests: int = 0
 
     def summary(self) -> str:
-        rate = self.fetched_bytes / self.fetch_seconds if self.fetch_seconds > 0 else 0.0
         return (
             f"fetched {self.fetched} blobs ({human_bytes(self.fetched_bytes)}), "
             f"reused {self.reused} ({human_bytes(self.reused_bytes)}); "
             f"wrote {self.manifests} manifests, {self.tags} tags; "
             f"{self.upstream_requests} upstream requests; "
-            f"{self.seconds:.1f}s ({human_bytes(rate)}/s)"
+            f"{self.seconds:.1f}s ("
+            f"{human_rate(self.fetched_bytes, self.fetch_seconds)})"
         )
 
     def to_json(self) -> dict[str, float | int]:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..console import Console, human_bytes
+from ..console import Console, human_bytes, human_rate
 from ..errors import IntegrityError, LocalError
 from ..oci.manifest import sha256_digest
 from ..pool import run_fail_fast
@@ -54,11 +54,11 @@ class PublishStats:
             self.uploaded_bytes += size
 
     def summary(self) -> str:
-        rate = self.uploaded_bytes / self.upload_seconds if self.upload_seconds > 0 else 0.0
         return (
             f"uploaded {self.uploaded} objects ({human_bytes(self.uploaded_bytes)}), "
             f"{self.unchanged} unchanged ({human_bytes(self.unchanged_bytes)}); "
-            f"deleted {self.deleted}; {self.seconds:.1f}s ({human_bytes(rate)}/s)"
+            f"deleted {self.deleted}; {self.seconds:.1f}s ("
+            f"{human_rate(self.uploaded_bytes, self.upload_seconds)})"
         )
 
     def to_json(self) -> dict[str, float | int]:
