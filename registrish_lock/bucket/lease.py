@@ -129,7 +129,7 @@ class LeaseRecord:
 
     def until(self) -> str:
         at = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + max(self.remaining, 0)))
-        return f"{at} (in {max(self.remaining, 0):.0f} s)"
+        return f"{at}, in {max(self.remaining, 0):.0f} s"
 
 
 class BucketLease:
@@ -323,7 +323,9 @@ class BucketLease:
         doc = {
             "format": _FORMAT,
             **self.me,
-            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            # to the millisecond: every renewal is a new body, so a new ETag
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            + f".{int(now % 1 * 1000):03d}Z",
             "expires": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + self.ttl)),
             "ttl": 0 if released else self.ttl,
         }
