@@ -144,7 +144,12 @@ def test_a_waiting_writer_gets_it_once_released(
     waiting = threading.Event()
     messages: list[str] = []
     acquired = threading.Event()
-    second = lease(client, prefix, "second", on_wait=lambda m: (messages.append(m), waiting.set()))
+
+    def on_wait(message: str) -> None:
+        messages.append(message)
+        waiting.set()
+
+    second = lease(client, prefix, "second", on_wait=on_wait)
 
     def take() -> None:
         second.acquire()
@@ -302,7 +307,7 @@ class RejectsConditionalDelete:
 
         if "IfMatch" in kw:
             error = {"Error": {"Code": "NotImplemented", "Message": "no"}}
-            raise ClientError(error, "DeleteObject")  # type: ignore[arg-type]
+            raise ClientError(error, "DeleteObject")
         return self.client.delete_object(**kw)
 
 
