@@ -20,8 +20,9 @@ caller's text, host, pid, a random id) with the time it was written and its time
   marker instead.
 
 SeaweedFS 4.48 (the test bed's) honours all of it: a conditional `PutObject` or
-`DeleteObject` whose condition fails answers 412 `PreconditionFailed`, and a conditional
-delete that holds answers 204.
+`DeleteObject` whose condition fails answers 412 `PreconditionFailed` (also `If-Match` on a
+missing key), and a conditional delete that holds answers 204. AWS S3 may also answer 409
+`ConditionalRequestConflict` to one of two racing conditional writes: treated like a 412.
 
 A store without conditional writes is detected right after taking the lease: the same body
 is put again with `If-None-Match: *` and with a wrong `If-Match`, and both must answer 412.
@@ -57,6 +58,9 @@ _FORMAT = 1
 _WRONG_ETAG = '"00000000000000000000000000000000"'
 #: Answers of a store that does not implement a conditional header at all.
 _UNSUPPORTED = {"NotImplemented", "501", "InvalidArgument", "InvalidRequest"}
+#: A condition that did not hold: 412, or AWS's 409 when a concurrent conditional write to
+#: the same key won the race (both mean: read it again).
+_CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
 class LeaseHeldError(BusyError):
@@ -280,7 +284,12 @@ class BucketLease:
             except RegistrishError:  # a network blip: try again next round (`lost` once overdue)
                 continue
             if not renewed:
-                record = self._read()
+                try:
+                    record = self._read()
+                except RegistrishError:
+                    continue  # cannot tell now: next round (`lost` once overdue)
+                if record is not None and record.etag == self._etag:
+                    continue  # a 409 race that left it ours: try again next round
                 by = record.holder if record else "nobody (it was deleted)"
                 self._lost = f"it is now held by {by}"
                 return
@@ -310,7 +319,7 @@ class BucketLease:
             self.client.delete_object(Bucket=self.bucket, Key=self.key, **params)
         except self._errors as exc:
             code = error_code(exc)
-            if code in ("PreconditionFailed", "412"):
+            if code in _CONDITION_FAILED:
                 return  # someone else's by now: leave it
             if code not in _UNSUPPORTED:
                 raise client_error(exc, f"releasing {self.url}") from None
@@ -366,7 +375,7 @@ class BucketLease:
             )
         except self._errors as exc:
             code = error_code(exc)
-            if code in ("PreconditionFailed", "412"):
+            if code in _CONDITION_FAILED:
                 return None
             if condition and code in _UNSUPPORTED:
                 raise UnconditionalStoreError(
