@@ -93,7 +93,7 @@ class BucketSink:
         self._extra: dict[str, Any] = {
             "ContentType": content_type,
             "CacheControl": cache_control,
-            "Metadata": dict(metadata) if metadata is not None else {"sha256": digest[7:]},
+            "Metadata": dict(metadata) if metadata is not None else {"sha256": digest},
         }
         self._errors = botocore_errors()
         # Allocated once, reused for every part: the sink's whole memory.
