@@ -316,7 +316,8 @@ def test_killed_upload_is_aborted_by_the_next_run(s3: SeaweedS3, prefix: str) ->
 def test_memory_does_not_grow_with_the_blob(s3: SeaweedS3, prefix: str, tmp_path: Path) -> None:
     """300 MiB streamed (default 8 MiB parts) in a subprocess: its peak RSS exceeds its RSS
     before the upload by about one part buffer, not by the blob — the buffering is bounded. (A correctness bound, not a
-    timing: the figure depends only on what is held in memory.)"""
+    timing: the figure depends only on what is held in memory.) The peak is the child's
+    VmHWM: `ru_maxrss` would start at the pytest parent's size (kept across execve)."""
     size = 300 * MiB
     child = spawn(s3, "upload", "--key", prefix + "huge", "--size", str(size))
     out, err = child.communicate(timeout=600)

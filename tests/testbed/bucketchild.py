@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -122,11 +121,14 @@ def _blocks(size: int, seed: bytes) -> Iterator[bytes]:
         left -= n
 
 
-def _current_rss_kb() -> int:
+def _status_kb(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (kB): `VmRSS` now, `VmHWM`
+    its peak. Not `getrusage().ru_maxrss`: Linux keeps that across execve, so a child
+    forked from a big pytest process starts with the parent's peak."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise AssertionError("no VmRSS line")
+    raise AssertionError(f"no {field} line")
 
 
 def _upload(args: argparse.Namespace) -> int:
@@ -141,7 +143,7 @@ def _upload(args: argparse.Namespace) -> int:
         digest.update(chunk)
     # boto3's first request loads its models: take the baseline after one small PUT
     client.put_object(Bucket=args.bucket, Key=args.key + ".warm", Body=b"warm")
-    before = _current_rss_kb()
+    before = _status_kb("VmRSS")
     sink = BucketSink(
         client,
         args.bucket,
@@ -159,7 +161,7 @@ def _upload(args: argparse.Namespace) -> int:
             print("PART-SENT", flush=True)
             sys.stdin.readline()
     sink.finish()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = _status_kb("VmHWM")
     print(json.dumps({"before_kb": before, "peak_kb": after, "part": sink.part_size}), flush=True)
     return 0
 
