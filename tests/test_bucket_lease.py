@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from testbed.bucketchild import client_for, expect_line, spawn
+from testbed.bucketchild import client_for, expect_line, running_seaweedfs, spawn
 from testbed.procs import wait_until
-from testbed.s3 import SeaweedS3, require_boto3, start_seaweedfs
+from testbed.s3 import SeaweedS3
 
 from registrish_lock.bucket.lease import (
     LEASE_NAME,
@@ -31,12 +31,8 @@ from registrish_lock.errors import BusyError, ExitCode
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    require_boto3()
-    server = start_seaweedfs(tmp_path_factory.mktemp("s3"))
-    try:
+    with running_seaweedfs(tmp_path_factory.mktemp("s3")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testbed.bucketchild import MiB, client_for, expect_line, s3_client, spawn
-from testbed.s3 import SeaweedS3, require_boto3, start_seaweedfs
+from testbed.bucketchild import MiB, client_for, expect_line, running_seaweedfs, s3_client, spawn
+from testbed.s3 import SeaweedS3
 
 from registrish_lock.bucket.upload import (
     MAX_PARTS,
@@ -33,12 +33,8 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    require_boto3()
-    server = start_seaweedfs(tmp_path_factory.mktemp("s3"))
-    try:
+    with running_seaweedfs(tmp_path_factory.mktemp("s3")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 class Recorder:

@@ -10,6 +10,7 @@ waits for a state, never for a duration. Credentials come from the environment
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -20,10 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from .procs import LOOPBACK
-from .s3 import SeaweedS3
+from .s3 import SeaweedS3, require_boto3, start_seaweedfs
 
 _REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
+
+
+@contextlib.contextmanager
+def running_seaweedfs(tmp: Path) -> Iterator[SeaweedS3]:
+    """SeaweedFS for a whole test module (boto3 and `weed` required: see `missing`)."""
+    require_boto3()
+    server = start_seaweedfs(tmp)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def s3_client(endpoint: str, access_key: str | None = None, secret_key: str | None = None) -> Any:
