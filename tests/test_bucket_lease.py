@@ -315,3 +315,42 @@ def test_without_conditional_delete_release_expires_it_in_place(client: Any, pre
     with lease(client, prefix, "next", wait=False):  # taken over at once
         after = read_lease(client, prefix)
         assert after is not None and after[0]["holder"] == "next"
+
+
+class GoesSilent:
+    """The real client until `silent` is set; then every PutObject fails as if the network
+    were down (the renewals cannot reach the store)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.silent = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def put_object(self, **kw: Any) -> Any:
+        if self.silent:
+            from botocore.exceptions import EndpointConnectionError
+
+            raise EndpointConnectionError(endpoint_url="http://localhost:1")
+        return self.client.put_object(**kw)
+
+
+def test_a_lease_not_renewed_in_time_counts_as_lost(client: Any, prefix: str) -> None:
+    store = GoesSilent(client)
+    with lease(store, prefix, "cut off", ttl=1.5) as held:
+        store.silent = True
+        assert wait_until(lambda: held.lost, timeout=30)
+        with pytest.raises(LeaseLostError, match="not renewed for 2 s"):
+            held.check()
+    # it may be someone else's by now: a lost lease is never deleted by its old holder
+    found = read_lease(client, prefix)
+    assert found is not None and found[0]["holder"] == "cut off"
+
+
+def test_an_unreadable_lease_counts_as_held(client: Any, prefix: str) -> None:
+    client.put_object(Bucket="127", Key=prefix + LEASE_NAME, Body=b"not json")
+    with pytest.raises(
+        LeaseHeldError, match="'unknown: the lease object is not registrish's JSON' until"
+    ):
+        lease(client, prefix, wait=False).acquire()

@@ -96,7 +96,7 @@ def _identity(holder: str) -> dict[str, Any]:
 
 def _describe(doc: dict[str, Any]) -> str:
     who = doc.get("holder") or f"pid {doc.get('pid', '?')} on host {doc.get('host', '?')}"
-    return f"'{who}' (lease id {doc.get('id', '?')})"
+    return f"'{who}' (lease id {doc['id']})" if doc.get("id") else f"'{who}'"
 
 
 @dataclass(frozen=True)
@@ -397,7 +397,7 @@ class BucketLease:
         except ValueError:
             doc = None
         if not isinstance(doc, dict):
-            doc = {"host": "an unreadable lease"}
+            doc = {"holder": "unknown: the lease object is not registrish's JSON"}
         ttl = doc.get("ttl")
         ttl = float(ttl) if isinstance(ttl, (int, float)) else DEFAULT_TTL
         return LeaseRecord(doc, str(answer["ETag"]), ttl - _age(answer))
