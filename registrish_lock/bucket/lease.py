@@ -209,7 +209,8 @@ class BucketLease:
                 continue  # someone created it in between: read theirs
             if record.expired or record.dead_here(self.me):
                 if self._write(if_match=record.etag):
-                    self._on_warn(f"took over the expired lease of {record.holder} ({self.url})")
+                    why = "it had expired" if record.expired else "its process is gone"
+                    self._on_warn(f"took over the lease of {record.holder} ({why}): {self.url}")
                     break
                 continue
             if not wait:
@@ -235,7 +236,14 @@ class BucketLease:
                 pause = min(pause, max(deadline - now, 0.0))
             time.sleep(pause)
             delay = min(delay * 2, 5.0)
-        self._probe_conditional()
+        try:
+            self._probe_conditional()
+        except BaseException:
+            if self._etag is not None:  # not yet removed: give it back before failing
+                with contextlib.suppress(RegistrishError):
+                    self._delete(self._etag)
+                self._etag = None
+            raise
         self._thread = threading.Thread(target=self._renew_loop, name="bucket-lease", daemon=True)
         self._thread.start()
 
