@@ -53,6 +53,8 @@ def render_host(tree: BuiltTree, host: str, hosts_dir: Path, port: int) -> Rende
 
 
 def start_host(host: str, tree: BuiltTree, tmp: Path) -> Server:
+    """`registrish serve` or a web server with its generated config, serving `tree` on a
+    free loopback port; the caller stops it."""
     port = free_port()
     hosts_dir = tmp / "hosts"
     if host == "serve":
