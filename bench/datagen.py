@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.images import _add_to_index, _write_blob, _write_random_layer, skopeo_push
+from testbed.images import add_to_index, skopeo_push, write_blob, write_random_layer
 from testbed.upstream import OCI_INDEX, OCI_MANIFEST, Registry, get_manifest, put_manifest
 
 KiB = 1024
@@ -307,7 +307,7 @@ def _ensure_layers(layout: Path, layers: Mapping[str, int], log: Any) -> dict[st
             or not _blob_path(layout, entry["digest"]).exists()
         ):
             log(f"  generating layer {key} ({size / MiB:,.1f} MiB)")
-            tmp, digest, _diff_id, stored = _write_random_layer(
+            tmp, digest, _diff_id, stored = write_random_layer(
                 layout, 0, size, random.Random(_seed(key)), False
             )
             tmp.replace(_blob_path(layout, digest))
@@ -336,7 +336,7 @@ def _write_image(
             "rootfs": {"type": "layers", "diff_ids": [b.digest for b in blobs]},
             "history": [{"created_by": f"layer {k}"} for k in image.layers],
         }
-        config_desc = _write_blob(layout, json.dumps(config, sort_keys=True).encode())
+        config_desc = write_blob(layout, json.dumps(config, sort_keys=True).encode())
         configs.append(Blob(repo="", digest=config_desc["digest"], size=config_desc["size"]))
         manifest = {
             "schemaVersion": 2,
@@ -346,14 +346,14 @@ def _write_image(
                 {"mediaType": LAYER_TYPE, "digest": b.digest, "size": b.size} for b in blobs
             ],
         }
-        desc = {"mediaType": OCI_MANIFEST, **_write_blob(layout, json.dumps(manifest).encode())}
+        desc = {"mediaType": OCI_MANIFEST, **write_blob(layout, json.dumps(manifest).encode())}
         descs.append({**desc, "platform": {"os": os_, "architecture": arch}})
     if spec.is_index:
         index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descs}
-        root = {"mediaType": OCI_INDEX, **_write_blob(layout, json.dumps(index).encode())}
+        root = {"mediaType": OCI_INDEX, **write_blob(layout, json.dumps(index).encode())}
     else:
         root = {k: descs[0][k] for k in ("mediaType", "digest", "size")}
-    _add_to_index(layout, root, local_tag)
+    add_to_index(layout, root, local_tag)
     return local_tag, configs
 
 

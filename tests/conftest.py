@@ -2,7 +2,8 @@
 
 Session-scoped (started once, stopped by PID at the end): ``upstream_registry``, ``base_layout``,
 ``seeded_upstream``, ``containerd``, ``dockerd``. Function-scoped: ``counting_proxy``,
-``servers``, ``short_tmp``. Setup times are printed in the terminal summary.
+``servers``, ``short_tmp``, ``backoffs`` (real retries, shortened sleeps). Setup times are
+printed in the terminal summary.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from testbed.procs import ServerGroup, short_tmpdir
 from testbed.registrish import start_registrish_serve
 from testbed.s3 import SeaweedS3, require_boto3, start_seaweedfs
 from testbed.upstream import CountingProxy, Registry, start_registry
+
+from registrish_lock.upstream.ratelimit import RetryPolicy, backoff_delay
 
 _TIMINGS: dict[str, float] = {}
 
@@ -148,3 +151,17 @@ def seaweed(tmp_path: Path) -> Iterator[SeaweedS3]:
         yield s3
     finally:
         s3.stop()
+
+
+@pytest.fixture
+def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record every backoff the client computes (Retry-After included), sleep 10 ms instead."""
+    asked: list[float] = []
+
+    def fast(policy: RetryPolicy, failures: int, retry_after: float | None, rand: float) -> float:
+        asked.append(backoff_delay(policy, failures, retry_after, rand))
+        return 0.01
+
+    # The request loop looks `backoff_delay` up in its own module at each retry.
+    monkeypatch.setattr("registrish_lock.upstream.http.backoff_delay", fast)
+    return asked

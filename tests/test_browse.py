@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_hosts_tree import OCI_CONFIG, OCI_LAYER, BuiltTree, build_tree
+from support.locks import big_lock, hostile_lock_and_bytes
+from support.trees import BuiltTree, build_tree
 
 from registrish_lock.console import Console
 from registrish_lock.lock.config import parse_config
-from registrish_lock.lock.lockfile import LockedManifest, LockedTag, make_lock
-from registrish_lock.oci import mediatypes
+from registrish_lock.lock.lockfile import make_lock
 from registrish_lock.serving import browse
 from registrish_lock.serving.browse import (
     BrowseModel,
@@ -31,10 +31,6 @@ from registrish_lock.serving.routes import BROWSE_REL, HTML, Kind, Target, class
 from registrish_lock.serving.serve import TreeResolver
 from registrish_lock.tree.apply import collect_garbage
 from registrish_lock.tree.layout import Layout
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 class _Page(html.parser.HTMLParser):
@@ -151,47 +147,8 @@ def test_deterministic_and_not_rewritten_when_unchanged(tmp_path: Path, tree: Bu
     assert b">multi <" not in page.read_bytes()
 
 
-def _hostile_lock_and_bytes() -> tuple[list[LockedTag], dict[str, bytes], dict[str, bytes]]:
-    """Valid names and tags that look like markup or script, plus hostile strings where
-    the grammar does not reach: a platform in the lock, an upstream config's os/arch,
-    and an artifact type with `&`."""
-    evil = '</script><script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
-    config = json.dumps({"os": "linux", "architecture": evil, "variant": "'\"&<>"}).encode()
-    image = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": mediatypes.OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": sha(config), "size": len(config)},
-            "layers": [{"mediaType": OCI_LAYER, "digest": sha(b"l"), "size": 1}],
-        }
-    ).encode()
-    artifact = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": mediatypes.OCI_MANIFEST,
-            "artifactType": "application/x&amp+script",
-            "config": {
-                "mediaType": "application/vnd.oci.empty.v1+json",
-                "digest": sha(b"{}"),
-                "size": 2,
-            },
-            "layers": [],
-        }
-    ).encode()
-    index_child = sha(b"child")
-    tags = [
-        LockedTag("script/alert", "_--x..", "127.0.0.1:5000/a", sha(image), mediatypes.OCI_MANIFEST,
-                  len(image), 10),
-        LockedTag("a__b--c/x.y", "Z_9.-", "127.0.0.1:5000/a", sha(artifact),
-                  mediatypes.OCI_MANIFEST, len(artifact), 5),
-        LockedTag("onerror", "v1", "127.0.0.1:5000/a", sha(b"idx"), mediatypes.OCI_INDEX, 3, 3,
-                  (LockedManifest(f"linux/{evil}", index_child, mediatypes.OCI_MANIFEST, 5),)),
-    ]  # fmt: skip
-    return tags, {sha(image): image, sha(artifact): artifact}, {sha(config): config}
-
-
 def test_hostile_strings_are_escaped_in_text_and_attributes() -> None:
-    tags, manifests, configs = _hostile_lock_and_bytes()
+    tags, manifests, configs = hostile_lock_and_bytes()
     page = render_page(model_from(make_lock("h", tags), manifests, configs))
     doc = parse(page)
     assert len(doc.scripts) == 1 and "pwned" not in doc.scripts[0]
@@ -209,7 +166,7 @@ def test_hostile_strings_are_escaped_in_text_and_attributes() -> None:
 
 
 def test_unknown_facts_when_the_tree_lacks_manifests() -> None:
-    tags, _, _ = _hostile_lock_and_bytes()
+    tags, _, _ = hostile_lock_and_bytes()
     model = model_from(make_lock("h", tags), {}, {})
     page = render_page(model)
     assert page.count(b'class="none">unknown</span>') >= 2
@@ -224,39 +181,10 @@ def test_empty_tree_page() -> None:
     assert b"0 repositories" in page
 
 
-def _big_lock(names: int, tags_per_name: int) -> tuple[list[LockedTag], dict[str, bytes]]:
-    tags: list[LockedTag] = []
-    manifests: dict[str, bytes] = {}
-    for n in range(names):
-        for t in range(tags_per_name):
-            plats = []
-            for arch in ("amd64", "arm64"):
-                body = json.dumps(
-                    {
-                        "schemaVersion": 2,
-                        "mediaType": mediatypes.OCI_MANIFEST,
-                        "config": {"mediaType": OCI_CONFIG, "digest": sha(b"c"), "size": 900},
-                        "layers": [
-                            {"mediaType": OCI_LAYER, "digest": sha(f"{n}{t}{arch}".encode()),
-                             "size": 3_000_000 + n * t}
-                        ],
-                    }
-                ).encode()  # fmt: skip
-                manifests[sha(body)] = body
-                plats.append(LockedManifest(f"linux/{arch}", sha(body), mediatypes.OCI_MANIFEST,
-                                            len(body)))  # fmt: skip
-            index = f"index {n} {t}".encode()
-            tags.append(
-                LockedTag(f"team/image-{n:03d}", f"1.{t}.0", f"docker.io/library/image-{n}",
-                          sha(index), mediatypes.OCI_INDEX, 400, 6_000_000 + t, tuple(plats))
-            )  # fmt: skip
-    return tags, manifests
-
-
 def test_one_thousand_tags_size_and_render_time_reported(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    tags, manifests = _big_lock(names=50, tags_per_name=24)  # 1,200 tags, 2,400 platforms
+    tags, manifests = big_lock(names=50, tags_per_name=24)  # 1,200 tags, 2,400 platforms
     lock = make_lock("big", tags)
     start = time.perf_counter()
     model = model_from(lock, manifests, {})

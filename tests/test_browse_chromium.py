@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 import websocket
-from test_browse import _big_lock
-from test_hosts_e2e import _start as start_host
-from test_hosts_tree import BuiltTree, build_served_tree
+from support.hosts import start_host
+from support.locks import big_lock
+from support.trees import BuiltTree, build_served_tree
 from testbed.images import SeededUpstream
 from testbed.procs import LOOPBACK, Server, ServerGroup, require_binary
 from testbed.registrish import start_registrish_serve
@@ -302,9 +302,9 @@ def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
 def test_hostile_page_runs_nothing_injected_and_works_from_a_file(
     chromium: Browser, tmp_path: Path
 ) -> None:
-    from test_browse import _hostile_lock_and_bytes
+    from support.locks import hostile_lock_and_bytes
 
-    tags, manifests, configs = _hostile_lock_and_bytes()
+    tags, manifests, configs = hostile_lock_and_bytes()
     page = tmp_path / "index.html"
     page.write_bytes(render_page(model_from(make_lock("h", tags), manifests, configs)))
     chromium.goto(page.as_uri())
@@ -326,7 +326,7 @@ def test_hostile_page_runs_nothing_injected_and_works_from_a_file(
 def test_one_thousand_tags_load_and_filter_time_reported(
     chromium: Browser, servers: ServerGroup, tmp_path: Path
 ) -> None:
-    tags, manifests = _big_lock(names=50, tags_per_name=24)
+    tags, manifests = big_lock(names=50, tags_per_name=24)
     root = tmp_path / "public"
     (root / "v2").mkdir(parents=True)
     data = render_page(model_from(make_lock("big", tags), manifests, {}))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_hosts_e2e import render_host
-from test_hosts_tree import BuiltTree, build_served_tree
+from support.hosts import render_host
+from support.trees import BuiltTree, build_served_tree
 from testbed.procs import LOOPBACK, free_port
 from testbed.statichosts import start_generated
 

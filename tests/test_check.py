@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_hosts_tree import BuiltTree, build_tree
+from support.trees import BuiltTree, build_tree
 from testbed.images import SeededUpstream
 from testbed.procs import LOOPBACK, free_port
 from testbed.statichosts import start_python_http_server

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_hosts_tree import BuiltTree, build_tree
+from support.trees import BuiltTree, build_tree
 from testbed.procs import LOOPBACK, Server, free_port, threads, wait_until
 from testbed.s3 import require_boto3
 

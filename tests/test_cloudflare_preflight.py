@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_hosts import context_for
-from test_hosts_tree import BuiltTree, build_tree
+from support.hosts import context_for
+from support.trees import BuiltTree, build_tree
 
 from registrish_lock.cli import main
 from registrish_lock.lock.config import load_config

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from test_publish_e2e import bucket_listing
-from test_sync import verify_tree
-from test_sync_e2e import write_config
+from support.buckets import bucket_listing
+from support.cli import write_config
+from support.trees import verify_tree
 from testbed.images import PushedRef, push_random_image
 from testbed.procs import wait_until
 from testbed.registrish import registrish

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_hosts_e2e import _start
-from test_hosts_tree import BuiltTree
+from support.hosts import start_host
+from support.trees import BuiltTree
 from testbed.images import MANY_TAGS, SeededUpstream
 from testbed.registrish import registrish
 
@@ -83,7 +83,7 @@ def synced(seeded_upstream: SeededUpstream, tmp_path_factory: pytest.TempPathFac
 def base(
     request: pytest.FixtureRequest, synced: BuiltTree, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    server = _start(request.param, synced, tmp_path_factory.mktemp(f"c-{request.param}"))
+    server = start_host(request.param, synced, tmp_path_factory.mktemp(f"c-{request.param}"))
     try:
         assert server.url is not None
         yield server.url

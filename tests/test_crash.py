@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_sync import verify_tree
+from support.trees import verify_tree
 from testbed.images import PushedRef, describe, retag, skopeo_push, write_random_image
 from testbed.procs import ServerGroup, wait_until
 from testbed.registrish import registrish, start_registrish_serve

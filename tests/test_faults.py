@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_sync import verify_tree
+from support.cli import assert_clean_failure, run_cli
+from support.trees import verify_tree
 from testbed.images import SeededUpstream
 from testbed.upstream import (
     CountingProxy,
@@ -40,7 +41,6 @@ from testbed.upstream import (
     start_htpasswd_registry,
 )
 
-from registrish_lock.cli import main
 from registrish_lock.console import Console
 from registrish_lock.errors import IntegrityError, UpstreamError
 from registrish_lock.lock.config import RegistrySettings
@@ -48,7 +48,7 @@ from registrish_lock.lock.lockfile import read_lock
 from registrish_lock.oci.reference import Reference
 from registrish_lock.tree.layout import Layout
 from registrish_lock.upstream.credentials import CredentialStore, env_var_name
-from registrish_lock.upstream.ratelimit import RetryPolicy, backoff_delay
+from registrish_lock.upstream.ratelimit import RetryPolicy
 from registrish_lock.upstream.registry import RegistryClient
 
 pytestmark = pytest.mark.slow
@@ -89,20 +89,6 @@ def both(*hooks: FaultHook) -> FaultHook:
         return None
 
     return hook
-
-
-@pytest.fixture
-def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record every backoff the client computes (Retry-After included), sleep 10 ms instead."""
-    asked: list[float] = []
-
-    def fast(policy: RetryPolicy, failures: int, retry_after: float | None, rand: float) -> float:
-        asked.append(backoff_delay(policy, failures, retry_after, rand))
-        return 0.01
-
-    # The request loop looks `backoff_delay` up in its own module at each retry.
-    monkeypatch.setattr("registrish_lock.upstream.http.backoff_delay", fast)
-    return asked
 
 
 def sha256(data: bytes) -> str:
@@ -305,23 +291,6 @@ def write_config(tmp_path: Path, host: str) -> Path:
         f'[registries."{host}"]\ninsecure = true\n'
     )
     return config
-
-
-def run_cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_clean_failure(code: int, err: str, allowed: tuple[int, ...] = (3, 4)) -> None:
-    assert code in allowed, (code, err)
-    assert "Traceback" not in err
-    # Progress lines may come first; the failure itself is one error line (and a hint).
-    lines = [line for line in err.splitlines() if line.strip()]
-    errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
-    assert len(errors) == 1, err
-    tail = lines[errors[0] + 1 :]
-    assert len(tail) <= 1 and all(x.startswith("hint: ") for x in tail), err
 
 
 LOCK_HEALING = {

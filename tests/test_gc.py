@@ -6,8 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from test_sync import quiet, sync, verify_tree
-from test_sync_fake import FakeUpstream, build_image, build_index, lock_of, locked
+from support.cli import quiet
+from support.fake_upstream import FakeUpstream, build_image, build_index, lock_of, locked
+from support.sync import sync
+from support.trees import verify_tree
 
 from registrish_lock.tree.apply import collect_garbage
 from registrish_lock.tree.layout import Layout

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_faults import assert_clean_failure, backoffs, run_cli  # noqa: F401 - fixture
-from test_sync import verify_tree
+from support.cli import assert_clean_failure, run_cli
+from support.trees import verify_tree
 from testbed.images import SeededUpstream
 from testbed.upstream import MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST, CountingProxy, Respond
 from testbed.upstream import get_manifest as raw_manifest
 
 from registrish_lock.tree.layout import Layout
 
-# `backoffs` (from test_faults): real retries, shortened sleeps.
+# `backoffs` (tests/conftest.py): real retries, shortened sleeps.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("backoffs")]
 
 TAG = "hostile"

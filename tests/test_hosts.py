@@ -9,19 +9,18 @@ import re
 from pathlib import Path
 
 import pytest
-from test_hosts_tree import BuiltTree, build_tree
+from support.hosts import context_for
+from support.trees import BuiltTree, build_tree
 
 from registrish_lock.console import Console
 from registrish_lock.lock.config import parse_config
-from registrish_lock.lock.lockfile import Lock, make_lock
+from registrish_lock.lock.lockfile import make_lock
 from registrish_lock.oci import mediatypes
 from registrish_lock.serving.hosts import (
     RENDERERS,
     HostLimitError,
-    make_context,
     write_host_configs,
 )
-from registrish_lock.serving.hosts.base import HostContext
 from registrish_lock.serving.hosts.netlify import CLOUDFLARE_MAX_RULES, parse_headers, rule_matches
 from registrish_lock.serving.routes import (
     EMPTY_REFERRERS,
@@ -41,25 +40,6 @@ ALL = ("nginx", "caddy", "apache", "netlify", "s3", "plain")
 @pytest.fixture
 def tree(tmp_path: Path) -> BuiltTree:
     return build_tree(tmp_path / "public")
-
-
-def context_for(
-    tree: BuiltTree,
-    tmp_path: Path,
-    *hosts: str,
-    policy: Policy | None = None,
-    lock: Lock | None = None,
-) -> HostContext:
-    """A render context over `tree` for `hosts`, listening on 127.0.0.1:80."""
-    return make_context(
-        layout=tree.layout,
-        hosts_dir=tmp_path / "h",
-        listen_host="127.0.0.1",
-        listen_port=80,
-        policy=policy or Policy(),
-        lock=lock or tree.lock,
-        hosts=hosts,
-    )
 
 
 def test_write_host_configs_is_idempotent(tmp_path: Path, tree: BuiltTree) -> None:

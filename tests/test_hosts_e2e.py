@@ -11,21 +11,27 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_hosts_tree import BuiltTree, build_served_tree
-from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, podman_pull, skopeo_copy
-from testbed.procs import LOOPBACK, CommandError, Server, free_port
-from testbed.registrish import start_registrish_serve
-from testbed.statichosts import start_generated, start_python_http_server
+from support.hosts import start_host
+from support.pulls import (
+    test_check_passes,
+    test_containerd,
+    test_docker,
+    test_podman,
+    test_skopeo,
+)
+from support.trees import BuiltTree, build_served_tree
+from testbed.clients import skopeo_copy
+from testbed.procs import LOOPBACK, CommandError, free_port
+from testbed.statichosts import start_python_http_server
 
 from registrish_lock.serving.check import NOT_CONFIGURED, check_url
-from registrish_lock.serving.hosts import make_context, render_hosts, write_if_changed
-from registrish_lock.serving.hosts.base import Rendered
-from registrish_lock.serving.routes import Policy
 from registrish_lock.serving.serve import TreeResolver
 
 pytestmark = pytest.mark.slow
 
-KINDS = ("app-oci:v1", "app-docker:v1", "multi:v1", "multi-docker:v1")
+# the pulls every host passes (support.pulls), collected here with this module's fixtures
+__all__ = ["test_check_passes", "test_containerd", "test_docker", "test_podman", "test_skopeo"]
+
 HOSTS = ("serve", "nginx", "caddy", "apache")
 
 
@@ -34,82 +40,17 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> BuiltTree:
     return build_served_tree(tmp_path_factory.mktemp("e2e") / "public")
 
 
-def render_host(tree: BuiltTree, host: str, hosts_dir: Path, port: int) -> Rendered:
-    """Write `host`'s generated configs for `tree`, listening on 127.0.0.1:`port`."""
-    ctx = make_context(
-        layout=tree.layout,
-        hosts_dir=hosts_dir,
-        listen_host=LOOPBACK,
-        listen_port=port,
-        policy=Policy(),
-        lock=tree.lock,
-        hosts=(host,),
-    )
-    (rendered,) = render_hosts(ctx, (host,))
-    for out in rendered.outputs:
-        write_if_changed(out.path, out.data)
-    return rendered
-
-
-def _start(host: str, tree: BuiltTree, tmp: Path) -> Server:
-    port = free_port()
-    hosts_dir = tmp / "hosts"
-    if host == "serve":
-        return start_registrish_serve(log_dir=tmp, root=tree.layout.root, name="serve").server
-    render_host(tree, host, hosts_dir, port)
-    return start_generated(host, hosts_dir, tmp, port=port)
-
-
 @pytest.fixture(scope="module", params=HOSTS)
 def host(
     request: pytest.FixtureRequest, tree: BuiltTree, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """`127.0.0.1:PORT` of one running host serving `tree` with its generated config."""
-    server = _start(request.param, tree, tmp_path_factory.mktemp(request.param))
+    server = start_host(request.param, tree, tmp_path_factory.mktemp(request.param))
     try:
         assert server.url is not None
         yield server.url.removeprefix("http://")
     finally:
         server.stop()
-
-
-def _refs(tree: BuiltTree, host: str) -> list[tuple[str, str]]:
-    """(reference, root digest) for each kind, by tag and by digest."""
-    refs = []
-    for key in KINDS:
-        name, tag = key.split(":")
-        digest = tree.refs[key][0]
-        refs += [(f"{host}/{name}:{tag}", digest), (f"{host}/{name}@{digest}", digest)]
-    return refs
-
-
-def test_check_passes(host: str, tree: BuiltTree) -> None:
-    report = check_url(f"http://{host}", tree.lock, deep=True)
-    assert report.failures == []
-
-
-def test_skopeo(host: str, tree: BuiltTree, tmp_path: Path) -> None:
-    for i, (ref, digest) in enumerate(_refs(tree, host)):
-        result = skopeo_copy(ref, tmp_path / f"s{i}", all_platforms=True)
-        assert result.digest == digest, ref
-
-
-def test_podman(host: str, tree: BuiltTree, tmp_path: Path) -> None:
-    for ref, digest in _refs(tree, host):
-        result = podman_pull(ref, tmp_path)
-        assert result.digest == digest, ref
-
-
-def test_containerd(host: str, tree: BuiltTree, containerd: Containerd) -> None:
-    for ref, digest in _refs(tree, host):
-        result = ctr_pull(containerd, ref)
-        assert result.digest == digest, ref
-
-
-def test_docker(host: str, tree: BuiltTree, dockerd: Dockerd) -> None:
-    for ref, digest in _refs(tree, host):
-        result = docker_pull(dockerd, ref)
-        assert result.digest == digest, ref
 
 
 def test_host_without_config_fails_pulls_and_check(tree: BuiltTree, tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_hosts_tree import build_tree
-from test_sync_e2e import write_config
+from support.cli import write_config
+from support.trees import build_tree
 from testbed.images import push_random_image
 from testbed.registrish import registrish
 from testbed.upstream import CountingProxy, Registry

@@ -7,7 +7,8 @@ import threading
 from pathlib import Path
 
 import tomli_w
-from memory_upstream import Fetched, MemoryUpstream, image_manifest
+from support.fake_upstream import Fetched
+from support.memory_upstream import MemoryUpstream, image_manifest
 
 from registrish_lock.lock.config import load_config
 from registrish_lock.lock.resolve import resolve

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_sync_fake import FakeUpstream, build_image, build_index, lock_of, locked
+from support.fake_upstream import FakeUpstream, build_image, build_index, lock_of, locked
 
 from registrish_lock.console import human_bytes
 from registrish_lock.errors import IntegrityError

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_hosts_tree import build_tree
+from support.buckets import expected_bucket
+from support.trees import build_tree
 
 from registrish_lock.cli import main
 from registrish_lock.commands import publish as publish_cmd
 from registrish_lock.console import Console
 from registrish_lock.errors import ExitCode, IntegrityError, RegistrishError
-from registrish_lock.oci import mediatypes
 from registrish_lock.progress import QuietProgress
 from registrish_lock.serving.publish import publish
 from registrish_lock.serving.publish_plan import (
@@ -112,32 +112,6 @@ def run_publish(
         jobs=4,
         **kwargs,
     )
-
-
-def expected_bucket(root: Path) -> dict[str, tuple[bytes, str]]:
-    """What the bucket must hold for a tree, derived independently of publish.py: every
-    file under v2/ except typed twins and the host catch-all, manifests typed by their
-    twin, plus the ping at `v2/`."""
-    result: dict[str, tuple[bytes, str]] = {}
-    for path in sorted((root / "v2").rglob("*")):
-        if not path.is_file() or ".~" in path.name or path.name == "_referrers-empty":
-            continue
-        rel = path.relative_to(root).as_posix()
-        section = path.parent.name
-        if section == "manifests":
-            (twin,) = path.parent.glob(path.name + ".~*")
-            ctype = mediatypes.TYPE_OF_KIND[twin.name.rsplit(".~", 1)[1]]
-        elif section == "blobs":
-            ctype = OCTET_STREAM
-        elif section == "referrers":
-            ctype = mediatypes.OCI_INDEX
-        else:
-            ctype = JSON
-        result[rel] = (path.read_bytes(), ctype)
-    result[PING_KEY] = result["v2/index"]
-    if (root / "index.html").is_file():  # the browse page
-        result["index.html"] = ((root / "index.html").read_bytes(), "text/html; charset=utf-8")
-    return result
 
 
 # --- target URL ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_publish import expected_bucket
+from support.buckets import bucket_listing, expected_bucket, s3_client
 from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, docker_run, skopeo_copy
 from testbed.images import DEFAULT_OUTPUT, SeededUpstream, push_random_image
 from testbed.proxy import CountingProxy, Pause
@@ -119,29 +119,6 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
 
     monkeypatch.setattr(publish_cmd, "open_store", open_store)
     return counted
-
-
-def s3_client(s3: SeaweedS3) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=s3.api_url,
-        aws_access_key_id=s3.access_key,
-        aws_secret_access_key=s3.secret_key,
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}),
-    )
-
-
-def bucket_listing(s3: SeaweedS3) -> dict[str, tuple[int, str, Any]]:
-    client = s3_client(s3)
-    result = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket):
-        for o in page.get("Contents", []):
-            result[o["Key"]] = (o["Size"], o["ETag"], o["LastModified"])
-    return result
 
 
 def assert_bucket_equals_tree(s3: SeaweedS3, root: Path) -> None:

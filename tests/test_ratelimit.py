@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fakes.fake_registry import FakeRegistry, sha256
-from memory_upstream import image_manifest
+from support.fake_registry import FakeRegistry, sha256
+from support.memory_upstream import image_manifest
 
 from registrish_lock import USER_AGENT
 from registrish_lock.console import Console

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes.fake_registry import FakeRegistry
+from support.fake_registry import FakeRegistry
 
 from registrish_lock.console import Console
 from registrish_lock.errors import ConfigError, LockfileError

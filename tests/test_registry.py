@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fakes.fake_registry import OCI_MANIFEST, FakeRegistry, chunks, manifest_doc, sha256
+from support.fake_registry import OCI_MANIFEST, FakeRegistry, chunks, manifest_doc, sha256
 from testbed.images import MANY_TAGS, SeededUpstream
 from testbed.procs import free_port
 from testbed.upstream import CountingProxy, Drop, Respond, start_htpasswd_registry

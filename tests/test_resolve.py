@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from memory_upstream import MemoryUpstream, image_manifest
+from support.memory_upstream import MemoryUpstream, image_manifest
 
 from registrish_lock.console import Console
 from registrish_lock.errors import ConfigError, LockfileError, NotFoundError, UpstreamError

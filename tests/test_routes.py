@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_hosts_tree import build_tree
+from support.trees import build_tree
 
 from registrish_lock.oci import mediatypes
 from registrish_lock.serving.routes import (

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_hosts_tree import SIGNATURE_TYPE, BuiltTree, build_tree
+from support.trees import SIGNATURE_TYPE, BuiltTree, build_tree
 from testbed.procs import LOOPBACK, Server, free_port, threads, wait_until
 from testbed.registrish import Serving, start_registrish_serve
 

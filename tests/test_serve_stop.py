@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_hosts_tree import BuiltTree, build_tree
+from support.trees import BuiltTree, build_tree
 from testbed.procs import LOOPBACK, Server, free_port, http_status, tail, wait_until
 
 from registrish_lock.serving.stopsignals import StopSignals

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sync import quiet, sync
-from test_sync_fake import FakeUpstream, build_image, lock_of, locked
+from support.cli import quiet
+from support.fake_upstream import FakeUpstream, build_image, lock_of, locked
+from support.sync import sync
 from testbed.procs import require_binary
 
 from registrish_lock.oci import mediatypes

@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_sync import cli_project, quiet, sync, verify_tree, write_project
-from test_sync_fake import FakeUpstream, build_image, lock_of, locked
+from support.cli import quiet
+from support.fake_upstream import FakeUpstream, build_image, lock_of, locked
+from support.sync import cli_project, sync, write_project
+from support.trees import verify_tree
 from testbed.procs import in_ci
 
 from registrish_lock import cli

@@ -1,4 +1,4 @@
-"""`sync` against a fake upstream (tests/test_sync_fake.py): tree contents, no-op, moves,
+"""`sync` against a fake upstream (tests/support/fake_upstream.py): tree contents, no-op, moves,
 faults, resume, --verify, the tree lock and the CLI. Real components: test_sync_e2e.py."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import io
 import json
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_sync_fake import (
+from support.cli import quiet
+from support.fake_upstream import (
     FakeUpstream,
     Interrupted,
     all_blobs,
@@ -20,6 +20,8 @@ from test_sync_fake import (
     lock_of,
     locked,
 )
+from support.sync import Factory, cli_project, sync, write_project
+from support.trees import verify_tree
 from testbed.procs import wait_until
 from testbed.treeholder import hold_tree
 
@@ -29,66 +31,9 @@ from registrish_lock.errors import BusyError, ExitCode, IntegrityError
 from registrish_lock.lock.lockfile import Lock, write_lock
 from registrish_lock.oci import mediatypes
 from registrish_lock.progress import QuietProgress
-from registrish_lock.tree.apply import LazyUpstream, SyncResult, sync_tree
-from registrish_lock.tree.layout import Layout, split_twin
-from registrish_lock.tree.state import hash_file
+from registrish_lock.tree.apply import LazyUpstream, sync_tree
+from registrish_lock.tree.layout import Layout
 from registrish_lock.tree.treelock import tree_lock
-from registrish_lock.upstream.protocols import BlobSource as Upstream
-
-
-def quiet() -> Console:
-    return Console(verbosity=-1, out=io.StringIO(), err=io.StringIO())
-
-
-class Factory:
-    """Counts how often sync asked for a client (a no-op sync must not even create one)."""
-
-    def __init__(self, up: FakeUpstream) -> None:
-        self.up = up
-        self.created = 0
-
-    def __call__(self) -> Upstream:
-        self.created += 1
-        return self.up
-
-
-def sync(
-    root: Path, lock: Lock, up: FakeUpstream, *, console: Console | None = None, **kw: bool
-) -> SyncResult:
-    factory = Factory(up)
-    return sync_tree(
-        lock=lock,
-        layout=Layout(root),
-        upstream=LazyUpstream(factory),
-        console=console or quiet(),
-        progress=QuietProgress(),
-        jobs=4,
-        **kw,
-    )
-
-
-def verify_tree(root: Path) -> int:
-    """Hash every blob and manifest under v2/ and the store against its name; twins
-    must be the same bytes as their exact file. Returns the number of files checked."""
-    checked = 0
-    for path in sorted((root / "v2").rglob("*")):
-        if not path.is_file():
-            continue
-        section, name = path.parent.name, path.name
-        if section == "blobs" or (section == "manifests" and name.startswith("sha256:")):
-            expected = name.split(".~")[0]
-            assert hash_file(path)[0] == expected, path
-            checked += 1
-        if section == "manifests" and split_twin(name) is not None:
-            exact = path.parent / split_twin(name)[0]  # type: ignore[index]
-            assert exact.read_bytes() == path.read_bytes(), path
-            doc = json.loads(path.read_bytes())
-            assert doc.get("mediaType", mediatypes.OCI_MANIFEST) == split_twin(name)[1]  # type: ignore[index]
-    store = Layout(root).state / "blobs" / "sha256"
-    for path in store.iterdir() if store.is_dir() else []:
-        assert hash_file(path)[0] == f"sha256:{path.name}", path
-        checked += 1
-    return checked
 
 
 def four_kinds(up: FakeUpstream) -> Lock:
@@ -369,21 +314,6 @@ def test_a_killed_holder_does_not_block(tmp_path: Path) -> None:
 # --- the command line ------------------------------------------------------------------
 
 
-def write_project(tmp_path: Path, lock: Lock | None = None) -> tuple[Path, Callable[[], str]]:
-    config = tmp_path / "registrish.toml"
-    config.write_text(
-        '[registry]\nroot = "public"\n\n[[image]]\n'
-        f'source = "{lock.tags[0].source if lock else "127.0.0.1:5999/app"}"\n'
-        f'name = "{lock.tags[0].name if lock else "app"}"\ntags = ["v1"]\n'
-    )
-    from registrish_lock.lock.config import load_config
-
-    input_hash = load_config(config).input_hash()
-    if lock is not None:
-        write_lock(config.with_suffix(".lock"), Lock(input_hash, lock.tags))
-    return config, lambda: input_hash
-
-
 def test_cli_refuses_a_stale_lock_unless_frozen(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -394,17 +324,6 @@ def test_cli_refuses_a_stale_lock_unless_frozen(
     assert "stale" in err and "hint: run `registrish lock`" in err
     assert cli.main(["sync", "-c", str(config), "--frozen"]) == ExitCode.OK
     assert json.loads((tmp_path / "public/v2/_catalog").read_bytes()) == {"repositories": []}
-
-
-def cli_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeUpstream, Path]:
-    """A config and lock of one image `app:v1`, with `sync` reading it from a fake upstream."""
-    up = FakeUpstream()
-    lock = lock_of(locked("app", "v1", build_image(up, "app", "v1")))
-    config, _ = write_project(tmp_path, lock)
-    from registrish_lock.commands import sync as sync_cmd
-
-    monkeypatch.setattr(sync_cmd, "open_sources", lambda *_args, **_kw: up)
-    return up, config
 
 
 def test_cli_dry_run_exit_codes_and_json(

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_sync import verify_tree
+from support.cli import write_config
+from support.trees import verify_tree
 from testbed.clients import (
     Containerd,
     Dockerd,
@@ -36,23 +37,6 @@ from registrish_lock.tree.treelock import tree_lock
 pytestmark = pytest.mark.slow
 
 SEEDED = ("app-oci", "app-docker", "multi", "multi-docker", "team/tools/app")
-
-
-def write_config(
-    tmp: Path, proxy_host: str, images: list[tuple[str, str, str]], *, platforms: str = ""
-) -> Path:
-    """images: (upstream repository, our name, tag)."""
-    text = '[registry]\nroot = "public"\n\n'
-    if platforms:
-        text += f"[defaults]\nplatforms = {platforms}\n\n"
-    for source, name, tag in images:
-        text += (
-            f'[[image]]\nsource = "{proxy_host}/{source}"\nname = "{name}"\ntags = ["{tag}"]\n\n'
-        )
-    text += f'[registries."{proxy_host}"]\ninsecure = true\n'
-    config = tmp / "registrish.toml"
-    config.write_text(text)
-    return config
 
 
 def test_lock_sync_serve_and_pull_all_four_kinds(

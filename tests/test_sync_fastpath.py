@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 
 import pytest
-from test_sync import sync, verify_tree
-from test_sync_fake import FakeUpstream, build_image, build_index, lock_of, locked
+from support.fake_upstream import FakeUpstream, build_image, build_index, lock_of, locked
+from support.sync import sync
+from support.trees import verify_tree
 from testbed.images import SeededUpstream
 from testbed.tls import issue, make_ca, serve_https
 

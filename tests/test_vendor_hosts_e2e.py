@@ -4,8 +4,9 @@ Cloudflare Pages' asset server and rules engine (`wrangler pages dev`) and Netli
 `404.html` that `sync` writes, plus the browse page at the root as `sync` leaves it.
 
 skopeo, podman, containerd and the Docker engine pull the four manifest kinds by tag and by
-digest (the tests of test_hosts_e2e.py, run here against these hosts), `registrish check`
-passes, missing paths are JSON 404s, and nothing of the store is served.
+digest and `registrish check` passes (the tests of support/pulls.py, run here against these
+hosts as test_hosts_e2e.py runs them against its own), missing paths are JSON 404s, and
+nothing of the store is served.
 
 netlify-cli lets its static server's Content-Type and Cache-Control overwrite `_headers`
 (netlify/cli#990), so the pulls run with the test-only shim that restores production's
@@ -20,15 +21,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_hosts_e2e import (
-    render_host,
-    test_check_passes,
-    test_containerd,
-    test_docker,
-    test_podman,
-    test_skopeo,
-)
-from test_hosts_tree import BuiltTree, build_served_tree
+from support.hosts import render_host
+from support.pulls import test_check_passes, test_containerd, test_docker, test_podman, test_skopeo
+from support.trees import BuiltTree, build_served_tree
 from testbed.clients import Dockerd, docker_pull
 from testbed.procs import CommandError, Server
 from testbed.vendorhosts import start_netlify, start_wrangler

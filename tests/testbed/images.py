@@ -134,7 +134,7 @@ def _blob_path(layout: Path, digest: str) -> Path:
     return layout / "blobs" / algo / hexd
 
 
-def _write_blob(layout: Path, data: bytes) -> dict[str, Any]:
+def write_blob(layout: Path, data: bytes) -> dict[str, Any]:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     path = _blob_path(layout, digest)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ def _write_blob(layout: Path, data: bytes) -> dict[str, Any]:
     return {"digest": digest, "size": len(data)}
 
 
-def _add_to_index(layout: Path, descriptor: dict[str, Any], tag: str) -> None:
+def add_to_index(layout: Path, descriptor: dict[str, Any], tag: str) -> None:
     """Add (or replace) the descriptor tagged ``tag`` in the layout's ``index.json``."""
     index_path = layout / "index.json"
     index = json.loads(index_path.read_text())
@@ -232,8 +232,8 @@ def build_base_layout(workdir: Path) -> BaseLayout:
             },
         ],
     }
-    desc = _write_blob(layout, json.dumps(index, indent=2).encode())
-    _add_to_index(layout, {"mediaType": OCI_INDEX, **desc}, base.index_tag)
+    desc = write_blob(layout, json.dumps(index, indent=2).encode())
+    add_to_index(layout, {"mediaType": OCI_INDEX, **desc}, base.index_tag)
     return base
 
 
@@ -369,7 +369,7 @@ class _RandomReader(io.RawIOBase):
         return self.rng.randbytes(n)
 
 
-def _write_random_layer(
+def write_random_layer(
     blobs_tmp: Path, index: int, size: int, rng: random.Random, gzipped: bool
 ) -> tuple[Path, str, str, int]:
     """Write one layer (a tar with one file of ``size`` random bytes) to a temp file.
@@ -421,7 +421,7 @@ def write_random_image(
     layers: list[dict[str, Any]] = []
     diff_ids: list[str] = []
     for i, size in enumerate(layer_sizes):
-        tmp, digest, diff_id, stored = _write_random_layer(layout, i, size, rng, gzip_layers)
+        tmp, digest, diff_id, stored = write_random_layer(layout, i, size, rng, gzip_layers)
         tmp.replace(_blob_path(layout, digest))
         layers.append({"mediaType": layer_type, "digest": digest, "size": stored})
         diff_ids.append(diff_id)
@@ -432,15 +432,15 @@ def write_random_image(
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created_by": f"random layer {i}"} for i in range(len(layer_sizes))],
     }
-    config_desc = _write_blob(layout, json.dumps(config, sort_keys=True).encode())
+    config_desc = write_blob(layout, json.dumps(config, sort_keys=True).encode())
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_desc},
         "layers": layers,
     }
-    desc = {"mediaType": OCI_MANIFEST, **_write_blob(layout, json.dumps(manifest).encode())}
-    _add_to_index(layout, desc, tag)
+    desc = {"mediaType": OCI_MANIFEST, **write_blob(layout, json.dumps(manifest).encode())}
+    add_to_index(layout, desc, tag)
     return desc
 
 

@@ -11,6 +11,7 @@ from registrish_lock.errors import NotFoundError
 from registrish_lock.oci import mediatypes
 from registrish_lock.oci.manifest import sha256_digest
 from registrish_lock.oci.reference import Reference
+from support.fake_upstream import Fetched
 
 
 @dataclass(frozen=True)
@@ -18,13 +19,6 @@ class Info:
     digest: str
     media_type: str
     size: int
-
-
-@dataclass(frozen=True)
-class Fetched:
-    data: bytes
-    media_type: str
-    digest: str
 
 
 def blob_digest(label: str) -> str:

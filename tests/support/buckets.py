@@ -1,0 +1,62 @@
+"""What an S3 bucket must hold for a tree (derived independently of publish.py), and what
+a real one (the test bed's SeaweedFS, `testbed.s3`) holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from testbed.s3 import SeaweedS3
+
+from registrish_lock.oci import mediatypes
+from registrish_lock.serving.publish_plan import PING_KEY
+from registrish_lock.serving.routes import JSON, OCTET_STREAM
+
+
+def expected_bucket(root: Path) -> dict[str, tuple[bytes, str]]:
+    """What the bucket must hold for a tree, derived independently of publish.py: every
+    file under v2/ except typed twins and the host catch-all, manifests typed by their
+    twin, plus the ping at `v2/`."""
+    result: dict[str, tuple[bytes, str]] = {}
+    for path in sorted((root / "v2").rglob("*")):
+        if not path.is_file() or ".~" in path.name or path.name == "_referrers-empty":
+            continue
+        rel = path.relative_to(root).as_posix()
+        section = path.parent.name
+        if section == "manifests":
+            (twin,) = path.parent.glob(path.name + ".~*")
+            ctype = mediatypes.TYPE_OF_KIND[twin.name.rsplit(".~", 1)[1]]
+        elif section == "blobs":
+            ctype = OCTET_STREAM
+        elif section == "referrers":
+            ctype = mediatypes.OCI_INDEX
+        else:
+            ctype = JSON
+        result[rel] = (path.read_bytes(), ctype)
+    result[PING_KEY] = result["v2/index"]
+    if (root / "index.html").is_file():  # the browse page
+        result["index.html"] = ((root / "index.html").read_bytes(), "text/html; charset=utf-8")
+    return result
+
+
+def s3_client(s3: SeaweedS3) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3.api_url,
+        aws_access_key_id=s3.access_key,
+        aws_secret_access_key=s3.secret_key,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+def bucket_listing(s3: SeaweedS3) -> dict[str, tuple[int, str, Any]]:
+    client = s3_client(s3)
+    result = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket):
+        for o in page.get("Contents", []):
+            result[o["Key"]] = (o["Size"], o["ETag"], o["LastModified"])
+    return result
