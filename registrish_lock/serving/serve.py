@@ -42,8 +42,10 @@ from ..oci.manifest import sha256_digest
 from ..oci.reference import is_tag
 from ..tree.layout import Layout
 from .routes import (
+    ALLOW,
+    ALLOWED_METHODS,
     EMPTY_REFERRERS,
-    PING_BODY,
+    PING_DOCUMENT,
     ErrorCode,
     Kind,
     Miss,
@@ -57,7 +59,6 @@ from .routes import (
 from .stopsignals import StopSignals
 
 Headers = tuple[tuple[str, str], ...]
-ALLOWED_METHODS = ("GET", "HEAD")
 #: Seconds a connection may sit idle or take to send a request head, and a blocking
 #: send may wait for the client to read (a slow download that progresses is never cut).
 DEFAULT_TIMEOUT = 30.0
@@ -132,7 +133,7 @@ class TreeResolver:
         if method not in ALLOWED_METHODS:
             return Answer(
                 405,
-                (*error_headers(), ("Allow", ", ".join(ALLOWED_METHODS))),
+                (*error_headers(), ("Allow", ALLOW)),
                 error_body(ErrorCode.UNSUPPORTED),
             )
         split = urllib.parse.urlsplit(raw_path)
@@ -142,7 +143,7 @@ class TreeResolver:
         if isinstance(target, Miss):
             return self._error(target.status, target.code, path)
         if target.kind is Kind.PING:
-            return Answer(200, headers_for(Kind.PING, policy=self.policy), PING_BODY)
+            return Answer(200, headers_for(Kind.PING, policy=self.policy), PING_DOCUMENT)
         # Manifests and blobs look for their file first and ask whether the repository
         # exists only on a miss: one stat less on every hit, the hot path.
         if target.kind in (Kind.MANIFEST_TAG, Kind.MANIFEST_DIGEST):
