@@ -17,7 +17,7 @@ from testbed.statichosts import start_python_http_server
 
 from registrish_lock.lock.lockfile import read_lock
 from registrish_lock.serving.check import NOT_CONFIGURED, check_local, check_url
-from registrish_lock.serving.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL, Policy
+from registrish_lock.serving.routes import EMPTY_REFERRERS, EMPTY_REFERRERS_REL, IMMUTABLE, Policy
 from registrish_lock.serving.serve import TreeResolver, make_server
 from registrish_lock.tree.layout import Layout
 
@@ -287,3 +287,45 @@ def test_check_url_takes_an_empty_ping_and_refuses_a_non_json_one(tree: BuiltTre
     for bad in (b"[]", b"ok"):
         report = check_url("http://h.example", tree.lock, transport=serving(bad))
         assert [f.path for f in report.failures if f.path == "v2/"] == ["v2/"], bad
+
+
+def test_check_url_flags_a_mutable_path_cached_too_long(tree: BuiltTree) -> None:
+    """Cache-Control per path kind: a tag, tag list, referrers document or ping kept past
+    `tag_cache_seconds` (or immutable) fails; a host's own shorter caching or none passes."""
+    resolver = TreeResolver(tree.layout)
+
+    def serving(cache: dict[str, str | None]) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            answer = resolver.answer(request.method, request.url.raw_path.decode(), {})
+            headers = dict(answer.headers)
+            if headers.get("Cache-Control") != IMMUTABLE:  # the mutable kinds
+                for section, value in cache.items():
+                    path = request.url.path  # "/v2/" stands for the ping alone
+                    if path == section or (section != "/v2/" and section in path):
+                        headers.pop("Cache-Control", None)
+                        if value is not None:
+                            headers["Cache-Control"] = value
+            body = answer.body if answer.file is None else answer.file.read_bytes()
+            return httpx.Response(answer.status, headers=headers, content=body)
+
+        return httpx.MockTransport(handler)
+
+    too_long = {"/manifests/v1": IMMUTABLE, "/referrers/": "public, max-age=3600", "/v2/": None}
+    report = check_url("http://h.example", tree.lock, transport=serving(too_long))
+    by_path = {f.path: f.problem for f in report.failures}
+    assert by_path["v2/app-oci/manifests/v1"] == (
+        f"Cache-Control is {IMMUTABLE!r}, expected 'public, max-age=60': clients and caches "
+        "would keep it past the next sync (set the host's caching from registrish's config)"
+    )
+    assert any("/referrers/" in p and "max-age=3600" in m for p, m in by_path.items())
+    assert all("/manifests/sha256:" not in p for p in by_path)  # immutable there: right
+    # the same tree under a longer tag_cache_seconds: max-age=3600 is within it
+    longer = check_url(
+        "http://h.example",
+        tree.lock,
+        transport=serving({"/referrers/": "public, max-age=3600"}),
+        policy=Policy(tag_cache_seconds=3600),
+    )
+    assert longer.failures == []
+    own = {"/manifests/": "public, max-age=0, must-revalidate", "/tags/": None, "/v2/": "no-cache"}
+    assert check_url("http://h.example", tree.lock, transport=serving(own)).failures == []

@@ -24,6 +24,7 @@ from testbed.procs import LOOPBACK, Server, free_port, threads, wait_until
 from testbed.s3 import require_boto3
 
 from registrish_lock.lock.lockfile import write_lock
+from registrish_lock.serving.routes import PING_DOCUMENT
 
 REGISTRISH = [sys.executable, "-m", "registrish_lock"]
 
@@ -173,7 +174,7 @@ def test_serve_closes_idle_connections_after_the_timeout(tree: BuiltTree, tmp_pa
         idle = [socket.create_connection((LOOPBACK, port)) for _ in range(40)]
         kept = socket.create_connection((LOOPBACK, port))
         request(kept)
-        assert read_response(kept)[1] == b"{}"  # a keep-alive connection, then idle
+        assert read_response(kept)[1] == PING_DOCUMENT  # a keep-alive connection, then idle
         # every connection has its thread while it is open ...
         assert wait_until(lambda: threads(server.pid) >= 41)
         try:
@@ -261,7 +262,7 @@ def test_serve_bounds_concurrent_connections(tree: BuiltTree, tmp_path: Path) ->
         try:
             for s in held:  # served, then kept alive: each holds its slot
                 request(s)
-                assert read_response(s)[1] == b"{}"
+                assert read_response(s)[1] == PING_DOCUMENT
             for s in waiting:
                 request(s, close=True)
             # a window to see them stay queued: no event marks a connection not served
@@ -272,7 +273,7 @@ def test_serve_bounds_concurrent_connections(tree: BuiltTree, tmp_path: Path) ->
                 s.close()
             for s in waiting:  # served once slots are free
                 s.settimeout(15)
-                assert read_response(s)[1] == b"{}"
+                assert read_response(s)[1] == PING_DOCUMENT
         finally:
             for s in [*held, *waiting]:
                 s.close()

@@ -25,6 +25,7 @@ from registrish_lock.serving.hosts.netlify import CLOUDFLARE_MAX_RULES, parse_he
 from registrish_lock.serving.routes import (
     EMPTY_REFERRERS,
     EMPTY_REFERRERS_REL,
+    PING_DOCUMENT,
     Entry,
     Kind,
     Policy,
@@ -108,7 +109,7 @@ def test_headers_file_matches_the_route_table(tmp_path: Path, tree: BuiltTree, h
         assert found[0] == expected, url
     for url in ("/v2/", "/v2"):
         assert matching(url)[0]["Content-Type"] == "application/json"
-    assert out[ctx.root / "v2/index.html"] == b"{}"
+    assert out[ctx.root / "v2/index.html"] == PING_DOCUMENT
     error = json.loads(out[ctx.root / "404.html"])
     assert error["errors"][0]["code"] == "MANIFEST_UNKNOWN"
     redirects = out[ctx.root / "_redirects"].decode()
@@ -122,7 +123,9 @@ def test_cloudflare_fails_loudly_past_100_rules(tmp_path: Path, tree: BuiltTree)
     small = RENDERERS["cloudflare"].render(ctx)
     assert len(parse_headers(small.outputs[0].data.decode())) < CLOUDFLARE_MAX_RULES
     many = ctx.entries + tuple(
-        Entry(f"v2/x/manifests/t{i}", Kind.MANIFEST_TAG, mediatypes.OCI_MANIFEST, "no-cache")
+        Entry(
+            f"v2/x/manifests/t{i}", Kind.MANIFEST_TAG, (("Content-Type", mediatypes.OCI_MANIFEST),)
+        )
         for i in range(CLOUDFLARE_MAX_RULES)
     )
     big = dataclasses.replace(ctx, entries=many)
@@ -135,7 +138,11 @@ def test_headers_refuse_overlapping_rules(tmp_path: Path, tree: BuiltTree) -> No
     ctx = context_for(tree, tmp_path, "netlify")
     clash = (
         *ctx.entries,
-        Entry("v2/app-oci/blobs/manifests/v1", Kind.MANIFEST_TAG, mediatypes.OCI_MANIFEST, "x"),
+        Entry(
+            "v2/app-oci/blobs/manifests/v1",
+            Kind.MANIFEST_TAG,
+            (("Content-Type", mediatypes.OCI_MANIFEST),),
+        ),
     )
     with pytest.raises(HostLimitError, match="would also match"):
         RENDERERS["netlify"].render(dataclasses.replace(ctx, entries=clash))

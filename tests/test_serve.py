@@ -23,7 +23,7 @@ from testbed.procs import LOOPBACK, Server, free_port, threads, wait_until
 from testbed.registrish import Serving, start_registrish_serve
 
 from registrish_lock.oci import mediatypes
-from registrish_lock.serving.routes import IMMUTABLE, Policy
+from registrish_lock.serving.routes import IMMUTABLE, PING_DOCUMENT, Policy
 from registrish_lock.serving.serve import make_server, parse_range
 
 RANDOM = "sha256:" + "12" * 32
@@ -56,8 +56,9 @@ def client(tree: BuiltTree) -> Iterator[httpx.Client]:
 def test_ping(client: httpx.Client) -> None:
     for path in ("/v2/", "/v2"):
         r = client.get(path)
-        assert (r.status_code, r.content) == (200, b"{}")
+        assert (r.status_code, r.content) == (200, PING_DOCUMENT)
         assert r.headers["Content-Type"] == "application/json"
+        assert r.headers["Cache-Control"] == "public, max-age=60"
         assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
 
 

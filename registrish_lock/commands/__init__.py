@@ -32,3 +32,17 @@ def add_jobs_option(
         metavar="N",
         help=f"{what} (default {default})",
     )
+
+
+def add_no_wait_option(parser: argparse.ArgumentParser) -> None:
+    """`--no-wait`, for every command that takes the tree lock."""
+    parser.add_argument(
+        "--no-wait", action="store_true", help="fail (exit 5) if another process holds the tree"
+    )
+
+
+def add_frozen_option(parser: argparse.ArgumentParser) -> None:
+    """`--frozen`, for every command that reads the lock without `lock`'s staleness check."""
+    parser.add_argument(
+        "--frozen", action="store_true", help="use the lock even if the config changed"
+    )

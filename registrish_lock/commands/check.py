@@ -9,6 +9,7 @@ from ..errors import ExitCode
 from ..lock.config import load_config
 from ..lock.lockfile import read_lock
 from ..serving.check import Report, check_local, check_url, validate_url
+from ..serving.routes import Policy
 
 NAME = "check"
 HELP = "verify a deployment (URL) or the local tree serves every locked object right"
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.local or not args.url:
         reports.append(check_local(config.layout, lock))
     if args.url:
-        reports.append(check_url(args.url, lock, deep=args.deep))
+        policy = Policy(tag_cache_seconds=config.tag_cache_seconds)
+        reports.append(check_url(args.url, lock, deep=args.deep, policy=policy))
     for report in reports:
         _print(report, console)
     console.emit_json({"ok": all(r.ok for r in reports), "reports": [r.to_json() for r in reports]})

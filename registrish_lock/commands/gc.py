@@ -9,6 +9,7 @@ from ..errors import ExitCode
 from ..tree.apply import collect_garbage, write_hosts
 from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
+from . import add_frozen_option, add_no_wait_option
 from .sync import load_locked
 
 NAME = "gc"
@@ -23,12 +24,8 @@ what would go and the bytes it would free, and exits 1 when something would.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list what would go, change nothing")
-    parser.add_argument(
-        "--frozen", action="store_true", help="use the lock even if the config changed"
-    )
-    parser.add_argument(
-        "--no-wait", action="store_true", help="fail (exit 5) if another process holds the tree"
-    )
+    add_frozen_option(parser)
+    add_no_wait_option(parser)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

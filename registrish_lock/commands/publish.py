@@ -13,7 +13,7 @@ from ..serving.routes import Policy
 from ..serving.s3store import DEFAULT_JOBS, open_store, parse_s3_url
 from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
-from . import add_jobs_option
+from . import add_jobs_option, add_no_wait_option
 
 NAME = "publish"
 HELP = "upload the tree to S3-compatible storage (S3, R2, Scaleway, MinIO, SeaweedFS)"
@@ -60,9 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="upload every object again (e.g. after changing tag_cache_seconds)",
     )
-    parser.add_argument(
-        "--no-wait", action="store_true", help="fail (exit 5) if another process holds the tree"
-    )
+    add_no_wait_option(parser)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

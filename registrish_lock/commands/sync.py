@@ -16,7 +16,7 @@ from ..tree.plan import Plan
 from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from ..upstream.sources import open_sources
-from . import add_jobs_option
+from . import add_frozen_option, add_jobs_option, add_no_wait_option
 
 NAME = "sync"
 HELP = "reconcile the static tree with registrish.lock"
@@ -43,12 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify", action="store_true", help="re-hash every file on disk and repair"
     )
-    parser.add_argument(
-        "--frozen", action="store_true", help="use the lock even if the config changed"
-    )
-    parser.add_argument(
-        "--no-wait", action="store_true", help="fail (exit 5) if another process holds the tree"
-    )
+    add_frozen_option(parser)
+    add_no_wait_option(parser)
 
 
 def load_locked(config_path: Path, *, frozen: bool) -> tuple[Config, Lock]:

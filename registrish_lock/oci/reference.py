@@ -8,6 +8,7 @@ Everything that later becomes part of a filesystem path passes through one of th
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ReferenceError_
@@ -47,32 +48,38 @@ def is_digest(value: str) -> bool:
     return DIGEST_RE.fullmatch(value) is not None
 
 
-def validate_name(value: str) -> str:
-    if not is_name(value):
-        raise ReferenceError_(
-            f"invalid repository name {value!r}",
-            hint="names are lowercase path components like 'team/app' "
-            "([a-z0-9] separated by '.', '_', '__' or '-')",
-        )
+#: What each validator accepts, and the hint its one-line error gives.
+_RULES: dict[str, tuple[Callable[[str], bool], str]] = {
+    "repository name": (
+        is_name,
+        "names are lowercase path components like 'team/app' "
+        "([a-z0-9] separated by '.', '_', '__' or '-')",
+    ),
+    "tag": (
+        is_tag,
+        "tags are 1-128 characters of [A-Za-z0-9_.-] and do not start with '.' or '-'",
+    ),
+    "digest": (is_digest, "registrish accepts 'sha256:' followed by 64 lowercase hex digits"),
+}
+
+
+def _valid(value: str, what: str) -> str:
+    accepts, hint = _RULES[what]
+    if not accepts(value):
+        raise ReferenceError_(f"invalid {what} {value!r}", hint=hint)
     return value
+
+
+def validate_name(value: str) -> str:
+    return _valid(value, "repository name")
 
 
 def validate_tag(value: str) -> str:
-    if not is_tag(value):
-        raise ReferenceError_(
-            f"invalid tag {value!r}",
-            hint="tags are 1-128 characters of [A-Za-z0-9_.-] and do not start with '.' or '-'",
-        )
-    return value
+    return _valid(value, "tag")
 
 
 def validate_digest(value: str) -> str:
-    if not is_digest(value):
-        raise ReferenceError_(
-            f"invalid digest {value!r}",
-            hint="registrish accepts 'sha256:' followed by 64 lowercase hex digits",
-        )
-    return value
+    return _valid(value, "digest")
 
 
 def digest_hex(digest: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from .. import USER_AGENT
-from ..errors import IntegrityError, RegistrishError, UpstreamError
+from ..errors import IntegrityError, UpstreamError
 from ..lock.lockfile import Lock
 from ..oci import mediatypes
 from ..oci.manifest import Manifest, parse_manifest, sha256_digest
@@ -29,7 +28,16 @@ from ..oci.referrers import artifact_type_of, referrers_problems, refers_to
 from ..tls import certificate_problem, client_context
 from ..tree.layout import Layout
 from ..tree.state import hash_file
-from .routes import EMPTY_REFERRERS_REL, BlobObject, read_objects
+from .checkurl import redact_url, validate_url
+from .routes import (
+    EMPTY_REFERRERS_REL,
+    BlobObject,
+    Kind,
+    Policy,
+    cache_problem,
+    headers_for,
+    read_objects,
+)
 
 __all__ = ["check_local", "check_url", "referrers_problems", "validate_url"]
 
@@ -69,15 +77,25 @@ class Report:
         }
 
 
+#: What the route table answers for the referrers document (check wants it exactly).
+REFERRERS_TYPE = dict(headers_for(Kind.REFERRERS, policy=Policy()))["Content-Type"]
+
+
 def _random_digest() -> str:
     return "sha256:" + secrets.token_hex(32)
 
 
 class _HttpChecker:
-    def __init__(self, client: httpx.Client, report: Report, deep: bool) -> None:
+    def __init__(self, client: httpx.Client, report: Report, deep: bool, policy: Policy) -> None:
         self.client = client
         self.report = report
         self.deep = deep
+        self.policy = policy
+
+    def cache_control(self, resp: httpx.Response, path: str, kind: Kind) -> None:
+        problem = cache_problem(kind, resp.headers.get("Cache-Control"), self.policy)
+        if problem is not None:
+            self.report.fail(path, problem)
 
     def request(self, method: str, path: str, **kwargs: object) -> httpx.Response | None:
         try:
@@ -132,6 +150,8 @@ class _HttpChecker:
             self.report.fail(
                 "v2/", f"the /v2/ ping answered {_what_body(resp)}, expected JSON ({{}})"
             )
+        if resp.status_code == 200:
+            self.cache_control(resp, "v2/", Kind.PING)
 
     def manifest(self, path: str, digest: str, media_type: str, size: int) -> bytes | None:
         """HEAD then GET one manifest path; returns the verified body."""
@@ -157,6 +177,9 @@ class _HttpChecker:
                 return None
             self.digest_header(resp, path, digest, method)
             self.length(resp, path, size, method, manifest=True)
+            self.cache_control(
+                resp, path, Kind.MANIFEST_DIGEST if _by_digest(path) else Kind.MANIFEST_TAG
+            )
             if method == "GET":
                 body = resp.content
         assert body is not None
@@ -202,13 +225,14 @@ class _HttpChecker:
         if resp is None or not self.status(resp, path, "referrers"):
             return
         got = resp.headers.get("Content-Type", "")
-        if got != mediatypes.OCI_INDEX:
+        if got != REFERRERS_TYPE:
             self.report.fail(
                 path,
                 f"referrers {path} served as {got or 'no Content-Type'}, expected "
-                f"{mediatypes.OCI_INDEX} exactly: {NOT_CONFIGURED}",
+                f"{REFERRERS_TYPE} exactly: {NOT_CONFIGURED}",
             )
             return
+        self.cache_control(resp, path, Kind.REFERRERS)
         for problem in referrers_problems(resp.content, expected):
             self.report.fail(path, problem)
 
@@ -244,9 +268,10 @@ class _HttpChecker:
         if resp is None:
             return
         if resp.status_code == 200 and or_empty_index:
-            if resp.headers.get("Content-Type") != mediatypes.OCI_INDEX:
+            if resp.headers.get("Content-Type") != REFERRERS_TYPE:
                 got = resp.headers.get("Content-Type") or "no Content-Type"
-                self.report.fail(path, f"{what} served as {got}, expected {mediatypes.OCI_INDEX}")
+                self.report.fail(path, f"{what} served as {got}, expected {REFERRERS_TYPE}")
+            self.cache_control(resp, path, Kind.REFERRERS)
             for problem in referrers_problems(resp.content, {}):
                 self.report.fail(path, f"{what}: {problem} ({_what_body(resp)})")
         elif resp.status_code == 403:
@@ -278,44 +303,6 @@ def _expected_referrers(
     return expected
 
 
-def validate_url(url: str) -> str:
-    """`url` if it is an http(s) URL with a host; else a usage error naming the fix."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise RegistrishError(
-            f"{redact_url(url)!r} is not a valid URL: {exc}",
-            hint="write it as https://HOST[:PORT][/PATH], the URL where /v2/ is served",
-        ) from None
-    if "://" not in url:
-        raise RegistrishError(
-            f"{url!r} has no scheme", hint=f"write it as https://{url} (or http://{url})"
-        )
-    if parsed.scheme not in ("http", "https"):
-        raise RegistrishError(
-            f"{redact_url(url)!r}: check speaks HTTP, not {parsed.scheme}://",
-            hint="write it as https://HOST[:PORT] or http://HOST[:PORT]",
-        )
-    if not parsed.host:
-        raise RegistrishError(
-            f"{redact_url(url)!r} names no host", hint="write it as https://HOST[:PORT][/PATH]"
-        )
-    if parsed.query or parsed.fragment:
-        raise RegistrishError(
-            f"{redact_url(url)!r} has a query or fragment, which would be sent with every request",
-            hint="write it as https://HOST[:PORT][/PATH], the URL where /v2/ is served",
-        )
-    return url
-
-
-def redact_url(url: str) -> str:
-    """`url` without a `user:password@` part: what check prints and logs."""
-    return _USERINFO.sub(r"\1", str(url), count=1)
-
-
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
-
-
 def check_url(
     base_url: str,
     lock: Lock,
@@ -323,9 +310,11 @@ def check_url(
     deep: bool = False,
     transport: httpx.BaseTransport | None = None,
     timeout: float = 30.0,
+    policy: Policy | None = None,
 ) -> Report:
-    """Check a deployment at `base_url` (the host root, where `/v2/` lives). Raises a
-    usage error for a URL that is not http(s), UpstreamError when nothing answers."""
+    """Check a deployment at `base_url` (the host root, where `/v2/` lives) against the
+    route table under `policy` (the config's `tag_cache_seconds`). Raises a usage error
+    for a URL that is not http(s), UpstreamError when nothing answers."""
     validate_url(base_url)
     report = Report(target=redact_url(base_url))
     with httpx.Client(
@@ -336,7 +325,7 @@ def check_url(
         follow_redirects=True,  # blobs are often redirected to a CDN or bucket
         headers={"User-Agent": USER_AGENT},
     ) as client:
-        c = _HttpChecker(client, report, deep)
+        c = _HttpChecker(client, report, deep, policy or Policy())
         c.ping()
         bodies: list[tuple[str, bytes]] = []
         subjects: set[tuple[str, str]] = set()

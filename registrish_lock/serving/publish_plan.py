@@ -23,7 +23,7 @@ from typing import Any
 from ..console import Console, human_bytes
 from ..errors import ExitCode, RegistrishError
 from ..tree.layout import PING_FILE, Layout, split_twin
-from .routes import BROWSE_REL, Kind, Miss, Policy, Target, classify, headers_for, short_cache
+from .routes import BROWSE_REL, Kind, Miss, Policy, Target, classify, headers_for
 from .s3store import RemoteObject, S3Target
 
 #: The key that answers `GET /v2/` (S3 serves a key ending in `/` for that URL path).
@@ -86,10 +86,7 @@ class LocalObject:
 def _headers(kind: Kind, policy: Policy, media_type: str | None) -> tuple[str, str]:
     """(Content-Type, Cache-Control) from the route table."""
     headers = dict(headers_for(kind, policy=policy, media_type=media_type))
-    # the table leaves the ping's caching open; publish it like the other mutable documents
-    return headers["Content-Type"], headers.get(
-        "Cache-Control", short_cache(policy.tag_cache_seconds)
-    )
+    return headers["Content-Type"], headers["Cache-Control"]
 
 
 def _md5_file(path: Path) -> str:

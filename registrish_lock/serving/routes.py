@@ -12,12 +12,17 @@ Paths are `/`-separated and relative to the tree root (a URL path minus its lead
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
 from ..lock.lockfile import Lock
 from ..oci import mediatypes
+
+# The documents, defined with the OCI vocabulary (sync writes them too), re-exported here.
+from ..oci.documents import EMPTY_REFERRERS as EMPTY_REFERRERS
+from ..oci.documents import PING_DOCUMENT as PING_DOCUMENT
 from ..oci.manifest import parse_manifest
 from ..oci.reference import is_digest, is_name, is_tag
 from ..tree.layout import TWIN_SEPARATOR, Layout
@@ -26,13 +31,14 @@ API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
 IMMUTABLE = "public, max-age=31536000, immutable"
-#: The static catch-all a host answers `referrers/<unknown digest>` with. A name no
-#: repository can have (names start with [a-z0-9]), written by `hosts.write_host_configs`.
+_MAX_AGE = re.compile(r"(?:^|[,\s])max-age=(\d+)", re.IGNORECASE)
+#: The only methods a host answers (read-only); any other gets 405 with this `Allow`.
+ALLOWED_METHODS = ("GET", "HEAD")
+ALLOW = ", ".join(ALLOWED_METHODS)
+#: The static catch-all a host answers `referrers/<unknown digest>` with (`EMPTY_REFERRERS`).
+#: A name no repository can have (names start with [a-z0-9]), written by
+#: `hosts.write_host_configs`.
 EMPTY_REFERRERS_REL = "v2/_referrers-empty"
-EMPTY_REFERRERS = (
-    b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
-)
-PING_BODY = b"{}"
 #: The browse page (`browse.py`) at the tree root, answered for `/` and `/index.html`.
 BROWSE_REL = "index.html"
 HTML = "text/html; charset=utf-8"
@@ -169,7 +175,9 @@ def headers_for(
     """
     short = short_cache(policy.tag_cache_seconds)
     if kind is Kind.PING:
-        return (("Content-Type", JSON), API_VERSION_HEADER)
+        # Short, like every other mutable document: an explicit answer, so that no CDN in
+        # front of a host picks its own lifetime for the ping.
+        return (("Content-Type", JSON), ("Cache-Control", short), API_VERSION_HEADER)
     if kind is Kind.BROWSE:
         return (("Content-Type", HTML), ("Cache-Control", short))
     if kind in (Kind.CATALOG, Kind.TAGS_LIST):
@@ -198,6 +206,27 @@ def headers_for(
         ("Cache-Control", cache),
         API_VERSION_HEADER,
     )
+
+
+def cache_problem(kind: Kind, served: str | None, policy: Policy) -> str | None:
+    """What is wrong with the Cache-Control a host sent for a path of `kind`, or None.
+
+    Hosts may add their own caching (a CDN's or Netlify's revalidation, S3 metadata set by
+    hand), so only a lifetime longer than the route table's is a failure: a tag, a tag list
+    or a referrers document kept past `tag_cache_seconds` (or forever) hides a sync. A
+    missing header or a shorter lifetime only costs requests."""
+    wanted = dict(headers_for(kind, policy=policy, media_type=mediatypes.OCI_MANIFEST))
+    expected = wanted.get("Cache-Control", "")
+    if not served or expected == IMMUTABLE:
+        return None
+    ages = [int(m) for m in _MAX_AGE.findall(served)]
+    limit = policy.tag_cache_seconds
+    if "immutable" in served.lower() or any(age > limit for age in ages):
+        return (
+            f"Cache-Control is {served!r}, expected {expected!r}: clients and caches would "
+            f"keep it past the next sync (set the host's caching from registrish's config)"
+        )
+    return None
 
 
 def error_headers() -> tuple[tuple[str, str], ...]:
@@ -237,53 +266,50 @@ class TreeObjects:
 
 @dataclass(frozen=True, order=True)
 class Entry:
-    """One path of the tree and the answer a host gives for it."""
+    """One path of the tree and the headers of its 200 answer (from `headers_for`)."""
 
     path: str  # relative to the root, e.g. "v2/a/manifests/v1"
     kind: Kind
-    content_type: str
-    cache_control: str
+    headers: tuple[tuple[str, str], ...]
     digest: str | None = None
     size: int | None = None
 
+    def header(self, name: str) -> str:
+        return next((value for key, value in self.headers if key == name), "")
+
     @property
-    def headers(self) -> dict[str, str]:
-        result = {"Content-Type": self.content_type, "Cache-Control": self.cache_control}
-        if self.digest:
-            result["Docker-Content-Digest"] = self.digest
-        return result
+    def content_type(self) -> str:
+        return self.header("Content-Type")
+
+    @property
+    def cache_control(self) -> str:
+        return self.header("Cache-Control")
 
 
 def entries(objects: TreeObjects, policy: Policy) -> list[Entry]:
     """Every path with its answer, sorted. Pure: the input of `_headers`, S3 metadata
     and `check`."""
-    short = short_cache(policy.tag_cache_seconds)
-    result = [
-        Entry(Layout.rel_ping(), Kind.PING, JSON, short),
-        Entry(Layout.rel_catalog(), Kind.CATALOG, JSON, short),
-    ]
-    result += [Entry(Layout.rel_tags_list(n), Kind.TAGS_LIST, JSON, short) for n in objects.names]
+
+    def entry(
+        path: str,
+        kind: Kind,
+        media_type: str | None = None,
+        digest: str | None = None,
+        size: int | None = None,
+    ) -> Entry:
+        headers = headers_for(kind, policy=policy, media_type=media_type, digest=digest)
+        return Entry(path, kind, headers, digest, size)
+
+    result = [entry(Layout.rel_ping(), Kind.PING), entry(Layout.rel_catalog(), Kind.CATALOG)]
+    result += [entry(Layout.rel_tags_list(n), Kind.TAGS_LIST) for n in objects.names]
     for m in objects.manifests:
         kind = Kind.MANIFEST_DIGEST if is_digest(m.ref) else Kind.MANIFEST_TAG
-        cache = IMMUTABLE if kind is Kind.MANIFEST_DIGEST else short
-        result.append(
-            Entry(Layout.rel_manifest(m.name, m.ref), kind, m.media_type, cache, m.digest, m.size)
-        )
+        path = Layout.rel_manifest(m.name, m.ref)
+        result.append(entry(path, kind, m.media_type, m.digest, m.size))
     for b in objects.blobs:
-        result.append(
-            Entry(
-                Layout.rel_blob(b.name, b.digest),
-                Kind.BLOB,
-                OCTET_STREAM,
-                IMMUTABLE,
-                b.digest,
-                b.size,
-            )
-        )
+        result.append(entry(Layout.rel_blob(b.name, b.digest), Kind.BLOB, None, b.digest, b.size))
     for name, digest in objects.referrers:
-        result.append(
-            Entry(Layout.rel_referrers(name, digest), Kind.REFERRERS, mediatypes.OCI_INDEX, short)
-        )
+        result.append(entry(Layout.rel_referrers(name, digest), Kind.REFERRERS))
     return sorted(set(result))
 
 

@@ -9,15 +9,14 @@ from dataclasses import dataclass, field, replace
 from ..errors import IntegrityError
 from ..lock.lockfile import Lock, LockedReferrer, LockedTag
 from ..oci import mediatypes
+
+# The documents are re-exported: tests and callers of the desired tree name them here.
+from ..oci.documents import EMPTY_REFERRERS as EMPTY_REFERRERS
+from ..oci.documents import PING_DOCUMENT as PING_DOCUMENT
+from ..oci.documents import canonical_json
 from ..oci.manifest import Descriptor, Manifest
 from ..oci.referrers import artifact_type_of, referrers_index, refers_to
 from .layout import Layout
-from .state import canonical_json
-
-PING_DOCUMENT = canonical_json({})
-EMPTY_REFERRERS = canonical_json(
-    {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": []}
-)
 
 
 def is_foreign(descriptor: Descriptor) -> bool:

@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import secrets
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import IntegrityError, LocalError
 from ..fsutil import DirSyncs, FileStamp, VerifiedFile, atomic_write_bytes, link_or_copy, sync_dir
+from ..oci.documents import canonical_json as canonical_json  # re-exported: gc, desired
 from ..oci.manifest import MAX_MANIFEST_BYTES, sha256_digest
 from ..oci.reference import is_digest
 from .layout import Layout, parse_rel_path, split_twin
@@ -34,11 +33,6 @@ _CHUNK = 1 << 20
 #: Documents (ping, catalog, tags/list, referrers) larger than this are not read into memory.
 MAX_DOC_BYTES = 4 * 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
-
-
-def canonical_json(document: Any) -> bytes:
-    """Deterministic JSON: sorted keys, compact, trailing newline."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
 
 def hash_file(path: Path) -> tuple[str, int]:

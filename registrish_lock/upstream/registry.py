@@ -28,7 +28,7 @@ from ..oci.reference import (
     validate_name,
     validate_tag,
 )
-from .http import Endpoint, RegistryHttp, Retry, UnexpectedStatus
+from .http import Endpoint, RegistryHttp, Retry, T, UnexpectedStatus
 from .protocols import FetchedManifest, ManifestInfo
 from .sink import HashingSink
 from .transport import drain, origin, raw_chunks, read_capped
@@ -103,20 +103,12 @@ class RegistryClient(RegistryHttp):
     def head_manifest(self, repo: Reference, ref: str) -> ManifestInfo:
         """Digest, media type and size of a manifest, from ``HEAD`` (which Docker Hub does not
         count against its pull limit); ``GET`` only when the ``HEAD`` answer lacks them."""
-        name, kind = validate_name(repo.repository), _validate_ref(ref)
+        validate_name(repo.repository)
+        kind = _validate_ref(ref)
 
         def op(ep: Endpoint) -> ManifestInfo | None:
             try:
-                headers = self._call(
-                    ep,
-                    "HEAD",
-                    ep.url(f"/v2/{name}/manifests/{ref}"),
-                    scope=_pull_scope(name),
-                    what=repo.repository_ref,
-                    not_found=f"{kind} {ref!r} not found in {repo.repository_ref}",
-                    headers={"Accept": mediatypes.ACCEPT},
-                    consume=lambda r: r.headers,
-                )
+                headers = self._manifest_call(ep, "HEAD", repo, ref, kind, lambda r: r.headers)
             except UnexpectedStatus as exc:
                 if exc.status in (400, 405, 501):  # HEAD unsupported: GET will tell
                     return None
@@ -146,21 +138,20 @@ class RegistryClient(RegistryHttp):
     ) -> FetchedManifest:
         """The manifest's exact bytes, at most 4 MiB, verified against `expected_digest`,
         against `ref` when it is a digest, and against ``Docker-Content-Digest`` if sent."""
-        name, kind = validate_name(repo.repository), _validate_ref(ref)
+        validate_name(repo.repository)
+        kind = _validate_ref(ref)
         if expected_digest is not None:
             validate_digest(expected_digest)
         what = f"{repo.repository_ref}{'@' if kind == 'manifest' else ':'}{ref}"
 
         def op(ep: Endpoint) -> FetchedManifest:
-            data, content_type, header_digest = self._call(
+            data, content_type, header_digest = self._manifest_call(
                 ep,
                 "GET",
-                ep.url(f"/v2/{name}/manifests/{ref}"),
-                scope=_pull_scope(name),
-                what=repo.repository_ref,
-                not_found=f"{kind} {ref!r} not found in {repo.repository_ref}",
-                headers={"Accept": mediatypes.ACCEPT},
-                consume=lambda r: (
+                repo,
+                ref,
+                kind,
+                lambda r: (
                     read_capped(r, MAX_MANIFEST_BYTES, f"manifest {what}", IntegrityError),
                     r.headers.get("content-type", ""),
                     r.headers.get("docker-content-digest"),
@@ -304,6 +295,29 @@ class RegistryClient(RegistryHttp):
                 sink.close()
 
         return self._with_endpoints(repo.registry, op)
+
+    def _manifest_call(
+        self,
+        ep: Endpoint,
+        method: str,
+        repo: Reference,
+        ref: str,
+        kind: str,
+        consume: Callable[[httpx.Response], T],
+    ) -> T:
+        """One request for a manifest (`HEAD` or `GET`) by tag or digest, accepting every
+        manifest type; `kind` is what `_validate_ref` called `ref`."""
+        name = repo.repository
+        return self._call(
+            ep,
+            method,
+            ep.url(f"/v2/{name}/manifests/{ref}"),
+            scope=_pull_scope(name),
+            what=repo.repository_ref,
+            not_found=f"{kind} {ref!r} not found in {repo.repository_ref}",
+            headers={"Accept": mediatypes.ACCEPT},
+            consume=consume,
+        )
 
     # -- tag pages -----------------------------------------------------------------------------
     def _page_tags(self, body: bytes, ep: Endpoint, repo: Reference) -> list[str]:

@@ -18,6 +18,9 @@ from ...oci import mediatypes
 from ...tls import CIPHERS
 from ...tree.layout import LAST_PAGE_SUFFIX
 from ..routes import (
+    ALLOW,
+    ALLOWED_METHODS,
+    API_VERSION_HEADER,
     BROWSE_REL,
     EMPTY_REFERRERS_REL,
     HTML,
@@ -102,7 +105,7 @@ SetEnvIf Request_URI "^/v2/.+/(?:manifests|blobs)/(sha256:[a-f0-9]{{64}})" REGIS
 RewriteEngine On
 RewriteBase /
 # Read-only: any other method is refused (405, the JSON error and Allow set below).
-RewriteCond %{{REQUEST_METHOD}} !^(?:GET|HEAD)$
+RewriteCond %{{REQUEST_METHOD}} !^(?:{"|".join(ALLOWED_METHODS)})$
 RewriteRule ^ - [R=405,L]
 # The 405 body, only as the error document (the redirect for it is a GET).
 RewriteCond %{{ENV:REDIRECT_STATUS}} =405
@@ -144,9 +147,9 @@ RewriteRule ^v2/.+/referrers/sha256:[a-f0-9]{{64}}$ {EMPTY_REFERRERS_REL} [END]
     ForceType {mediatypes.OCI_INDEX}
 </If>
 
-Header always set Docker-Distribution-API-Version registry/2.0
+Header always set {" ".join(API_VERSION_HEADER)}
 Header always set Content-Type {JSON} "expr=%{{REQUEST_STATUS}} -in {{'404', '405'}}"
-Header always set Allow "GET, HEAD" "expr=%{{REQUEST_STATUS}} == '405'"
+Header always set Allow "{ALLOW}" "expr=%{{REQUEST_STATUS}} == '405'"
 ErrorDocument 405 /{UNSUPPORTED_DOC}
 # From the name actually served (after the rewrite), so it is always the body's digest.
 Header set Docker-Content-Digest %{{REGISTRISH_DIGEST}}e env=REGISTRISH_DIGEST

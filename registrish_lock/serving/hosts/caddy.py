@@ -21,6 +21,9 @@ from pathlib import Path
 from ...oci import mediatypes
 from ...tree.layout import LAST_PAGE_SUFFIX
 from ..routes import (
+    ALLOW,
+    ALLOWED_METHODS,
+    API_VERSION_HEADER,
     BROWSE_REL,
     EMPTY_REFERRERS_REL,
     HTML,
@@ -37,8 +40,7 @@ ADMIN_SOCKET = "caddy-admin.sock"
 #: sun_path is 108 bytes on Linux, NUL included: Go (so Caddy) refuses longer paths.
 MAX_SOCKET_PATH = 107
 TAG_RE = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
-API = "Docker-Distribution-API-Version registry/2.0"
-ALLOWED_METHODS = ("GET", "HEAD")
+API = " ".join(API_VERSION_HEADER)
 #: Exactly what `registrish serve` answers to other methods.
 UNSUPPORTED = error_text(ErrorCode.UNSUPPORTED)
 
@@ -173,7 +175,6 @@ class CaddyRenderer:
         cc_short = f'Cache-Control "{short}"'
         cc_long = f'Cache-Control "{IMMUTABLE}"'
         admin, warnings = admin_line(ctx.hosts_dir)
-        allow = ", ".join(ALLOWED_METHODS)
         site = site_address(ctx)
         text = f"""\
 # {GENERATED}
@@ -211,7 +212,7 @@ class CaddyRenderer:
 		@write not method {" ".join(ALLOWED_METHODS)}
 		handle @write {{
 			header Content-Type {JSON}
-			header Allow "{allow}"
+			header Allow "{ALLOW}"
 			header {API}
 			respond `{UNSUPPORTED}` 405
 		}}
@@ -233,7 +234,7 @@ class CaddyRenderer:
 		@ping path /v2 /v2/
 		handle @ping {{
 			rewrite * /v2/index
-{_headers(chr(9) * 3, f"Content-Type {JSON}")}			file_server
+{_headers(chr(9) * 3, f"Content-Type {JSON}", cc_short)}			file_server
 		}}
 
 		@lists path_regexp lists ^/v2/(_catalog|(.+/tags/)list)$

@@ -2,7 +2,7 @@ r"""Netlify and Cloudflare Pages: `_headers` (and `_redirects`) written into the
 
 These hosts set headers only from per-path rules, so the files grow with the tree:
 one rule per manifest path (tag and digest), one splat per repository for blobs and for
-referrers. Both also get `v2/index.html` (`{}`: the `/v2/` ping, which both serve for a
+referrers. Both also get `v2/index.html` (`PING_DOCUMENT`: the `/v2/` ping, which both serve for a
 directory) and a root `404.html` holding an OCI error document: with a browse page at the
 root and no `404.html`, Cloudflare Pages answers every missing path 200 with the page, and
 clients need a JSON error body either way.
@@ -39,7 +39,7 @@ from ...tree.layout import Layout
 from ..routes import (
     API_VERSION_HEADER,
     EMPTY_REFERRERS_REL,
-    PING_BODY,
+    PING_DOCUMENT,
     Entry,
     ErrorCode,
     Kind,
@@ -99,14 +99,11 @@ def header_rules(entries: Iterable[Entry], ctx: HostContext, *, digests: bool = 
             name = e.path[len("v2/") : e.path.rindex("/referrers/")]
             rules[f"/v2/{name}/referrers/*"] = headers_for(Kind.REFERRERS, policy=policy)
         elif e.kind in (Kind.MANIFEST_TAG, Kind.MANIFEST_DIGEST):
-            rules[rule_path("/" + e.path)] = headers_for(
-                e.kind,
-                policy=policy,
-                media_type=e.content_type,
-                digest=e.digest if digests else None,
+            rules[rule_path("/" + e.path)] = tuple(
+                h for h in e.headers if digests or h[0] != "Docker-Content-Digest"
             )
         else:
-            rules["/" + e.path] = headers_for(e.kind, policy=policy)
+            rules["/" + e.path] = e.headers
     splats = [p.partition("*") for p in rules if "*" in p]
     for path in rules:
         for prefix, star, suffix in splats:
@@ -124,7 +121,7 @@ def header_rules(entries: Iterable[Entry], ctx: HostContext, *, digests: bool = 
 def pages(ctx: HostContext) -> tuple[Output, ...]:
     """`v2/index.html` (the ping) and `404.html` (a JSON error for every missing path)."""
     return (
-        Output(ctx.root / PING_PAGE, PING_BODY),
+        Output(ctx.root / PING_PAGE, PING_DOCUMENT),
         Output(ctx.root / NOT_FOUND_PAGE, error_body(ErrorCode.MANIFEST_UNKNOWN)),
     )
 

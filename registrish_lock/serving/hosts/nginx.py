@@ -13,6 +13,9 @@ from ...oci import mediatypes
 from ...tls import CIPHERS
 from ...tree.layout import LAST_PAGE_SUFFIX, twin_name
 from ..routes import (
+    ALLOW,
+    ALLOWED_METHODS,
+    API_VERSION_HEADER,
     BROWSE_REL,
     EMPTY_REFERRERS_REL,
     HTML,
@@ -35,7 +38,7 @@ from .base import (
 
 FILENAME = "registrish.conf"
 TAG_RE = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
-API = "add_header Docker-Distribution-API-Version registry/2.0 always;"
+API = "add_header {} {} always;".format(*API_VERSION_HEADER)
 #: How long nginx may answer from a cached file handle (or a cached miss) before re-checking.
 OPEN_FILE_CACHE_VALID = "10s"
 #: What the tag table gives for a tag it does not know: a file name no sync writes.
@@ -157,8 +160,8 @@ map $arg_last $registrish_last_page {{
     types {{ }}
     default_type {OCTET_STREAM};
     error_page 404 @registrish_name_unknown;
-    # Read-only, as `registrish serve`: anything but GET and HEAD gets the JSON 405.
-    if ($request_method !~ ^(GET|HEAD)$) {{
+    # Read-only, as `registrish serve`: anything but {" and ".join(ALLOWED_METHODS)} gets the JSON 405.
+    if ($request_method !~ ^({"|".join(ALLOWED_METHODS)})$) {{
         return 405;
     }}
     error_page 405 @registrish_read_only;
@@ -171,11 +174,13 @@ map $arg_last $registrish_last_page {{
     # The API ping: GET /v2/ -> 200 {{}}.
     location = /v2/ {{
         default_type {JSON};
+        add_header Cache-Control "{short}";
         {API}
         try_files /v2/index =404;
     }}
     location = /v2 {{
         default_type {JSON};
+        add_header Cache-Control "{short}";
         {API}
         try_files /v2/index =404;
     }}
@@ -266,7 +271,7 @@ map $arg_last $registrish_last_page {{
 
     location @registrish_read_only {{
         default_type {JSON};
-        add_header Allow "GET, HEAD" always;
+        add_header Allow "{ALLOW}" always;
         {API}
         return 405 '{error_text(ErrorCode.UNSUPPORTED)}';
     }}

@@ -7,7 +7,7 @@ podman, skopeo and containerd all need each manifest's exact Content-Type.
 
 from __future__ import annotations
 
-from ..routes import PING_BODY
+from ..routes import PING_DOCUMENT
 from .base import GENERATED, HostContext, Output, Rendered
 
 NOTE = "plain-host.txt"
@@ -33,7 +33,7 @@ class PlainRenderer:
         return Rendered(
             (
                 Output(ctx.root / ".nojekyll", b""),
-                Output(ctx.root / "v2" / "index.html", PING_BODY),
+                Output(ctx.root / "v2" / "index.html", PING_DOCUMENT),
                 Output(ctx.hosts_dir / NOTE, NOTE_TEXT.encode()),
             ),
             (

@@ -25,7 +25,7 @@ def metadata(ctx: HostContext) -> dict[str, dict[str, str]]:
     for alias in ("v2/", "v2"):
         objects[alias] = {
             "ContentType": ping["Content-Type"],
-            "CacheControl": "no-cache",
+            "CacheControl": ping["Cache-Control"],
             "Source": Layout.rel_ping(),
         }
     return objects
