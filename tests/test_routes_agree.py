@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_hosts_tree import BuiltTree, build_served_tree
+from support.trees import BuiltTree, build_served_tree
 from testbed.procs import LOOPBACK, free_port
 from testbed.statichosts import start_generated
 
