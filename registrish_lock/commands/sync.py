@@ -11,7 +11,7 @@ from ..lock.config import Config, load_config
 from ..lock.lockfile import Lock, parse_lock_bytes, read_lock, read_lock_bytes
 from ..progress import Stats, make_progress
 from ..tree import record
-from ..tree.apply import LazyUpstream, sync_tree, write_hosts
+from ..tree.apply import LazyUpstream, SyncResult, sync_tree, write_hosts
 from ..tree.plan import Plan
 from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
@@ -91,6 +91,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     config_bytes = record.config_bytes(args.config)
     config = load_config(args.config)
     lock_bytes = read_lock_bytes(config.lock_path)
+    if config.bucket is not None:
+        result, requests = _sync_bucket(args, config, lock_bytes, console)
+        return _report(args, console, result, [], bucket_requests=requests)
     layout = dry_run_layout(config.layout, console) if args.dry_run else config.layout
     key = record.record_key(config_bytes, lock_bytes, layout, config.hosts_dir)
     if not (args.verify or args.prune) and layout.sync_record.exists():
@@ -128,6 +131,55 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 record.write(layout, key, lock.config_hash, paths)
     finally:
         upstream.close()
+    return _report(args, console, result, hosts)
+
+
+def _sync_bucket(
+    args: argparse.Namespace, config: Config, lock_bytes: bytes, console: Console
+) -> tuple[SyncResult, int]:
+    """Sync straight into the bucket root, holding its lease; the state object is written
+    last. Returns the result and the requests sent to the bucket."""
+    from ..bucket.session import bucket_tree
+
+    lock = fresh_lock(config, parse_lock_bytes(lock_bytes, config.lock_path), frozen=args.frozen)
+    upstream = LazyUpstream(lambda: open_sources(config, console, jobs=args.jobs))
+    try:
+        with bucket_tree(
+            config,
+            console,
+            jobs=args.jobs,
+            write=not args.dry_run,
+            wait=not args.no_wait,
+            holder="registrish sync",
+        ) as (store, requests):
+            result = sync_tree(
+                lock=lock,
+                layout=store,
+                upstream=upstream,
+                console=console,
+                progress=make_progress(console),
+                jobs=args.jobs,
+                verify=args.verify,
+                dry_run=args.dry_run,
+                prune=args.prune,
+            )
+            if not args.dry_run:
+                store.save_state()
+            if store.reread:
+                console.debug(f"read {store.reread} object(s) the state object did not vouch for")
+    finally:
+        upstream.close()
+    return result, requests.sent
+
+
+def _report(
+    args: argparse.Namespace,
+    console: Console,
+    result: SyncResult,
+    hosts: list[Path],
+    *,
+    bucket_requests: int | None = None,
+) -> int:
     plan, stats = result.plan, result.stats
     pending = plan.pending or (result.gc is not None and result.gc.pending)
     document = {
@@ -138,6 +190,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "host_configs": [str(p) for p in hosts],
         "from_record": False,
     }
+    if bucket_requests is not None:
+        document["bucket_requests"] = bucket_requests
     if args.dry_run:
         for line in plan.describe():
             console.result(line)

@@ -318,7 +318,7 @@ def collect_garbage(
 ) -> gc_mod.GcPlan:
     """Mark from the lock using manifests in the tree only (no network), then sweep."""
     tree = _store(layout)
-    state = tree.observe()
+    state = _gc_state(tree)
     manifests = collect_manifests(lock, state, None, console)
     desired: Desired = desired_tree(lock, manifests.parsed, strict=False)
     plan = gc_mod.plan_gc(desired, state)
@@ -327,12 +327,19 @@ def collect_garbage(
     return plan
 
 
+def _gc_state(tree: TreeStore) -> TreeState:
+    """What gc marks against: a tree without a content store has no store blobs to sweep
+    (its blob keys are swept as files)."""
+    state = tree.observe()
+    return state if tree.has_content_store else replace(state, store={})
+
+
 def _gc_after(plan: Plan, *, lock: Lock, store: TreeStore, manifests: Manifests) -> gc_mod.GcPlan:
     """What `--prune` would sweep once `plan` is applied, for a dry run: marked with the
     manifests the plan fetched (a repository whose new manifest is not in the tree yet is
     not "unknown" then), and without the files the plan itself removes."""
     desired = desired_tree(lock, manifests.parsed, strict=False)
-    gc_plan = gc_mod.plan_gc(desired, store.observe())
+    gc_plan = gc_mod.plan_gc(desired, _gc_state(store))
     removed = {r.rel for r in plan.removals}
     return replace(gc_plan, sweeps=tuple(s for s in gc_plan.sweeps if s.rel not in removed))
 

@@ -44,6 +44,10 @@ class TreeStore(Protocol):
     """Observe the tree, write a document or manifest atomically, place a blob from a
     verified source, remove; `flush` ends a phase of `apply`'s consistency order."""
 
+    #: Whether blobs also live in a content store beside the tree (gc sweeps it); a
+    #: bucket has only its `v2/.../blobs/` keys.
+    has_content_store: bool
+
     @property
     def label(self) -> str:
         """Where the tree lives, for messages (a directory, or `s3://bucket/prefix`)."""
@@ -89,6 +93,8 @@ class LocalTreeStore:
     """The tree as a local directory (`layout.root`) with its content store beside it:
     blobs are hardlinked from the store, every write is a temp file renamed into place, and
     the directory fsyncs of a phase are batched (`DirSyncs`) until `flush()`."""
+
+    has_content_store = True
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout

