@@ -6,6 +6,7 @@ Every test starts real processes: marked slow."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,93 @@ def test_sync_into_bucket_serves_every_kind_like_publish(
     assert noop["summary"]["upstream_requests"] == 0
     assert noop["bucket_requests"] == 8, noop["bucket_requests"]
     assert objects(seaweed) == before
+
+
+def _layout_config(tmp: Path, bucket: str, names: list[str], tags: list[str]) -> Path:
+    body = f'[registry]\nroot = "s3://{bucket}/mirror"\n\n'
+    for name in names:
+        body += f'[[image]]\nsource = "oci:layout"\nname = "{name}"\ntags = {json.dumps(tags)}\n\n'
+    config = tmp / "registrish.toml"
+    config.write_text(body)
+    return config
+
+
+def test_bucket_prefix_multipart_copies_gc_and_a_corrupt_source(
+    seaweed: SeaweedS3, env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from testbed.images import write_random_image
+
+    layout = tmp_path / "layout"
+    big = 12 * 1024 * 1024  # over one 8 MiB part: a multipart upload
+    write_random_image(layout, "v1", [big, 3000], seed=1)
+    bad = write_random_image(layout, "v2", [9 * 1024 * 1024], seed=2)
+    config = _layout_config(tmp_path, seaweed.bucket, ["a", "b"], ["v1"])
+    assert main(["lock", "-c", str(config)]) == 0
+    code, done = run_json(capsys, "sync", "-c", str(config))
+    assert code == 0 and done["summary"]["fetched_blobs"] == 3  # two layers and the config
+    s3 = client(seaweed)
+    listed = objects(seaweed)
+    assert all(k.startswith("mirror/") for k in listed)
+    blobs = sorted(k for k in listed if "/blobs/" in k)
+    assert len(blobs) == 2 * 3  # a and b hold the same three blobs: uploaded once, copied
+    for key in blobs:
+        data = s3.get_object(Bucket=seaweed.bucket, Key=key)["Body"].read()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == key.rsplit("/", 1)[1]
+    code, listing = run_json(capsys, "ls", "-c", str(config))
+    tags = [t for r in listing["repositories"] for t in r["tags"]]
+    assert code == 0 and len(tags) == 2 and all(t["served"] for t in tags)
+
+    # a source whose bytes changed since the lock: the sync fails, nothing at the key,
+    # no unfinished upload left behind
+    config = _layout_config(tmp_path, seaweed.bucket, ["a", "b"], ["v1", "v2"])
+    assert main(["lock", "-c", str(config)]) == 0
+    manifest = json.loads((layout / "blobs/sha256" / bad["digest"][7:]).read_bytes())
+    layer = manifest["layers"][0]["digest"]
+    path = layout / "blobs/sha256" / layer[7:]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    path.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["sync", "-c", str(config), "--jobs", "1"]) == 4
+    assert "hashing to" in capsys.readouterr().err
+    assert not [k for k in objects(seaweed) if k.endswith(layer)]
+    assert s3.list_multipart_uploads(Bucket=seaweed.bucket).get("Uploads", []) == []
+
+    # gc: "b" leaves the config; what only b reached goes, a's copies stay
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    config = _layout_config(tmp_path, seaweed.bucket, ["a"], ["v1"])
+    assert main(["lock", "-c", str(config)]) == 0
+    assert main(["sync", "-c", str(config)]) == 0  # b's tags leave the tree
+    before = objects(seaweed)
+    code, dry = run_json(capsys, "gc", "-c", str(config), "--dry-run")
+    assert code == 1 and dry["bytes_freed"] > big
+    assert objects(seaweed) == before
+    code, gone = run_json(capsys, "gc", "-c", str(config))
+    assert code == 0 and {s["path"] for s in gone["remove"]} == {
+        s["path"] for s in dry["remove"]
+    }
+    after = objects(seaweed)
+    assert not [k for k in after if k.startswith("mirror/v2/b/")]
+    assert [k for k in after if k.startswith("mirror/v2/a/blobs/")]
+    assert main(["check", "-c", str(config)]) == 0
+    code, again = run_json(capsys, "gc", "-c", str(config), "--dry-run")
+    assert code == 0 and not again["pending"]
+
+
+def test_local_only_commands_refuse_a_bucket_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _layout_config(tmp_path, "my-bucket", ["a"], ["v1"])
+    for argv in (["serve"], ["publish", "s3://other"]):
+        capsys.readouterr()
+        assert main([argv[0], "-c", str(config), *argv[1:]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "registry.root is the bucket s3://my-bucket/mirror" in err[0], err
+    (tmp_path / "bad.toml").write_text('[registry]\nroot = "s3://Bad_Bucket"\n')
+    assert main(["lock", "-c", str(tmp_path / "bad.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "registry.root" in err and "Traceback" not in err
+    (tmp_path / "nginx.toml").write_text('[registry]\nroot = "s3://abc"\nhosts = ["nginx"]\n')
+    assert main(["lock", "-c", str(tmp_path / "nginx.toml")]) == 2
+    assert "registry.hosts" in capsys.readouterr().err

@@ -104,6 +104,11 @@ class BucketStore:
                 return None
             raise client_error(exc, f"reading s3://{self.target.bucket}/{self._key(rel)}") from None
 
+    def read(self, rel: str) -> bytes | None:
+        """The object's bytes; None when absent."""
+        got = self._get(rel)
+        return got[0] if got is not None else None
+
     def _read(self, rel: str) -> tuple[bytes, str | None]:
         got = self._get(rel)
         return got if got is not None else (b"", None)
