@@ -194,9 +194,7 @@ def test_bucket_prefix_multipart_copies_gc_and_a_corrupt_source(
     assert code == 1 and dry["bytes_freed"] > big
     assert objects(seaweed) == before
     code, gone = run_json(capsys, "gc", "-c", str(config))
-    assert code == 0 and {s["path"] for s in gone["remove"]} == {
-        s["path"] for s in dry["remove"]
-    }
+    assert code == 0 and {s["path"] for s in gone["remove"]} == {s["path"] for s in dry["remove"]}
     after = objects(seaweed)
     assert not [k for k in after if k.startswith("mirror/v2/b/")]
     assert [k for k in after if k.startswith("mirror/v2/a/blobs/")]
@@ -212,8 +210,8 @@ def test_local_only_commands_refuse_a_bucket_root(
     for argv in (["serve"], ["publish", "s3://other"]):
         capsys.readouterr()
         assert main([argv[0], "-c", str(config), *argv[1:]]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert "registry.root is the bucket s3://my-bucket/mirror" in err[0], err
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert "registry.root is the bucket s3://my-bucket/mirror" in lines[0], lines
     (tmp_path / "bad.toml").write_text('[registry]\nroot = "s3://Bad_Bucket"\n')
     assert main(["lock", "-c", str(tmp_path / "bad.toml")]) == 2
     err = capsys.readouterr().err
