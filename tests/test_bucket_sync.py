@@ -219,3 +219,28 @@ def test_local_only_commands_refuse_a_bucket_root(
     (tmp_path / "nginx.toml").write_text('[registry]\nroot = "s3://abc"\nhosts = ["nginx"]\n')
     assert main(["lock", "-c", str(tmp_path / "nginx.toml")]) == 2
     assert "registry.hosts" in capsys.readouterr().err
+
+
+def test_a_held_lease_stops_a_sync_and_a_killed_runs_uploads_are_aborted(
+    seaweed: SeaweedS3, env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from testbed.images import write_random_image
+
+    from registrish_lock.bucket.lease import BucketLease
+
+    write_random_image(tmp_path / "layout", "v1", [2000], seed=3)
+    config = _layout_config(tmp_path, seaweed.bucket, ["a"], ["v1"])
+    assert main(["lock", "-c", str(config)]) == 0
+    s3 = client(seaweed)
+    with BucketLease(s3, seaweed.bucket, "mirror/.registrish/", holder="the other writer"):
+        capsys.readouterr()
+        assert main(["sync", "-c", str(config), "--no-wait"]) == 5
+        err = capsys.readouterr().err
+        assert "the other writer" in err and len(err.strip().splitlines()) <= 2, err
+        assert not [k for k in objects(seaweed) if k.startswith("mirror/v2/")]
+    # what a SIGKILLed run leaves: an unfinished upload, invisible; the next run aborts it
+    left = s3.create_multipart_upload(Bucket=seaweed.bucket, Key="mirror/v2/a/blobs/sha256:x")
+    assert main(["sync", "-c", str(config)]) == 0
+    uploads = s3.list_multipart_uploads(Bucket=seaweed.bucket).get("Uploads", [])
+    assert left["UploadId"] not in {u["UploadId"] for u in uploads}
+    assert main(["check", "-c", str(config)]) == 0
