@@ -12,7 +12,9 @@ from ..lock.lockfile import Lock, parse_lock_bytes, read_lock, read_lock_bytes
 from ..progress import Stats, make_progress
 from ..tree import record
 from ..tree.apply import LazyUpstream, SyncResult, sync_tree, write_hosts
+from ..tree.layout import Layout
 from ..tree.plan import Plan
+from ..tree.store import TreeStore
 from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from ..upstream.sources import open_sources
@@ -113,17 +115,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         with tree_lock(layout, console, wait=not args.no_wait):
             if not args.dry_run:
                 record.invalidate(layout)
-            result = sync_tree(
-                lock=lock,
-                layout=layout,
-                upstream=upstream,
-                console=console,
-                progress=make_progress(console),
-                jobs=args.jobs,
-                verify=args.verify,
-                dry_run=args.dry_run,
-                prune=args.prune,
-            )
+            result = _sync(args, console, lock, layout, upstream)
             hosts = [] if args.dry_run else write_hosts(config, layout, lock, console)
             if not args.dry_run:  # last: everything above completed
                 names = {t.name for t in lock.tags}
@@ -132,6 +124,26 @@ def run(args: argparse.Namespace, console: Console) -> int:
     finally:
         upstream.close()
     return _report(args, console, result, hosts)
+
+
+def _sync(
+    args: argparse.Namespace,
+    console: Console,
+    lock: Lock,
+    tree: Layout | TreeStore,
+    upstream: LazyUpstream,
+) -> SyncResult:
+    return sync_tree(
+        lock=lock,
+        layout=tree,
+        upstream=upstream,
+        console=console,
+        progress=make_progress(console),
+        jobs=args.jobs,
+        verify=args.verify,
+        dry_run=args.dry_run,
+        prune=args.prune,
+    )
 
 
 def _sync_bucket(
@@ -152,17 +164,7 @@ def _sync_bucket(
             wait=not args.no_wait,
             holder="registrish sync",
         ) as (store, requests):
-            result = sync_tree(
-                lock=lock,
-                layout=store,
-                upstream=upstream,
-                console=console,
-                progress=make_progress(console),
-                jobs=args.jobs,
-                verify=args.verify,
-                dry_run=args.dry_run,
-                prune=args.prune,
-            )
+            result = _sync(args, console, lock, store, upstream)
             if not args.dry_run:
                 store.save_state()
             if store.reread:
