@@ -201,6 +201,9 @@ def test_bucket_prefix_multipart_copies_gc_and_a_corrupt_source(
     assert main(["check", "-c", str(config)]) == 0
     code, again = run_json(capsys, "gc", "-c", str(config), "--dry-run")
     assert code == 0 and not again["pending"]
+    code, pruned = run_json(capsys, "sync", "-c", str(config), "--prune")
+    assert code == 0 and pruned["gc"] is not None and not pruned["gc"]["pending"]
+    assert pruned["summary"]["upstream_requests"] == 0
 
 
 def test_local_only_commands_refuse_a_bucket_root(

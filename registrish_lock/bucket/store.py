@@ -72,6 +72,7 @@ class BucketStore:
         self._entries: dict[str, bucket_state.Entry] = {}
         self._blob_keys: dict[str, str] = {}
         self._dirty = False
+        self._observed = False
         #: manifests and documents read again while observing (0 after a completed run)
         self.reread = 0
 
@@ -114,12 +115,16 @@ class BucketStore:
         return got if got is not None else (b"", None)
 
     def observe(self, *, verify: bool = False) -> TreeState:
-        got = self._get(bucket_state.STATE_REL)
-        recorded = bucket_state.decode(got[0] if got is not None else None)
+        if self._observed:  # again (`sync --prune`): what this run wrote is known here
+            recorded = dict(self._entries)
+        else:
+            got = self._get(bucket_state.STATE_REL)
+            recorded = bucket_state.decode(got[0] if got is not None else None)
+            self._observed = True
         seen = bucket_state.observe(self.listing(), recorded, self._read)
         self._entries, self._blob_keys = seen.entries, seen.blob_keys
         self.reread = seen.reread
-        self._dirty = seen.reread > 0 or set(recorded) != set(seen.entries)
+        self._dirty = self._dirty or seen.reread > 0 or set(recorded) != set(seen.entries)
         if not verify:
             return seen.state
         from dataclasses import replace
