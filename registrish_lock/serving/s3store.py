@@ -5,6 +5,7 @@ the optional extra `registrish[s3]`, imported lazily). Errors never carry a cred
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import os
 import urllib.parse
@@ -206,6 +207,23 @@ def _validate_endpoint(url: str) -> None:
         raise RegistrishError(f"--endpoint-url {url}: not an http(s) URL", hint=hint)
 
 
+def _fast_timestamps(session: Any) -> None:
+    """Parse the ISO 8601 timestamps of listings with `datetime.fromisoformat`: botocore's
+    general parser (dateutil) was most of a no-op bucket sync's time (5,000 keys: about 2 s
+    of CPU). Anything else (HTTP dates in headers) still goes to botocore's own parser."""
+    from botocore.utils import parse_timestamp
+
+    def parse(value: str) -> datetime.datetime:
+        try:
+            parsed = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            return parse_timestamp(value)  # type: ignore[no-any-return]
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+
+    factory = session._session.get_component("response_parser_factory")  # boto3's botocore
+    factory.set_parser_defaults(timestamp_parser=parse)
+
+
 def open_store(
     target: S3Target,
     *,
@@ -248,6 +266,7 @@ def open_store(
         options["response_checksum_validation"] = "when_required"
     try:
         session = boto3.session.Session(profile_name=profile, region_name=region)
+        _fast_timestamps(session)
         client = session.client("s3", endpoint_url=endpoint_url, config=BotoConfig(**options))
     except ProfileNotFound:
         # bad input, not a failing store (exit 2, not 3)
