@@ -33,6 +33,10 @@ when changes are pending, 0 when the tree is up to date.
 An index is stored byte-for-byte with only the locked platform manifests beside it: a
 client asking for another platform gets 404. Non-distributable layers (with `urls`) are
 not fetched; clients fetch them from their urls (-v names them).
+
+With root = "s3://BUCKET[/PREFIX]" the bucket is the tree: blobs stream into it (verified
+before they become visible, no local disk), under the bucket's one-writer lease; boto3's
+standard configuration (AWS_ENDPOINT_URL, AWS_PROFILE, ~/.aws) says where and who.
 """
 
 
