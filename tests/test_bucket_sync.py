@@ -247,3 +247,50 @@ def test_a_held_lease_stops_a_sync_and_a_killed_runs_uploads_are_aborted(
     uploads = s3.list_multipart_uploads(Bucket=seaweed.bucket).get("Uploads", [])
     assert left["UploadId"] not in {u["UploadId"] for u in uploads}
     assert main(["check", "-c", str(config)]) == 0
+
+
+def test_sync_killed_mid_upload_exposes_nothing_and_the_rerun_converges(
+    seaweed: SeaweedS3, env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL while the big layer's second part is on its way (a proxy holds that request,
+    so the kill lands there however fast the machine is): the bucket shows no manifest or
+    tag, only an unfinished upload, which the rerun aborts before converging."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from testbed.images import write_random_image
+    from testbed.proxy import CountingProxy, Pause
+
+    write_random_image(tmp_path / "layout", "v1", [20 * 1024 * 1024, 500], seed=4)
+    config = _layout_config(tmp_path, seaweed.bucket, ["a"], ["v1"])
+    assert main(["lock", "-c", str(config)]) == 0
+    held, release = threading.Event(), threading.Event()
+
+    def hold_second_part(method: str, path: str) -> Pause | None:
+        if method == "PUT" and "partNumber=2" in path:
+            held.set()
+            return Pause(release)
+        return None
+
+    with CountingProxy(seaweed.api_url, fault=hold_second_part) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://localhost:{proxy.port}")
+        argv = [sys.executable, "-m", "registrish_lock", "sync", "-c", str(config), "-j", "1"]
+        proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+        try:
+            assert held.wait(timeout=120), "the sync never sent a second part"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            release.set()
+    assert proc.returncode == -signal.SIGKILL
+    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweed.api_url)
+    keys = set(objects(seaweed))
+    assert not [k for k in keys if "/manifests/" in k or "/tags/" in k or k.endswith("v2/")]
+    s3 = client(seaweed)
+    assert s3.list_multipart_uploads(Bucket=seaweed.bucket).get("Uploads")
+    # the killed run's lease names a dead process of this machine: taken over at once
+    assert main(["sync", "-c", str(config), "--no-wait"]) == 0
+    assert s3.list_multipart_uploads(Bucket=seaweed.bucket).get("Uploads", []) == []
+    assert main(["check", "-c", str(config)]) == 0
