@@ -250,7 +250,11 @@ def test_a_held_lease_stops_a_sync_and_a_killed_runs_uploads_are_aborted(
 
 
 def test_sync_killed_mid_upload_exposes_nothing_and_the_rerun_converges(
-    seaweed: SeaweedS3, env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    seaweed: SeaweedS3,
+    env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """SIGKILL while the big layer's second part is on its way (a proxy holds that request,
     so the kill lands there however fast the machine is): the bucket shows no manifest or
@@ -263,7 +267,9 @@ def test_sync_killed_mid_upload_exposes_nothing_and_the_rerun_converges(
     from testbed.images import write_random_image
     from testbed.proxy import CountingProxy, Pause
 
-    write_random_image(tmp_path / "layout", "v1", [20 * 1024 * 1024, 500], seed=4)
+    manifest = write_random_image(tmp_path / "layout", "v1", [20 * 1024 * 1024, 500], seed=4)
+    doc = json.loads((tmp_path / "layout/blobs/sha256" / manifest["digest"][7:]).read_bytes())
+    layer_digest = doc["layers"][1]["digest"]
     config = _layout_config(tmp_path, seaweed.bucket, ["a"], ["v1"])
     assert main(["lock", "-c", str(config)]) == 0
     held, release = threading.Event(), threading.Event()
@@ -294,3 +300,14 @@ def test_sync_killed_mid_upload_exposes_nothing_and_the_rerun_converges(
     assert main(["sync", "-c", str(config), "--no-wait"]) == 0
     assert s3.list_multipart_uploads(Bucket=seaweed.bucket).get("Uploads", []) == []
     assert main(["check", "-c", str(config)]) == 0
+
+    # a blob rewritten behind registrish's back (same size): only --verify sees it, and
+    # fetches it again; the --verify of a bucket downloads every blob
+    key = next(k for k in objects(seaweed) if "/blobs/" in k and k.endswith(layer_digest))
+    good = s3.get_object(Bucket=seaweed.bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=seaweed.bucket, Key=key, Body=bytes(reversed(good)))
+    code, plain = run_json(capsys, "sync", "-c", str(config))
+    assert code == 0 and not plain["plan"]["pending"]
+    code, verified = run_json(capsys, "sync", "-c", str(config), "--verify")
+    assert code == 0 and verified["summary"]["fetched_blobs"] == 1
+    assert s3.get_object(Bucket=seaweed.bucket, Key=key)["Body"].read() == good

@@ -22,6 +22,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..console import Console
@@ -121,16 +122,23 @@ class BucketStore:
             got = self._get(bucket_state.STATE_REL)
             recorded = bucket_state.decode(got[0] if got is not None else None)
             self._observed = True
-        seen = bucket_state.observe(self.listing(), recorded, self._read)
+        listed = self.listing()
+        seen = bucket_state.observe(listed, recorded, self._read)
         self._entries, self._blob_keys = seen.entries, seen.blob_keys
         self.reread = seen.reread
+        self.console.debug(
+            f"{self.target}: {len(listed)} objects listed, {len(recorded)} vouched for by the "
+            f"state object, {seen.reread} read again"
+        )
         self._dirty = self._dirty or seen.reread > 0 or set(recorded) != set(seen.entries)
         if not verify:
             return seen.state
-        from dataclasses import replace
-
         bad = frozenset(rel for rel in seen.state.files if self._blob_is_bad(rel))
-        return replace(seen.state, bad_files=bad, verified=True)
+        # no content store to copy a good one from: a digest with a bad key is fetched again
+        refetch = frozenset(rel.rsplit("/", 1)[1] for rel in bad)
+        for digest in refetch:
+            self._blob_keys.pop(digest, None)
+        return replace(seen.state, bad_files=bad, bad_store=refetch, verified=True)
 
     def _blob_is_bad(self, rel: str) -> bool:
         """`sync --verify`: download a blob key and re-hash it."""
