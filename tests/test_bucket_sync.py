@@ -311,3 +311,25 @@ def test_sync_killed_mid_upload_exposes_nothing_and_the_rerun_converges(
     code, verified = run_json(capsys, "sync", "-c", str(config), "--verify")
     assert code == 0 and verified["summary"]["fetched_blobs"] == 1
     assert s3.get_object(Bucket=seaweed.bucket, Key=key)["Body"].read() == good
+
+
+def test_refused_credentials_fail_a_bucket_sync_in_one_line(
+    seaweed: SeaweedS3,
+    env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from testbed.images import write_random_image
+
+    write_random_image(tmp_path / "layout", "v1", [100], seed=5)
+    config = _layout_config(tmp_path, seaweed.bucket, ["a"], ["v1"])
+    assert main(["lock", "-c", str(config)]) == 0
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-at-all")
+    capsys.readouterr()
+    assert main(["sync", "-c", str(config)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    assert "not-the-secret-at-all" not in err and len(err.strip().splitlines()) <= 2, err
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
+    assert objects(seaweed) == {}
