@@ -1,7 +1,7 @@
 """`BucketStore`: the tree-store protocol over an S3-compatible bucket, so `sync` and `gc`
 write the bucket directly (no local tree, no local disk for blobs).
 
-- Blobs stream from the upstream into a `BucketSink` (i14b's `bucket.upload`): hashed as
+- Blobs stream from the upstream into a `BucketSink` (`bucket.upload`): hashed as
   they arrive, completed only once size and digest verify. A blob that several
   repositories share is uploaded once and copied server-side to the other keys.
 - Manifests, documents and copies of a phase go out in parallel (`jobs` at a time);
