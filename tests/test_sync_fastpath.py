@@ -124,6 +124,7 @@ def test_real_fetch_blob_reports_the_file_it_verified(
         full = dest.read_bytes()
         dest.write_bytes(full[: len(full) // 2])
         verified = client.fetch_blob(repo, layer["digest"], layer["size"], dest)
+    assert verified is not None  # a file destination is always stamped
     assert (verified.digest, verified.size) == (layer["digest"], layer["size"])
     assert verified.stamp == FileStamp.of(os.stat(dest))
     tree.commit_blob(layout, dest, layer["digest"], layer["size"], verified=verified)

@@ -5,7 +5,19 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import RegistrishError
+from ..lock.config import Config
 from ..upstream.protocols import DEFAULT_JOBS
+
+
+def require_local_root(config: Config, command: str, instead: str) -> None:
+    """A usage error (exit 2) for a command that needs a local tree, on a bucket root."""
+    if config.bucket is not None:
+        raise RegistrishError(
+            f"{config.path}: registry.root is the bucket {config.bucket}; `registrish "
+            f"{command}` works on a local tree",
+            hint=instead,
+        )
 
 
 def positive_int(text: str) -> int:

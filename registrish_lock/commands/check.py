@@ -6,10 +6,11 @@ import argparse
 
 from ..console import Console
 from ..errors import ExitCode
-from ..lock.config import load_config
-from ..lock.lockfile import read_lock
+from ..lock.config import Config, load_config
+from ..lock.lockfile import Lock, read_lock
 from ..serving.check import Report, check_local, check_url, validate_url
 from ..serving.routes import Policy
+from ..upstream.protocols import DEFAULT_JOBS
 
 NAME = "check"
 HELP = "verify a deployment (URL) or the local tree serves every locked object right"
@@ -24,7 +25,8 @@ system's CAs, or the PEM bundle SSL_CERT_FILE names.
   registrish check https://registry.example.com     after every deployment
   registrish check http://127.0.0.1:5555 --deep     also download and re-hash blobs
   registrish check --local                          verify the tree on disk
-Without URL, --local is implied.
+Without URL, --local is implied. With a bucket root (`root = "s3://…"`), --local reads
+the bucket instead: every locked object present with its size, bytes and Content-Type.
 """
 
 
@@ -44,13 +46,23 @@ def _print(report: Report, console: Console) -> None:
     console.result(f"{report.target}: checked {report.checked} objects: {verdict}")
 
 
+def _check_bucket(config: Config, lock: Lock, console: Console) -> Report:
+    from ..bucket.check import check_bucket
+    from ..bucket.session import bucket_tree
+
+    with bucket_tree(config, console, jobs=DEFAULT_JOBS, write=False) as (store, _):
+        return check_bucket(store, lock, console)
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     if args.url:
         validate_url(args.url)  # a usage error before the config is even read
     config = load_config(args.config)
     lock = read_lock(config.lock_path)
     reports = []
-    if args.local or not args.url:
+    if (args.local or not args.url) and config.bucket is not None:
+        reports.append(_check_bucket(config, lock, console))
+    elif args.local or not args.url:
         reports.append(check_local(config.layout, lock))
     if args.url:
         policy = Policy(tag_cache_seconds=config.tag_cache_seconds)

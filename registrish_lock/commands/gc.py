@@ -6,9 +6,13 @@ import argparse
 
 from ..console import Console
 from ..errors import ExitCode
+from ..lock.config import Config
+from ..lock.lockfile import Lock
 from ..tree.apply import collect_garbage, write_hosts
+from ..tree.gc import GcPlan
 from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
+from ..upstream.protocols import DEFAULT_JOBS
 from . import add_frozen_option, add_no_wait_option
 from .sync import load_locked
 
@@ -18,7 +22,8 @@ DESCRIPTION = """\
 Mark everything the lock reaches (from the manifests in the tree; no network), then
 sweep unreferenced tags, manifests, blobs, referrers, emptied repositories, store blobs
 and stale partial downloads. Nothing the lock reaches is ever removed. --dry-run lists
-what would go and the bytes it would free, and exits 1 when something would.
+what would go and the bytes it would free, and exits 1 when something would. On a bucket
+root it holds the bucket's lease and deletes objects (tags first, blobs last).
 """
 
 
@@ -28,13 +33,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_no_wait_option(parser)
 
 
+def _gc_bucket(args: argparse.Namespace, config: Config, lock: Lock, console: Console) -> GcPlan:
+    """gc on a bucket root, holding its lease: the bucket is listed (and its state object
+    read) after the lease is taken, so a sync that just finished is seen whole."""
+    from ..bucket.session import bucket_tree
+
+    with bucket_tree(
+        config,
+        console,
+        jobs=DEFAULT_JOBS,
+        write=not args.dry_run,
+        wait=not args.no_wait,
+        holder="registrish gc",
+    ) as (store, _):
+        return collect_garbage(lock=lock, layout=store, console=console, dry_run=args.dry_run)
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     config, lock = load_locked(args.config, frozen=args.frozen)
-    layout = dry_run_layout(config.layout, console) if args.dry_run else config.layout
-    with tree_lock(layout, console, wait=not args.no_wait):
-        plan = collect_garbage(lock=lock, layout=layout, console=console, dry_run=args.dry_run)
-        if not args.dry_run and plan.pending:  # host configs may list what just went
-            write_hosts(config, layout, lock, console)
+    if config.bucket is not None:
+        plan = _gc_bucket(args, config, lock, console)
+    else:
+        layout = dry_run_layout(config.layout, console) if args.dry_run else config.layout
+        with tree_lock(layout, console, wait=not args.no_wait):
+            plan = collect_garbage(lock=lock, layout=layout, console=console, dry_run=args.dry_run)
+            if not args.dry_run and plan.pending:  # host configs may list what just went
+                write_hosts(config, layout, lock, console)
     for line in plan.describe(dry_run=args.dry_run):
         console.result(line)
     console.emit_json({"dry_run": args.dry_run, **plan.to_json()})

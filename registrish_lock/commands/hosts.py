@@ -17,7 +17,8 @@ Write the configs for the hosts listed in [registry].hosts (nginx, caddy, apache
 netlify, cloudflare, s3, plain) into [registry].hosts_dir (and _headers/.htaccess into
 the tree root). `registrish sync` does this too; unchanged files are not rewritten, and
 nothing is rendered while the last sync's record vouches for them (same lock and config
-bytes, no file of theirs touched since).
+bytes, no file of theirs touched since). A bucket root needs none: sync sets each object's
+metadata.
 """
 
 
@@ -28,6 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     config_bytes = record.config_bytes(args.config)
     config = load_config(args.config)
+    if config.bucket is not None:
+        # nothing to render: sync gives every object its Content-Type and Cache-Control
+        console.result(
+            f"no host config for the bucket {config.bucket}: `registrish sync` sets each "
+            "object's Content-Type and Cache-Control"
+        )
+        console.emit_json({"written": []})
+        return 0
     lock_bytes = read_lock_bytes(config.lock_path)
     layout = config.layout
     key = record.record_key(config_bytes, lock_bytes, layout, config.hosts_dir)

@@ -9,6 +9,7 @@ from ..errors import RegistrishError
 from ..lock.config import load_config
 from ..lock.lockfile import read_lock
 from ..serving.listing import list_tree, listing_json, listing_lines
+from ..upstream.protocols import DEFAULT_JOBS
 
 NAME = "ls"
 HELP = "list what the tree serves: repositories, tags, digests, platforms, sizes, sources"
@@ -19,7 +20,8 @@ platforms (os/arch) it holds, the size of pulling every platform, and the upstre
 repository it was mirrored from. Tags that parse as versions come newest first (1.0.10
 before 1.0.9, v2 before v1), then the others by name: the browse page's order. A tag
 the lock names but the tree does not serve yet is marked "(not synced)": run
-`registrish sync`. Pass repository names to list only those.
+`registrish sync`. Pass repository names to list only those. On a bucket root the
+bucket is read (its listing and state object; a GET per image config).
 
   registrish ls                      everything
   registrish ls alpine team/tools    only these repositories
@@ -44,7 +46,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
             f"{config.lock_path}: no repository {', '.join(unknown)} in the lock",
             hint=f"it has: {', '.join(lock.names()) or 'nothing (run `registrish lock`)'}",
         )
-    listing = list_tree(config.layout, lock, args.names)
+    if config.bucket is not None:
+        from ..bucket.listing import list_bucket
+        from ..bucket.session import bucket_tree
+
+        with bucket_tree(config, console, jobs=DEFAULT_JOBS, write=False) as (store, _):
+            listing = list_bucket(store, lock, args.names)
+    else:
+        listing = list_tree(config.layout, lock, args.names)
     if listing:
         for line in listing_lines(listing):
             console.result(line)

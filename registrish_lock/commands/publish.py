@@ -13,7 +13,7 @@ from ..serving.routes import Policy
 from ..serving.s3store import DEFAULT_JOBS, open_store, parse_s3_url
 from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
-from . import add_jobs_option, add_no_wait_option
+from . import add_jobs_option, add_no_wait_option, require_local_root
 
 NAME = "publish"
 HELP = "upload the tree to S3-compatible storage (S3, R2, Scaleway, MinIO, SeaweedFS)"
@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     target = parse_s3_url(args.target)
     config = load_config(args.config)
+    require_local_root(config, "publish", "`registrish sync` writes the bucket directly")
     layout = dry_run_layout(config.layout, console) if args.dry_run else config.layout
     store = open_store(
         target,

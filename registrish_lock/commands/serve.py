@@ -15,7 +15,7 @@ from ..serving.serve import (
     serve_until_stopped,
 )
 from ..serving.stopsignals import StopSignals
-from . import positive_int
+from . import positive_int, require_local_root
 
 NAME = "serve"
 HELP = "serve the tree over HTTP with the registry semantics (read-only)"
@@ -110,6 +110,9 @@ def _serve(args: argparse.Namespace, console: Console, stop: StopSignals) -> int
         )
     else:
         config = load_config(args.config)
+        require_local_root(
+            config, "serve", "pull from the bucket's own URL, or serve a local tree with --root"
+        )
         root, cache = config.root, config.tag_cache_seconds
     server = make_server(
         root=root.resolve(),

@@ -11,8 +11,10 @@ from ..lock.config import Config, load_config
 from ..lock.lockfile import Lock, parse_lock_bytes, read_lock, read_lock_bytes
 from ..progress import Stats, make_progress
 from ..tree import record
-from ..tree.apply import LazyUpstream, sync_tree, write_hosts
+from ..tree.apply import LazyUpstream, SyncResult, sync_tree, write_hosts
+from ..tree.layout import Layout
 from ..tree.plan import Plan
+from ..tree.store import TreeStore
 from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from ..upstream.sources import open_sources
@@ -31,6 +33,10 @@ when changes are pending, 0 when the tree is up to date.
 An index is stored byte-for-byte with only the locked platform manifests beside it: a
 client asking for another platform gets 404. Non-distributable layers (with `urls`) are
 not fetched; clients fetch them from their urls (-v names them).
+
+With root = "s3://BUCKET[/PREFIX]" the bucket is the tree: blobs stream into it (verified
+before they become visible, no local disk), under the bucket's one-writer lease; boto3's
+standard configuration (AWS_ENDPOINT_URL, AWS_PROFILE, ~/.aws) says where and who.
 """
 
 
@@ -87,6 +93,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     config_bytes = record.config_bytes(args.config)
     config = load_config(args.config)
     lock_bytes = read_lock_bytes(config.lock_path)
+    if config.bucket is not None:
+        result, requests = _sync_bucket(args, config, lock_bytes, console)
+        return _report(args, console, result, [], bucket_requests=requests)
     layout = dry_run_layout(config.layout, console) if args.dry_run else config.layout
     key = record.record_key(config_bytes, lock_bytes, layout, config.hosts_dir)
     if not (args.verify or args.prune) and layout.sync_record.exists():
@@ -106,17 +115,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         with tree_lock(layout, console, wait=not args.no_wait):
             if not args.dry_run:
                 record.invalidate(layout)
-            result = sync_tree(
-                lock=lock,
-                layout=layout,
-                upstream=upstream,
-                console=console,
-                progress=make_progress(console),
-                jobs=args.jobs,
-                verify=args.verify,
-                dry_run=args.dry_run,
-                prune=args.prune,
-            )
+            result = _sync(args, console, lock, layout, upstream)
             hosts = [] if args.dry_run else write_hosts(config, layout, lock, console)
             if not args.dry_run:  # last: everything above completed
                 names = {t.name for t in lock.tags}
@@ -124,6 +123,65 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 record.write(layout, key, lock.config_hash, paths)
     finally:
         upstream.close()
+    return _report(args, console, result, hosts)
+
+
+def _sync(
+    args: argparse.Namespace,
+    console: Console,
+    lock: Lock,
+    tree: Layout | TreeStore,
+    upstream: LazyUpstream,
+) -> SyncResult:
+    return sync_tree(
+        lock=lock,
+        layout=tree,
+        upstream=upstream,
+        console=console,
+        progress=make_progress(console),
+        jobs=args.jobs,
+        verify=args.verify,
+        dry_run=args.dry_run,
+        prune=args.prune,
+    )
+
+
+def _sync_bucket(
+    args: argparse.Namespace, config: Config, lock_bytes: bytes, console: Console
+) -> tuple[SyncResult, int]:
+    """Sync straight into the bucket root, holding its lease; the state object is written
+    last. Returns the result and the requests sent to the bucket."""
+    from ..bucket.session import bucket_tree
+
+    lock = fresh_lock(config, parse_lock_bytes(lock_bytes, config.lock_path), frozen=args.frozen)
+    upstream = LazyUpstream(lambda: open_sources(config, console, jobs=args.jobs))
+    try:
+        with bucket_tree(
+            config,
+            console,
+            jobs=args.jobs,
+            write=not args.dry_run,
+            wait=not args.no_wait,
+            holder="registrish sync",
+        ) as (store, requests):
+            result = _sync(args, console, lock, store, upstream)
+            if not args.dry_run:
+                store.save_state()
+            if store.reread:
+                console.debug(f"read {store.reread} object(s) the state object did not vouch for")
+    finally:
+        upstream.close()
+    return result, requests.sent
+
+
+def _report(
+    args: argparse.Namespace,
+    console: Console,
+    result: SyncResult,
+    hosts: list[Path],
+    *,
+    bucket_requests: int | None = None,
+) -> int:
     plan, stats = result.plan, result.stats
     pending = plan.pending or (result.gc is not None and result.gc.pending)
     document = {
@@ -134,6 +192,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "host_configs": [str(p) for p in hosts],
         "from_record": False,
     }
+    if bucket_requests is not None:
+        document["bucket_requests"] = bucket_requests
     if args.dry_run:
         for line in plan.describe():
             console.result(line)

@@ -18,7 +18,8 @@ from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from ..errors import ConfigError, ReferenceError_
+from ..bucket.target import S3Target, parse_s3_url
+from ..errors import ConfigError, ReferenceError_, RegistrishError
 from ..oci.manifest import Platform, sha256_digest
 from ..oci.reference import (
     DOCKER_ARCHIVE,
@@ -41,6 +42,11 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 HOSTS = ("nginx", "caddy", "apache", "netlify", "cloudflare", "s3", "plain")
 DEFAULT_HOSTS = ("nginx",)
+#: What a bucket root allows: the bucket serves its objects with their own metadata.
+BUCKET_HOSTS = ("s3",)
+#: A bucket tree's `Config.root`: a local path that is never created (nothing is
+#: written locally; `lock`'s caches beside a root find nothing there).
+BUCKET_PLACEHOLDER = ".registrish-bucket-root"
 DEFAULT_TAG_CACHE_SECONDS = 60
 _REGISTRY_KEYS = ("root", "store", "hosts", "hosts_dir", "listen", "tag_cache_seconds", *TLS_KEYS)
 _DEFAULTS_KEYS = ("platforms", "referrers")
@@ -117,6 +123,9 @@ class Config:
     tls: ServerTls = field(default_factory=ServerTls)
     #: `[registry] store`; None = beside the root (`layout.default_store`).
     store: Path | None = None
+    #: `[registry] root = "s3://BUCKET[/PREFIX]"`: the tree is that bucket, written by
+    #: `sync` directly (`root` is then a local path nothing is written to).
+    bucket: S3Target | None = None
 
     @property
     def lock_path(self) -> Path:
@@ -178,7 +187,9 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
     base = path.parent
     registry = r.table(doc.get("registry", {}), "registry")
     r.check_keys(registry, _REGISTRY_KEYS, "registry")
-    root = base / r.string(registry.get("root", "public"), "registry.root")
+    root_text = r.string(registry.get("root", "public"), "registry.root")
+    bucket = _bucket_root(r, registry, root_text)
+    root = base / (BUCKET_PLACEHOLDER if bucket is not None else root_text)
     hosts_dir = base / r.string(registry.get("hosts_dir", "hosts"), "registry.hosts_dir")
     store = None
     if "store" in registry:
@@ -192,7 +203,15 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
                 "choose a directory beside the root, on the same filesystem "
                 "(or omit the key: the default is <root>/../.registrish-<rootname>)",
             )
-    hosts = r.strings(registry.get("hosts", list(DEFAULT_HOSTS)), "registry.hosts")
+    default_hosts = BUCKET_HOSTS if bucket is not None else DEFAULT_HOSTS
+    hosts = r.strings(registry.get("hosts", list(default_hosts)), "registry.hosts")
+    local_hosts = [h for h in hosts if h not in BUCKET_HOSTS]
+    if bucket is not None and local_hosts:
+        raise r.fail(
+            "registry.hosts",
+            f"{', '.join(map(repr, local_hosts))} serve a local directory, not the bucket {bucket}",
+            'the bucket serves itself: use hosts = ["s3"], or a local root for these hosts',
+        )
     for i, host in enumerate(hosts):
         if host not in HOSTS:
             close = difflib.get_close_matches(host, HOSTS, n=1)
@@ -304,7 +323,32 @@ def parse_config(doc: Mapping[str, Any], path: Path) -> Config:
         registries=registries,
         tls=tls,
         store=store,
+        bucket=bucket,
     )
+
+
+def _bucket_root(r: Reader, registry: Mapping[str, Any], root: str) -> S3Target | None:
+    """`root = "s3://BUCKET[/PREFIX]"` → the bucket tree; None for a local root. A bucket
+    has no content store beside it and no local host to configure."""
+    if not root.startswith("s3://"):
+        if "://" in root:
+            raise r.fail(
+                "registry.root",
+                f"{root!r} is no directory and no s3:// URL",
+                'write a local directory ("public") or "s3://BUCKET[/PREFIX]"',
+            )
+        return None
+    try:
+        target = parse_s3_url(root)
+    except RegistrishError as exc:
+        raise r.fail("registry.root", exc.message, exc.hint) from None
+    if "store" in registry:
+        raise r.fail(
+            "registry.store",
+            "a bucket root has no local content store (blobs stream into the bucket)",
+            "remove registry.store, or make registry.root a local directory",
+        )
+    return target
 
 
 def check_local_sources(config: Config) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..console import Console
 from ..errors import IntegrityError
-from ..fsutil import DirSyncs
+from ..fsutil import VerifiedFile
 from ..lock.config import Config
 from ..lock.lockfile import Lock, LockedTag
 from ..oci.manifest import Manifest, parse_manifest
@@ -26,22 +26,13 @@ from ..pool import run_fail_fast
 from ..progress import Progress, Stats, Stopwatch
 from ..upstream.protocols import DEFAULT_JOBS
 from ..upstream.protocols import BlobSource as Upstream
+from ..upstream.sink import BlobDest
 from . import gc as gc_mod
-from . import record
 from .desired import Desired, desired_tree, selected_children
 from .layout import Layout
 from .plan import BlobFetch, DocWrite, ManifestWrite, Plan, make_plan
-from .state import (
-    TreeState,
-    commit_blob,
-    ensure_dirs,
-    link_blob,
-    partial_path,
-    remove_file,
-    scan,
-    write_doc,
-    write_manifest,
-)
+from .state import TreeState
+from .store import LocalTreeStore, TreeStore
 
 
 class LazyUpstream:
@@ -128,17 +119,17 @@ def _source(tag: LockedTag) -> Reference:
 def _fetch_blobs(
     fetches: tuple[BlobFetch, ...],
     *,
-    layout: Layout,
+    store: TreeStore,
     upstream: LazyUpstream,
     jobs: int,
     progress: Progress,
     console: Console,
-    batch: DirSyncs | None = None,
 ) -> None:
     """Download in parallel: at most `jobs` at a time per upstream registry. Each blob
-    streams to `<tmp>/<hex>.partial` (resumed after a crash), is verified, then renamed
-    into the store. On the first failure pending downloads are cancelled and it is raised
-    once those in flight finish (finished blobs stay for the rerun)."""
+    streams into the store's destination (locally `<tmp>/<hex>.partial`, resumed after a
+    crash), is verified, then becomes the tree's copy. On the first failure pending
+    downloads are cancelled and it is raised once those in flight finish (finished blobs
+    stay for the rerun)."""
     if not fetches:
         return
     repos = {f.digest: parse_source(f.source) for f in fetches}
@@ -148,19 +139,26 @@ def _fetch_blobs(
     def fetch_one(item: BlobFetch) -> None:
         repo = repos[item.digest]
         with limits[repo.registry]:
-            dest = partial_path(layout, item.digest)
-            already = dest.stat().st_size if dest.exists() else 0
+            already = store.resumable_bytes(item.digest)
             progress.blob_started(item.digest, item.size, item.name, already=already)
-            verified = upstream.get().fetch_blob(
-                repo,
-                item.digest,
-                item.size,
-                dest,
-                on_bytes=lambda n: progress.advance(item.digest, n),
-            )
+            fetched: list[bool] = []
+
+            def fetch(dest: BlobDest) -> VerifiedFile | None:
+                verified = upstream.get().fetch_blob(
+                    repo,
+                    item.digest,
+                    item.size,
+                    dest,
+                    on_bytes=lambda n: progress.advance(item.digest, n),
+                )
+                fetched.append(True)
+                return verified
+
             try:
-                commit_blob(layout, dest, item.digest, item.size, verified=verified, batch=batch)
+                store.place_blob(item, fetch)
             except IntegrityError as exc:
+                if not fetched:  # the upstream's own message already names the blob
+                    raise
                 raise IntegrityError(
                     f"{item.name} (from {item.source}): {exc.message}", hint=exc.hint
                 ) from None
@@ -177,7 +175,7 @@ def _fetch_blobs(
 def apply_plan(
     plan: Plan,
     *,
-    layout: Layout,
+    store: TreeStore,
     manifests: Mapping[str, bytes],
     upstream: LazyUpstream,
     jobs: int,
@@ -188,16 +186,14 @@ def apply_plan(
     """Blobs → platform manifests → indexes → referrers → tags → tags/list → stale tags
     → catalog → ping. A tag is written only after everything it reaches is in place.
 
-    Durability: each phase's renames are made durable by one fsync per directory at the
-    end of the phase (`batch.flush()`), before the next phase writes names that refer to
-    them, so after a power loss a tag never points at a blob or manifest that was lost.
-    (Per-file directory fsyncs were 17 % of a small cold sync's profile: one per blob, and
-    one per repository sharing it.)"""
-    ensure_dirs(layout)
-    batch = DirSyncs()
+    Durability: each phase ends with `store.flush()`, which makes what it wrote durable
+    before the next phase writes names that refer to it (locally one fsync per directory,
+    so after a power loss a tag never points at a blob or manifest that was lost; per-file
+    directory fsyncs were 17 % of a small cold sync's profile)."""
+    store.prepare()
     for digest in plan.drop_store:
         console.warn(f"stored blob {digest} is corrupt; fetching it again")
-        remove_file(layout.store_blob(digest))
+        store.drop_blob(digest)
     for foreign in plan.foreign:
         console.debug(
             f"not fetching non-distributable layer {foreign.digest} of {foreign.name} "
@@ -206,34 +202,31 @@ def apply_plan(
     watch = Stopwatch()
     _fetch_blobs(
         plan.fetches,
-        layout=layout,
+        store=store,
         upstream=upstream,
         jobs=jobs,
         progress=progress,
         console=console,
-        batch=batch,
     )
-    batch.flush()
+    store.flush()
     stats.fetch_seconds = watch.elapsed()
     stats.fetched, stats.fetched_bytes = len(plan.fetches), plan.fetch_bytes
     stats.reused, stats.reused_bytes = plan.reused_blobs, plan.reused_bytes
     for link in plan.links:
-        link_blob(layout, link.rel, link.digest, batch=batch)
-    batch.flush()
+        store.link_blob(link.rel, link.digest)
+    store.flush()
 
     def write_manifests(writes: Sequence[ManifestWrite]) -> None:
         for write in writes:
             w = write.want
             console.debug(f"{write.action} {w.rel} ({w.kind})")
-            write_manifest(
-                layout, w.rel, w.twin, manifests[w.digest], write.stale_twins, batch=batch
-            )
-        batch.flush()
+            store.write_manifest(w.rel, w.twin, manifests[w.digest], write.stale_twins)
+        store.flush()
 
     def write_docs(docs: Sequence[DocWrite]) -> None:
         for doc in docs:
-            write_doc(layout, doc.rel, doc.data, batch=batch)
-        batch.flush()
+            store.write_doc(doc.rel, doc.data)
+        store.flush()
 
     # Manifests by digest (leaves first) are reachable from no tag until the tags phase;
     # referrers go before the tags so a freshly published tag's signatures are there.
@@ -244,12 +237,12 @@ def apply_plan(
     write_docs(plan.tag_lists)
     for removal in plan.removals:
         console.debug(f"remove {removal.what} {removal.rel}")
-        remove_file(layout.path(removal.rel))
+        store.remove(removal.rel)
     stats.removed = len(plan.removals)
     for last in (plan.catalog, plan.ping):
         if last is not None:
-            write_doc(layout, last.rel, last.data, batch=batch)
-    batch.flush()
+            store.write_doc(last.rel, last.data)
+    store.flush()
 
 
 # --- entry points --------------------------------------------------------------------------
@@ -263,17 +256,22 @@ class SyncResult:
 
 
 def plan_sync(
-    *, lock: Lock, layout: Layout, upstream: LazyUpstream, console: Console, verify: bool = False
+    *, lock: Lock, store: TreeStore, upstream: LazyUpstream, console: Console, verify: bool = False
 ) -> tuple[Plan, Manifests]:
-    state = scan(layout, verify=verify)
+    state = store.observe(verify=verify)
     manifests = collect_manifests(lock, state, upstream, console)
     return make_plan(desired_tree(lock, manifests.parsed), state), manifests
+
+
+def _store(tree: Layout | TreeStore) -> TreeStore:
+    """A store as given, or the local directory a layout describes."""
+    return LocalTreeStore(tree) if isinstance(tree, Layout) else tree
 
 
 def sync_tree(
     *,
     lock: Lock,
-    layout: Layout,
+    layout: Layout | TreeStore,
     upstream: LazyUpstream,
     console: Console,
     progress: Progress,
@@ -282,17 +280,19 @@ def sync_tree(
     dry_run: bool = False,
     prune: bool = False,
 ) -> SyncResult:
-    """Reconcile the tree with `lock` (the caller holds the tree lock)."""
+    """Reconcile the tree (a store, or the local one at a layout) with `lock`; the caller
+    holds the tree lock (or the bucket's lease)."""
+    tree = _store(layout)
     watch = Stopwatch()
     stats = Stats()
     plan, manifests = plan_sync(
-        lock=lock, layout=layout, upstream=upstream, console=console, verify=verify
+        lock=lock, store=tree, upstream=upstream, console=console, verify=verify
     )
     gc_plan = None
     if not dry_run:
         apply_plan(
             plan,
-            layout=layout,
+            store=tree,
             manifests=manifests.data,
             upstream=upstream,
             jobs=jobs,
@@ -301,35 +301,45 @@ def sync_tree(
             stats=stats,
         )
     if prune and dry_run:
-        gc_plan = _gc_after(plan, lock=lock, layout=layout, manifests=manifests)
+        gc_plan = _gc_after(plan, lock=lock, store=tree, manifests=manifests)
     elif prune:
-        gc_plan = collect_garbage(lock=lock, layout=layout, console=console, dry_run=False)
+        gc_plan = collect_garbage(lock=lock, layout=tree, console=console, dry_run=False)
     stats.seconds = watch.elapsed()
     stats.upstream_requests = upstream.request_count
     return SyncResult(plan=plan, stats=stats, gc=gc_plan)
 
 
 def collect_garbage(
-    *, lock: Lock, layout: Layout, console: Console, dry_run: bool
+    *,
+    lock: Lock,
+    layout: Layout | TreeStore,
+    console: Console,
+    dry_run: bool,
 ) -> gc_mod.GcPlan:
     """Mark from the lock using manifests in the tree only (no network), then sweep."""
-    state = scan(layout)
+    tree = _store(layout)
+    state = _gc_state(tree)
     manifests = collect_manifests(lock, state, None, console)
     desired: Desired = desired_tree(lock, manifests.parsed, strict=False)
     plan = gc_mod.plan_gc(desired, state)
     if not dry_run:
-        if plan.pending:
-            record.invalidate(layout)
-        gc_mod.sweep(plan, layout)
+        tree.sweep(plan)
     return plan
 
 
-def _gc_after(plan: Plan, *, lock: Lock, layout: Layout, manifests: Manifests) -> gc_mod.GcPlan:
+def _gc_state(tree: TreeStore) -> TreeState:
+    """What gc marks against: a tree without a content store has no store blobs to sweep
+    (its blob keys are swept as files)."""
+    state = tree.observe()
+    return state if tree.has_content_store else replace(state, store={})
+
+
+def _gc_after(plan: Plan, *, lock: Lock, store: TreeStore, manifests: Manifests) -> gc_mod.GcPlan:
     """What `--prune` would sweep once `plan` is applied, for a dry run: marked with the
     manifests the plan fetched (a repository whose new manifest is not in the tree yet is
     not "unknown" then), and without the files the plan itself removes."""
     desired = desired_tree(lock, manifests.parsed, strict=False)
-    gc_plan = gc_mod.plan_gc(desired, scan(layout))
+    gc_plan = gc_mod.plan_gc(desired, _gc_state(store))
     removed = {r.rel for r in plan.removals}
     return replace(gc_plan, sweeps=tuple(s for s in gc_plan.sweeps if s.rel not in removed))
 

@@ -32,6 +32,7 @@ from .local import (
     tag_of_ref_name,
 )
 from .protocols import FetchedManifest, ManifestInfo
+from .sink import BlobDest
 
 _CHUNK = 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -255,7 +256,7 @@ class DockerArchiveSource(LocalSource[_Archive]):
         repo: Reference,
         digest: str,
         size: int,
-        dest: Path,
+        dest: BlobDest,
         *,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:

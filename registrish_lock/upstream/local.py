@@ -18,7 +18,7 @@ from ..errors import IntegrityError, RegistrishError
 from ..oci import mediatypes
 from ..oci.reference import Reference, is_tag
 from .protocols import ManifestInfo
-from .sink import HashingSink, Readable
+from .sink import BlobDest, Readable, open_sink
 
 REF_NAME = "org.opencontainers.image.ref.name"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
@@ -60,17 +60,17 @@ def copy_verified(
     *,
     digest: str,
     size: int,
-    dest: Path,
+    dest: BlobDest,
     on_bytes: Callable[[int], None] | None,
     what: str,
 ) -> None:
     """Copy `size` bytes into `dest` (from scratch: local reads are cheap), hashing them;
-    on a size or digest mismatch `dest` is deleted and `IntegrityError` raised."""
-    sink = HashingSink(dest, size, on_bytes, what)
+    on a size or digest mismatch `dest` is deleted and `IntegrityError` raised. Checked
+    before `finish()`, which commits a sink that is an upload."""
+    sink = open_sink(dest, size, on_bytes, what)
     try:
         sink.copy_from(src)
         extra = src.read(1)
-        sink.finish()
         if sink.written != size or extra or sink.digest != digest:
             raise IntegrityError(
                 f"{what}: {'more than ' if extra else ''}{sink.written} bytes hashing to "
@@ -78,6 +78,7 @@ def copy_verified(
                 hint="the local source is corrupt or changed since `registrish lock`; "
                 "recreate it, or run `registrish lock --upgrade`",
             )
+        sink.finish()
     except BaseException:
         sink.discard()
         raise

@@ -24,6 +24,7 @@ from .local import (
     tag_of_ref_name,
 )
 from .protocols import FetchedManifest, ManifestInfo
+from .sink import BlobDest
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class OciLayoutSource(LocalSource[_Layout]):
         repo: Reference,
         digest: str,
         size: int,
-        dest: Path,
+        dest: BlobDest,
         *,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Protocol, TypeVar, runtime_checkable
 
 from ..fsutil import VerifiedFile
 from ..oci.reference import Reference
+from .sink import BlobDest
 
 _C = TypeVar("_C", bound="Closing")
 
@@ -77,7 +77,7 @@ class BlobSource(Protocol):
         repo: Reference,
         digest: str,
         size: int,
-        dest: Path,
+        dest: BlobDest,
         *,
         on_bytes: Callable[[int], None] | None = None,
     ) -> VerifiedFile | None: ...  # None: the caller hashes `dest` itself

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 
@@ -30,7 +29,7 @@ from ..oci.reference import (
 )
 from .http import Endpoint, RegistryHttp, Retry, T, UnexpectedStatus
 from .protocols import FetchedManifest, ManifestInfo
-from .sink import HashingSink
+from .sink import BlobDest, BlobSink, open_sink
 from .transport import drain, origin, raw_chunks, read_capped
 
 #: A tag-list page; Docker Hub's biggest repositories stay far below this.
@@ -239,14 +238,14 @@ class RegistryClient(RegistryHttp):
         repo: Reference,
         digest: str,
         size: int,
-        dest: Path,
+        dest: BlobDest,
         *,
         on_bytes: Callable[[int], None] | None = None,
-    ) -> VerifiedFile:
+    ) -> VerifiedFile | None:
         """Stream a blob into `dest` and verify its size and sha256; resume after bytes a
         previous run left there (``Range``). On a mismatch `dest` is deleted. Returns what
         was verified (digest, size, and the stamp of the file as fsynced) so the caller
-        need not hash the file again.
+        need not hash the file again (None from a sink that is no file).
 
         `on_bytes(n)` is called for every chunk that lands in `dest`, for bytes kept from a
         previous run (once, up front), and with a negative count when a download restarts."""
@@ -256,7 +255,7 @@ class RegistryClient(RegistryHttp):
             raise IntegrityError(f"blob {digest} of {repo.repository_ref}: negative size {size}")
         what = f"blob {digest} of {repo.repository_ref}"
 
-        def download(ep: Endpoint, sink: HashingSink) -> None:
+        def download(ep: Endpoint, sink: BlobSink) -> None:
             if sink.written < size:
                 self._call(
                     ep,
@@ -270,8 +269,8 @@ class RegistryClient(RegistryHttp):
                     extra_ok=frozenset({416}),
                 )
 
-        def op(ep: Endpoint) -> VerifiedFile:
-            sink = HashingSink(dest, size, on_bytes, what, resume=True)
+        def op(ep: Endpoint) -> VerifiedFile | None:
+            sink = open_sink(dest, size, on_bytes, what, resume=True)
             try:
                 resumed = sink.written > 0
                 download(ep, sink)
@@ -395,7 +394,7 @@ def _range_headers(offset: int) -> dict[str, str]:
     return headers
 
 
-def _consume_blob(response: httpx.Response, sink: HashingSink) -> None:
+def _consume_blob(response: httpx.Response, sink: BlobSink) -> None:
     status = response.status_code
     if status == 416:  # our partial file is not a prefix the server agrees with
         sink.restart()

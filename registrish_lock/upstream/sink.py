@@ -2,6 +2,10 @@
 in `blobs`) and a copy out of a local source (`local.copy_verified`) both write through
 `HashingSink`, which hashes each chunk as it is written, refuses bytes past the declared
 size, fsyncs before the result is trusted and deletes the file on a mismatch.
+
+A blob's destination need not be a local file: an upstream's `fetch_blob` takes a
+`BlobDest`, a path (a `HashingSink` over it, resumable) or a `SinkOpener` that makes any
+`BlobSink` (the bucket tree streams into an S3 multipart upload that way, no local disk).
 """
 
 from __future__ import annotations
@@ -20,6 +24,53 @@ _CHUNK = 1024 * 1024
 
 class Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
+
+
+class BlobSink(Protocol):
+    """What an upstream streams a blob into (`HashingSink`, `bucket.upload.BucketSink`):
+    hashed as written, never past `size`; `finish()` is the commit, called only after the
+    caller checked `digest` and `written`, and `discard()` leaves nothing behind."""
+
+    what: str
+    size: int
+    written: int
+
+    @property
+    def digest(self) -> str: ...
+    def write(self, chunk: bytes) -> None: ...
+    def copy_from(
+        self, src: Readable, limit: int | None = None, *, report: bool = True
+    ) -> None: ...
+    def restart(self) -> None: ...
+    def finish(self) -> VerifiedFile | None: ...
+    def discard(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class SinkOpener(Protocol):
+    """Makes the sink a blob streams into; `resume` asks to keep bytes an earlier run left
+    (a sink that cannot, such as an upload, starts empty)."""
+
+    def __call__(
+        self, size: int, on_bytes: Callable[[int], None] | None, what: str, *, resume: bool
+    ) -> BlobSink: ...
+
+
+#: Where `fetch_blob` puts a blob: a local file (resumable) or a sink opener.
+BlobDest = Path | SinkOpener
+
+
+def open_sink(
+    dest: BlobDest,
+    size: int,
+    on_bytes: Callable[[int], None] | None,
+    what: str,
+    *,
+    resume: bool = False,
+) -> BlobSink:
+    if isinstance(dest, Path):
+        return HashingSink(dest, size, on_bytes, what, resume=resume)
+    return dest(size, on_bytes, what, resume=resume)
 
 
 class HashingSink:

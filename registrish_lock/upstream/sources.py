@@ -27,6 +27,7 @@ from .protocols import (
     ManifestInfoLike,
     Upstream,
 )
+from .sink import BlobDest
 
 
 class SourceRouter(Closing):
@@ -75,7 +76,7 @@ class SourceRouter(Closing):
         repo: Reference,
         digest: str,
         size: int,
-        dest: Path,
+        dest: BlobDest,
         *,
         on_bytes: Callable[[int], None] | None = None,
     ) -> VerifiedFile | None:

@@ -18,6 +18,7 @@ from registrish_lock.lock.lockfile import Lock, LockedManifest, LockedTag, make_
 from registrish_lock.oci import mediatypes
 from registrish_lock.oci.manifest import sha256_digest
 from registrish_lock.oci.reference import Reference
+from registrish_lock.upstream.sink import BlobDest
 
 HOST = "127.0.0.1:5999"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -83,10 +84,11 @@ class FakeUpstream:
         repo: Reference,
         digest: str,
         size: int,
-        dest: Path,
+        dest: BlobDest,
         *,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
+        assert isinstance(dest, Path), "this double writes local files only"
         self.requests.append(("GET", f"{repo.repository}/blobs/{digest}"))
         data = self.corrupt.get(digest, self.blobs[digest])
         assert size == len(self.blobs[digest]), "sync asked with the wrong size"

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from .procs import LOOPBACK, Server, ServerError, free_port, missing, require_binary, short_tmpdir
 
 BUCKET = "127"
@@ -164,3 +166,22 @@ def _start_once(
         server=server,
         socket_dir=sockets,
     )
+
+
+def aws_environment(monkeypatch: pytest.MonkeyPatch, tmp: Path, s3: SeaweedS3) -> Path:
+    """boto3's standard configuration pointed at `s3` only: credentials and endpoint in the
+    environment, path-style addressing in a fresh `AWS_CONFIG_FILE` (the user's ~/.aws and
+    instance metadata are never read). Returns that config file's directory."""
+    aws = tmp / "aws"
+    aws.mkdir(exist_ok=True)
+    (aws / "config").write_text("[default]\ns3 =\n    addressing_style = path\n")
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(aws / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.api_url)
+    return aws

@@ -1,0 +1,323 @@
+"""`BucketStore`: the tree-store protocol over an S3-compatible bucket, so `sync` and `gc`
+write the bucket directly (no local tree, no local disk for blobs).
+
+- Blobs stream from the upstream into a `BucketSink` (`bucket.upload`): hashed as
+  they arrive, completed only once size and digest verify. A blob that several
+  repositories share is uploaded once and copied server-side to the other keys.
+- Manifests, documents and copies of a phase go out in parallel (`jobs` at a time);
+  `flush()` waits for all of them, so `apply`'s order holds across phases: blobs →
+  manifests → indexes → referrers → tags → tag lists → catalog → ping.
+- Every object gets the Content-Type and Cache-Control `publish` gives it (the route
+  table); the ping is the keys `v2/` and `v2/index`, as publish writes it.
+- What was written is remembered and saved by `save_state()` as the state object the next
+  run cross-checks against its listing (`bucket.state`).
+
+Requests: observing is one GET (the state object) plus one LIST per 1,000 keys, plus one GET
+per manifest or document the state does not vouch for (none after a completed run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from ..console import Console
+from ..serving.publish_plan import _headers
+from ..serving.routes import Kind, Miss, Policy, classify
+from ..serving.s3store import Boto3Store, RemoteObject
+from ..tree import gc as gc_mod
+from ..tree.layout import Layout, is_last_page, split_twin
+from ..tree.state import TreeState
+from ..upstream.sink import BlobSink
+from . import state as bucket_state
+from .target import S3Target
+from .upload import BucketSink
+
+if TYPE_CHECKING:
+    from ..tree.plan import BlobFetch
+    from ..tree.store import Fetcher
+
+#: CopyObject's limit; larger blobs are copied in parts by boto3's managed copy.
+_COPY_MAX = 5 * 1024**3
+_STATE_TYPE = "application/gzip"
+#: gc deletes tags first (no puller is sent to content about to go), blobs last.
+_SWEEP_ORDER = {"tag": 0, "tags list": 1, "manifest": 2, "referrers": 3, "blob": 4}
+
+
+class BucketStore:
+    """A bucket tree under `target` (keys `<prefix>/v2/…`). Not thread-safe for observing;
+    the writers may be called from `apply`'s fetch workers."""
+
+    has_content_store = False
+
+    def __init__(
+        self,
+        store: Boto3Store,
+        target: S3Target,
+        *,
+        policy: Policy,
+        console: Console,
+        jobs: int = 8,
+        between_phases: Callable[[], None] | None = None,
+    ) -> None:
+        self.s3, self.client, self.target = store, store.client, target
+        self.policy, self.console = policy, console
+        self._between = between_phases or (lambda: None)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bucket")
+        self._pending: list[Future[None]] = []
+        self._lock = threading.Lock()
+        self._entries: dict[str, bucket_state.Entry] = {}
+        self._blob_keys: dict[str, str] = {}
+        self._dirty = False
+        self._observed = False
+        #: manifests and documents read again while observing (0 after a completed run)
+        self.reread = 0
+
+    # -- observing ------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return str(self.target)
+
+    def _key(self, rel: str) -> str:
+        return self.target.key(rel)
+
+    def listing(self) -> dict[str, RemoteObject]:
+        """Every object under the prefix outside the reserved one, keyed relative to it."""
+        prefix = self.target.list_prefix
+        result = {}
+        for obj in self.s3.list_objects(prefix):
+            rel = obj.key[len(prefix) :]
+            if rel and not rel.startswith(bucket_state.RESERVED):
+                result[rel] = RemoteObject(rel, obj.size, obj.etag)
+        return result
+
+    def _get(self, rel: str) -> tuple[bytes, str | None] | None:
+        from ._s3 import botocore_errors, client_error, error_code
+
+        try:
+            answer = self.client.get_object(Bucket=self.target.bucket, Key=self._key(rel))
+            return answer["Body"].read(), answer.get("ContentType")
+        except botocore_errors() as exc:
+            if error_code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise client_error(exc, f"reading s3://{self.target.bucket}/{self._key(rel)}") from None
+
+    def read(self, rel: str) -> bytes | None:
+        """The object's bytes; None when absent."""
+        got = self._get(rel)
+        return got[0] if got is not None else None
+
+    def _read(self, rel: str) -> tuple[bytes, str | None]:
+        got = self._get(rel)
+        return got if got is not None else (b"", None)
+
+    def observe(self, *, verify: bool = False) -> TreeState:
+        if self._observed:  # again (`sync --prune`): what this run wrote is known here
+            recorded = dict(self._entries)
+        else:
+            got = self._get(bucket_state.STATE_REL)
+            recorded = bucket_state.decode(got[0] if got is not None else None)
+            self._observed = True
+        listed = self.listing()
+        seen = bucket_state.observe(listed, recorded, self._read)
+        self._entries, self._blob_keys = seen.entries, seen.blob_keys
+        self.reread = seen.reread
+        self.console.debug(
+            f"{self.target}: {len(listed)} objects listed, {len(recorded)} vouched for by the "
+            f"state object, {seen.reread} read again"
+        )
+        self._dirty = self._dirty or seen.reread > 0 or set(recorded) != set(seen.entries)
+        if not verify:
+            return seen.state
+        bad = frozenset(rel for rel in seen.state.files if self._blob_is_bad(rel))
+        # no content store to copy a good one from: a digest with a bad key is fetched again
+        refetch = frozenset(rel.rsplit("/", 1)[1] for rel in bad)
+        for digest in refetch:
+            self._blob_keys.pop(digest, None)
+        return replace(seen.state, bad_files=bad, bad_store=refetch, verified=True)
+
+    def _blob_is_bad(self, rel: str) -> bool:
+        """`sync --verify`: download a blob key and re-hash it."""
+        if bucket_state.section_of(rel) != "blobs":
+            return False
+        answer = self.client.get_object(Bucket=self.target.bucket, Key=self._key(rel))
+        h = hashlib.sha256()
+        for chunk in answer["Body"].iter_chunks(1 << 20):
+            h.update(chunk)
+        return "sha256:" + h.hexdigest() != rel.rsplit("/", 1)[1]
+
+    # -- writing --------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Nothing to create: a bucket has no directories."""
+
+    def resumable_bytes(self, digest: str) -> int:
+        del digest  # an upload never resumes: a killed run's parts are aborted
+        return 0
+
+    def place_blob(self, item: BlobFetch, fetch: Fetcher) -> None:
+        rel = Layout.rel_blob(item.name, item.digest)
+        ctype, cache = _headers(Kind.BLOB, self.policy, None)
+
+        def opener(
+            size: int, on_bytes: Callable[[int], None] | None, what: str, *, resume: bool
+        ) -> BlobSink:
+            del resume  # see resumable_bytes
+            return BucketSink(
+                self.client,
+                self.target.bucket,
+                self._key(rel),
+                digest=item.digest,
+                size=size,
+                content_type=ctype,
+                cache_control=cache,
+                what=what,
+                on_bytes=on_bytes,
+                metadata={"sha256": item.digest},  # what publish writes
+            )
+
+        fetch(opener)
+        with self._lock:
+            self._blob_keys[item.digest] = rel
+
+    def drop_blob(self, digest: str) -> None:
+        with self._lock:
+            self._blob_keys.pop(digest, None)
+
+    def link_blob(self, rel: str, digest: str) -> None:
+        source = self._blob_keys[digest]
+        if source != rel:
+            self._submit(lambda: self._copy(source, rel))
+
+    def _copy(self, source: str, rel: str) -> None:
+        from ._s3 import botocore_errors, client_error
+
+        bucket = self.target.bucket
+        ctype, cache = _headers(Kind.BLOB, self.policy, None)
+        args: dict[str, Any] = {"ContentType": ctype, "CacheControl": cache}
+        src = {"Bucket": bucket, "Key": self._key(source)}
+        try:
+            head = self.client.head_object(**src)
+            args["Metadata"] = head.get("Metadata", {})
+            if int(head["ContentLength"]) <= _COPY_MAX:
+                self.client.copy_object(
+                    CopySource=src,
+                    Bucket=bucket,
+                    Key=self._key(rel),
+                    MetadataDirective="REPLACE",
+                    **args,
+                )
+            else:
+                self.client.copy(src, bucket, self._key(rel), ExtraArgs=args)
+        except botocore_errors() as exc:
+            raise client_error(exc, f"copying s3://{bucket}/{src['Key']} to {rel}") from None
+
+    def write_manifest(
+        self, rel: str, twin_rel: str, data: bytes, stale_twins: Iterable[str] = ()
+    ) -> None:
+        del stale_twins  # twins are virtual here: the object carries its type
+        twin = split_twin(twin_rel.rsplit("/", 1)[1])
+        assert twin is not None, twin_rel
+        self._put(rel, data, twin[1])
+
+    def write_doc(self, rel: str, data: bytes) -> None:
+        if is_last_page(rel):  # S3 ignores `?last=`: remembered, never uploaded
+            self._remember(rel, bucket_state.Entry(None, len(data), data))
+            return
+        if rel == Layout.rel_ping():
+            ctype, cache = _headers(Kind.PING, self.policy, None)
+            self._submit(lambda: self._put_now(bucket_state.PING_KEY, data, ctype, cache))
+        self._put(rel, data, None)
+
+    def _put(self, rel: str, data: bytes, media_type: str | None) -> None:
+        kind = Kind.PING if rel == Layout.rel_ping() else _kind(rel)
+        ctype, cache = _headers(kind, self.policy, media_type)
+        etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        self._remember(rel, bucket_state.Entry(etag, len(data), data, media_type))
+        self._submit(lambda: self._put_now(rel, data, ctype, cache))
+
+    def _put_now(self, rel: str, data: bytes, ctype: str, cache: str) -> None:
+        sha = "sha256:" + hashlib.sha256(data).hexdigest()
+        self.s3.put_bytes(self._key(rel), data, content_type=ctype, cache_control=cache, sha256=sha)
+
+    def _remember(self, rel: str, entry: bucket_state.Entry | None) -> None:
+        with self._lock:
+            if entry is None:
+                self._entries.pop(rel, None)
+            else:
+                self._entries[rel] = entry
+            self._dirty = True
+
+    def remove(self, rel: str) -> None:
+        entry = self._entries.get(rel)
+        self._remember(rel, None)
+        if entry is None or entry.etag is not None:
+            self._submit(lambda: self.s3.delete([self._key(rel)]))
+
+    def _submit(self, work: Callable[[], None]) -> None:
+        with self._lock:
+            self._pending.append(self._pool.submit(work))
+
+    def flush(self) -> None:
+        """Wait for everything this phase sent; the first failure is raised once all
+        ended (nothing of the next phase starts before)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        errors = [e for e in (f.exception() for f in pending) if e is not None]
+        if errors:
+            raise errors[0]
+        self._between()
+
+    def sweep(self, plan: gc_mod.GcPlan) -> None:
+        """gc on the bucket: listings rewritten first, then deletes in `_SWEEP_ORDER`
+        (one DeleteObjects per 1,000 keys and kind), then the state object."""
+        for rel, data in plan.rewrites:
+            self.write_doc(rel, data)
+        self.flush()
+        ranks: dict[int, list[str]] = {}
+        for item in plan.sweeps:
+            if item.rel.startswith(gc_mod.STORE_LABEL):
+                continue  # no content store in a bucket (`has_content_store`)
+            ranks.setdefault(_SWEEP_ORDER.get(item.what, 5), []).append(item.rel)
+        for _rank, rels in sorted(ranks.items()):
+            real = []
+            for rel in sorted(rels):
+                entry = self._entries.get(rel)
+                self._remember(rel, None)
+                if entry is None or entry.etag is not None:
+                    real.append(self._key(rel))
+            self.s3.delete(real)
+            self._between()
+        if plan.pending:
+            self._dirty = True
+        self.save_state()
+
+    def save_state(self) -> bool:
+        """Write the state object (last, after everything it vouches for); False when
+        nothing changed since it was read."""
+        if not self._dirty:
+            return False
+        with self._lock:
+            data = bucket_state.encode(self._entries)
+        self.s3.put_bytes(
+            self._key(bucket_state.STATE_REL),
+            data,
+            content_type=_STATE_TYPE,
+            cache_control="no-store",
+            sha256="sha256:" + hashlib.sha256(data).hexdigest(),
+        )
+        self._dirty = False
+        return True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _kind(rel: str) -> Kind:
+    target = classify(rel)
+    if isinstance(target, Miss):
+        raise ValueError(f"{rel}: not a registry path")
+    return target.kind
