@@ -18,6 +18,7 @@ from ...oci import mediatypes
 from ...tls import CIPHERS
 from ...tree.layout import LAST_PAGE_SUFFIX
 from ..routes import (
+    API_VERSION_HEADER,
     BROWSE_REL,
     EMPTY_REFERRERS_REL,
     HTML,
@@ -243,7 +244,7 @@ def server_rules(short: str) -> str:
 {_rule(f"^/(?:{_BROWSE_RE})?$", f"{root}/{BROWSE_REL}", f"T={HTML}", "END")}\
     RewriteRule ^ - [R=404]
 
-    Header always set Docker-Distribution-API-Version registry/2.0
+    Header always set {" ".join(API_VERSION_HEADER)}
     Header always set Content-Type {JSON} "expr=%{{REQUEST_STATUS}} -in {{'404', '405'}}"
     Header always set Allow "GET, HEAD" "expr=%{{REQUEST_STATUS}} == '405'"
     ErrorDocument 405 /{UNSUPPORTED_DOC}
