@@ -302,10 +302,9 @@ class ApacheRenderer:
 # The static registry at {ctx.root}, on {scheme}://{ctx.listen}/.
 # Include it from apache2.conf, plus {LISTEN} unless ports.conf already listens on
 # {ctx.listen}. The rules are in server context with AllowOverride None, so
-# {ctx.root / HTACCESS} (for shared hosting) is not read: as that per-directory file
-# (read per request, or even included once), a manifest cost an internal redirect and
-# each request <If> merges, some 10-30% more CPU per request than these rules
-# (BENCHMARKS.md). Reload Apache after each sync: until then a tag keeps serving the
+# {ctx.root / HTACCESS} (for shared hosting) is not read. Through that per-directory
+# file (read per request, or included once) a manifest cost an internal redirect and
+# every request <If> merges: 10-30% more CPU per request than these rules (BENCHMARKS.md). Reload Apache after each sync: until then a tag keeps serving the
 # image the table below names (or, for a tag it does not know or whose manifest was
 # collected, the tag's file with no Docker-Content-Digest).
 {_redirect_vhost(ctx)}<VirtualHost {ctx.listen}>
