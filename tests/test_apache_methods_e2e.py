@@ -1,11 +1,13 @@
 """Real Apache on the generated config: a method other than GET/HEAD gets the 405 that
 `registrish serve` sends (JSON OCI error, `Allow: GET, HEAD`), TRACE included; and the
 .htaccess alone (no vhost, so no tag -> digest table) still serves every manifest, tags
-without a Docker-Content-Digest rather than a guessed one."""
+without a Docker-Content-Digest rather than a guessed one; and the vhost's own rules (server
+context) answer each route with the headers and error codes of the route table."""
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,17 @@ from testbed.statichosts import start_apache, start_generated, write_apache_serv
 
 from registrish_lock.oci import mediatypes
 from registrish_lock.serving.hosts.apache import UNSUPPORTED_DOC
-from registrish_lock.serving.routes import IMMUTABLE, ErrorCode, error_body
+from registrish_lock.serving.routes import (
+    IMMUTABLE,
+    JSON,
+    ErrorCode,
+    Kind,
+    Miss,
+    Policy,
+    classify,
+    error_body,
+    headers_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -97,3 +109,53 @@ def test_htaccess_alone_serves_tags_without_a_digest(tree: BuiltTree, tmp_path: 
         assert post.content == error_body(ErrorCode.UNSUPPORTED)
     finally:
         server.stop()
+
+
+def test_the_vhost_answers_as_the_route_table(apache: str, tree: BuiltTree) -> None:
+    """The vhost's server-context rules: each kind with the headers routes.py gives it
+    (types from the rule that matched, Cache-Control from the variables), and each miss
+    with the error code `classify` names (the 404 body from a variable, no `<If>`)."""
+    policy = Policy(tag_cache_seconds=60)
+    digest, media_type = tree.refs["app-oci:v1"]
+    hits = {
+        "/v2/": headers_for(Kind.PING, policy=policy),
+        "/v2/_catalog": headers_for(Kind.CATALOG, policy=policy),
+        "/v2/app-oci/tags/list": headers_for(Kind.TAGS_LIST, policy=policy),
+        f"/v2/app-oci/referrers/{_random_digest()}": headers_for(Kind.REFERRERS, policy=policy),
+        "/v2/app-oci/manifests/v1": headers_for(
+            Kind.MANIFEST_TAG, policy=policy, media_type=media_type, digest=digest
+        ),
+        f"/v2/app-oci/manifests/{digest}": headers_for(
+            Kind.MANIFEST_DIGEST, policy=policy, media_type=media_type, digest=digest
+        ),
+    }
+    for path, expected in hits.items():
+        r = httpx.get(f"{apache}{path}", headers=ACCEPT, timeout=10)
+        assert r.status_code == 200, path
+        assert {k: r.headers.get(k) for k, _ in expected} == dict(expected), path
+    # Objects the tree lacks, then paths that are no object at all (`classify` says which).
+    misses = {
+        f"/v2/app-oci/blobs/{_random_digest()}": ErrorCode.BLOB_UNKNOWN,
+        f"/v2/app-oci/manifests/{_random_digest()}": ErrorCode.MANIFEST_UNKNOWN,
+        "/v2/app-oci/manifests/no-such-tag": ErrorCode.MANIFEST_UNKNOWN,
+    }
+    for path in (
+        "/v2/app-oci/manifests/v1.~oci-manifest",
+        "/v2/app-oci/tags/v1.~last",
+        "/v2/no-such-thing",
+        "/.htaccess",
+        "/.registrish/blobs",
+        "/v2/_referrers-empty",
+    ):
+        miss = classify(path)
+        assert isinstance(miss, Miss), path
+        misses[path] = miss.code
+    for path, code in misses.items():
+        r = httpx.get(f"{apache}{path}", headers=ACCEPT, timeout=10)
+        assert (r.status_code, r.headers["content-type"]) == (404, JSON), path
+        assert r.content == error_body(code), path
+        assert r.headers["docker-distribution-api-version"] == "registry/2.0", path
+
+
+def _random_digest() -> str:
+    return "sha256:" + secrets.token_hex(32)

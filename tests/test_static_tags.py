@@ -127,7 +127,7 @@ def test_configs_carry_one_digest_line_per_tag_and_none_per_digest(tmp_path: Pat
     for _name, tag, digest, _type in tags:
         assert f'"team/app:{tag}" "{digest}.~oci-index";' in nginx
         assert f'"team/app:{tag}" "{digest}";' in nginx
-        assert f"team/app:{tag} {digest}" in caddy
+        assert f"/v2/team/app/manifests/{tag} {digest} oci-index" in caddy
         assert f"/manifests/{tag}$" in vhost and f"REGISTRISH_TAG_DIGEST={digest}" in vhost
     for name in ("registrish.conf", "Caddyfile", VHOST, ".htaccess"):
         grown = full[name].count("sha256:") - empty[name].count("sha256:")

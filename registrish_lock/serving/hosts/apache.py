@@ -1,10 +1,10 @@
-"""Apache 2.4: a `.htaccess` in the tree root (all the rules, so shared hosting works
-with it alone) and a vhost snippet that serves the tree and allows the override.
+"""Apache 2.4: a vhost with the rules in its server context, and a `.htaccess` in the
+tree root with the same routes in per-directory form, for shared hosting (which has
+only that file, so no tag -> digest table).
 
-Manifests are rewritten to their typed twin (`[END]`, so a twin asked for by name
-still hits the hidden-file rule) and `ForceType` by suffix sets the exact type. A tag the
-vhost's tag -> digest table names is served from its digest's twin: the table only
-changes on a reload while the .htaccess and the tree change on every sync, so body and
+Manifests are rewritten to their typed twin, whose suffix gives the exact media type.
+In the vhost a tag the tag -> digest table names is served from its digest's twin: the
+table only changes on a reload while the tree changes on every sync, so body and
 Docker-Content-Digest must both come from the table's snapshot. Needs mod_rewrite,
 mod_headers, mod_setenvif, mod_mime and mod_dir.
 """
@@ -47,40 +47,40 @@ VHOST = "registrish-apache.conf"
 #: `Listen` apart from the vhost: Debian's ports.conf may already listen on the port.
 LISTEN = "registrish-apache-listen.conf"
 TAG_DIGEST_ENV = "REGISTRISH_TAG_DIGEST"
+TAG_KIND_ENV = "REGISTRISH_TAG_KIND"
+#: Set by the rewrite that served a tag from its digest's twin: that digest is the body's.
+TABLED_ENV = "REGISTRISH_TABLED"
+NOT_FOUND_ENV = "REGISTRISH_404"
 #: The 405 body, in the tree root: a local ErrorDocument, since a string one comes with
 #: Apache's own `Allow` (listing TRACE, or nothing) next to ours.
 UNSUPPORTED_DOC = ".registrish-405.json"
 _LAST_QUERY = "(?:^|&)last=([A-Za-z0-9_][A-Za-z0-9._-]{0,127})(?:&|$)"
 _BROWSE_RE = BROWSE_REL.replace(".", "\\.")  # a regex for the page's name
-#: `<tag file>::<digest from the table>` -> %1 the manifests directory, %2 the digest.
-_TABLED = "^(.*/)[^/]+::(sha256:[a-f0-9]{64})$"
 _DIGEST_URI = "^/v2/.+/(manifests|blobs)/sha256:[a-f0-9]{64}"
 #: As `registrish serve` answers a method other than GET and HEAD.
 _UNSUPPORTED = error_body(ErrorCode.UNSUPPORTED)
 
 
 def tag_digest_table(tags: Sequence[TaggedDigest]) -> str:
-    """One `SetEnvIf` per tag (none per digest), compiled once at startup: the
-    .htaccess turns it into Docker-Content-Digest on manifests by tag."""
+    """One `SetEnvIf` per tag (none per digest), compiled once at startup: the digest
+    and the kind of its typed twin, so a tag costs one file test."""
     return "".join(
         f'    SetEnvIf Request_URI "^/v2/{re.escape(name)}/manifests/{re.escape(tag)}$" '
-        f"{TAG_DIGEST_ENV}={digest}\n"
-        for name, tag, digest, _ in tags
+        f"{TAG_DIGEST_ENV}={digest} {TAG_KIND_ENV}={mediatypes.KIND_OF[media_type]}\n"
+        for name, tag, digest, media_type in tags
     )
+
+
+def _quoted(text: str) -> str:
+    """`text` inside a double-quoted Apache argument."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _error_document(code: ErrorCode) -> str:
-    return 'ErrorDocument 404 "' + error_text(code).replace('"', '\\"') + '"'
+    return f'ErrorDocument 404 "{_quoted(error_text(code))}"'
 
 
 def htaccess(short: str) -> str:
-    # A tag the vhost's table names: its digest's twin, if that is still in the tree.
-    tabled = "".join(
-        f"RewriteCond %{{REQUEST_FILENAME}}::%{{ENV:{TAG_DIGEST_ENV}}} {_TABLED}\n"
-        f"RewriteCond %1%2.~{kind} -f\n"
-        f"RewriteRule ^(v2/.+/manifests/)[^/]+$ $1%{{ENV:{TAG_DIGEST_ENV}}}.~{kind} [END]\n"
-        for kind in mediatypes.KINDS
-    )
     twins = "".join(
         f"RewriteCond %{{REQUEST_FILENAME}}.~{kind} -f\n"
         f"RewriteRule ^v2/.+/manifests/[^/]+$ $0.~{kind} [END]\n"
@@ -124,12 +124,10 @@ RewriteCond %{{REQUEST_FILENAME}}::%1 ^(.*/)list::(.+)$
 RewriteCond %1%2{LAST_PAGE_SUFFIX} -f
 RewriteCond %{{QUERY_STRING}} {_LAST_QUERY}
 RewriteRule ^(v2/.+/tags/)list$ $1%1{LAST_PAGE_SUFFIX} [END]
-# Manifests: serve a typed twin, whose suffix gives the exact media type. A tag the
-# vhost's table (read at startup and reload) names is served from its digest's twin, so the
-# body and Docker-Content-Digest (from the served name) belong to the same snapshot even
-# after a sync moved the tag; otherwise (a newer tag, a collected digest, no vhost) the
-# tag's own twin, with no digest header.
-{tabled}{twins}RewriteRule ^v2/.+/manifests/ - [R=404,L]
+# Manifests: serve a typed twin, whose suffix gives the exact media type. Alone, this
+# file has no tag -> digest table (the generated vhost has its own rules), so a tag is
+# served from its own twin, with no Docker-Content-Digest.
+{twins}RewriteRule ^v2/.+/manifests/ - [R=404,L]
 # Referrers: the stored index, or the empty one for any other digest.
 RewriteCond %{{REQUEST_FILENAME}} !-f
 RewriteRule ^v2/.+/referrers/sha256:[a-f0-9]{{64}}$ {EMPTY_REFERRERS_REL} [END]
@@ -153,9 +151,8 @@ Header always set Allow "{ALLOW}" "expr=%{{REQUEST_STATUS}} == '405'"
 ErrorDocument 405 /{UNSUPPORTED_DOC}
 # From the name actually served (after the rewrite), so it is always the body's digest.
 Header set Docker-Content-Digest %{{REGISTRISH_DIGEST}}e env=REGISTRISH_DIGEST
-# Immutable for what was asked for by digest; a tag served from its digest's twin (the
-# rewrite renamed the table's variable to REDIRECT_*) keeps the tag's short lifetime.
-<If "%{{REQUEST_URI}} =~ m#{_DIGEST_URI}# && -z reqenv('REDIRECT_{TAG_DIGEST_ENV}')">
+# Immutable for what was asked for by digest.
+<If "%{{REQUEST_URI}} =~ m#{_DIGEST_URI}#">
     Header set Cache-Control "{IMMUTABLE}"
 </If>
 <Else>
@@ -171,6 +168,94 @@ Header set Docker-Content-Digest %{{REGISTRISH_DIGEST}}e env=REGISTRISH_DIGEST
 <Else>
     {_error_document(ErrorCode.NAME_UNKNOWN)}
 </Else>
+"""
+
+
+def _rule(pattern: str, target: str, *flags: str) -> str:
+    return f'    RewriteRule {pattern} {target} "[{",".join(flags)}]"\n'
+
+
+def server_rules(short: str) -> str:
+    """The vhost's routes, in server context: matched before the URL is mapped to a file
+    (so a rewrite to a twin costs no internal redirect, as the .htaccess's does), with the
+    URL-path's leading slash, files tested under %{DOCUMENT_ROOT}. Types come from the
+    rule that matched (`T=`), Cache-Control and the 404 body from variables set before
+    the rewrite: no `<If>` or `<FilesMatch>` section to merge on a request."""
+    root = "%{DOCUMENT_ROOT}"
+    end_json = (f"T={JSON}", "END")
+    tabled = "".join(
+        f"    RewriteCond %{{ENV:{TAG_KIND_ENV}}} ={kind}\n"
+        f"    RewriteCond {root}$1%{{ENV:{TAG_DIGEST_ENV}}}.~{kind} -f\n"
+        + _rule(
+            "^(/v2/.+/manifests/)[^/]+$",
+            f"{root}$1%{{ENV:{TAG_DIGEST_ENV}}}.~{kind}",
+            f"T={mt}",
+            f"E={TABLED_ENV}:%{{ENV:{TAG_DIGEST_ENV}}}",
+            "END",
+        )
+        for kind, mt in twin_kinds()
+    )
+    twins = "".join(
+        f"    RewriteCond {root}$0.~{kind} -f\n"
+        + _rule("^/v2/.+/manifests/[^/]+$", f"{root}$0.~{kind}", f"T={mt}", "END")
+        for kind, mt in twin_kinds()
+    )
+    not_found = "".join(
+        f'    SetEnvIf Request_URI {where} "{NOT_FOUND_ENV}={_quoted(error_text(code))}"\n'
+        for where, code in (
+            ("^", ErrorCode.NAME_UNKNOWN),
+            ("/blobs/", ErrorCode.BLOB_UNKNOWN),
+            ("/manifests/", ErrorCode.MANIFEST_UNKNOWN),
+        )
+    )
+    return f"""\
+    # Compression would change the bytes clients verify against digests.
+    SetEnvIf Request_URI ^ no-gzip=1 no-brotli=1
+    # The 404 body by what was asked for (the last match wins).
+{not_found}    SetEnvIf Request_URI "^/v2/.+/(?:manifests|blobs)/(sha256:[a-f0-9]{{64}})" REGISTRISH_DIGEST=$1
+
+    RewriteEngine On
+    # Read-only: any other method is refused (405, the JSON error and Allow set below).
+    RewriteCond %{{REQUEST_METHOD}} !^(?:{"|".join(ALLOWED_METHODS)})$
+    RewriteRule ^ - [R=405]
+    # Blobs first, the bulk of all requests. No segment may start with "." or hold "~",
+    # so nothing the hidden-name rule below refuses can match here.
+{_rule("^/v2/(?:[^/.~][^/~]*/)+blobs/sha256:[a-f0-9]{64}$", "-", f"T={OCTET_STREAM}", "END")}\
+    # The 405 body, only as the error document (the redirect for it is a GET).
+    RewriteCond %{{ENV:REDIRECT_STATUS}} =405
+    RewriteRule ^/{re.escape(UNSUPPORTED_DOC)}$ - [END]
+    # Never served by name: the state directory, dotfiles and the typed twins.
+    RewriteRule /\\.|\\.~ - [R=404]
+    # Manifests: a tag the table above names, from its digest's twin (one file test), so
+    # body and Docker-Content-Digest belong to the snapshot the table was loaded with even
+    # after a sync moved the tag; else (a newer tag, a collected digest) any ref from its
+    # own twin, a tag then with no digest header.
+{tabled}{twins}    RewriteRule ^/v2/.+/manifests/ - [R=404]
+    # The API ping: GET /v2/ -> 200 {{}}.
+{_rule("^/v2/?$", f"{root}/v2/index", *end_json)}\
+    # ?last=<tag> -> the page of tags after <tag> that sync wrote (`n` is ignored).
+    RewriteCond %{{QUERY_STRING}} {_LAST_QUERY}
+    RewriteCond {root}$1%1{LAST_PAGE_SUFFIX} -f
+{_rule("^(/v2/.+/tags/)list$", f"{root}$1%1{LAST_PAGE_SUFFIX}", *end_json)}\
+{_rule("^/v2/(?:_catalog|.+/tags/list)$", "-", *end_json)}\
+    # Referrers: the stored index, or the empty one for any other digest.
+    RewriteCond {root}$0 !-f
+{_rule("^/v2/.+/referrers/sha256:[a-f0-9]{64}$", f"{root}/{EMPTY_REFERRERS_REL}", f"T={mediatypes.OCI_INDEX}", "END")}\
+{_rule("^/v2/.+/referrers/sha256:[a-f0-9]{64}$", "-", f"T={mediatypes.OCI_INDEX}", "END")}\
+    # The browse page (written by sync) at / and /{BROWSE_REL}.
+{_rule(f"^/(?:{_BROWSE_RE})?$", f"{root}/{BROWSE_REL}", f"T={HTML}", "END")}\
+    RewriteRule ^ - [R=404]
+
+    Header always set {" ".join(API_VERSION_HEADER)}
+    Header always set Content-Type {JSON} "expr=%{{REQUEST_STATUS}} -in {{'404', '405'}}"
+    Header always set Allow "{ALLOW}" "expr=%{{REQUEST_STATUS}} == '405'"
+    ErrorDocument 405 /{UNSUPPORTED_DOC}
+    ErrorDocument 404 "%{{reqenv:{NOT_FOUND_ENV}}}"
+    Header set Docker-Content-Digest %{{REGISTRISH_DIGEST}}e env=REGISTRISH_DIGEST
+    Header set Docker-Content-Digest %{{{TABLED_ENV}}}e env={TABLED_ENV}
+    # Immutable for what was asked for by digest, short for the rest (tags included).
+    Header set Cache-Control "{IMMUTABLE}" env=REGISTRISH_DIGEST
+    Header set Cache-Control "{short}" env=!REGISTRISH_DIGEST
 """
 
 
@@ -218,22 +303,20 @@ class ApacheRenderer:
 # {GENERATED}
 # The static registry at {ctx.root}, on {scheme}://{ctx.listen}/.
 # Include it from apache2.conf, plus {LISTEN} unless ports.conf already listens on
-# {ctx.listen}. The rules live in {ctx.root / HTACCESS} (so shared hosting can use that
-# file alone); here they are included once, at start and reload, with AllowOverride None:
-# read and parsed on every request (AllowOverride All) they cut Apache's request rate to
-# about a third of a plain file server's (BENCHMARKS.md). Reload Apache after each sync:
-# until then a tag keeps serving the image the table below names (or, for a tag it does
-# not know or whose manifest was collected, the tag's file with no Docker-Content-Digest).
+# {ctx.listen}. The rules are in server context with AllowOverride None, so
+# {ctx.root / HTACCESS} (for shared hosting) is not read. Through that per-directory
+# file (read per request, or included once) a manifest cost an internal redirect and
+# every request <If> merges: 10-30% more CPU per request than these rules (BENCHMARKS.md). Reload Apache after each sync: until then a tag keeps serving the
+# image the table below names (or, for a tag it does not know or whose manifest was
+# collected, the tag's file with no Docker-Content-Digest).
 {_redirect_vhost(ctx)}<VirtualHost {ctx.listen}>
 {_vhost_tls(ctx)}    DocumentRoot "{ctx.root}"
-    # TRACE is answered before the .htaccess is read: refuse it like any other write.
+    # TRACE is answered before any rewrite: refuse it like any other write.
     TraceEnable off
-    ErrorDocument 405 /{UNSUPPORTED_DOC}
-{tag_digest_table(ctx.tag_digests)}    <Directory "{ctx.root}">
+{tag_digest_table(ctx.tag_digests)}{server_rules(short)}    <Directory "{ctx.root}">
         Require all granted
         AllowOverride None
-        Options -Indexes +FollowSymLinks
-        Include "{ctx.root / HTACCESS}"
+        Options -Indexes -MultiViews +FollowSymLinks
     </Directory>
 </VirtualHost>
 """
