@@ -4,6 +4,7 @@ it cannot see (a file rewritten in place) `sync --verify` and `check --local` fi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -267,3 +268,67 @@ def test_a_workspace_moved_whole_gets_its_host_configs_rewritten(mirror: Mirror)
     conf = (moved.path / "hosts" / "registrish.conf").read_text()
     assert str(moved.layout.root.resolve()) in conf
     assert moved.sync()["from_record"] is False  # fresh stamps again: not yet trusted
+
+
+# -- gc trusts a clean record ------------------------------------------------------------------
+CLEAN = "vouches for a clean tree"
+
+
+def gc(mirror: Mirror, *args: str) -> tuple[dict[str, object], bool]:
+    """gc's JSON document, and whether it trusted the record."""
+    proc = registrish(mirror.config, "gc", "-v", "--json", *args, check=False)
+    doc: dict[str, object] = json.loads(proc.stdout)
+    doc["exit"] = proc.returncode
+    return doc, CLEAN in proc.stderr
+
+
+def test_gc_with_nothing_to_collect_trusts_a_clean_record(mirror: Mirror) -> None:
+    mirror.settle()
+    doc, trusted = gc(mirror, "--dry-run")
+    assert trusted and doc["exit"] == 0 and doc["remove"] == [] and not doc["pending"]
+    doc, trusted = gc(mirror)
+    assert trusted and doc["exit"] == 0 and doc["remove"] == []
+
+
+def test_gc_after_a_tag_left_the_lock_still_collects(mirror: Mirror) -> None:
+    mirror.settle()
+    gone = tag_name(TAGS - 1)
+    gone_digest = mirror.manifest(gone).read_bytes()
+    mirror.config.write_text(mirror.config.read_text().replace(f', "{gone}"', ""))
+    registrish(mirror.config, "lock")
+    mirror.sync()  # it removes the tag, not its content
+    mirror.settle()
+    doc, trusted = gc(mirror, "--dry-run")
+    assert not trusted and doc["exit"] == 1
+    removed = {item["path"] for item in doc["remove"]}  # type: ignore[attr-defined]
+    digest = "sha256:" + hashlib.sha256(gone_digest).hexdigest()
+    assert Layout.rel_manifest(REPO, digest) in removed
+    doc, trusted = gc(mirror)
+    assert not trusted and doc["exit"] == 0
+    assert not mirror.layout.path(Layout.rel_manifest(REPO, digest)).exists()
+    doc, _ = gc(mirror, "--dry-run")
+    assert doc["exit"] == 0 and doc["remove"] == []
+
+
+def test_a_file_dropped_into_the_tree_is_found_by_gc(mirror: Mirror) -> None:
+    mirror.settle()
+    stray = mirror.layout.path(Layout.rel_blob(REPO, "sha256:" + "0" * 64))
+    stray.write_bytes(b"not ours")
+    doc, trusted = gc(mirror, "--dry-run")
+    assert not trusted and doc["exit"] == 1
+    assert [item["path"] for item in doc["remove"]] == [  # type: ignore[attr-defined]
+        Layout.rel_blob(REPO, "sha256:" + "0" * 64)
+    ]
+
+
+def test_gc_with_a_hand_edited_lock_reads_the_tree(mirror: Mirror) -> None:
+    mirror.settle()
+    original = mirror.lock.read_text()
+    head, sep, _last = original.rpartition("\n[[tag]]\n")
+    mirror.lock.write_text(head + "\n")
+    doc, trusted = gc(mirror, "--dry-run", "--frozen")
+    assert sep and not trusted and doc["exit"] == 1
+    assert Layout.rel_manifest(REPO, tag_name(TAGS - 1)) in {
+        item["path"]
+        for item in doc["remove"]  # type: ignore[attr-defined]
+    }

@@ -260,14 +260,25 @@ class SyncResult:
     plan: Plan
     stats: Stats
     gc: gc_mod.GcPlan | None = None
+    #: The tree holds nothing the lock does not reach (what the sync record calls clean).
+    clean: bool = False
 
 
-def plan_sync(
-    *, lock: Lock, layout: Layout, upstream: LazyUpstream, console: Console, verify: bool = False
-) -> tuple[Plan, Manifests]:
+@dataclass(frozen=True)
+class _Planned:
+    plan: Plan
+    manifests: Manifests
+    desired: Desired
+    state: TreeState
+
+
+def _plan_sync(
+    *, lock: Lock, layout: Layout, upstream: LazyUpstream, console: Console, verify: bool
+) -> _Planned:
     state = scan(layout, verify=verify)
     manifests = collect_manifests(lock, state, upstream, console)
-    return make_plan(desired_tree(lock, manifests.parsed), state), manifests
+    desired = desired_tree(lock, manifests.parsed)
+    return _Planned(make_plan(desired, state), manifests, desired, state)
 
 
 def sync_tree(
@@ -285,9 +296,10 @@ def sync_tree(
     """Reconcile the tree with `lock` (the caller holds the tree lock)."""
     watch = Stopwatch()
     stats = Stats()
-    plan, manifests = plan_sync(
+    planned = _plan_sync(
         lock=lock, layout=layout, upstream=upstream, console=console, verify=verify
     )
+    plan, manifests = planned.plan, planned.manifests
     gc_plan = None
     if not dry_run:
         apply_plan(
@@ -304,9 +316,14 @@ def sync_tree(
         gc_plan = _gc_after(plan, lock=lock, layout=layout, manifests=manifests)
     elif prune:
         gc_plan = collect_garbage(lock=lock, layout=layout, console=console, dry_run=False)
+    # What gc would find now: the scan's files the lock does not reach, minus what the
+    # plan removed (everything the plan wrote is reached). Pure: no second scan.
+    clean = not dry_run and (
+        prune or not _garbage_after(plan, gc_mod.plan_gc(planned.desired, planned.state))
+    )
     stats.seconds = watch.elapsed()
     stats.upstream_requests = upstream.request_count
-    return SyncResult(plan=plan, stats=stats, gc=gc_plan)
+    return SyncResult(plan=plan, stats=stats, gc=gc_plan, clean=clean)
 
 
 def collect_garbage(
@@ -330,8 +347,13 @@ def _gc_after(plan: Plan, *, lock: Lock, layout: Layout, manifests: Manifests) -
     not "unknown" then), and without the files the plan itself removes."""
     desired = desired_tree(lock, manifests.parsed, strict=False)
     gc_plan = gc_mod.plan_gc(desired, scan(layout))
+    return replace(gc_plan, sweeps=_garbage_after(plan, gc_plan))
+
+
+def _garbage_after(plan: Plan, gc_plan: gc_mod.GcPlan) -> tuple[gc_mod.Sweep, ...]:
+    """`gc_plan`'s sweeps that `plan` does not remove itself."""
     removed = {r.rel for r in plan.removals}
-    return replace(gc_plan, sweeps=tuple(s for s in gc_plan.sweeps if s.rel not in removed))
+    return tuple(s for s in gc_plan.sweeps if s.rel not in removed)
 
 
 def write_hosts(config: Config, layout: Layout, lock: Lock, console: Console) -> list[Path]:

@@ -15,6 +15,10 @@ What it trusts, and what re-checks it:
 - Not seen: a file rewritten in place (same name, no rename) below the top level. Nothing
   registrish does writes that way; `sync --verify` (which ignores the record) and
   `check --local` re-read every file and find it.
+- `clean`: whether the sync that wrote it also saw nothing for `gc` to collect (what its
+  full scan held that the lock no longer reaches, minus what it removed itself). `gc` with
+  a current, clean record has nothing to collect without reading the tree; a file added
+  behind registrish's back moves its directory's stamp, so `gc` then scans.
 """
 
 from __future__ import annotations
@@ -95,12 +99,19 @@ def invalidate(layout: Layout) -> None:
 
 
 def write(
-    layout: Layout, key: dict[str, object], lock_config_hash: str, paths: Iterable[Path]
+    layout: Layout,
+    key: dict[str, object],
+    lock_config_hash: str,
+    paths: Iterable[Path],
+    *,
+    clean: bool = False,
 ) -> None:
-    """Record the tree as complete for `key` (the last step of a sync)."""
+    """Record the tree as complete for `key` (the last step of a sync); `clean` when it
+    also holds nothing the lock does not reach."""
     doc = {
         **key,
         "lock_config_hash": lock_config_hash,
+        "clean": clean,
         "stamps": {str(p): _stamp(p) for p in paths},
     }
     layout.tmp.mkdir(parents=True, exist_ok=True)
@@ -113,22 +124,35 @@ def is_current(layout: Layout, key: dict[str, object], config_hash: str, *, froz
 
     Without `frozen`, the lock must also have been made from this config (a stale lock
     takes the full path, which refuses it)."""
+    return current(layout, key, config_hash, frozen=frozen) is not None
+
+
+def is_clean(layout: Layout, key: dict[str, object], config_hash: str, *, frozen: bool) -> bool:
+    """`is_current`, and the sync that wrote the record left nothing for gc to collect."""
+    doc = current(layout, key, config_hash, frozen=frozen)
+    return doc is not None and doc.get("clean") is True
+
+
+def current(
+    layout: Layout, key: dict[str, object], config_hash: str, *, frozen: bool
+) -> dict[str, object] | None:
+    """The record when it vouches for the tree (`is_current`), else None."""
     path = layout.sync_record
     try:
         mtime = os.stat(path).st_mtime_ns
         doc = json.loads(path.read_bytes())
     except (OSError, ValueError):
-        return False
+        return None
     if not isinstance(doc, dict) or any(doc.get(k) != v for k, v in key.items()):
-        return False
+        return None
     if not frozen and doc.get("lock_config_hash") != config_hash:
-        return False
+        return None
     stamps = doc.get("stamps")
     if not isinstance(stamps, dict):
-        return False
+        return None
     for name, recorded in stamps.items():
         if _stamp(Path(name)) != recorded:
-            return False
+            return None
         if recorded is not None and recorded[2] >= mtime - RACY_NS:
-            return False
-    return True
+            return None
+    return doc
