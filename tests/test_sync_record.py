@@ -332,3 +332,139 @@ def test_gc_with_a_hand_edited_lock_reads_the_tree(mirror: Mirror) -> None:
         item["path"]
         for item in doc["remove"]  # type: ignore[attr-defined]
     }
+
+
+# -- a moved tag: the sync reads the repositories whose lock entries changed -------------------
+SCOPED = "reading only those"
+
+
+def move_tag(layout_dir: Path, tag: str) -> str:
+    """Point `tag` of an OCI layout at a new manifest (new config and layer); its digest."""
+    blobs = layout_dir / "blobs" / "sha256"
+
+    def put(data: bytes) -> tuple[str, int]:
+        hexdigest = hashlib.sha256(data).hexdigest()
+        (blobs / hexdigest).write_bytes(data)
+        return f"sha256:{hexdigest}", len(data)
+
+    layer = put(f"moved layer of {tag}\n".encode())
+    config = put(json.dumps({"architecture": "amd64", "os": "linux", "moved": tag}).encode())
+    manifest = put(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": config[0],
+                    "size": config[1],
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": layer[0],
+                        "size": layer[1],
+                    }
+                ],
+            }
+        ).encode()
+    )
+    index_path = layout_dir / "index.json"
+    index = json.loads(index_path.read_text())
+    for entry in index["manifests"]:
+        if entry["annotations"]["org.opencontainers.image.ref.name"] == tag:
+            entry["digest"], entry["size"] = manifest
+    index_path.write_text(json.dumps(index))
+    return manifest[0]
+
+
+def snapshot(mirror: Mirror) -> dict[str, tuple[int, int, bytes]]:
+    """Every file of the tree and the host configs: (inode, mtime, sha256 of its bytes)."""
+    files = {}
+    for top in (mirror.layout.root, mirror.path / "hosts"):
+        for path in top.rglob("*"):
+            if path.is_file():
+                st = path.stat()
+                digest = hashlib.sha256(path.read_bytes()).digest()
+                files[str(path)] = (st.st_ino, st.st_mtime_ns, digest)
+    return files
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Mirror:
+    """Two repositories, huge/r000 and huge/r001, synced and settled."""
+    for repo in ("r000", "r001"):
+        write_layout(tmp_path / "layouts" / repo, repo, TAGS)
+    ws = HugeWorkspace.create(tmp_path / "ws", tmp_path / "layouts", Path())
+    m = Mirror(ws.path)
+    registrish(m.config, "lock")
+    registrish(m.config, "sync")
+    m.settle()
+    return m
+
+
+def sync_moved(mirror: Mirror, tag: str) -> tuple[str, bool]:
+    """Move `tag` of huge/r000 upstream, `lock --upgrade` it and sync: (new digest, scoped)."""
+    digest = move_tag(mirror.path / "layouts" / "r000", tag)
+    registrish(mirror.config, "lock", "--upgrade", REPO)
+    proc = registrish(mirror.config, "sync", "-v")
+    return digest, SCOPED in proc.stderr
+
+
+def test_a_moved_tag_rewrites_only_files_whose_bytes_change(two: Mirror) -> None:
+    before = snapshot(two)
+    digest, scoped = sync_moved(two, tag_name(1))
+    assert scoped
+    after = snapshot(two)
+    written = {
+        p for p, (ino, mtime, _) in after.items() if before.get(p, (0, 0, b""))[:2] != (ino, mtime)
+    }
+    same_bytes = {p for p in written if p in before and before[p][2] == after[p][2]}
+    assert same_bytes == set()  # nothing rewritten with the bytes it had
+    rel = {
+        str(two.layout.root / r)
+        for r in (
+            Layout.rel_manifest(REPO, tag_name(1)),
+            Layout.rel_manifest(REPO, digest),
+            Layout.rel_referrers(REPO, digest),
+        )
+    }
+    assert rel <= written
+    assert str(two.path / "hosts" / "registrish.conf") in written  # its tag table moved
+    assert not any("/huge/r001/" in p for p in written)
+    assert two.manifest(tag_name(1)).read_bytes() == two.manifest(digest).read_bytes()
+    assert registrish(two.config, "check", "--local").returncode == 0
+    # The scoped sync left what a full one would: --verify has nothing to do.
+    doc = two.sync("--verify")
+    assert doc["from_record"] is False and doc["plan"]["pending"] is False  # type: ignore[index]
+
+
+def test_a_moved_tag_with_a_file_deleted_elsewhere_reads_the_whole_tree(two: Mirror) -> None:
+    victim = two.layout.path(Layout.rel_manifest("huge/r001", tag_name(3)))
+    data = victim.read_bytes()
+    victim.unlink()
+    _digest, scoped = sync_moved(two, tag_name(2))
+    assert not scoped
+    assert victim.read_bytes() == data
+
+
+def test_a_changed_copy_of_the_applied_lock_is_not_trusted(two: Mirror) -> None:
+    kept = two.layout.state / "synced.lock"
+    assert kept.read_bytes() == two.lock.read_bytes()
+    kept.write_text(kept.read_text().replace(tag_name(4), tag_name(4) + "x"))
+    _digest, scoped = sync_moved(two, tag_name(0))
+    assert not scoped
+    assert kept.read_bytes() == two.lock.read_bytes()
+    assert registrish(two.config, "check", "--local").returncode == 0
+
+
+def test_a_tag_left_the_lock_is_removed_by_a_scoped_sync(two: Mirror) -> None:
+    gone = tag_name(TAGS - 1)
+    two.config.write_text(two.config.read_text().replace(f', "{gone}"]', "]", 1))
+    registrish(two.config, "lock")
+    proc = registrish(two.config, "sync", "-v")
+    assert SCOPED in proc.stderr
+    assert not two.manifest(gone).exists()
+    listed = json.loads(two.layout.path(Layout.rel_tags_list(REPO)).read_text())["tags"]
+    assert gone not in listed and len(listed) == TAGS - 1
+    assert registrish(two.config, "check", "--local").returncode == 0

@@ -101,6 +101,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
     upstream = LazyUpstream(lambda: open_sources(config, console, jobs=args.jobs))
     try:
         with tree_lock(layout, console, wait=not args.no_wait):
+            scope = None
+            if not (args.dry_run or args.verify or args.prune):
+                scope = record.changed_scope(layout, key, lock_bytes)
+                if scope is not None:
+                    console.debug(
+                        f"the sync record vouches for the tree but for {len(scope)} "
+                        "repositories: reading only those"
+                    )
             if not args.dry_run:
                 record.invalidate(layout)
             result = sync_tree(
@@ -113,11 +121,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 verify=args.verify,
                 dry_run=args.dry_run,
                 prune=args.prune,
+                scope=scope,
             )
             hosts = [] if args.dry_run else write_hosts(config, layout, lock, console)
             if not args.dry_run:  # last: everything above completed
                 names = {t.name for t in lock.tags}
                 paths = record.watched(layout, names, config.hosts_dir)
+                record.keep_lock(layout, lock_bytes)
                 record.write(layout, key, lock.config_hash, paths, clean=result.clean)
     finally:
         upstream.close()

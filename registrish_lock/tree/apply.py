@@ -28,7 +28,7 @@ from ..upstream.protocols import DEFAULT_JOBS
 from ..upstream.protocols import BlobSource as Upstream
 from . import gc as gc_mod
 from . import record
-from .desired import Desired, desired_tree, selected_children
+from .desired import Desired, catalog_document, desired_tree, selected_children
 from .layout import Layout
 from .plan import BlobFetch, DocWrite, ManifestWrite, Plan, make_plan
 from .state import (
@@ -273,11 +273,27 @@ class _Planned:
 
 
 def _plan_sync(
-    *, lock: Lock, layout: Layout, upstream: LazyUpstream, console: Console, verify: bool
+    *,
+    lock: Lock,
+    layout: Layout,
+    upstream: LazyUpstream,
+    console: Console,
+    verify: bool,
+    scope: frozenset[str] | None,
 ) -> _Planned:
-    state = scan(layout, verify=verify)
-    manifests = collect_manifests(lock, state, upstream, console)
-    desired = desired_tree(lock, manifests.parsed)
+    """With `scope`, only those repositories are read and planned (the others are as the
+    sync record vouches); the catalog still lists every locked name."""
+    state = scan(layout, verify=verify, names=scope)
+    part = (
+        lock
+        if scope is None
+        else replace(lock, tags=tuple(t for t in lock.tags if t.name in scope))
+    )
+    manifests = collect_manifests(part, state, upstream, console)
+    desired = desired_tree(part, manifests.parsed)
+    if scope is not None:
+        catalog = ("catalog", catalog_document(lock))
+        desired = replace(desired, docs={**desired.docs, Layout.rel_catalog(): catalog})
     return _Planned(make_plan(desired, state), manifests, desired, state)
 
 
@@ -292,12 +308,16 @@ def sync_tree(
     verify: bool = False,
     dry_run: bool = False,
     prune: bool = False,
+    scope: frozenset[str] | None = None,
 ) -> SyncResult:
-    """Reconcile the tree with `lock` (the caller holds the tree lock)."""
+    """Reconcile the tree with `lock` (the caller holds the tree lock). `scope`: the
+    repositories that may differ from the lock (`delta.changed_names`); None = all."""
     watch = Stopwatch()
     stats = Stats()
+    if verify or prune:
+        scope = None
     planned = _plan_sync(
-        lock=lock, layout=layout, upstream=upstream, console=console, verify=verify
+        lock=lock, layout=layout, upstream=upstream, console=console, verify=verify, scope=scope
     )
     plan, manifests = planned.plan, planned.manifests
     gc_plan = None
@@ -319,7 +339,11 @@ def sync_tree(
     # What gc would find now: the scan's files the lock does not reach, minus what the
     # plan removed (everything the plan wrote is reached). Pure: no second scan.
     clean = not dry_run and (
-        prune or not _garbage_after(plan, gc_mod.plan_gc(planned.desired, planned.state))
+        prune
+        or (
+            scope is None
+            and not _garbage_after(plan, gc_mod.plan_gc(planned.desired, planned.state))
+        )
     )
     stats.seconds = watch.elapsed()
     stats.upstream_requests = upstream.request_count

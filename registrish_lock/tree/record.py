@@ -15,6 +15,10 @@ What it trusts, and what re-checks it:
 - Not seen: a file rewritten in place (same name, no rename) below the top level. Nothing
   registrish does writes that way; `sync --verify` (which ignores the record) and
   `check --local` re-read every file and find it.
+- `synced.lock` beside it: the bytes of the lock it was written for (checked against
+  `lock_sha256` before use). A sync of a changed lock whose record otherwise vouches for
+  the tree (same config, no directory moved) reads only the repositories whose `[[tag]]`
+  entries differ between the two (`delta.changed_names`); `--verify`/`--prune` read all.
 - `clean`: whether the sync that wrote it also saw nothing for `gc` to collect (what its
   full scan held that the lock no longer reaches, minus what it removed itself). `gc` with
   a current, clean record has nothing to collect without reading the tree; a file added
@@ -32,12 +36,14 @@ from pathlib import Path
 
 from .. import __version__
 from ..fsutil import atomic_write_bytes, fsync_dir
+from . import delta
 from .layout import Layout
 
 RECORD_FORMAT = 1
 #: Stamps younger than this against the record are not trusted (FAT's mtime is 2 s coarse).
 RACY_NS = 2_000_000_000
 _SECTIONS = ("manifests", "tags", "blobs", "referrers")
+_APPLIED_LOCK = "synced.lock"
 Stamp = list[int] | None
 
 
@@ -156,3 +162,36 @@ def current(
         if recorded is not None and recorded[2] >= mtime - RACY_NS:
             return None
     return doc
+
+
+def keep_lock(layout: Layout, lock_bytes: bytes) -> None:
+    """Keep the applied lock's bytes beside the record (before the record is written)."""
+    path = layout.state / _APPLIED_LOCK
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == lock_bytes:
+            return
+    layout.tmp.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, lock_bytes, tmp_dir=layout.tmp)
+
+
+def changed_scope(
+    layout: Layout, key: dict[str, object], lock_bytes: bytes
+) -> frozenset[str] | None:
+    """The repositories a sync of `lock_bytes` must read when the record vouches for the
+    tree as the sync of another lock (the tree's location and registrish the same, no stamp
+    moved; the config may differ: the tree is made from the lock alone, and the host
+    configs are rendered again anyway); None when it does not (every repository is read)."""
+    try:
+        doc = json.loads(layout.sync_record.read_bytes())
+        previous, config = doc["lock_sha256"], doc["config_sha256"]
+        old = (layout.state / _APPLIED_LOCK).read_bytes()
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(previous, str) or previous == key["lock_sha256"]:
+        return None
+    if hashlib.sha256(old).hexdigest() != previous:
+        return None  # not the lock the record was written for
+    prior = {**key, "lock_sha256": previous, "config_sha256": config}
+    if current(layout, prior, "", frozen=True) is None:
+        return None
+    return delta.changed_names(old, lock_bytes)
