@@ -100,6 +100,28 @@ def write_layout(path: Path, repo: str, tags: int) -> None:
     (path / "index.json").write_text(json.dumps(doc))
 
 
+def move_tag(path: Path, tag: str, salt: str = "moved") -> str:
+    """Point `tag` of the OCI layout at `path` at a new manifest (its own new config and
+    layer), as an upstream moving a tag does; returns the new manifest's digest."""
+    blobs = path / "blobs" / "sha256"
+    layer = _blob(blobs, f"{salt} layer of {tag}\n".encode())
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}, salt: tag}
+    cfg = _blob(blobs, json.dumps(config).encode())
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": cfg[0], "size": cfg[1]},
+        "layers": [{"mediaType": OCI_LAYER, "digest": layer[0], "size": layer[1]}],
+    }
+    digest, size = _blob(blobs, json.dumps(manifest).encode())
+    index = json.loads((path / "index.json").read_text())
+    for entry in index["manifests"]:
+        if entry["annotations"][REF_NAME] == tag:
+            entry["digest"], entry["size"] = digest, size
+    (path / "index.json").write_text(json.dumps(index))
+    return digest
+
+
 def ensure_layouts(cache: Path, total_tags: int) -> Path:
     """`cache/layouts-<n>/r000 …`: ceil(n / 1,000) layouts of up to 1,000 tags, made once."""
     top = cache / f"layouts-{total_tags}"

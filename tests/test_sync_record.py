@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from testbed.registrish import registrish
 
-from bench.huge import HugeWorkspace, tag_name, write_layout
+from bench.huge import HugeWorkspace, move_tag, tag_name, write_layout
 from registrish_lock.tree.layout import Layout
 
 TAGS = 5
@@ -336,46 +336,6 @@ def test_gc_with_a_hand_edited_lock_reads_the_tree(mirror: Mirror) -> None:
 
 # -- a moved tag: the sync reads the repositories whose lock entries changed -------------------
 SCOPED = "reading only those"
-
-
-def move_tag(layout_dir: Path, tag: str) -> str:
-    """Point `tag` of an OCI layout at a new manifest (new config and layer); its digest."""
-    blobs = layout_dir / "blobs" / "sha256"
-
-    def put(data: bytes) -> tuple[str, int]:
-        hexdigest = hashlib.sha256(data).hexdigest()
-        (blobs / hexdigest).write_bytes(data)
-        return f"sha256:{hexdigest}", len(data)
-
-    layer = put(f"moved layer of {tag}\n".encode())
-    config = put(json.dumps({"architecture": "amd64", "os": "linux", "moved": tag}).encode())
-    manifest = put(
-        json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {
-                    "mediaType": "application/vnd.oci.image.config.v1+json",
-                    "digest": config[0],
-                    "size": config[1],
-                },
-                "layers": [
-                    {
-                        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                        "digest": layer[0],
-                        "size": layer[1],
-                    }
-                ],
-            }
-        ).encode()
-    )
-    index_path = layout_dir / "index.json"
-    index = json.loads(index_path.read_text())
-    for entry in index["manifests"]:
-        if entry["annotations"]["org.opencontainers.image.ref.name"] == tag:
-            entry["digest"], entry["size"] = manifest
-    index_path.write_text(json.dumps(index))
-    return manifest[0]
 
 
 def snapshot(mirror: Mirror) -> dict[str, tuple[int, int, bytes]]:
