@@ -83,9 +83,27 @@ def test_a_noop_sync_trusts_a_settled_record(mirror: Mirror) -> None:
     assert dry["from_record"] is True and dry["exit"] == 0
 
 
-def test_a_record_younger_than_its_stamps_is_not_trusted(mirror: Mirror) -> None:
-    # The fixture's sync just wrote the tree: its directories are as new as the record.
-    assert mirror.sync()["from_record"] is False
+def test_a_record_as_young_as_its_stamps_is_trusted_by_its_witnesses(mirror: Mirror) -> None:
+    # The fixture's sync just wrote the tree: its directories are as new as the record, and
+    # the record holds their listings, which have not changed.
+    doc = json.loads(mirror.layout.sync_record.read_bytes())
+    assert doc["witnesses"]
+    assert mirror.sync()["from_record"] is True
+
+
+def test_a_change_hidden_in_the_same_tick_is_found_by_the_witness(mirror: Mirror) -> None:
+    # A manifest deleted, then its directory's mtime put back: the stamp says nothing moved
+    # (a change within the filesystem's clock tick looks so); the listing differs.
+    target = mirror.manifest(tag_name(3))
+    data = target.read_bytes()
+    directory = target.parent
+    st = directory.stat()
+    target.unlink()
+    os.utime(directory, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert directory.stat().st_mtime_ns == st.st_mtime_ns
+    doc = mirror.sync()
+    assert doc["from_record"] is False
+    assert target.read_bytes() == data
 
 
 def test_verify_ignores_the_record(mirror: Mirror) -> None:
@@ -267,7 +285,7 @@ def test_a_workspace_moved_whole_gets_its_host_configs_rewritten(mirror: Mirror)
     assert moved.sync()["from_record"] is False
     conf = (moved.path / "hosts" / "registrish.conf").read_text()
     assert str(moved.layout.root.resolve()) in conf
-    assert moved.sync()["from_record"] is False  # fresh stamps again: not yet trusted
+    assert moved.sync()["from_record"] is True  # fresh stamps, vouched for by their witnesses
 
 
 # -- gc trusts a clean record ------------------------------------------------------------------

@@ -10,8 +10,11 @@ What it trusts, and what re-checks it:
   each repository and its sections, the content store) and of every file at the top of the
   root, `v2/` and the hosts directory (host configs, browse page, ping, catalog). Adding,
   deleting or renaming any file of the tree changes its directory's mtime: the next sync
-  sees the stamp differ and scans. A stamp within `RACY_NS` of the record's own mtime is
-  not trusted (a change in the same clock tick would not show; cf. git's "racy" index).
+  sees the stamp differ and scans. A stamp within `RACY_NS` of the record's own mtime
+  could hide a change made in the same clock tick (cf. git's "racy" index): for those the
+  record also holds a witness taken before the stamp, the sha256 of the directory's
+  (name, inode) listing or of the file's bytes, and trusts the stamp only while the
+  witness still matches. So the sync right after a change is trusted too.
 - Not seen: a file rewritten in place (same name, no rename) below the top level. Nothing
   registrish does writes that way; `sync --verify` (which ignores the record) and
   `check --local` re-read every file and find it.
@@ -31,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -104,6 +108,21 @@ def invalidate(layout: Layout) -> None:
     fsync_dir(path.parent)
 
 
+def _witness(path: Path) -> str | None:
+    """What a same-tick change would still alter: a directory's (name, inode) listing
+    (scandir: no stat per entry), a file's bytes."""
+    h = hashlib.sha256()
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            for name, inode in sorted((e.name, e.inode()) for e in os.scandir(path)):
+                h.update(f"{name}\0{inode}\n".encode())
+        else:
+            h.update(path.read_bytes())
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
 def write(
     layout: Layout,
     key: dict[str, object],
@@ -114,11 +133,20 @@ def write(
 ) -> None:
     """Record the tree as complete for `key` (the last step of a sync); `clean` when it
     also holds nothing the lock does not reach."""
+    racy_from = time.time_ns() - RACY_NS
+    stamps: dict[str, Stamp] = {}
+    witnesses: dict[str, str | None] = {}
+    for path in paths:
+        witness = _witness(path)  # before the stamp: a change in between shows in one
+        stamp = stamps[str(path)] = _stamp(path)
+        if stamp is not None and stamp[2] >= racy_from:
+            witnesses[str(path)] = witness
     doc = {
         **key,
         "lock_config_hash": lock_config_hash,
         "clean": clean,
-        "stamps": {str(p): _stamp(p) for p in paths},
+        "stamps": stamps,
+        "witnesses": witnesses,
     }
     layout.tmp.mkdir(parents=True, exist_ok=True)
     data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
@@ -153,14 +181,16 @@ def current(
         return None
     if not frozen and doc.get("lock_config_hash") != config_hash:
         return None
-    stamps = doc.get("stamps")
-    if not isinstance(stamps, dict):
+    stamps, witnesses = doc.get("stamps"), doc.get("witnesses", {})
+    if not isinstance(stamps, dict) or not isinstance(witnesses, dict):
         return None
     for name, recorded in stamps.items():
         if _stamp(Path(name)) != recorded:
             return None
         if recorded is not None and recorded[2] >= mtime - RACY_NS:
-            return None
+            witness = witnesses.get(name)
+            if witness is None or _witness(Path(name)) != witness:
+                return None
     return doc
 
 
