@@ -115,7 +115,8 @@ class BucketStore:
         got = self._get(rel)
         return got if got is not None else (b"", None)
 
-    def observe(self, *, verify: bool = False) -> TreeState:
+    def observe(self, *, verify: bool = False, names: frozenset[str] | None = None) -> TreeState:
+        del names  # one listing reads the whole bucket anyway
         if self._observed:  # again (`sync --prune`): what this run wrote is known here
             recorded = dict(self._entries)
         else:

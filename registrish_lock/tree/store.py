@@ -53,7 +53,10 @@ class TreeStore(Protocol):
         """Where the tree lives, for messages (a directory, or `s3://bucket/prefix`)."""
         ...
 
-    def observe(self, *, verify: bool = False) -> TreeState: ...
+    def observe(self, *, verify: bool = False, names: frozenset[str] | None = None) -> TreeState:
+        """The tree as it is; with `names`, only those repositories are read (the sync
+        record vouches for the rest; a store may read everything anyway)."""
+        ...
 
     def prepare(self) -> None:
         """Before the first write (create directories, check the filesystem …)."""
@@ -104,8 +107,8 @@ class LocalTreeStore:
     def label(self) -> str:
         return str(self.layout.root)
 
-    def observe(self, *, verify: bool = False) -> TreeState:
-        return scan(self.layout, verify=verify)
+    def observe(self, *, verify: bool = False, names: frozenset[str] | None = None) -> TreeState:
+        return scan(self.layout, verify=verify, names=names)
 
     def prepare(self) -> None:
         ensure_dirs(self.layout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ class Factory:
 
 
 def sync(
-    root: Path, lock: Lock, up: FakeUpstream, *, console: Console | None = None, **kw: bool
+    root: Path, lock: Lock, up: FakeUpstream, *, console: Console | None = None, **kw: Any
 ) -> SyncResult:
     factory = Factory(up)
     return sync_tree(
