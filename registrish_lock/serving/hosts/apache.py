@@ -18,6 +18,7 @@ from ...oci import mediatypes
 from ...tls import CIPHERS
 from ...tree.layout import LAST_PAGE_SUFFIX
 from ..routes import (
+    BROWSE_DATA_RE,
     BROWSE_REL,
     EMPTY_REFERRERS_REL,
     HTML,
@@ -111,6 +112,9 @@ RewriteRule ^{re.escape(UNSUPPORTED_DOC)}$ - [END]
 RewriteRule (^|/)\\.|\\.~ - [R=404,L]
 # The browse page (written by sync) at / and /{BROWSE_REL}.
 RewriteRule ^({_BROWSE_RE})?$ {BROWSE_REL} [END]
+# Its per-repository data files (named by their content, so cached forever).
+RewriteCond %{{REQUEST_FILENAME}} -f
+RewriteRule ^{BROWSE_DATA_RE}$ - [END]
 RewriteRule !^v2(/|$) - [R=404,L]
 RewriteRule ^v2/_referrers-empty$ - [R=404,L]
 # The API ping: GET /v2/ -> 200 {{}}.
@@ -140,6 +144,9 @@ RewriteRule ^v2/.+/referrers/sha256:[a-f0-9]{{64}}$ {EMPTY_REFERRERS_REL} [END]
 <If "%{{REQUEST_URI}} =~ m#^/({_BROWSE_RE})?$#">
     ForceType "{HTML}"
 </If>
+<If "%{{REQUEST_URI}} =~ m#^/{BROWSE_DATA_RE}$#">
+    ForceType {JSON}
+</If>
 <If "%{{REQUEST_URI}} =~ m#/referrers/# || %{{REQUEST_URI}} == '/{EMPTY_REFERRERS_REL}'">
     ForceType {mediatypes.OCI_INDEX}
 </If>
@@ -152,7 +159,7 @@ ErrorDocument 405 /{UNSUPPORTED_DOC}
 Header set Docker-Content-Digest %{{REGISTRISH_DIGEST}}e env=REGISTRISH_DIGEST
 # Immutable for what was asked for by digest; a tag served from its digest's twin (the
 # rewrite renamed the table's variable to REDIRECT_*) keeps the tag's short lifetime.
-<If "%{{REQUEST_URI}} =~ m#{_DIGEST_URI}# && -z reqenv('REDIRECT_{TAG_DIGEST_ENV}')">
+<If "(%{{REQUEST_URI}} =~ m#{_DIGEST_URI}# && -z reqenv('REDIRECT_{TAG_DIGEST_ENV}')) || %{{REQUEST_URI}} =~ m#^/{BROWSE_DATA_RE}$#">
     Header set Cache-Control "{IMMUTABLE}"
 </If>
 <Else>

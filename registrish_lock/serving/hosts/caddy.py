@@ -21,6 +21,7 @@ from pathlib import Path
 from ...oci import mediatypes
 from ...tree.layout import LAST_PAGE_SUFFIX
 from ..routes import (
+    BROWSE_DATA_RE,
     BROWSE_REL,
     EMPTY_REFERRERS_REL,
     HTML,
@@ -279,6 +280,20 @@ class CaddyRenderer:
 			}}
 			handle {{
 {_not_found(chr(9) * 4, ErrorCode.NAME_UNKNOWN)}			}}
+		}}
+
+		# Its per-repository data files: named by their content, so cached forever.
+		@browse_data {{
+			path_regexp ^/{BROWSE_DATA_RE}$
+			file
+		}}
+		handle @browse_data {{
+			header {{
+				Content-Type "{JSON}"
+				{cc_long}
+				defer
+			}}
+			file_server
 		}}
 
 		handle {{

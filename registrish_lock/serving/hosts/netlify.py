@@ -38,6 +38,7 @@ from ...lock.lockfile import Lock
 from ...tree.layout import Layout
 from ..routes import (
     API_VERSION_HEADER,
+    BROWSE_DATA_DIR,
     EMPTY_REFERRERS_REL,
     PING_BODY,
     Entry,
@@ -89,6 +90,7 @@ def header_rules(entries: Iterable[Entry], ctx: HostContext, *, digests: bool = 
     for path in ("/v2/", "/v2", "/" + Layout.rel_ping()):
         rules[path] = ping
     rules["/" + EMPTY_REFERRERS_REL] = headers_for(Kind.REFERRERS, policy=policy)
+    rules[f"/{BROWSE_DATA_DIR}/*"] = headers_for(Kind.BROWSE_DATA, policy=policy)
     for e in entries:
         if e.kind is Kind.PING:
             continue

@@ -13,6 +13,7 @@ from ...oci import mediatypes
 from ...tls import CIPHERS
 from ...tree.layout import LAST_PAGE_SUFFIX, twin_name
 from ..routes import (
+    BROWSE_DATA_RE,
     BROWSE_REL,
     EMPTY_REFERRERS_REL,
     HTML,
@@ -261,6 +262,13 @@ map $arg_last $registrish_last_page {{
         open_file_cache_errors off;
         default_type "{HTML}";
         add_header Cache-Control "{short}";
+        try_files $uri @registrish_name_unknown;
+    }}
+
+    # Its per-repository data files: named by their content, so cached forever.
+    location ~ "^/{BROWSE_DATA_RE}$" {{
+        default_type {JSON};
+        add_header Cache-Control "{IMMUTABLE}";
         try_files $uri @registrish_name_unknown;
     }}
 
