@@ -35,6 +35,8 @@ for _p in (_REPO, _REPO / "tests"):  # like bench/run.py: a checkout with its te
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from bench.huge_registry import cold_sync_vs_skopeo  # noqa: E402
+from bench.huge_registry import markdown as registry_markdown  # noqa: E402
 from bench.measure import Sample, Stats, fresh_dir, timed  # noqa: E402
 from bench.report import Check, Result, Row  # noqa: E402
 from bench.workspace import Context  # noqa: E402
@@ -345,7 +347,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="cProfile one no-op sync each")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--work", type=Path, default=Path("/tmp/registrish-bench/huge"))  # noqa: S108
+    p.add_argument(
+        "--skopeo",
+        type=int,
+        metavar="N",
+        help="instead: cold sync from a loopback docker-registry against `skopeo sync` of "
+        "up to N of the same tags (bench/huge_registry.py)",
+    )
     args = p.parse_args(argv)
+    if args.skopeo:
+        for n in args.tags or [1000]:
+            print(f"== {n:,} tags from a docker-registry", flush=True)
+            result = cold_sync_vs_skopeo(
+                args.work,
+                args.work / f"registry-ws-{n}",
+                ensure_layouts(args.work, n),
+                _REPO,
+                skopeo_tags=min(args.skopeo, n),
+                runs=args.runs,
+            )
+            print(registry_markdown(result), flush=True)
+        return 0
     checkouts = {"this": _REPO}
     if args.baseline:
         checkouts["baseline"] = args.baseline.resolve()
