@@ -149,6 +149,14 @@ def cold_sync_vs_skopeo(
         registry.server.stop()
 
 
+def cold_ratio(result: ColdSync) -> float:
+    """registrish's median time against skopeo's for the same number of tags (skopeo's
+    scaled by tags when it synced a sample)."""
+    mine = statistics.median(s.seconds for s in result.registrish)
+    theirs = statistics.median(s.seconds for s in result.skopeo)
+    return mine / (theirs * result.tags / result.skopeo_tags)
+
+
 def markdown(result: ColdSync) -> str:
     """Medians, tags/s and registrish's time against skopeo's for the same tag count
     (skopeo's time scaled by tags when it synced a sample)."""
@@ -158,7 +166,6 @@ def markdown(result: ColdSync) -> str:
         statistics.median(s.max_rss_kib / 1024 for s in x)
         for x in (result.registrish, result.skopeo)
     ]
-    same = theirs * result.tags / result.skopeo_tags
     lines = [
         "| tool | tags | wall, median (min–max) | tags/s | peak RSS |",
         "|---|---:|---:|---:|---:|",
@@ -167,7 +174,7 @@ def markdown(result: ColdSync) -> str:
         f"| `skopeo sync` | {result.skopeo_tags:,} | {_span(result.skopeo)} | "
         f"{result.skopeo_tags / theirs:,.0f} | {rss[1]:.0f} MiB |",
         "",
-        f"registrish / skopeo for the same {result.tags:,} tags: **{mine / same:.2f}×**"
+        f"registrish / skopeo for the same {result.tags:,} tags: **{cold_ratio(result):.2f}×**"
         + (
             f" (skopeo's rate over {result.skopeo_tags:,} tags)"
             if result.skopeo_tags < result.tags
