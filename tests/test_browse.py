@@ -26,6 +26,7 @@ from registrish_lock.serving.browse import BrowseModel, model_from, read_model
 from registrish_lock.serving.browse_page import (
     OPEN_ALL_TAGS,
     BrowseSite,
+    current_data_files,
     render_page,
     render_site,
     render_tree_site,
@@ -389,3 +390,34 @@ def test_module_placeholder_is_what_the_script_uses() -> None:
     assert f'host = "{browse_page.HOST_PLACEHOLDER}"' in browse_assets.SCRIPT
     page = render_page(BrowseModel())
     assert f"<code>{browse_page.HOST_PLACEHOLDER}</code>".encode() in page
+
+
+def test_a_scoped_render_reads_only_the_changed_repositories(tree: BuiltTree) -> None:
+    """`changed=`: the other repositories keep the data files the page on disk names (no
+    tree read), and the bytes equal a full render's."""
+    write_site(tree.layout, render_tree_site(tree.layout, tree.lock))
+    assert current_data_files(tree.layout).keys() == set(tree.lock.names())
+    moved = make_lock(
+        "x",
+        [
+            dataclasses.replace(t, total_size=1) if (t.name, t.tag) == ("app-oci", "v1") else t
+            for t in tree.lock.tags
+        ],
+    )
+    full = render_tree_site(tree.layout, moved)
+    # the unchanged repositories' manifests are gone: a scoped render must not read them
+    for name in ("multi", "app-docker"):
+        for path in (tree.layout.v2 / name / "manifests").iterdir():
+            path.unlink()
+    scoped = render_tree_site(tree.layout, moved, changed=frozenset({"app-oci"}))
+    assert scoped.page == full.page
+    assert list(scoped.data) == [r for r, d in full.data.items() if b'"name":"app-oci"' in d]
+    assert write_site(tree.layout, scoped)[-1] == tree.layout.path(BROWSE_REL)
+    assert current_data_files(tree.layout) == {
+        json.loads(d)["name"]: r for r, d in full.data.items()
+    }
+    # a data file missing from disk is rendered again, from the tree
+    (rel,) = [r for r, d in full.data.items() if b'"name":"team/tools/app"' in d]
+    tree.layout.path(rel).unlink()
+    again = render_tree_site(tree.layout, moved, changed=frozenset())
+    assert again.page == full.page and list(again.data) == [rel]

@@ -32,7 +32,7 @@ import hashlib
 import html
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..fsutil import atomic_write_bytes
@@ -42,6 +42,7 @@ from .browse import BrowseModel, TagFacts, read_model
 from .browse_assets import SCRIPT, STYLE
 from .routes import BROWSE_DATA_DIR, BROWSE_REL, browse_data_rel
 
+TITLE = "Container images"
 #: Placeholder for the registry host where JavaScript cannot fill it in.
 HOST_PLACEHOLDER = "HOST"
 #: Up to this many tags in all, every repository starts open (see the module docstring).
@@ -94,16 +95,39 @@ def repository_data(name: str, tags: tuple[TagFacts, ...]) -> bytes:
 
 @dataclass(frozen=True)
 class BrowseSite:
-    """The page and its data files (tree-relative path → bytes)."""
+    """The page and its data files (tree-relative path → bytes). A scoped render
+    (`render_tree_site(changed=…)`) holds only the changed repositories' data files."""
 
     page: bytes
     data: dict[str, bytes]
 
 
-def render_site(model: BrowseModel, *, title: str = "Container images") -> BrowseSite:
+@dataclass(frozen=True)
+class _Section:
+    """What the page says about one repository: all from the lock, plus its data file."""
+
+    name: str
+    sources: str
+    count: int
+    rel: str
+
+
+def render_site(model: BrowseModel, *, title: str = TITLE) -> BrowseSite:
     """The page and every repository's data file. Pure and deterministic."""
-    names = len(model.repositories)
-    tags = model.tag_count
+    data: dict[str, bytes] = {}
+    sections = []
+    for name, repo_tags in model.repositories:
+        body = repository_data(name, repo_tags)
+        rel = browse_data_rel(hashlib.sha256(body).hexdigest())
+        data[rel] = body
+        sources = ", ".join(sorted({t.source for t in repo_tags}))
+        sections.append(_Section(name, sources, len(repo_tags), rel))
+    return BrowseSite(_page(sections, title), data)
+
+
+def _page(sections: list[_Section], title: str) -> bytes:
+    names = len(sections)
+    tags = sum(s.count for s in sections)
     open_attr = " open" if tags <= OPEN_ALL_TAGS else ""
     out = [
         "<!doctype html>\n",
@@ -127,35 +151,74 @@ def render_site(model: BrowseModel, *, title: str = "Container images") -> Brows
         "</noscript></header>\n<main>",
         '<p id="none" class="none" hidden>Nothing matches the filter.</p>\n',
     ]
-    if not model.repositories:
+    if not sections:
         out.append('<p class="none">This registry serves no images yet.</p>\n')
-    data: dict[str, bytes] = {}
-    for index, (name, repo_tags) in enumerate(model.repositories):
-        body = repository_data(name, repo_tags)
-        rel = browse_data_rel(hashlib.sha256(body).hexdigest())
-        data[rel] = body
-        sources = ", ".join(sorted({t.source for t in repo_tags}))
-        count = len(repo_tags)
+    for index, s in enumerate(sections):
+        plural = "" if s.count == 1 else "s"
         out.append(
-            f'<section class="repo" data-name="{_e(name)}" data-src="{rel}" '
-            f'data-tags="{count}" aria-labelledby="r{index}"><details{open_attr}>'
-            f'<summary><h2 id="r{index}">{_e(name)} <span class="src">from {_e(sources)}'
-            f'</span> <span class="count">{count:,} tag{"" if count == 1 else "s"}</span>'
-            f'</h2></summary><div class="body"><noscript><a href="{rel}">tags of '
-            f"{_e(name)} (JSON)</a></noscript></div></details></section>\n"
+            f'<section class="repo" data-name="{_e(s.name)}" data-src="{s.rel}" '
+            f'data-tags="{s.count}" aria-labelledby="r{index}"><details{open_attr}>'
+            f'<summary><h2 id="r{index}">{_e(s.name)} <span class="src">from {_e(s.sources)}'
+            f'</span> <span class="count">{s.count:,} tag{plural}</span>'
+            f'</h2></summary><div class="body"><noscript><a href="{s.rel}">tags of '
+            f"{_e(s.name)} (JSON)</a></noscript></div></details></section>\n"
         )
     out.append(f"</main>\n<script>{SCRIPT}</script>\n</body></html>\n")
-    return BrowseSite("".join(out).encode("utf-8"), data)
+    return "".join(out).encode("utf-8")
 
 
-def render_page(model: BrowseModel, *, title: str = "Container images") -> bytes:
+def render_page(model: BrowseModel, *, title: str = TITLE) -> bytes:
     """`index.html` alone (UTF-8). Pure and deterministic."""
     return render_site(model, title=title).page
 
 
-def render_tree_site(layout: Layout, lock: Lock) -> BrowseSite:
-    """`render_site(read_model(layout, lock))`: what sync writes."""
-    return render_site(read_model(layout, lock))
+def render_tree_site(
+    layout: Layout, lock: Lock, *, changed: frozenset[str] | None = None
+) -> BrowseSite:
+    """`render_site(read_model(layout, lock))`: what sync writes. With `changed` (the
+    repositories whose lock entries differ from the tree's last complete sync), only those
+    are read from the tree; every other one keeps the data file the page on disk names
+    (read again when that file is missing). Same bytes as a full render when the tree
+    is as that sync left it."""
+    if changed is None:
+        return render_site(read_model(layout, lock))
+    kept = {n: rel for n, rel in current_data_files(layout).items() if n not in changed}
+    fresh = replace(lock, tags=tuple(t for t in lock.tags if t.name not in kept))
+    site = render_site(read_model(layout, fresh))
+    by_name = {s.name: s for s in _sections_of(site.page)}
+    sections = []
+    for name in lock.names():
+        if name in by_name:
+            sections.append(by_name[name])
+            continue
+        tags = [t for t in lock.tags if t.name == name]
+        sources = ", ".join(sorted({t.source for t in tags}))
+        sections.append(_Section(name, sources, len(tags), kept[name]))
+    return BrowseSite(_page(sections, TITLE), site.data)
+
+
+_SECTION_RE = re.compile(
+    r'<section class="repo" data-name="([^"]*)" data-src="(browse/[a-f0-9]{64}\.json)" '
+    r'data-tags="(\d+)"[^>]*><details[^>]*><summary><h2 [^>]*>[^<]* <span class="src">from '
+    r"([^<]*)</span>"
+)
+
+
+def _sections_of(page: bytes) -> list[_Section]:
+    """The sections a rendered page lists (it is ours: escaped, one per line)."""
+    return [
+        _Section(html.unescape(m[1]), html.unescape(m[4]), int(m[3]), m[2])
+        for m in _SECTION_RE.finditer(page.decode("utf-8"))
+    ]
+
+
+def current_data_files(layout: Layout) -> dict[str, str]:
+    """Repository → data file, as the page on disk names them (files that exist only)."""
+    try:
+        page = layout.path(BROWSE_REL).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    return {s.name: s.rel for s in _sections_of(page) if layout.path(s.rel).is_file()}
 
 
 def write_site(layout: Layout, site: BrowseSite) -> list[Path]:
@@ -180,7 +243,7 @@ def write_site(layout: Layout, site: BrowseSite) -> list[Path]:
         atomic_write_bytes(page, site.page, tmp_dir=tmp_dir)
         written.append(page)
     directory = layout.path(BROWSE_DATA_DIR)
-    named = {layout.path(rel).name for rel in site.data}
+    named = {layout.path(s.rel).name for s in _sections_of(site.page)}
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for entry in directory.iterdir():
             if _DATA_NAME.match(entry.name) and entry.name not in named:
