@@ -68,6 +68,25 @@ def _blob(blobs: Path, data: bytes) -> tuple[str, int]:
     return f"sha256:{hexdigest}", len(data)
 
 
+def _image(blobs: Path, layer_text: str, labels: dict[str, str]) -> tuple[str, int]:
+    """A single-layer image manifest over its own config and layer: (digest, size)."""
+    layer = _blob(blobs, layer_text.encode())
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [layer[0]]},
+        "config": {"Labels": labels},
+    }
+    cfg = _blob(blobs, json.dumps(config).encode())
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": cfg[0], "size": cfg[1]},
+        "layers": [{"mediaType": OCI_LAYER, "digest": layer[0], "size": layer[1]}],
+    }
+    return _blob(blobs, json.dumps(manifest).encode())
+
+
 def write_layout(path: Path, repo: str, tags: int) -> None:
     """One OCI layout: `tags` tags, each a manifest over its own config and layer."""
     blobs = path / "blobs" / "sha256"
@@ -76,21 +95,7 @@ def write_layout(path: Path, repo: str, tags: int) -> None:
     index = []
     for j in range(tags):
         tag = tag_name(j)
-        layer = _blob(blobs, f"layer of {repo}:{tag}\n".encode())
-        config = {
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [layer[0]]},
-            "config": {"Labels": {"tag": tag}},
-        }
-        cfg = _blob(blobs, json.dumps(config).encode())
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": cfg[0], "size": cfg[1]},
-            "layers": [{"mediaType": OCI_LAYER, "digest": layer[0], "size": layer[1]}],
-        }
-        digest, size = _blob(blobs, json.dumps(manifest).encode())
+        digest, size = _image(blobs, f"layer of {repo}:{tag}\n", {"tag": tag})
         index.append(
             {
                 "mediaType": OCI_MANIFEST,
@@ -101,6 +106,19 @@ def write_layout(path: Path, repo: str, tags: int) -> None:
         )
     doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index}
     (path / "index.json").write_text(json.dumps(doc))
+
+
+def move_tag(path: Path, tag: str, salt: str = "moved") -> str:
+    """Point `tag` of the OCI layout at `path` at a new manifest (its own new config and
+    layer), as an upstream moving a tag does; returns the new manifest's digest."""
+    blobs = path / "blobs" / "sha256"
+    digest, size = _image(blobs, f"{salt} layer of {tag}\n", {"tag": tag, "moved": salt})
+    index = json.loads((path / "index.json").read_text())
+    for entry in index["manifests"]:
+        if entry["annotations"][REF_NAME] == tag:
+            entry["digest"], entry["size"] = digest, size
+    (path / "index.json").write_text(json.dumps(index))
+    return digest
 
 
 def ensure_layouts(cache: Path, total_tags: int) -> Path:

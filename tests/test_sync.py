@@ -9,6 +9,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_sync_fake import (
@@ -53,7 +54,7 @@ class Factory:
 
 
 def sync(
-    root: Path, lock: Lock, up: FakeUpstream, *, console: Console | None = None, **kw: bool
+    root: Path, lock: Lock, up: FakeUpstream, *, console: Console | None = None, **kw: Any
 ) -> SyncResult:
     factory = Factory(up)
     return sync_tree(

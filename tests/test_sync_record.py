@@ -4,6 +4,7 @@ it cannot see (a file rewritten in place) `sync --verify` and `check --local` fi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from testbed.registrish import registrish
 
-from bench.huge import HugeWorkspace, tag_name, write_layout
+from bench.huge import HugeWorkspace, move_tag, tag_name, write_layout
 from registrish_lock.tree.layout import Layout
 
 TAGS = 5
@@ -82,9 +83,27 @@ def test_a_noop_sync_trusts_a_settled_record(mirror: Mirror) -> None:
     assert dry["from_record"] is True and dry["exit"] == 0
 
 
-def test_a_record_younger_than_its_stamps_is_not_trusted(mirror: Mirror) -> None:
-    # The fixture's sync just wrote the tree: its directories are as new as the record.
-    assert mirror.sync()["from_record"] is False
+def test_a_record_as_young_as_its_stamps_is_trusted_by_its_witnesses(mirror: Mirror) -> None:
+    # The fixture's sync just wrote the tree: its directories are as new as the record, and
+    # the record holds their listings, which have not changed.
+    doc = json.loads(mirror.layout.sync_record.read_bytes())
+    assert doc["witnesses"]
+    assert mirror.sync()["from_record"] is True
+
+
+def test_a_change_hidden_in_the_same_tick_is_found_by_the_witness(mirror: Mirror) -> None:
+    # A manifest deleted, then its directory's mtime put back: the stamp says nothing moved
+    # (a change within the filesystem's clock tick looks so); the listing differs.
+    target = mirror.manifest(tag_name(3))
+    data = target.read_bytes()
+    directory = target.parent
+    st = directory.stat()
+    target.unlink()
+    os.utime(directory, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert directory.stat().st_mtime_ns == st.st_mtime_ns
+    doc = mirror.sync()
+    assert doc["from_record"] is False
+    assert target.read_bytes() == data
 
 
 def test_verify_ignores_the_record(mirror: Mirror) -> None:
@@ -266,4 +285,164 @@ def test_a_workspace_moved_whole_gets_its_host_configs_rewritten(mirror: Mirror)
     assert moved.sync()["from_record"] is False
     conf = (moved.path / "hosts" / "registrish.conf").read_text()
     assert str(moved.layout.root.resolve()) in conf
-    assert moved.sync()["from_record"] is False  # fresh stamps again: not yet trusted
+    assert moved.sync()["from_record"] is True  # fresh stamps, vouched for by their witnesses
+
+
+# -- gc trusts a clean record ------------------------------------------------------------------
+CLEAN = "vouches for a clean tree"
+
+
+def gc(mirror: Mirror, *args: str) -> tuple[dict[str, object], bool]:
+    """gc's JSON document, and whether it trusted the record."""
+    proc = registrish(mirror.config, "gc", "-v", "--json", *args, check=False)
+    doc: dict[str, object] = json.loads(proc.stdout)
+    doc["exit"] = proc.returncode
+    return doc, CLEAN in proc.stderr
+
+
+def test_gc_with_nothing_to_collect_trusts_a_clean_record(mirror: Mirror) -> None:
+    mirror.settle()
+    doc, trusted = gc(mirror, "--dry-run")
+    assert trusted and doc["exit"] == 0 and doc["remove"] == [] and not doc["pending"]
+    doc, trusted = gc(mirror)
+    assert trusted and doc["exit"] == 0 and doc["remove"] == []
+
+
+def test_gc_after_a_tag_left_the_lock_still_collects(mirror: Mirror) -> None:
+    mirror.settle()
+    gone = tag_name(TAGS - 1)
+    gone_digest = mirror.manifest(gone).read_bytes()
+    mirror.config.write_text(mirror.config.read_text().replace(f', "{gone}"', ""))
+    registrish(mirror.config, "lock")
+    mirror.sync()  # it removes the tag, not its content
+    mirror.settle()
+    doc, trusted = gc(mirror, "--dry-run")
+    assert not trusted and doc["exit"] == 1
+    removed = {item["path"] for item in doc["remove"]}  # type: ignore[attr-defined]
+    digest = "sha256:" + hashlib.sha256(gone_digest).hexdigest()
+    assert Layout.rel_manifest(REPO, digest) in removed
+    doc, trusted = gc(mirror)
+    assert not trusted and doc["exit"] == 0
+    assert not mirror.layout.path(Layout.rel_manifest(REPO, digest)).exists()
+    doc, _ = gc(mirror, "--dry-run")
+    assert doc["exit"] == 0 and doc["remove"] == []
+
+
+def test_a_file_dropped_into_the_tree_is_found_by_gc(mirror: Mirror) -> None:
+    mirror.settle()
+    stray = mirror.layout.path(Layout.rel_blob(REPO, "sha256:" + "0" * 64))
+    stray.write_bytes(b"not ours")
+    doc, trusted = gc(mirror, "--dry-run")
+    assert not trusted and doc["exit"] == 1
+    assert [item["path"] for item in doc["remove"]] == [  # type: ignore[attr-defined]
+        Layout.rel_blob(REPO, "sha256:" + "0" * 64)
+    ]
+
+
+def test_gc_with_a_hand_edited_lock_reads_the_tree(mirror: Mirror) -> None:
+    mirror.settle()
+    original = mirror.lock.read_text()
+    head, sep, _last = original.rpartition("\n[[tag]]\n")
+    mirror.lock.write_text(head + "\n")
+    doc, trusted = gc(mirror, "--dry-run", "--frozen")
+    assert sep and not trusted and doc["exit"] == 1
+    assert Layout.rel_manifest(REPO, tag_name(TAGS - 1)) in {
+        item["path"]
+        for item in doc["remove"]  # type: ignore[attr-defined]
+    }
+
+
+# -- a moved tag: the sync reads the repositories whose lock entries changed -------------------
+SCOPED = "reading only those"
+
+
+def snapshot(mirror: Mirror) -> dict[str, tuple[int, int, bytes]]:
+    """Every file of the tree and the host configs: (inode, mtime, sha256 of its bytes)."""
+    files = {}
+    for top in (mirror.layout.root, mirror.path / "hosts"):
+        for path in top.rglob("*"):
+            if path.is_file():
+                st = path.stat()
+                digest = hashlib.sha256(path.read_bytes()).digest()
+                files[str(path)] = (st.st_ino, st.st_mtime_ns, digest)
+    return files
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Mirror:
+    """Two repositories, huge/r000 and huge/r001, synced and settled."""
+    for repo in ("r000", "r001"):
+        write_layout(tmp_path / "layouts" / repo, repo, TAGS)
+    ws = HugeWorkspace.create(tmp_path / "ws", tmp_path / "layouts", Path())
+    m = Mirror(ws.path)
+    registrish(m.config, "lock")
+    registrish(m.config, "sync")
+    m.settle()
+    return m
+
+
+def sync_moved(mirror: Mirror, tag: str) -> tuple[str, bool]:
+    """Move `tag` of huge/r000 upstream, `lock --upgrade` it and sync: (new digest, scoped)."""
+    digest = move_tag(mirror.path / "layouts" / "r000", tag)
+    registrish(mirror.config, "lock", "--upgrade", REPO)
+    proc = registrish(mirror.config, "sync", "-v")
+    return digest, SCOPED in proc.stderr
+
+
+def test_a_moved_tag_rewrites_only_files_whose_bytes_change(two: Mirror) -> None:
+    before = snapshot(two)
+    digest, scoped = sync_moved(two, tag_name(1))
+    assert scoped
+    after = snapshot(two)
+    written = {
+        p for p, (ino, mtime, _) in after.items() if before.get(p, (0, 0, b""))[:2] != (ino, mtime)
+    }
+    same_bytes = {p for p in written if p in before and before[p][2] == after[p][2]}
+    assert same_bytes == set()  # nothing rewritten with the bytes it had
+    rel = {
+        str(two.layout.root / r)
+        for r in (
+            Layout.rel_manifest(REPO, tag_name(1)),
+            Layout.rel_manifest(REPO, digest),
+            Layout.rel_referrers(REPO, digest),
+        )
+    }
+    assert rel <= written
+    assert str(two.path / "hosts" / "registrish.conf") in written  # its tag table moved
+    assert not any("/huge/r001/" in p for p in written)
+    assert two.manifest(tag_name(1)).read_bytes() == two.manifest(digest).read_bytes()
+    assert registrish(two.config, "check", "--local").returncode == 0
+    # The scoped sync left what a full one would: --verify has nothing to do.
+    doc = two.sync("--verify")
+    assert doc["from_record"] is False and doc["plan"]["pending"] is False  # type: ignore[index]
+
+
+def test_a_moved_tag_with_a_file_deleted_elsewhere_reads_the_whole_tree(two: Mirror) -> None:
+    victim = two.layout.path(Layout.rel_manifest("huge/r001", tag_name(3)))
+    data = victim.read_bytes()
+    victim.unlink()
+    _digest, scoped = sync_moved(two, tag_name(2))
+    assert not scoped
+    assert victim.read_bytes() == data
+
+
+def test_a_changed_copy_of_the_applied_lock_is_not_trusted(two: Mirror) -> None:
+    kept = two.layout.state / "synced.lock"
+    assert kept.read_bytes() == two.lock.read_bytes()
+    kept.write_text(kept.read_text().replace(tag_name(4), tag_name(4) + "x"))
+    _digest, scoped = sync_moved(two, tag_name(0))
+    assert not scoped
+    assert kept.read_bytes() == two.lock.read_bytes()
+    assert registrish(two.config, "check", "--local").returncode == 0
+
+
+def test_a_tag_left_the_lock_is_removed_by_a_scoped_sync(two: Mirror) -> None:
+    gone = tag_name(TAGS - 1)
+    two.config.write_text(two.config.read_text().replace(f', "{gone}"]', "]", 1))
+    registrish(two.config, "lock")
+    proc = registrish(two.config, "sync", "-v")
+    assert SCOPED in proc.stderr
+    assert not two.manifest(gone).exists()
+    listed = json.loads(two.layout.path(Layout.rel_tags_list(REPO)).read_text())["tags"]
+    assert gone not in listed and len(listed) == TAGS - 1
+    assert registrish(two.config, "check", "--local").returncode == 0

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..console import Console
 from ..errors import ExitCode, StaleLockError
 from ..lock.config import Config, load_config
-from ..lock.lockfile import Lock, parse_lock_bytes, read_lock, read_lock_bytes
+from ..lock.lockfile import Lock, parse_lock_bytes, read_lock_bytes
 from ..progress import Stats, make_progress
 from ..tree import record
 from ..tree.apply import LazyUpstream, sync_tree, write_hosts
@@ -49,12 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-wait", action="store_true", help="fail (exit 5) if another process holds the tree"
     )
-
-
-def load_locked(config_path: Path, *, frozen: bool) -> tuple[Config, Lock]:
-    """The config and its lock; a lock made from another config is refused unless frozen."""
-    config = load_config(config_path)
-    return config, fresh_lock(config, read_lock(config.lock_path), frozen=frozen)
 
 
 def fresh_lock(config: Config, lock: Lock, *, frozen: bool) -> Lock:
@@ -108,6 +101,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
     upstream = LazyUpstream(lambda: open_sources(config, console, jobs=args.jobs))
     try:
         with tree_lock(layout, console, wait=not args.no_wait):
+            scope = None
+            if not (args.dry_run or args.verify or args.prune):
+                scope = record.changed_scope(layout, key, lock_bytes)
+                if scope is not None:
+                    console.debug(
+                        f"the sync record vouches for the tree but for {len(scope)} "
+                        "repositories: reading only those"
+                    )
             if not args.dry_run:
                 record.invalidate(layout)
             result = sync_tree(
@@ -120,12 +121,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 verify=args.verify,
                 dry_run=args.dry_run,
                 prune=args.prune,
+                scope=scope,
             )
             hosts = [] if args.dry_run else write_hosts(config, layout, lock, console)
             if not args.dry_run:  # last: everything above completed
                 names = {t.name for t in lock.tags}
                 paths = record.watched(layout, names, config.hosts_dir)
-                record.write(layout, key, lock.config_hash, paths)
+                record.keep_lock(layout, lock_bytes)
+                record.write(layout, key, lock.config_hash, paths, clean=result.clean)
     finally:
         upstream.close()
     plan, stats = result.plan, result.stats

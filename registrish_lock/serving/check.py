@@ -16,7 +16,6 @@ import re
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 
@@ -28,8 +27,8 @@ from ..oci.manifest import Manifest, parse_manifest, sha256_digest
 from ..oci.referrers import artifact_type_of, referrers_problems, refers_to
 from ..tls import certificate_problem, client_context
 from ..tree.layout import Layout
-from ..tree.state import hash_file
-from .routes import EMPTY_REFERRERS_REL, BlobObject, read_objects
+from .routes import EMPTY_REFERRERS_REL, BlobObject, images_of, objects_from
+from .treefiles import TreeFiles
 
 __all__ = ["check_local", "check_url", "referrers_problems", "validate_url"]
 
@@ -414,77 +413,82 @@ def check_local(layout: Layout, lock: Lock) -> Report:
     twin is a hardlink of it, every blob is present and hashes to its name, every tag
     is listed, every manifest has a referrers document."""
     report = Report(target=str(layout.root))
-    hashed: dict[tuple[int, int], str] = {}
-
-    def digest_of(path: Path) -> str | None:
-        try:
-            st = path.stat()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        key = (st.st_dev, st.st_ino)
-        if key not in hashed:
-            hashed[key] = hash_file(path)[0]
-        return hashed[key]
-
+    tree = TreeFiles(layout)
     for rel in (Layout.rel_ping(), Layout.rel_catalog(), EMPTY_REFERRERS_REL):
         report.checked += 1
-        if not layout.path(rel).is_file():
+        if not os.path.isfile(tree.abspath(rel)):
             report.fail(rel, "missing (run `registrish sync`, then `registrish hosts`)")
+    verified: dict[str, bytes] = {}  # rel → manifest bytes that hash to their digest
     for rel, digest, media_type in sorted(set(_files(lock))):
         report.checked += 1
-        path = layout.path(rel)
-        got = digest_of(path)
+        got = tree.digest(rel, keep=True)
         if got is None:
             report.fail(rel, "missing manifest file (run `registrish sync`)")
             continue
-        if got != digest:
-            report.fail(rel, f"hashes to {got}, expected {digest}")
-        twin = path.with_name(f"{path.name}.~{mediatypes.KIND_OF[media_type]}")
-        if not twin.exists():
-            report.fail(rel, f"typed twin {twin.name} is missing: hosts cannot type it")
-        elif not os.path.samefile(path, twin):
-            report.fail(rel, f"typed twin {twin.name} is not a hardlink of the manifest")
+        if got[0] != digest:
+            report.fail(rel, f"hashes to {got[0]}, expected {digest}")
+        elif got[2] is not None:
+            verified[rel] = got[2]
+        twin = f"{rel}.~{mediatypes.KIND_OF[media_type]}"
+        twin_inode = tree.inode(twin)
+        if twin_inode is None:
+            report.fail(
+                rel, f"typed twin {twin.rsplit('/', 1)[-1]} is missing: hosts cannot type it"
+            )
+        elif twin_inode != got[1]:
+            report.fail(
+                rel, f"typed twin {twin.rsplit('/', 1)[-1]} is not a hardlink of the manifest"
+            )
+    # The blobs are named by the verified image manifests (an index names none).
+    images: dict[tuple[str, str], bytes] = {}
+    for t in lock.tags:
+        for digest, media_type in images_of(t):
+            body = verified.get(Layout.rel_manifest(t.name, digest))
+            if body is not None and not mediatypes.is_index(media_type):
+                images[(t.name, digest)] = body
     try:
-        objects = read_objects(layout, lock)
+        objects = objects_from(lock, ((name, body) for (name, _), body in images.items()))
     except IntegrityError as exc:
         report.fail("(manifests)", str(exc))
         return report
     for blob in objects.blobs:
         rel = Layout.rel_blob(blob.name, blob.digest)
         report.checked += 1
-        got = digest_of(layout.path(rel))
-        if got is None:
+        found = tree.digest(rel)
+        if found is None:
             report.fail(rel, "missing blob (run `registrish sync`)")
-        elif got != blob.digest:
-            report.fail(rel, f"hashes to {got}: the file is corrupt (run `registrish sync`)")
-    artifacts: dict[tuple[str, str], bytes] = {}
-    for t in lock.tags:
-        for r in t.referrers:
-            path = layout.path(Layout.rel_manifest(t.name, r.digest))
-            if digest_of(path) == r.digest:  # a bad one is reported above
-                artifacts[(t.name, r.digest)] = path.read_bytes()
+        elif found[0] != blob.digest:
+            report.fail(rel, f"hashes to {found[0]}: the file is corrupt (run `registrish sync`)")
+    artifacts = {
+        (t.name, r.digest): verified[rel]
+        for t in lock.tags
+        for r in t.referrers
+        if (rel := Layout.rel_manifest(t.name, r.digest)) in verified
+    }
     expected = _expected_referrers(lock, artifacts)
     for name, digest in objects.referrers:
         rel = Layout.rel_referrers(name, digest)
         report.checked += 1
-        try:
-            data = layout.path(rel).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
+        data = tree.read(rel)
+        if data is None:
             report.fail(rel, "missing referrers document (run `registrish sync`)")
             continue
         for problem in referrers_problems(data, expected.get((name, digest), {})):
             report.fail(rel, problem)
+    locked: dict[str, list[str]] = {}
+    for t in lock.tags:
+        locked.setdefault(t.name, []).append(t.tag)
     for name in objects.names:
         rel = Layout.rel_tags_list(name)
         report.checked += 1
         try:
-            listed = set(json.loads(layout.path(rel).read_bytes()).get("tags") or [])
-        except (OSError, ValueError, AttributeError):
+            listed = set(json.loads(tree.read(rel) or b"").get("tags") or [])
+        except (ValueError, AttributeError):
             report.fail(rel, "missing or not a JSON tag list (run `registrish sync`)")
             continue
-        for t in lock.tags:
-            if t.name == name and t.tag not in listed:
-                report.fail(rel, f"tag {t.tag} is locked but not listed")
+        for tag in locked.get(name, []):
+            if tag not in listed:
+                report.fail(rel, f"tag {tag} is locked but not listed")
     return report
 
 

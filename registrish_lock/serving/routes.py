@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from ..lock.lockfile import Lock
+from ..lock.lockfile import Lock, LockedTag
 from ..oci import mediatypes
 from ..oci.manifest import parse_manifest
 from ..oci.reference import is_digest, is_name, is_tag
@@ -338,6 +338,13 @@ def objects_from(lock: Lock, manifests: Iterable[tuple[str, bytes]]) -> TreeObje
     )
 
 
+def images_of(t: LockedTag) -> list[tuple[str, str]]:
+    """(digest, media type) of a locked tag's manifests: its own, its platforms', its
+    referrers' (what may name blobs)."""
+    images = [(t.digest, t.media_type)] + [(p.digest, p.media_type) for p in t.platforms]
+    return images + [(r.digest, r.media_type) for r in t.referrers]
+
+
 def read_objects(layout: Layout, lock: Lock) -> TreeObjects:
     """`objects_from` with the manifests read from the tree (image manifests only:
     an index names no blobs). A missing manifest file is skipped; `check --local`
@@ -345,9 +352,7 @@ def read_objects(layout: Layout, lock: Lock) -> TreeObjects:
     data: list[tuple[str, bytes]] = []
     seen: set[tuple[str, str]] = set()
     for t in lock.tags:
-        images = [(t.digest, t.media_type)] + [(p.digest, p.media_type) for p in t.platforms]
-        images += [(r.digest, r.media_type) for r in t.referrers]
-        for digest, media_type in images:
+        for digest, media_type in images_of(t):
             if mediatypes.is_index(media_type) or (t.name, digest) in seen:
                 continue
             seen.add((t.name, digest))

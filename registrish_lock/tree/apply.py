@@ -28,7 +28,7 @@ from ..upstream.protocols import DEFAULT_JOBS
 from ..upstream.protocols import BlobSource as Upstream
 from . import gc as gc_mod
 from . import record
-from .desired import Desired, desired_tree, selected_children
+from .desired import Desired, catalog_document, desired_tree, selected_children
 from .layout import Layout
 from .plan import BlobFetch, DocWrite, ManifestWrite, Plan, make_plan
 from .state import (
@@ -292,14 +292,41 @@ class SyncResult:
     plan: Plan
     stats: Stats
     gc: gc_mod.GcPlan | None = None
+    #: The tree holds nothing the lock does not reach (what the sync record calls clean).
+    clean: bool = False
 
 
-def plan_sync(
-    *, lock: Lock, layout: Layout, upstream: LazyUpstream, console: Console, verify: bool = False
-) -> tuple[Plan, Manifests]:
-    state = scan(layout, verify=verify)
-    manifests = collect_manifests(lock, state, upstream, console)
-    return make_plan(desired_tree(lock, manifests.parsed), state), manifests
+@dataclass(frozen=True)
+class _Planned:
+    plan: Plan
+    manifests: Manifests
+    desired: Desired
+    state: TreeState
+
+
+def _plan_sync(
+    *,
+    lock: Lock,
+    layout: Layout,
+    upstream: LazyUpstream,
+    console: Console,
+    verify: bool,
+    scope: frozenset[str] | None,
+) -> _Planned:
+    """With `scope`, only those repositories are read and planned (the others are as the
+    sync record vouches); the catalog still lists every locked name."""
+    state = scan(layout, verify=verify, names=scope)
+    part = (
+        lock
+        if scope is None
+        else replace(lock, tags=tuple(t for t in lock.tags if t.name in scope))
+    )
+    manifests = collect_manifests(part, state, upstream, console)
+    desired = desired_tree(part, manifests.parsed)
+    if scope is not None:
+        catalog = ("catalog", catalog_document(lock))
+        desired = replace(desired, docs={**desired.docs, Layout.rel_catalog(): catalog})
+    return _Planned(make_plan(desired, state), manifests, desired, state)
 
 
 def sync_tree(
@@ -313,13 +340,18 @@ def sync_tree(
     verify: bool = False,
     dry_run: bool = False,
     prune: bool = False,
+    scope: frozenset[str] | None = None,
 ) -> SyncResult:
-    """Reconcile the tree with `lock` (the caller holds the tree lock)."""
+    """Reconcile the tree with `lock` (the caller holds the tree lock). `scope`: the
+    repositories that may differ from the lock (`delta.changed_names`); None = all."""
     watch = Stopwatch()
     stats = Stats()
-    plan, manifests = plan_sync(
-        lock=lock, layout=layout, upstream=upstream, console=console, verify=verify
+    if verify or prune:
+        scope = None
+    planned = _plan_sync(
+        lock=lock, layout=layout, upstream=upstream, console=console, verify=verify, scope=scope
     )
+    plan, manifests = planned.plan, planned.manifests
     gc_plan = None
     if not dry_run:
         apply_plan(
@@ -336,9 +368,18 @@ def sync_tree(
         gc_plan = _gc_after(plan, lock=lock, layout=layout, manifests=manifests)
     elif prune:
         gc_plan = collect_garbage(lock=lock, layout=layout, console=console, dry_run=False)
+    # What gc would find now: the scan's files the lock does not reach, minus what the
+    # plan removed (everything the plan wrote is reached). Pure: no second scan.
+    clean = not dry_run and (
+        prune
+        or (
+            scope is None
+            and not _garbage_after(plan, gc_mod.plan_gc(planned.desired, planned.state))
+        )
+    )
     stats.seconds = watch.elapsed()
     stats.upstream_requests = upstream.request_count
-    return SyncResult(plan=plan, stats=stats, gc=gc_plan)
+    return SyncResult(plan=plan, stats=stats, gc=gc_plan, clean=clean)
 
 
 def collect_garbage(
@@ -362,8 +403,13 @@ def _gc_after(plan: Plan, *, lock: Lock, layout: Layout, manifests: Manifests) -
     not "unknown" then), and without the files the plan itself removes."""
     desired = desired_tree(lock, manifests.parsed, strict=False)
     gc_plan = gc_mod.plan_gc(desired, scan(layout))
+    return replace(gc_plan, sweeps=_garbage_after(plan, gc_plan))
+
+
+def _garbage_after(plan: Plan, gc_plan: gc_mod.GcPlan) -> tuple[gc_mod.Sweep, ...]:
+    """`gc_plan`'s sweeps that `plan` does not remove itself."""
     removed = {r.rel for r in plan.removals}
-    return replace(gc_plan, sweeps=tuple(s for s in gc_plan.sweeps if s.rel not in removed))
+    return tuple(s for s in gc_plan.sweeps if s.rel not in removed)
 
 
 def write_hosts(config: Config, layout: Layout, lock: Lock, console: Console) -> list[Path]:

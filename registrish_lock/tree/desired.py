@@ -248,7 +248,7 @@ def desired_tree(lock: Lock, manifests: Mapping[str, Manifest], *, strict: bool 
             canonical_json({"name": name, "tags": sorted(names_tags)}),
         )
         docs.update((rel, ("tags", data)) for rel, data in last_pages(name, names_tags).items())
-    docs[Layout.rel_catalog()] = ("catalog", canonical_json({"repositories": lock.names()}))
+    docs[Layout.rel_catalog()] = ("catalog", catalog_document(lock))
     docs[Layout.rel_ping()] = ("ping", PING_DOCUMENT)
     return Desired(
         manifests=tuple(
@@ -261,6 +261,10 @@ def desired_tree(lock: Lock, manifests: Mapping[str, Manifest], *, strict: bool 
         foreign=tuple(sorted(foreign)),
         unknown_repos=frozenset(unknown),
     )
+
+
+def catalog_document(lock: Lock) -> bytes:
+    return canonical_json({"repositories": lock.names()})
 
 
 #: Repositories with more tags get no `last` pages: their bytes grow as tags²/2, so this

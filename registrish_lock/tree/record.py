@@ -10,11 +10,22 @@ What it trusts, and what re-checks it:
   each repository and its sections, the content store) and of every file at the top of the
   root, `v2/` and the hosts directory (host configs, browse page, ping, catalog). Adding,
   deleting or renaming any file of the tree changes its directory's mtime: the next sync
-  sees the stamp differ and scans. A stamp within `RACY_NS` of the record's own mtime is
-  not trusted (a change in the same clock tick would not show; cf. git's "racy" index).
+  sees the stamp differ and scans. A stamp within `RACY_NS` of the record's own mtime
+  could hide a change made in the same clock tick (cf. git's "racy" index): for those the
+  record also holds a witness taken before the stamp, the sha256 of the directory's
+  (name, inode) listing or of the file's bytes, and trusts the stamp only while the
+  witness still matches. So the sync right after a change is trusted too.
 - Not seen: a file rewritten in place (same name, no rename) below the top level. Nothing
   registrish does writes that way; `sync --verify` (which ignores the record) and
   `check --local` re-read every file and find it.
+- `synced.lock` beside it: the bytes of the lock it was written for (checked against
+  `lock_sha256` before use). A sync of a changed lock whose record otherwise vouches for
+  the tree (same config, no directory moved) reads only the repositories whose `[[tag]]`
+  entries differ between the two (`delta.changed_names`); `--verify`/`--prune` read all.
+- `clean`: whether the sync that wrote it also saw nothing for `gc` to collect (what its
+  full scan held that the lock no longer reaches, minus what it removed itself). `gc` with
+  a current, clean record has nothing to collect without reading the tree; a file added
+  behind registrish's back moves its directory's stamp, so `gc` then scans.
 """
 
 from __future__ import annotations
@@ -23,17 +34,20 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from .. import __version__
 from ..fsutil import atomic_write_bytes, fsync_dir
+from . import delta
 from .layout import Layout
 
 RECORD_FORMAT = 1
 #: Stamps younger than this against the record are not trusted (FAT's mtime is 2 s coarse).
 RACY_NS = 2_000_000_000
 _SECTIONS = ("manifests", "tags", "blobs", "referrers")
+_APPLIED_LOCK = "synced.lock"
 Stamp = list[int] | None
 
 
@@ -95,14 +109,45 @@ def invalidate(layout: Layout) -> None:
     fsync_dir(path.parent)
 
 
+def _witness(path: Path) -> str | None:
+    """What a same-tick change would still alter: a directory's (name, inode) listing
+    (scandir: no stat per entry), a file's bytes."""
+    h = hashlib.sha256()
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            for name, inode in sorted((e.name, e.inode()) for e in os.scandir(path)):
+                h.update(f"{name}\0{inode}\n".encode())
+        else:
+            h.update(path.read_bytes())
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
 def write(
-    layout: Layout, key: dict[str, object], lock_config_hash: str, paths: Iterable[Path]
+    layout: Layout,
+    key: dict[str, object],
+    lock_config_hash: str,
+    paths: Iterable[Path],
+    *,
+    clean: bool = False,
 ) -> None:
-    """Record the tree as complete for `key` (the last step of a sync)."""
+    """Record the tree as complete for `key` (the last step of a sync); `clean` when it
+    also holds nothing the lock does not reach."""
+    racy_from = time.time_ns() - RACY_NS
+    stamps: dict[str, Stamp] = {}
+    witnesses: dict[str, str | None] = {}
+    for path in paths:
+        witness = _witness(path)  # before the stamp: a change in between shows in one
+        stamp = stamps[str(path)] = _stamp(path)
+        if stamp is not None and stamp[2] >= racy_from:
+            witnesses[str(path)] = witness
     doc = {
         **key,
         "lock_config_hash": lock_config_hash,
-        "stamps": {str(p): _stamp(p) for p in paths},
+        "clean": clean,
+        "stamps": stamps,
+        "witnesses": witnesses,
     }
     layout.tmp.mkdir(parents=True, exist_ok=True)
     data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
@@ -114,22 +159,70 @@ def is_current(layout: Layout, key: dict[str, object], config_hash: str, *, froz
 
     Without `frozen`, the lock must also have been made from this config (a stale lock
     takes the full path, which refuses it)."""
+    return current(layout, key, config_hash, frozen=frozen) is not None
+
+
+def is_clean(layout: Layout, key: dict[str, object], config_hash: str, *, frozen: bool) -> bool:
+    """`is_current`, and the sync that wrote the record left nothing for gc to collect."""
+    doc = current(layout, key, config_hash, frozen=frozen)
+    return doc is not None and doc.get("clean") is True
+
+
+def current(
+    layout: Layout, key: dict[str, object], config_hash: str, *, frozen: bool
+) -> dict[str, object] | None:
+    """The record when it vouches for the tree (`is_current`), else None."""
     path = layout.sync_record
     try:
         mtime = os.stat(path).st_mtime_ns
         doc = json.loads(path.read_bytes())
     except (OSError, ValueError):
-        return False
+        return None
     if not isinstance(doc, dict) or any(doc.get(k) != v for k, v in key.items()):
-        return False
+        return None
     if not frozen and doc.get("lock_config_hash") != config_hash:
-        return False
-    stamps = doc.get("stamps")
-    if not isinstance(stamps, dict):
-        return False
+        return None
+    stamps, witnesses = doc.get("stamps"), doc.get("witnesses", {})
+    if not isinstance(stamps, dict) or not isinstance(witnesses, dict):
+        return None
     for name, recorded in stamps.items():
         if _stamp(Path(name)) != recorded:
-            return False
+            return None
         if recorded is not None and recorded[2] >= mtime - RACY_NS:
-            return False
-    return True
+            witness = witnesses.get(name)
+            if witness is None or _witness(Path(name)) != witness:
+                return None
+    return doc
+
+
+def keep_lock(layout: Layout, lock_bytes: bytes) -> None:
+    """Keep the applied lock's bytes beside the record (before the record is written)."""
+    path = layout.state / _APPLIED_LOCK
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == lock_bytes:
+            return
+    layout.tmp.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, lock_bytes, tmp_dir=layout.tmp)
+
+
+def changed_scope(
+    layout: Layout, key: dict[str, object], lock_bytes: bytes
+) -> frozenset[str] | None:
+    """The repositories a sync of `lock_bytes` must read when the record vouches for the
+    tree as the sync of another lock (the tree's location and registrish the same, no stamp
+    moved; the config may differ: the tree is made from the lock alone, and the host
+    configs are rendered again anyway); None when it does not (every repository is read)."""
+    try:
+        doc = json.loads(layout.sync_record.read_bytes())
+        previous, config = doc["lock_sha256"], doc["config_sha256"]
+        old = (layout.state / _APPLIED_LOCK).read_bytes()
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(previous, str) or previous == key["lock_sha256"]:
+        return None
+    if hashlib.sha256(old).hexdigest() != previous:
+        return None  # not the lock the record was written for
+    prior = {**key, "lock_sha256": previous, "config_sha256": config}
+    if current(layout, prior, "", frozen=True) is None:
+        return None
+    return delta.changed_names(old, lock_bytes)

@@ -19,7 +19,7 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,8 +98,49 @@ def _section(rel: str) -> str | None:
     return parsed[1] if parsed is not None else None
 
 
-def scan(layout: Layout, *, verify: bool = False) -> TreeState:
-    """Observe the tree under `layout.root` (an absent root is an empty tree)."""
+class _StoreByStat(Mapping[str, FileInfo]):
+    """The content store, each blob stat'ed when asked for: a sync scoped to a few
+    repositories asks for their blobs only. Iterating lists the whole store."""
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+
+    def __getitem__(self, digest: str) -> FileInfo:
+        if not is_digest(digest):
+            raise KeyError(digest)
+        try:
+            st = os.lstat(self._dir / digest.removeprefix("sha256:"))
+        except (FileNotFoundError, NotADirectoryError):
+            raise KeyError(digest) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyError(digest)
+        return FileInfo(st.st_size, st.st_dev, st.st_ino)
+
+    def _all(self) -> list[str]:
+        if not self._dir.is_dir():
+            return []
+        return [d for e in os.scandir(self._dir) if (d := f"sha256:{e.name}") in self]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+def _walk_roots(layout: Layout, names: frozenset[str] | None) -> list[Path]:
+    """`v2/`, or the directories of `names` (a nested repository's once: its parent's
+    walk covers it)."""
+    if names is None:
+        return [layout.v2]
+    dirs = {layout.repo_dir(n) for n in names}
+    return sorted(d for d in dirs if not any(p in dirs for p in d.parents))
+
+
+def scan(layout: Layout, *, verify: bool = False, names: frozenset[str] | None = None) -> TreeState:
+    """Observe the tree under `layout.root` (an absent root is an empty tree). With
+    `names`, only those repositories' files, the ping and the catalog are read, and the
+    store is stat'ed blob by blob when the planner asks (not with `verify`)."""
     files: dict[str, FileInfo] = {}
     manifest_digests: dict[str, str] = {}
     manifest_bytes: dict[str, bytes] = {}
@@ -109,7 +150,8 @@ def scan(layout: Layout, *, verify: bool = False) -> TreeState:
     blob_files: list[str] = []
 
     store_dir = layout.state / "blobs" / "sha256"
-    if store_dir.is_dir():
+    lazy_store = names is not None and not verify
+    if not lazy_store and store_dir.is_dir():
         for entry in os.scandir(store_dir):
             digest = f"sha256:{entry.name}"
             if not is_digest(digest) or not entry.is_file(follow_symlinks=False):
@@ -119,14 +161,25 @@ def scan(layout: Layout, *, verify: bool = False) -> TreeState:
             if verify and hash_file(Path(entry.path)) != (digest, st.st_size):
                 bad_store.add(digest)
 
-    if layout.v2.is_dir():
-        for dirpath, _dirnames, filenames in os.walk(layout.v2):
+    walked = _walk_roots(layout, names)
+    if names is not None:  # the top-level documents a scoped plan compares
+        for rel in (Layout.rel_ping(), Layout.rel_catalog()):
+            with contextlib.suppress(OSError):
+                st = os.lstat(layout.path(rel))
+                if stat.S_ISREG(st.st_mode):
+                    files[rel] = FileInfo(st.st_size, st.st_dev, st.st_ino)
+                    docs[rel] = layout.path(rel).read_bytes()
+    for top in walked:
+        for dirpath, _dirnames, filenames in os.walk(top):
             for filename in filenames:
                 path = Path(dirpath) / filename
                 st = path.lstat()
                 if not stat.S_ISREG(st.st_mode):
                     continue  # never follow symlinks out of the tree
                 rel = path.relative_to(layout.root).as_posix()
+                parsed = parse_rel_path(rel)
+                if names is not None and (parsed is None or parsed[0] not in names):
+                    continue  # a nested repository out of scope
                 files[rel] = FileInfo(st.st_size, st.st_dev, st.st_ino)
                 section = _section(rel)
                 if section == "manifests" and st.st_size <= MAX_MANIFEST_BYTES:
@@ -161,7 +214,7 @@ def scan(layout: Layout, *, verify: bool = False) -> TreeState:
         manifest_digests=manifest_digests,
         manifest_bytes=manifest_bytes,
         docs=docs,
-        store=store,
+        store=_StoreByStat(store_dir) if lazy_store else store,
         bad_store=frozenset(bad_store),
         bad_files=frozenset(bad_files),
         tmp=tmp,

@@ -1,0 +1,43 @@
+"""tree/delta.py: which repositories two locks' texts differ in (or None: read them all)."""
+
+from __future__ import annotations
+
+from registrish_lock.tree.delta import changed_names
+
+HEAD = 'version = 1\nconfig-hash = "sha256:aa"\n\n[inputs]\n"a" = "sha256:01"\n'
+
+
+def block(name: str, tag: str, digest: str = "0" * 64) -> str:
+    return f'\n[[tag]]\nname = "{name}"\ntag = "{tag}"\ndigest = "sha256:{digest}"\n'
+
+
+def lock(*blocks: str, head: str = HEAD) -> bytes:
+    return (head + "".join(blocks)).encode()
+
+
+def test_the_same_lock_changes_nothing() -> None:
+    text = lock(block("a", "1"), block("b", "1"))
+    assert changed_names(text, text) == frozenset()
+
+
+def test_a_moved_added_or_removed_tag_names_its_repository() -> None:
+    old = lock(block("a", "1"), block("b", "1"), block("c", "1"))
+    new = lock(block("a", "1"), block("b", "1", "1" * 64), block("d", "1"))
+    assert changed_names(old, new) == frozenset({"b", "c", "d"})
+
+
+def test_a_header_change_alone_changes_no_repository() -> None:
+    old = lock(block("a", "1"))
+    new = lock(block("a", "1"), head=HEAD.replace("01", "02"))
+    assert changed_names(old, new) == frozenset()
+
+
+def test_what_it_cannot_read_safely_is_none() -> None:
+    old = lock(block("a", "1"))
+    assert changed_names(old, lock(block("a", "1"), "\n[[tag]]\nname = ")) is None
+    inline = b'version = 1\ntag = [{name = "a", tag = "1"}]\n'
+    assert changed_names(old, inline) is None
+    assert changed_names(old, b"\xff") is None
+    # two tags in one block (a hand-written header the split does not see) are not guessed
+    odd = lock(block("a", "1") + '[[ tag ]]\nname = "b"\ntag = "2"\n')
+    assert changed_names(old, odd) is None
