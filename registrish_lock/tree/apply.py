@@ -312,6 +312,7 @@ def _plan_sync(
     console: Console,
     verify: bool,
     scope: frozenset[str] | None,
+    jobs: int,
 ) -> _Planned:
     """With `scope`, only those repositories are read and planned (the others are as the
     sync record vouches); the catalog still lists every locked name."""
@@ -321,7 +322,7 @@ def _plan_sync(
         if scope is None
         else replace(lock, tags=tuple(t for t in lock.tags if t.name in scope))
     )
-    manifests = collect_manifests(part, state, upstream, console)
+    manifests = collect_manifests(part, state, upstream, console, jobs=jobs)
     desired = desired_tree(part, manifests.parsed)
     if scope is not None:
         catalog = ("catalog", catalog_document(lock))
@@ -349,7 +350,13 @@ def sync_tree(
     if verify or prune:
         scope = None
     planned = _plan_sync(
-        lock=lock, layout=layout, upstream=upstream, console=console, verify=verify, scope=scope
+        lock=lock,
+        layout=layout,
+        upstream=upstream,
+        console=console,
+        verify=verify,
+        scope=scope,
+        jobs=jobs,
     )
     plan, manifests = planned.plan, planned.manifests
     gc_plan = None
@@ -412,12 +419,20 @@ def _garbage_after(plan: Plan, gc_plan: gc_mod.GcPlan) -> tuple[gc_mod.Sweep, ..
     return tuple(s for s in gc_plan.sweeps if s.rel not in removed)
 
 
-def write_hosts(config: Config, layout: Layout, lock: Lock, console: Console) -> list[Path]:
-    """Host configs come last: they may route to anything the tree now holds."""
+def write_hosts(
+    config: Config,
+    layout: Layout,
+    lock: Lock,
+    console: Console,
+    *,
+    changed: frozenset[str] | None = None,
+) -> list[Path]:
+    """Host configs come last: they may route to anything the tree now holds. `changed`:
+    the sync's scope (the browse page reads only those repositories)."""
     try:
         from ..serving.hosts import write_host_configs
     except ImportError:
         console.debug("host config writer not available; skipping host configs")
         return []
-    result: list[Path] = write_host_configs(config, layout, lock, console)
+    result: list[Path] = write_host_configs(config, layout, lock, console, changed=changed)
     return result
