@@ -1,6 +1,5 @@
 """The browse page in a real headless Chromium (Debian's `chromium`), driven over the
 DevTools protocol (websocket-client: no browser download, no chromedriver).
-
 `registrish lock` + `sync` (registrish_lock.cli.main) mirror the seeded upstream of the
 test bed; `registrish serve` serves the tree; Chromium loads `/`, the page fetches each
 repository's data file, and the tests type into the filter box and click copy buttons
@@ -125,9 +124,13 @@ class Browser:
 
     def click(self, selector: str) -> None:
         """A real mouse click (trusted event, user activation) at the element's centre."""
+        # measured two frames after scrolling: `content-visibility: auto` sections near the
+        # viewport take their real height then, which moves what follows
         box = self.page.js(
-            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
-            " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
+            f"(async () => {{ const e = document.querySelector({json.dumps(selector)});"
+            " e.scrollIntoView({block: 'center'});"
+            " await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));"
+            " const r = e.getBoundingClientRect();"
             " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
         )
         x, y = box
