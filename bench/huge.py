@@ -35,9 +35,12 @@ for _p in (_REPO, _REPO / "tests"):  # like bench/run.py: a checkout with its te
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from bench.huge_registry import cold_ratio, cold_sync_vs_skopeo  # noqa: E402
+from bench.huge_registry import markdown as registry_markdown  # noqa: E402
 from bench.measure import Sample, Stats, fresh_dir, timed  # noqa: E402
 from bench.report import Check, Result, Row  # noqa: E402
 from bench.workspace import Context  # noqa: E402
+from registrish_lock.tree.layout import Layout  # noqa: E402
 
 TAGS_PER_REPO = 1000
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -231,6 +234,19 @@ def measure_scale(
         ws.run("lock", "-q")  # the first lock is an input: untimed
         say(f"  {name}: cold sync")
         cold[name] = ws.run("sync", "-q")
+    return measure_noop(spaces, runs, cold, say)
+
+
+def measure_noop(
+    spaces: dict[str, HugeWorkspace],
+    runs: int,
+    cold: dict[str, Sample],
+    say: Callable[[str], None] = print,
+) -> Measured:
+    """The no-op commands, interleaved, on workspaces that are synced (or were synced by
+    another checkout: the untimed warm-up sync brings them to this one's record)."""
+    for ws in spaces.values():
+        ws.run("sync", "-q")
     # A scheduled sync runs minutes after the last change; the sync record distrusts
     # directories changed within 2 s of it (record.RACY_NS), so settle past that once.
     time.sleep(2.1)
@@ -264,7 +280,8 @@ def markdown(results: dict[int, Measured], checkouts: Sequence[str]) -> str:
     if len(checkouts) > 1:
         head += f" {checkouts[0]} / {checkouts[1]} at {scales[-1]:,} |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    labels = ["cold sync", *COMMANDS]
+    has_cold = all(name in results[n].cold for n in scales for name in checkouts)
+    labels = ["cold sync", *COMMANDS] if has_cold else list(COMMANDS)
     for label in labels:
         for name in checkouts:
             cells, points = [], []
@@ -299,6 +316,8 @@ def markdown(results: dict[int, Measured], checkouts: Sequence[str]) -> str:
 # -- the harness's scenario --------------------------------------------------------------------
 #: Tags per harness scale: the CI smoke run covers the scenario at a tiny size.
 HARNESS_TAGS = {"smoke": (20, 40), "quick": (1000,), "full": (1000, 10000)}
+#: Tags `skopeo sync` copies in the harness (one image after the other: a sample at 10,000).
+HARNESS_SKOPEO_TAGS = 1000
 
 
 def huge(ctx: Context) -> Result:
@@ -334,6 +353,34 @@ def huge(ctx: Context) -> Result:
             )
     sync = _secs(top.noop["this"]["sync"]).median
     peak = max(_rss(s) for s in top.noop["this"].values())
+    ctx.log(f"  cold sync from a docker-registry against skopeo, {sizes[-1]:,} tags")
+    cold = cold_sync_vs_skopeo(
+        ctx.work.parent / "huge",
+        ctx.work / "huge-registry",
+        ensure_layouts(ctx.work.parent / "huge", sizes[-1]),
+        _REPO,
+        skopeo_tags=min(HARNESS_SKOPEO_TAGS, sizes[-1]),
+        runs=ctx.runs,
+        say=ctx.log,
+    )
+    shutil.rmtree(ctx.work / "huge-registry", ignore_errors=True)
+    vs = cold_ratio(cold)
+    rows += [
+        Row(
+            f"cold `sync` of {cold.tags:,} tags from docker-registry",
+            _secs(cold.registrish),
+            "s",
+            f"{vs:.2f}× skopeo",
+            f"{cold.tags / _secs(cold.registrish).median:,.0f} tags/s",
+        ),
+        Row(
+            f"`skopeo sync --all --src yaml --dest dir` of {cold.skopeo_tags:,} of them",
+            _secs(cold.skopeo),
+            "s",
+            "1.00× (baseline, per tag)",
+            f"{cold.skopeo_tags / _secs(cold.skopeo).median:,.0f} tags/s",
+        ),
+    ]
     return Result(
         key="huge",
         title=f"Large mirrors: no-op commands at {', '.join(f'{n:,}' for n in sizes)} tags",
@@ -346,11 +393,20 @@ def huge(ctx: Context) -> Result:
                 sync <= 0.5 or sizes[-1] < 10000,
             ),
             Check("peak RSS ≤ 150 MiB", f"{peak:.0f} MiB", peak <= 150),
+            Check(
+                "cold `sync` from a loopback docker-registry ≤ 0.3× skopeo's time per tag",
+                f"{vs:.2f}×",
+                vs <= 0.3,
+            ),
         ),
         notes=(
             "Growth exponent: the least-squares slope of log(time) against log(tags) over the "
             "sizes measured (1.0 is linear). `python3 bench/huge.py` measures more sizes and "
             "compares two checkouts.",
+            "Cold sync: the same layouts written into a docker-registry's filesystem storage "
+            "(as a push leaves it; bench/huge_registry.py), then `registrish sync` of every tag "
+            f"and `skopeo sync` of up to {HARNESS_SKOPEO_TAGS:,} of them, interleaved; the "
+            "ratio compares time per tag.",
         ),
     )
 
@@ -363,15 +419,48 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="cProfile one no-op sync each")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--work", type=Path, default=Path("/tmp/registrish-bench/huge"))  # noqa: S108
+    p.add_argument(
+        "--existing",
+        action="store_true",
+        help="no layouts, no cold sync: the no-op commands on the workspaces a previous run "
+        "left under --work (ws-<tags>/this), with this checkout",
+    )
+    p.add_argument(
+        "--skopeo",
+        type=int,
+        metavar="N",
+        help="instead: cold sync from a loopback docker-registry against `skopeo sync` of "
+        "up to N of the same tags (bench/huge_registry.py)",
+    )
     args = p.parse_args(argv)
+    if args.skopeo:
+        for n in args.tags or [1000]:
+            print(f"== {n:,} tags from a docker-registry", flush=True)
+            result = cold_sync_vs_skopeo(
+                args.work,
+                args.work / f"registry-ws-{n}",
+                ensure_layouts(args.work, n),
+                _REPO,
+                skopeo_tags=min(args.skopeo, n),
+                runs=args.runs,
+            )
+            print(registry_markdown(result), flush=True)
+        return 0
     checkouts = {"this": _REPO}
     if args.baseline:
         checkouts["baseline"] = args.baseline.resolve()
     results = {}
     for n in args.tags or [1000]:
         print(f"== {n:,} tags", flush=True)
-        layouts = ensure_layouts(args.work, n)
-        results[n] = measure_scale(args.work / f"ws-{n}", layouts, checkouts, args.runs)
+        if args.existing:
+            ws = HugeWorkspace(args.work / f"ws-{n}" / "this", _REPO)
+            # another checkout's record would vouch for its host configs and browse page:
+            # without it the warm-up sync renders this checkout's
+            Layout(ws.path / "public").sync_record.unlink(missing_ok=True)
+            results[n] = measure_noop({"this": ws}, args.runs, {})
+        else:
+            layouts = ensure_layouts(args.work, n)
+            results[n] = measure_scale(args.work / f"ws-{n}", layouts, checkouts, args.runs)
         if args.profile:
             for name in checkouts:
                 ws = HugeWorkspace(args.work / f"ws-{n}" / name, checkouts[name])

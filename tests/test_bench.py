@@ -168,3 +168,33 @@ def test_huge_layouts_hold_one_manifest_per_tag(tmp_path: Path) -> None:
     assert refs == [tag_name(j) for j in range(500)]
     # manifest, config and layer per tag: every one distinct
     assert len(list((top / "r001" / "blobs" / "sha256").iterdir())) == 3 * 500
+
+
+def test_huge_registry_storage_links_every_tag_as_a_push_would(tmp_path: Path) -> None:
+    from bench.huge import ensure_layouts, tag_name
+    from bench.huge_registry import fill_storage, skopeo_sample
+
+    repos = fill_storage(ensure_layouts(tmp_path, 1500), tmp_path / "storage")
+    assert {name: len(tags) for name, tags in repos.items()} == {
+        "huge/r000": 1000,
+        "huge/r001": 500,
+    }
+    v2 = tmp_path / "storage" / "docker" / "registry" / "v2"
+    tag = v2 / "repositories" / "huge/r001" / "_manifests" / "tags" / tag_name(7)
+    digest = (tag / "current" / "link").read_text()
+    hexdigest = digest.removeprefix("sha256:")
+    assert (tag / "index" / "sha256" / hexdigest / "link").read_text() == digest
+    manifest = json.loads(
+        (v2 / "blobs" / "sha256" / hexdigest[:2] / hexdigest / "data").read_bytes()
+    )
+    for layer in [manifest["config"], *manifest["layers"]]:
+        link = v2 / "repositories/huge/r001/_layers/sha256" / layer["digest"][7:] / "link"
+        assert link.read_text() == layer["digest"]
+    assert len(list((v2 / "blobs" / "sha256").rglob("data"))) == 3 * 1500
+    # skopeo's sample: round-robin over the repositories, in each one's order
+    sample = skopeo_sample(repos, 5)
+    assert sample == {
+        "huge/r000": [tag_name(j) for j in range(3)],
+        "huge/r001": [tag_name(0), tag_name(1)],
+    }
+    assert skopeo_sample(repos, 10_000) == repos

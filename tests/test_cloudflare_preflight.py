@@ -60,6 +60,6 @@ def test_sync_refuses_before_writing_anything(
     # 127.0.0.1:9 answers nothing: refused before any request or write
     assert main(["-c", str(config), "sync"]) == 2
     err = capsys.readouterr().err
-    assert "cloudflare: the locked images need at least 108 _headers rules" in err
+    assert "cloudflare: the locked images need at least 109 _headers rules" in err
     assert "nothing was synced" in err
     assert not (tmp_path / "public").exists()

@@ -241,12 +241,13 @@ def test_plan_orders_uploads_by_phase_and_describes_bytes() -> None:
         obj("v2/a/referrers/sha256:cc", Phase.REFERRERS, 7, data=b"refs..."),
         obj("v2/a/tags/list", Phase.TAG_LISTS, 4, data=b"list"),
         obj("index.html", Phase.BROWSE, 1, data=b"<"),
+        obj(f"browse/{'ab' * 32}.json", Phase.BROWSE_DATA, 2, data=b"{}"),
     ]
     plan = plan_publish(local, {})
     assert [u.obj.phase for u in plan.uploads] == sorted(Phase)
-    assert plan.upload_bytes == 2 + 3 + 3 + 2048 + 5 + 7 + 4 + 1
+    assert plan.upload_bytes == 2 + 3 + 3 + 2048 + 5 + 7 + 4 + 1 + 2
     lines = plan.describe(S3Target("b", "p"))
-    assert lines[0] == "Would upload 8 objects (2.0 KiB) to s3://b/p; 0 unchanged (0 B)"
+    assert lines[0] == "Would upload 9 objects (2.0 KiB) to s3://b/p; 0 unchanged (0 B)"
     assert "  blobs: 1 (2.0 KiB)" in lines
     doc = plan.to_json()
     assert doc["upload_bytes"] == plan.upload_bytes and doc["pending"] is True

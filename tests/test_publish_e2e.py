@@ -134,7 +134,7 @@ def assert_bucket_equals_tree(s3: SeaweedS3, root: Path) -> None:
         if key == PING_KEY:
             continue  # SeaweedFS stores a `…/` key as a directory and serves no body
         assert body == data, key
-        immutable = "/blobs/" in key or "/manifests/sha256:" in key
+        immutable = "/blobs/" in key or "/manifests/sha256:" in key or key.startswith("browse/")
         assert got.get("CacheControl") == (
             "public, max-age=31536000, immutable" if immutable else "public, max-age=60"
         ), key

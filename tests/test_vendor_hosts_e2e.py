@@ -24,13 +24,13 @@ import pytest
 from support.hosts import render_host
 from support.pulls import test_check_passes, test_containerd, test_docker, test_podman, test_skopeo
 from support.trees import BuiltTree, build_served_tree
+from testbed.browsesite import assert_site_served
 from testbed.clients import Dockerd, docker_pull
 from testbed.procs import CommandError, Server
 from testbed.vendorhosts import start_netlify, start_wrangler
 
-from registrish_lock.serving.browse import render_tree_page
+from registrish_lock.serving.browse_page import render_tree_site, write_site
 from registrish_lock.serving.routes import (
-    BROWSE_REL,
     Kind,
     Policy,
     entries,
@@ -52,7 +52,7 @@ def _tree(base: Path, renderer: str) -> BuiltTree:
     render_host(tree, renderer, base / "hosts", 0)
     # the browse page sync writes: with it and no 404.html, Cloudflare answered every
     # missing path 200 with this page
-    tree.layout.path(BROWSE_REL).write_bytes(render_tree_page(tree.layout, tree.lock))
+    write_site(tree.layout, render_tree_site(tree.layout, tree.lock))
     return tree
 
 
@@ -121,6 +121,15 @@ def test_missing_paths_are_json_404s(host: str) -> None:
         r = httpx.get(f"http://{host}{path}", timeout=30)
         assert r.status_code == 404, path
         assert r.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN", path
+
+
+def test_browse_page_and_its_data_files(tree: BuiltTree, host: str) -> None:
+    def get(path: str) -> tuple[int, dict[str, str], bytes]:
+        r = httpx.get(f"http://{host}{path}", timeout=30)
+        return r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content
+
+    # both hosts redirect /index.html to /; the rules file sets the data files' headers
+    assert_site_served(get, render_tree_site(tree.layout, tree.lock), page_paths=("/",))
 
 
 def test_ping_is_json(host: str) -> None:

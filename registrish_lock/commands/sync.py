@@ -118,7 +118,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
             if not args.dry_run:
                 record.invalidate(layout)
             result = _sync(args, console, lock, layout, upstream, scope=scope)
-            hosts = [] if args.dry_run else write_hosts(config, layout, lock, console)
+            hosts = (
+                [] if args.dry_run else write_hosts(config, layout, lock, console, changed=scope)
+            )
             if not args.dry_run:  # last: everything above completed
                 names = {t.name for t in lock.tags}
                 paths = record.watched(layout, names, config.hosts_dir)

@@ -12,6 +12,7 @@ What counts as "unchanged" (the remote listing is all we look at, one LIST per 1
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterable, Mapping
@@ -23,7 +24,16 @@ from typing import Any
 from ..console import Console, human_bytes
 from ..errors import ExitCode, RegistrishError
 from ..tree.layout import PING_FILE, Layout, split_twin
-from .routes import BROWSE_REL, Kind, Miss, Policy, Target, classify, headers_for
+from .routes import (
+    BROWSE_DATA_DIR,
+    BROWSE_REL,
+    Kind,
+    Miss,
+    Policy,
+    Target,
+    classify,
+    headers_for,
+)
 from .s3store import RemoteObject, S3Target
 
 #: The key that answers `GET /v2/` (S3 serves a key ending in `/` for that URL path).
@@ -47,7 +57,8 @@ class Phase(IntEnum):
     TAG_LISTS = 4
     CATALOG = 5
     PING = 6
-    BROWSE = 7  # the root's index.html, which links to everything else
+    BROWSE_DATA = 7  # the browse page's data files, before the page naming them
+    BROWSE = 8  # the root's index.html, which links to everything else
 
 
 _PHASE_OF_KIND = {
@@ -58,6 +69,7 @@ _PHASE_OF_KIND = {
     Kind.TAGS_LIST: Phase.TAG_LISTS,
     Kind.CATALOG: Phase.CATALOG,
     Kind.PING: Phase.PING,
+    Kind.BROWSE_DATA: Phase.BROWSE_DATA,
     Kind.BROWSE: Phase.BROWSE,
 }
 
@@ -100,7 +112,8 @@ def _md5_file(path: Path) -> str:
 def collect_objects(
     layout: Layout, policy: Policy, console: Console | None = None
 ) -> list[LocalObject]:
-    """Walk `v2/` (plus the browse page `index.html` at the root) and describe every
+    """Walk `v2/` (plus the browse page `index.html` and its `browse/` data files at the
+    root) and describe every
     object to upload (sorted by phase, key).
 
     A manifest is published once, under its exact name, with the type its typed twin
@@ -151,6 +164,13 @@ def collect_objects(
         target = classify(BROWSE_REL)
         assert isinstance(target, Target)
         result.append(_describe(target, BROWSE_REL, browse, browse.stat().st_size, policy, None))
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in sorted(os.scandir(layout.path(BROWSE_DATA_DIR)), key=lambda e: e.name):
+            rel = f"{BROWSE_DATA_DIR}/{entry.name}"
+            target = classify(rel)
+            if isinstance(target, Target) and entry.is_file(follow_symlinks=False):
+                size = entry.stat(follow_symlinks=False).st_size
+                result.append(_describe(target, rel, Path(entry.path), size, policy, None))
     for rel, st in manifests.items():
         target = classify(rel)
         assert isinstance(target, Target)

@@ -42,6 +42,16 @@ EMPTY_REFERRERS_REL = "v2/_referrers-empty"
 #: The browse page (`browse.py`) at the tree root, answered for `/` and `/index.html`.
 BROWSE_REL = "index.html"
 HTML = "text/html; charset=utf-8"
+#: The browse page's per-repository data files, `browse/<sha256 of the bytes>.json`
+#: (`browse_page.py`): named by content, so cached forever like a blob.
+BROWSE_DATA_DIR = "browse"
+#: Their tree paths as a regular expression (for the host renderers; no anchors).
+BROWSE_DATA_RE = BROWSE_DATA_DIR + r"/[a-f0-9]{64}\.json"
+_BROWSE_DATA = re.compile(BROWSE_DATA_DIR + r"/([a-f0-9]{64})\.json")
+
+
+def browse_data_rel(hexdigest: str) -> str:
+    return f"{BROWSE_DATA_DIR}/{hexdigest}.json"
 
 
 def short_cache(seconds: int) -> str:
@@ -58,6 +68,7 @@ class Kind(Enum):
     BLOB = "blob"
     REFERRERS = "referrers"
     BROWSE = "browse"
+    BROWSE_DATA = "browse-data"
 
 
 class ErrorCode(Enum):
@@ -109,6 +120,8 @@ class Target:
             return Layout.rel_referrers(self.name, self.ref)
         if self.kind is Kind.BROWSE:
             return BROWSE_REL
+        if self.kind is Kind.BROWSE_DATA:
+            return browse_data_rel(self.ref)
         return Layout.rel_manifest(self.name, self.ref)
 
 
@@ -130,6 +143,9 @@ def classify(url_path: str) -> Target | Miss:
     path = url_path.lstrip("/")
     if path in ("", BROWSE_REL):
         return Target(Kind.BROWSE)
+    data = _BROWSE_DATA.fullmatch(path)
+    if data:
+        return Target(Kind.BROWSE_DATA, ref=data.group(1))
     if path in ("v2", "v2/"):
         return Target(Kind.PING)
     if path == "v2/_catalog":
@@ -180,6 +196,8 @@ def headers_for(
         return (("Content-Type", JSON), ("Cache-Control", short), API_VERSION_HEADER)
     if kind is Kind.BROWSE:
         return (("Content-Type", HTML), ("Cache-Control", short))
+    if kind is Kind.BROWSE_DATA:
+        return (("Content-Type", JSON), ("Cache-Control", IMMUTABLE))
     if kind in (Kind.CATALOG, Kind.TAGS_LIST):
         return (("Content-Type", JSON), ("Cache-Control", short), API_VERSION_HEADER)
     if kind is Kind.REFERRERS:

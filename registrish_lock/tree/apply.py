@@ -75,14 +75,21 @@ def _parse(data: bytes, digest: str, media_type: str, where: str) -> Manifest:
 
 
 def collect_manifests(
-    lock: Lock, state: TreeState, upstream: LazyUpstream | None, console: Console
+    lock: Lock,
+    state: TreeState,
+    upstream: LazyUpstream | None,
+    console: Console,
+    *,
+    jobs: int = DEFAULT_JOBS,
 ) -> Manifests:
     """Every manifest the lock reaches: from the tree when present (its digest is the
     hash of its bytes), else from the upstream by digest (verified). With `upstream=None`
-    (gc) missing ones are simply left out."""
+    (gc) missing ones are simply left out. The locked (top-level) manifests the tree
+    lacks are fetched `jobs` at a time first; an index's children as the walk finds them."""
     data: dict[str, bytes] = {}
     parsed: dict[str, Manifest] = {}
-    fetched = 0
+    prefetched = _prefetch(lock, state, upstream, console, jobs) if upstream else {}
+    fetched = len(prefetched)
     for tag in lock.tags:
         where = f"{tag.name}:{tag.tag}"
         repo: Reference | None = None
@@ -92,7 +99,7 @@ def collect_manifests(
         while stack:
             digest, media_type, top = stack.pop()
             if digest not in parsed:
-                raw = state.manifest_bytes.get(digest)
+                raw = state.manifest_bytes.get(digest) or prefetched.get(digest)
                 if raw is None:
                     if upstream is None:
                         continue
@@ -111,6 +118,31 @@ def collect_manifests(
 
 def _source(tag: LockedTag) -> Reference:
     return parse_source(tag.source)
+
+
+def _prefetch(
+    lock: Lock, state: TreeState, upstream: LazyUpstream, console: Console, jobs: int
+) -> dict[str, bytes]:
+    """The locked manifests (tags and referrers) the tree lacks, by digest, fetched in
+    parallel: a cold sync of many tags otherwise waits on one round trip per tag
+    (BENCHMARKS.md, "Cold sync from a loopback docker-registry")."""
+    wanted: dict[str, LockedTag] = {}
+    for tag in lock.tags:
+        for digest in (tag.digest, *(r.digest for r in tag.referrers)):
+            if digest not in state.manifest_bytes:
+                wanted.setdefault(digest, tag)
+    got: dict[str, bytes] = {}
+
+    def fetch(item: tuple[str, LockedTag]) -> None:
+        digest, tag = item
+        repo = _source(tag)
+        console.debug(f"GET manifest {repo}@{digest} for {tag.name}:{tag.tag}")
+        got[digest] = upstream.get().get_manifest(repo, digest, expected_digest=digest).data
+
+    if wanted:
+        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="manifest") as pool:
+            run_fail_fast(pool, fetch, wanted.items())
+    return got
 
 
 # --- applying a plan -----------------------------------------------------------------------
@@ -273,6 +305,7 @@ def _plan_sync(
     console: Console,
     verify: bool,
     scope: frozenset[str] | None,
+    jobs: int,
 ) -> _Planned:
     """With `scope`, only those repositories are read and planned (the others are as the
     sync record vouches); the catalog still lists every locked name."""
@@ -282,7 +315,7 @@ def _plan_sync(
         if scope is None
         else replace(lock, tags=tuple(t for t in lock.tags if t.name in scope))
     )
-    manifests = collect_manifests(part, state, upstream, console)
+    manifests = collect_manifests(part, state, upstream, console, jobs=jobs)
     desired = desired_tree(part, manifests.parsed)
     if scope is not None:
         catalog = ("catalog", catalog_document(lock))
@@ -317,7 +350,13 @@ def sync_tree(
     if verify or prune:
         scope = None
     planned = _plan_sync(
-        lock=lock, store=tree, upstream=upstream, console=console, verify=verify, scope=scope
+        lock=lock,
+        store=tree,
+        upstream=upstream,
+        console=console,
+        verify=verify,
+        scope=scope,
+        jobs=jobs,
     )
     plan, manifests = planned.plan, planned.manifests
     gc_plan = None
@@ -390,12 +429,20 @@ def _garbage_after(plan: Plan, gc_plan: gc_mod.GcPlan) -> tuple[gc_mod.Sweep, ..
     return tuple(s for s in gc_plan.sweeps if s.rel not in removed)
 
 
-def write_hosts(config: Config, layout: Layout, lock: Lock, console: Console) -> list[Path]:
-    """Host configs come last: they may route to anything the tree now holds."""
+def write_hosts(
+    config: Config,
+    layout: Layout,
+    lock: Lock,
+    console: Console,
+    *,
+    changed: frozenset[str] | None = None,
+) -> list[Path]:
+    """Host configs come last: they may route to anything the tree now holds. `changed`:
+    the sync's scope (the browse page reads only those repositories)."""
     try:
         from ..serving.hosts import write_host_configs
     except ImportError:
         console.debug("host config writer not available; skipping host configs")
         return []
-    result: list[Path] = write_host_configs(config, layout, lock, console)
+    result: list[Path] = write_host_configs(config, layout, lock, console, changed=changed)
     return result

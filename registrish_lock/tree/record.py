@@ -86,6 +86,7 @@ def watched(layout: Layout, names: Iterable[str], hosts_dir: Path) -> list[Path]
     root = Layout(layout.root.resolve())  # stamps by absolute path, whatever the cwd
     layout, hosts_dir = root, hosts_dir.resolve()
     dirs = {layout.root, layout.v2, layout.state / "blobs" / "sha256", hosts_dir}
+    dirs.add(layout.root / "browse")  # the browse page's data files (serving.browse_page)
     for name in names:
         repo = layout.repo_dir(name)
         dirs.update(p for p in repo.parents if p.is_relative_to(layout.v2))

@@ -36,6 +36,8 @@ def expected_bucket(root: Path) -> dict[str, tuple[bytes, str]]:
     result[PING_KEY] = result["v2/index"]
     if (root / "index.html").is_file():  # the browse page
         result["index.html"] = ((root / "index.html").read_bytes(), "text/html; charset=utf-8")
+    for data in sorted((root / "browse").glob("*.json")):  # and its data files
+        result[f"browse/{data.name}"] = (data.read_bytes(), JSON)
     return result
 
 

@@ -14,9 +14,8 @@ from ...lock.config import Config
 from ...lock.lockfile import Lock
 from ...tls import ServerTls, check_tls_files
 from ...tree.layout import Layout
-from ..browse import render_tree_page
+from ..browse_page import render_tree_site, write_site
 from ..routes import (
-    BROWSE_REL,
     EMPTY_REFERRERS,
     EMPTY_REFERRERS_REL,
     Entry,
@@ -123,10 +122,18 @@ def write_if_changed(path: Path, data: bytes, *, tmp_dir: Path | None = None) ->
     return True
 
 
-def write_host_configs(config: Config, layout: Layout, lock: Lock, console: Console) -> list[Path]:
+def write_host_configs(
+    config: Config,
+    layout: Layout,
+    lock: Lock,
+    console: Console,
+    *,
+    changed: frozenset[str] | None = None,
+) -> list[Path]:
     """Regenerate the configs of `config.hosts` (and the tree's empty-referrers
     catch-all that every host config falls back to). Returns the files written; an
-    unchanged file is not rewritten."""
+    unchanged file is not rewritten. `changed`: only these repositories may differ from
+    the last complete sync (the browse page reads only them; `render_tree_site`)."""
     ctx = make_context(
         layout=layout,
         hosts_dir=config.hosts_dir,
@@ -140,14 +147,13 @@ def write_host_configs(config: Config, layout: Layout, lock: Lock, console: Cons
     check_host_tls(config)
     rendered = render_hosts(ctx, config.hosts)
     outputs = [Output(layout.path(EMPTY_REFERRERS_REL), EMPTY_REFERRERS)]
-    # The browse page is not a host's config but goes with them: always on, rewritten
-    # only when the tree's content changed.
-    outputs.append(Output(layout.path(BROWSE_REL), render_tree_page(layout, lock)))
     for result in rendered:
         outputs.extend(result.outputs)
         for warning in result.warnings:
             console.warn(warning)
-    written = []
+    # The browse page is not a host's config but goes with them: always on, each file
+    # written only when its content changed.
+    written = write_site(layout, render_tree_site(layout, lock, changed=changed))
     for out in outputs:
         in_tree = out.path.resolve().is_relative_to(ctx.root)
         tmp_dir = layout.tmp if in_tree and layout.tmp.is_dir() else None

@@ -21,6 +21,7 @@ from ..routes import (
     ALLOW,
     ALLOWED_METHODS,
     API_VERSION_HEADER,
+    BROWSE_DATA_RE,
     BROWSE_REL,
     EMPTY_REFERRERS_REL,
     HTML,
@@ -56,6 +57,7 @@ NOT_FOUND_ENV = "REGISTRISH_404"
 UNSUPPORTED_DOC = ".registrish-405.json"
 _LAST_QUERY = "(?:^|&)last=([A-Za-z0-9_][A-Za-z0-9._-]{0,127})(?:&|$)"
 _BROWSE_RE = BROWSE_REL.replace(".", "\\.")  # a regex for the page's name
+BROWSE_DATA_ENV = "REGISTRISH_BROWSE_DATA"
 _DIGEST_URI = "^/v2/.+/(manifests|blobs)/sha256:[a-f0-9]{64}"
 #: As `registrish serve` answers a method other than GET and HEAD.
 _UNSUPPORTED = error_body(ErrorCode.UNSUPPORTED)
@@ -114,6 +116,9 @@ RewriteRule ^{re.escape(UNSUPPORTED_DOC)}$ - [END]
 RewriteRule (^|/)\\.|\\.~ - [R=404,L]
 # The browse page (written by sync) at / and /{BROWSE_REL}.
 RewriteRule ^({_BROWSE_RE})?$ {BROWSE_REL} [END]
+# Its per-repository data files (named by their content, so cached forever).
+RewriteCond %{{REQUEST_FILENAME}} -f
+RewriteRule ^{BROWSE_DATA_RE}$ - [END]
 RewriteRule !^v2(/|$) - [R=404,L]
 RewriteRule ^v2/_referrers-empty$ - [R=404,L]
 # The API ping: GET /v2/ -> 200 {{}}.
@@ -141,6 +146,9 @@ RewriteRule ^v2/.+/referrers/sha256:[a-f0-9]{{64}}$ {EMPTY_REFERRERS_REL} [END]
 <If "%{{REQUEST_URI}} =~ m#^/({_BROWSE_RE})?$#">
     ForceType "{HTML}"
 </If>
+<If "%{{REQUEST_URI}} =~ m#^/{BROWSE_DATA_RE}$#">
+    ForceType {JSON}
+</If>
 <If "%{{REQUEST_URI}} =~ m#/referrers/# || %{{REQUEST_URI}} == '/{EMPTY_REFERRERS_REL}'">
     ForceType {mediatypes.OCI_INDEX}
 </If>
@@ -151,8 +159,9 @@ Header always set Allow "{ALLOW}" "expr=%{{REQUEST_STATUS}} == '405'"
 ErrorDocument 405 /{UNSUPPORTED_DOC}
 # From the name actually served (after the rewrite), so it is always the body's digest.
 Header set Docker-Content-Digest %{{REGISTRISH_DIGEST}}e env=REGISTRISH_DIGEST
-# Immutable for what was asked for by digest.
-<If "%{{REQUEST_URI}} =~ m#{_DIGEST_URI}#">
+# Immutable for what was asked for by digest, and the browse page's data files (named by
+# their own digest).
+<If "%{{REQUEST_URI}} =~ m#{_DIGEST_URI}# || %{{REQUEST_URI}} =~ m#^/{BROWSE_DATA_RE}$#">
     Header set Cache-Control "{IMMUTABLE}"
 </If>
 <Else>
@@ -213,6 +222,7 @@ def server_rules(short: str) -> str:
     SetEnvIf Request_URI ^ no-gzip=1 no-brotli=1
     # The 404 body by what was asked for (the last match wins).
 {not_found}    SetEnvIf Request_URI "^/v2/.+/(?:manifests|blobs)/(sha256:[a-f0-9]{{64}})" REGISTRISH_DIGEST=$1
+    SetEnvIf Request_URI "^/{BROWSE_DATA_RE}$" {BROWSE_DATA_ENV}=1
 
     RewriteEngine On
     # Read-only: any other method is refused (405, the JSON error and Allow set below).
@@ -244,6 +254,8 @@ def server_rules(short: str) -> str:
 {_rule("^/v2/.+/referrers/sha256:[a-f0-9]{64}$", "-", f"T={mediatypes.OCI_INDEX}", "END")}\
     # The browse page (written by sync) at / and /{BROWSE_REL}.
 {_rule(f"^/(?:{_BROWSE_RE})?$", f"{root}/{BROWSE_REL}", f"T={HTML}", "END")}\
+    # Its per-repository data files, named by their own digest (so immutable, below).
+{_rule(f"^/{BROWSE_DATA_RE}$", "-", f"T={JSON}", "END")}\
     RewriteRule ^ - [R=404]
 
     Header always set {" ".join(API_VERSION_HEADER)}
@@ -256,6 +268,7 @@ def server_rules(short: str) -> str:
     # Immutable for what was asked for by digest, short for the rest (tags included).
     Header set Cache-Control "{IMMUTABLE}" env=REGISTRISH_DIGEST
     Header set Cache-Control "{short}" env=!REGISTRISH_DIGEST
+    Header set Cache-Control "{IMMUTABLE}" env={BROWSE_DATA_ENV}
 """
 
 

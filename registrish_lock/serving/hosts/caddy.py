@@ -24,6 +24,7 @@ from ..routes import (
     ALLOW,
     ALLOWED_METHODS,
     API_VERSION_HEADER,
+    BROWSE_DATA_RE,
     BROWSE_REL,
     EMPTY_REFERRERS_REL,
     HTML,
@@ -308,6 +309,20 @@ class CaddyRenderer:
 			}}
 			handle {{
 {_not_found(chr(9) * 4, ErrorCode.NAME_UNKNOWN)}			}}
+		}}
+
+		# Its per-repository data files: named by their content, so cached forever.
+		@browse_data {{
+			path_regexp ^/{BROWSE_DATA_RE}$
+			file
+		}}
+		handle @browse_data {{
+			header {{
+				Content-Type "{JSON}"
+				{cc_long}
+				defer
+			}}
+			file_server
 		}}
 
 		handle {{

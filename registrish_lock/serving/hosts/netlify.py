@@ -38,6 +38,7 @@ from ...lock.lockfile import Lock
 from ...tree.layout import Layout
 from ..routes import (
     API_VERSION_HEADER,
+    BROWSE_DATA_DIR,
     EMPTY_REFERRERS_REL,
     PING_DOCUMENT,
     Entry,
@@ -89,6 +90,7 @@ def header_rules(entries: Iterable[Entry], ctx: HostContext, *, digests: bool = 
     for path in ("/v2/", "/v2", "/" + Layout.rel_ping()):
         rules[path] = ping
     rules["/" + EMPTY_REFERRERS_REL] = headers_for(Kind.REFERRERS, policy=policy)
+    rules[f"/{BROWSE_DATA_DIR}/*"] = headers_for(Kind.BROWSE_DATA, policy=policy)
     for e in entries:
         if e.kind is Kind.PING:
             continue
@@ -192,7 +194,7 @@ class NetlifyRenderer:
 def cloudflare_rule_count(lock: Lock) -> int:
     """The `_headers` rules the tree of `lock` needs, from the lock alone: what `sync` checks
     before it writes anything (the renderer checks the tree itself afterwards). Fixed: the
-    ping (3 paths), the empty referrers and `_catalog`; per repository: `blobs/*`,
+    ping (3 paths), the empty referrers, `_catalog` and the browse data files; per repository: `blobs/*`,
     `referrers/*` and `tags/list`; per tag: its manifest path; per manifest the lock names:
     its digest path (children of a nested index are not named by the lock, so this is a
     lower bound). `tags/<tag>.~last` pages get no rule: hosts that cannot route on the
@@ -203,7 +205,7 @@ def cloudflare_rule_count(lock: Lock) -> int:
         for t in lock.tags
         for d in (t.digest, *(p.digest for p in t.platforms), *(r.digest for r in t.referrers))
     }
-    return 5 + 3 * len(names) + len(lock.tags) + len(digests)
+    return 6 + 3 * len(names) + len(lock.tags) + len(digests)
 
 
 def cloudflare_preflight(lock: Lock) -> None:

@@ -16,6 +16,7 @@ from ..routes import (
     ALLOW,
     ALLOWED_METHODS,
     API_VERSION_HEADER,
+    BROWSE_DATA_RE,
     BROWSE_REL,
     EMPTY_REFERRERS_REL,
     HTML,
@@ -266,6 +267,13 @@ map $arg_last $registrish_last_page {{
         open_file_cache_errors off;
         default_type "{HTML}";
         add_header Cache-Control "{short}";
+        try_files $uri @registrish_name_unknown;
+    }}
+
+    # Its per-repository data files: named by their content, so cached forever.
+    location ~ "^/{BROWSE_DATA_RE}$" {{
+        default_type {JSON};
+        add_header Cache-Control "{IMMUTABLE}";
         try_files $uri @registrish_name_unknown;
     }}
 
