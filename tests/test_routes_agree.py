@@ -9,6 +9,7 @@ Caddy and Apache send with their generated configs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from registrish_lock.oci import mediatypes
 from registrish_lock.serving.hosts import make_context, render_hosts, write_if_changed
 from registrish_lock.serving.hosts.netlify import parse_headers, rule_matches
 from registrish_lock.serving.routes import (
+    BROWSE_DATA_DIR,
     BROWSE_REL,
     Kind,
     Policy,
@@ -58,6 +60,9 @@ def cases(tree: BuiltTree) -> list[Case]:
         case(Kind.REFERRERS, f"/v2/app-oci/referrers/{tree.signed}"),
         case(Kind.BROWSE, "/" + BROWSE_REL),
     ]
+    data = sorted((tree.layout.root / BROWSE_DATA_DIR).glob("*.json"))
+    assert data, "the built tree has no browse data file"
+    found.append(case(Kind.BROWSE_DATA, f"/{BROWSE_DATA_DIR}/{data[0].name}"))
     found.append(Case(Kind.REFERRERS, f"/v2/app-oci/referrers/{UNKNOWN}", found[3].expected, True))
     name, blob, _ = tree.blob
     found.append(case(Kind.BLOB, f"/v2/{name}/blobs/{blob}", digest=blob))
@@ -75,6 +80,10 @@ def cases(tree: BuiltTree) -> list[Case]:
 def tree(tmp_path_factory: pytest.TempPathFactory) -> BuiltTree:
     built = build_served_tree(tmp_path_factory.mktemp("agree") / "public")
     (built.layout.root / BROWSE_REL).write_text("<!doctype html><title>browse</title>\n")
+    data = b'{"repository": "app-oci", "tags": []}\n'  # a data file, named by its digest
+    data_dir = built.layout.root / BROWSE_DATA_DIR
+    data_dir.mkdir(exist_ok=True)
+    (data_dir / f"{hashlib.sha256(data).hexdigest()}.json").write_bytes(data)
     return built
 
 
@@ -138,11 +147,11 @@ def test_headers_file_agrees(tree: BuiltTree, tmp_path: Path, host: str) -> None
 
 def test_s3_metadata_agrees(tree: BuiltTree, tmp_path: Path) -> None:
     """Content-Type and Cache-Control of every key (S3 sends no other header of the table;
-    it has no catch-all, and `publish` adds the browse page itself)."""
+    it has no catch-all, and `publish` adds the browse page and its data files itself)."""
     outputs = render(tree, "s3", tmp_path)
     objects = json.loads(outputs[tmp_path / "s3-metadata.json"])["objects"]
     for case in cases(tree):
-        if case.fallback or case.kind is Kind.BROWSE:
+        if case.fallback or case.kind in (Kind.BROWSE, Kind.BROWSE_DATA):
             continue
         keys = ("v2/", "v2") if case.kind is Kind.PING else (case.path.lstrip("/"),)
         for key in keys:
@@ -179,8 +188,8 @@ def test_real_server_agrees(tree: BuiltTree, served: tuple[str, str]) -> None:
             r = client.get(case.path, headers={"Accept": mediatypes.ACCEPT})
             assert r.status_code == 200, f"{host}: {case.path}"
             sent = dict(r.headers)
-            if host == "apache" and case.kind is Kind.BROWSE:
-                # The .htaccess sets the API version on every answer of the site (one rule,
-                # no per-path condition): an extra header on the page, harmless.
+            if host == "apache" and case.kind in (Kind.BROWSE, Kind.BROWSE_DATA):
+                # The vhost sets the API version on every answer of the site (one rule, no
+                # per-path condition): an extra header on the page and its data, harmless.
                 sent.pop("docker-distribution-api-version")
             assert_agrees(host, case, httpx.Headers(sent), case.expected)
