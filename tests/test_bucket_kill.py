@@ -8,6 +8,7 @@ marked slow."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -212,3 +213,123 @@ def test_sigkill_at_each_kind_of_request_with_a_puller_running(
     assert main(["check", "-c", str(config)]) == 0
     assert uploads(s3, prefix) == []
     assert sorted(visible_tags(s3, prefix)) == [(n, t) for n in "abc" for t in ("v1", "v2")]
+
+
+#: A sync that announces READY once imported, then starts when a byte arrives on stdin.
+GATED_SYNC = (
+    "import sys\nfrom registrish_lock.cli import main\n"
+    "print('READY', flush=True)\nsys.stdin.read(1)\nsys.exit(main(sys.argv[1:]))\n"
+)
+
+
+class RaceLog:
+    """The requests of two processes (each behind its own proxy) in one arrival order.
+    The first to send a write outside the lease is the writer; that write waits until the
+    other process has shown it is waiting (a second read of the lease) or has exited, so
+    the two runs overlap however fast either one is (and until the test has read the lease)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.log: list[tuple[int, str, str]] = []
+        self.writer: int | None = None
+        self.exited = [False, False]
+        #: the test has read the writer's lease (the writer holds it until then)
+        self.lease_read = False
+
+    def hook(self, who: int) -> Any:
+        def record(method: str, path: str) -> None:
+            with self.cond:
+                self.log.append((who, method, path))
+                self.cond.notify_all()
+                if method not in WRITES or LEASE.search(path) or self.writer is not None:
+                    return
+                self.writer = who
+                other = 1 - who
+                assert self.cond.wait_for(
+                    lambda: (
+                        self.lease_read and (self.exited[other] or self.lease_reads(other) >= 2)
+                    ),
+                    timeout=120,
+                )
+
+        return record
+
+    def lease_reads(self, who: int) -> int:
+        return sum(1 for w, m, p in self.log if w == who and m == "GET" and LEASE.search(p))
+
+    def ended(self, who: int) -> None:
+        with self.cond:
+            self.exited[who] = True
+            self.cond.notify_all()
+
+
+@pytest.mark.parametrize("no_wait", [False, True], ids=["wait", "no-wait"])
+def test_two_syncs_started_together_never_both_write(
+    no_wait: bool, s3: SeaweedS3, images: Images, env: Path, tmp_path: Path
+) -> None:
+    prefix = "race-no-wait" if no_wait else "race-wait"
+    own_layout(images, tmp_path)
+    config = next_lock(images, tmp_path, prefix)  # a first sync: every blob to upload
+    race = RaceLog()
+    argv = [sys.executable, "-c", GATED_SYNC, "sync", "-c", str(config), "--json"]
+    argv += ["--no-wait"] if no_wait else []
+    outputs: list[tuple[int, str, str]] = [(0, "", ""), (0, "", "")]
+    with contextlib.ExitStack() as stack:
+        procs = []
+        for who in (0, 1):
+            proxy = stack.enter_context(CountingProxy(s3.api_url, fault=race.hook(who)))
+            child_env = {**os.environ, "AWS_ENDPOINT_URL": f"http://localhost:{proxy.port}"}
+            procs.append(
+                subprocess.Popen(
+                    argv,
+                    env=child_env,
+                    text=True,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+            )
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline() == "READY\n"
+
+        def finish(who: int) -> None:
+            out, err = procs[who].communicate(input="go", timeout=300)
+            outputs[who] = (procs[who].returncode, out, err)
+            race.ended(who)
+
+        runs = [threading.Thread(target=finish, args=(who,)) for who in (0, 1)]
+        for run in runs:  # both released at once
+            run.start()
+        with race.cond:
+            assert race.cond.wait_for(lambda: race.writer is not None, timeout=120)
+        lease = client_for(s3).get_object(Bucket=s3.bucket, Key=f"{prefix}/.registrish/lease")
+        lease_id = json.loads(lease["Body"].read())["id"]  # the writer's, while it writes
+        with race.cond:
+            race.lease_read = True
+            race.cond.notify_all()
+        for run in runs:
+            run.join(timeout=300)
+    writer = race.writer
+    assert writer is not None
+    other = 1 - writer
+    code, out, err = outputs[writer]
+    assert code == 0 and json.loads(out)["summary"]["fetched_blobs"] == 5, err
+    log = race.log
+    writes = {w for w, m, p in log if m in WRITES and not LEASE.search(p)}
+    assert writes == {writer}, "both processes wrote"
+    released = max(i for i, (w, m, p) in enumerate(log) if w == writer and m == "DELETE")
+    assert LEASE.search(log[released][2])
+    others = [i for i, (w, m, p) in enumerate(log) if w == other and not LEASE.search(p)]
+    code, out, err = outputs[other]
+    if no_wait:  # it failed at once, naming the holder, before touching the tree
+        assert code == 5 and others == [], (code, err)
+        assert "'registrish sync'" in err and lease_id in err, err
+        assert len(err.strip().splitlines()) <= 2 and "Traceback" not in err, err
+    else:  # it waited for the release, then found nothing to do
+        assert code == 0, err
+        assert f"waiting for 'registrish sync' (lease id {lease_id})" in err, err
+        assert others and min(others) > released, "it touched the tree before the release"
+        done = json.loads(out)
+        assert done["summary"]["fetched_blobs"] == 0 and not done["plan"]["pending"]
+    assert main(["check", "-c", str(config)]) == 0
+    assert uploads(s3, prefix) == []
