@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.buckets import layout_config
 from testbed.bucketchild import client_for, running_seaweedfs
 from testbed.bucketpull import PullLoop, pull
 from testbed.images import add_to_index, write_random_image
@@ -73,12 +74,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s3: SeaweedS3) -> Path:
 
 
 def write_config(tmp: Path, prefix: str, names: tuple[str, ...], tags: tuple[str, ...]) -> Path:
-    body = f'[registry]\nroot = "s3://127/{prefix}"\n\n'
-    for name in names:
-        body += f'[[image]]\nsource = "oci:layout"\nname = "{name}"\ntags = {json.dumps(tags)}\n\n'
-    config = tmp / "registrish.toml"
-    config.write_text(body)
-    return config
+    return layout_config(tmp, f"s3://127/{prefix}", names, tags)
 
 
 def own_layout(images: Images, tmp: Path) -> Path:
