@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.buckets import expected_bucket
+from support.buckets import expected_bucket, layout_config
 from testbed.clients import (
     Containerd,
     Dockerd,
@@ -134,12 +134,7 @@ def test_sync_into_bucket_serves_every_kind_like_publish(
 
 
 def _layout_config(tmp: Path, bucket: str, names: list[str], tags: list[str]) -> Path:
-    body = f'[registry]\nroot = "s3://{bucket}/mirror"\n\n'
-    for name in names:
-        body += f'[[image]]\nsource = "oci:layout"\nname = "{name}"\ntags = {json.dumps(tags)}\n\n'
-    config = tmp / "registrish.toml"
-    config.write_text(body)
-    return config
+    return layout_config(tmp, f"s3://{bucket}/mirror", names, tags)
 
 
 def test_bucket_prefix_multipart_copies_gc_and_a_corrupt_source(

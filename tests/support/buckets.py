@@ -3,6 +3,8 @@ a real one (the test bed's SeaweedFS, `testbed.s3`) holds."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +64,15 @@ def bucket_listing(s3: SeaweedS3) -> dict[str, tuple[int, str, Any]]:
         for o in page.get("Contents", []):
             result[o["Key"]] = (o["Size"], o["ETag"], o["LastModified"])
     return result
+
+
+def layout_config(tmp: Path, root: str, names: Sequence[str], tags: Sequence[str]) -> Path:
+    """`tmp/registrish.toml` with tree root `root`, mirroring `tags` of the OCI layout
+    `tmp/layout` (`source = "oci:layout"`) under each repository name in `names`."""
+    body = f'[registry]\nroot = "{root}"\n\n'
+    for name in names:
+        body += f'[[image]]\nsource = "oci:layout"\nname = "{name}"\n'
+        body += f"tags = {json.dumps(list(tags))}\n\n"
+    config = tmp / "registrish.toml"
+    config.write_text(body)
+    return config
