@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from support.buckets import s3_client
 from testbed.s3 import SeaweedS3, start_seaweedfs
 
 from .measure import BenchError, Sample, Stats, fresh_dir, timed
@@ -43,20 +44,6 @@ def aws_env(s3: SeaweedS3, home: Path) -> dict[str, str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": s3.api_url,
     }
-
-
-def _client(s3: SeaweedS3) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=s3.api_url,
-        aws_access_key_id=s3.access_key,
-        aws_secret_access_key=s3.secret_key,
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}),
-    )
 
 
 def _empty(client: Any, bucket: str, prefix: str) -> None:
@@ -127,7 +114,7 @@ def _with_seaweedfs(
 ) -> Result:
     s3 = start_seaweedfs(fresh_dir(ctx.work / "seaweedfs"))
     try:
-        return measure(ctx, s3, aws_env(s3, ctx.work / "aws"), _client(s3))
+        return measure(ctx, s3, aws_env(s3, ctx.work / "aws"), s3_client(s3))
     finally:
         s3.stop()
         shutil.rmtree(ctx.work / "seaweedfs", ignore_errors=True)
