@@ -165,7 +165,7 @@ def _sync_bucket(
 
     lock = fresh_lock(config, parse_lock_bytes(lock_bytes, config.lock_path), frozen=args.frozen)
     upstream = LazyUpstream(lambda: open_sources(config, console, jobs=args.jobs))
-    sent = 0
+    sent, client = 0, None
     try:
         if not (args.dry_run or args.verify or args.prune):
             # A no-op writes nothing, so it needs no lease: plan without it first (saves the
@@ -182,7 +182,7 @@ def _sync_bucket(
                     if not result.plan.pending and not store.needs_save:
                         console.debug("nothing to write: the bucket's lease was not taken")
                         return result, requests.sent
-                sent = requests.sent
+                sent, client = requests.sent, store.s3
         with bucket_tree(
             config,
             console,
@@ -190,6 +190,7 @@ def _sync_bucket(
             write=not args.dry_run,
             wait=not args.no_wait,
             holder="registrish sync",
+            client=client,
         ) as (store, requests):
             result = _sync(args, console, lock, store, upstream)
             if not args.dry_run:
