@@ -8,7 +8,7 @@ and `~/.aws/credentials`, instance roles): the config only says `root = "s3://â€
 A writer (`sync`, `gc`) takes the lease (`bucket.lease`: conditional writes, one writer at a
 time, waiting like the local tree lock unless `--no-wait`), then aborts the multipart
 uploads a killed run left under the tree's prefix (safe only while holding the lease).
-A dry run and the readers (`ls`, `check`) take no lease.
+A dry run, the readers (`ls`, `check`) and a `sync` with nothing to write take no lease.
 """
 
 from __future__ import annotations
