@@ -132,7 +132,9 @@ def test_smoke_every_scenario_produces_numbers(tmp_path: Path) -> None:
         assert r["rows"] or r["grids"], r["key"]
         for row in r["rows"]:
             median = row["stats"]["median"]
-            assert math.isfinite(median) and median > 0, (r["key"], row["label"])
+            # a bucket sync writes no local disk: 0 is that row's expected figure
+            floor_ok = median == 0 and "disk written" in row["label"]
+            assert math.isfinite(median) and (median > 0 or floor_ok), (r["key"], row["label"])
     # Serving: every server on loopback and over the veth pair, every measure has a number.
     samples = next(r for r in results if r["key"] == "serving")["extra"]["samples"]
     assert sorted(samples) == ["loopback", "veth"]
