@@ -22,10 +22,12 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One timed run: wall seconds (process start to exit) and peak RSS of the process."""
+    """One timed run: wall seconds (process start to exit), peak RSS of the process and its
+    file-system outputs (`/usr/bin/time`'s %O: 512-byte blocks the kernel charged to it)."""
 
     seconds: float
     max_rss_kib: int
+    fs_out_blocks: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def timed(
         full_env = {**os.environ, **env} if env is not None else None
         start = time.monotonic()
         proc = subprocess.run(
-            [TIME_BIN, "-f", "%M", "-o", rss_file, *args],
+            [TIME_BIN, "-f", "%M %O", "-o", rss_file, *args],
             cwd=cwd,
             env=full_env,
             stdin=subprocess.DEVNULL,
@@ -81,8 +83,8 @@ def timed(
                 f"--- stderr ---\n{proc.stderr.strip()[-3000:]}\n"
                 f"--- stdout ---\n{proc.stdout.strip()[-1000:]}"
             )
-        text = Path(rss_file).read_text().strip().splitlines()
-        return Sample(seconds, int(text[-1]))
+        rss, out = Path(rss_file).read_text().strip().splitlines()[-1].split()
+        return Sample(seconds, int(rss), int(out))
     finally:
         os.unlink(rss_file)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from testbed.clients import read_dir_copy
 
+from .bucket import bucket, bucket_noop
 from .datagen import TEN_LAYER_REF, DataSet, MiB
 from .huge import huge
 from .measure import BenchError, Sample, Stats, fresh_dir, timed
@@ -400,4 +401,6 @@ SCENARIOS: dict[str, Callable[[Context], Result]] = {
     "serving": serving,
     "pull": pull,
     "huge": huge,
+    "bucket": bucket,
+    "bucket_noop": bucket_noop,
 }

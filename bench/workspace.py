@@ -97,8 +97,11 @@ class Workspace:
         return [sys.executable, "-m", "registrish_lock", command, "-c", str(self.config), *args]
 
     def reset_tree(self) -> None:
+        """An empty tree: the root, the host configs and the content store beside the root
+        (`Layout.state`: blobs and the sync record live outside the root)."""
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(self.hosts_dir, ignore_errors=True)
+        shutil.rmtree(Layout(self.root).state, ignore_errors=True)
 
     def check_tree(self) -> None:
         """Every unique blob of the set is in the content store with its size (cheap check;

@@ -8,7 +8,7 @@ and `~/.aws/credentials`, instance roles): the config only says `root = "s3://â€
 A writer (`sync`, `gc`) takes the lease (`bucket.lease`: conditional writes, one writer at a
 time, waiting like the local tree lock unless `--no-wait`), then aborts the multipart
 uploads a killed run left under the tree's prefix (safe only while holding the lease).
-A dry run and the readers (`ls`, `check`) take no lease.
+A dry run, the readers (`ls`, `check`) and a `sync` with nothing to write take no lease.
 """
 
 from __future__ import annotations
@@ -54,12 +54,14 @@ def bucket_tree(
     write: bool,
     wait: bool = True,
     holder: str = "registrish",
+    client: Boto3Store | None = None,
 ) -> Iterator[tuple[BucketStore, RequestCount]]:
     """The config's bucket as a tree store, leased for the block when `write` (`holder`
-    names the command in the lease, for whoever waits for it)."""
+    names the command in the lease, for whoever waits for it). `client`: one an earlier
+    block of this run opened (creating one costs a few tenths of a second)."""
     target = config.bucket
     assert target is not None, "a bucket root"
-    s3 = open_bucket(target, jobs=jobs)
+    s3 = client if client is not None else open_bucket(target, jobs=jobs)
     count = RequestCount()
     s3.client.meta.events.register("before-send.s3", count)
     policy = Policy(tag_cache_seconds=config.tag_cache_seconds)

@@ -296,6 +296,12 @@ class BucketStore:
             self._dirty = True
         self.save_state()
 
+    @property
+    def needs_save(self) -> bool:
+        """Whether the state object no longer matches what was observed or written (an
+        object changed behind its back, one it vouched for is gone, or this run wrote)."""
+        return self._dirty
+
     def save_state(self) -> bool:
         """Write the state object (last, after everything it vouches for); False when
         nothing changed since it was read."""

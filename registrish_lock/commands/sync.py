@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NoReturn
 
 from ..console import Console
 from ..errors import ExitCode, StaleLockError
@@ -154,16 +155,42 @@ def _sync(
     )
 
 
+class _WorkToDo(Exception):
+    """The lease-free probe of a bucket sync would need the upstream."""
+
+
+def _would_fetch() -> NoReturn:
+    raise _WorkToDo
+
+
 def _sync_bucket(
     args: argparse.Namespace, config: Config, lock_bytes: bytes, console: Console
 ) -> tuple[SyncResult, int]:
     """Sync straight into the bucket root, holding its lease; the state object is written
-    last. Returns the result and the requests sent to the bucket."""
+    last. Returns the result and the requests sent to the bucket. A run with nothing to
+    write (found without the lease) returns before taking it."""
     from ..bucket.session import bucket_tree
 
     lock = fresh_lock(config, parse_lock_bytes(lock_bytes, config.lock_path), frozen=args.frozen)
     upstream = LazyUpstream(lambda: open_sources(config, console, jobs=args.jobs))
+    sent, client = 0, None
     try:
+        if not (args.dry_run or args.verify or args.prune):
+            # A no-op writes nothing, so it needs no lease: plan without it first (saves the
+            # lease's 5 requests, the upload cleanup's listing and the renewal thread).
+            # Anything to do is planned again under the lease, from a fresh listing.
+            # The probe never asks the upstream: a manifest it would fetch means work.
+            probe = argparse.Namespace(**{**vars(args), "dry_run": True})
+            with bucket_tree(config, console, jobs=args.jobs, write=False) as (store, requests):
+                try:
+                    result = _sync(probe, console, lock, store, LazyUpstream(_would_fetch))
+                except _WorkToDo:
+                    pass
+                else:
+                    if not result.plan.pending and not store.needs_save:
+                        console.debug("nothing to write: the bucket's lease was not taken")
+                        return result, requests.sent
+                sent, client = requests.sent, store.s3
         with bucket_tree(
             config,
             console,
@@ -171,6 +198,7 @@ def _sync_bucket(
             write=not args.dry_run,
             wait=not args.no_wait,
             holder="registrish sync",
+            client=client,
         ) as (store, requests):
             result = _sync(args, console, lock, store, upstream)
             if not args.dry_run:
@@ -179,7 +207,7 @@ def _sync_bucket(
                 console.debug(f"read {store.reread} object(s) the state object did not vouch for")
     finally:
         upstream.close()
-    return result, requests.sent
+    return result, sent + requests.sent
 
 
 def _report(
