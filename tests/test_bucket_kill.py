@@ -317,14 +317,16 @@ def test_two_syncs_started_together_never_both_write(
     assert LEASE.search(log[released][2])
     others = [i for i, (w, m, p) in enumerate(log) if w == other and not LEASE.search(p)]
     code, out, err = outputs[other]
-    if no_wait:  # it failed at once, naming the holder, before touching the tree
-        assert code == 5 and others == [], (code, err)
+    # A sync first plans read-only without the lease (a no-op then needs none), so the
+    # other may have read the tree before it asked for the lease; it never wrote (above).
+    if no_wait:  # it failed at once, naming the holder, having written nothing
+        assert code == 5, (code, err)
         assert "'registrish sync'" in err and lease_id in err, err
         assert len(err.strip().splitlines()) <= 2 and "Traceback" not in err, err
     else:  # it waited for the release, then found nothing to do
         assert code == 0, err
         assert f"waiting for 'registrish sync' (lease id {lease_id})" in err, err
-        assert others and min(others) > released, "it touched the tree before the release"
+        assert others and max(others) > released, "it did not read the tree after the release"
         done = json.loads(out)
         assert done["summary"]["fetched_blobs"] == 0 and not done["plan"]["pending"]
     assert main(["check", "-c", str(config)]) == 0
