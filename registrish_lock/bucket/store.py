@@ -26,8 +26,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..console import Console
-from ..serving.publish_plan import _headers
-from ..serving.routes import Kind, Miss, Policy, classify
+from ..serving.routes import Kind, Miss, Policy, classify, object_headers
 from ..serving.s3store import Boto3Store, RemoteObject
 from ..tree import gc as gc_mod
 from ..tree.layout import Layout, is_last_page, split_twin
@@ -161,7 +160,7 @@ class BucketStore:
 
     def place_blob(self, item: BlobFetch, fetch: Fetcher) -> None:
         rel = Layout.rel_blob(item.name, item.digest)
-        ctype, cache = _headers(Kind.BLOB, self.policy, None)
+        ctype, cache = object_headers(Kind.BLOB, self.policy, None)
 
         def opener(
             size: int, on_bytes: Callable[[int], None] | None, what: str, *, resume: bool
@@ -197,7 +196,7 @@ class BucketStore:
         from ._s3 import botocore_errors, client_error
 
         bucket = self.target.bucket
-        ctype, cache = _headers(Kind.BLOB, self.policy, None)
+        ctype, cache = object_headers(Kind.BLOB, self.policy, None)
         args: dict[str, Any] = {"ContentType": ctype, "CacheControl": cache}
         src = {"Bucket": bucket, "Key": self._key(source)}
         try:
@@ -229,13 +228,13 @@ class BucketStore:
             self._remember(rel, bucket_state.Entry(None, len(data), data))
             return
         if rel == Layout.rel_ping():
-            ctype, cache = _headers(Kind.PING, self.policy, None)
+            ctype, cache = object_headers(Kind.PING, self.policy, None)
             self._submit(lambda: self._put_now(bucket_state.PING_KEY, data, ctype, cache))
         self._put(rel, data, None)
 
     def _put(self, rel: str, data: bytes, media_type: str | None) -> None:
         kind = Kind.PING if rel == Layout.rel_ping() else _kind(rel)
-        ctype, cache = _headers(kind, self.policy, media_type)
+        ctype, cache = object_headers(kind, self.policy, media_type)
         etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
         self._remember(rel, bucket_state.Entry(etag, len(data), data, media_type))
         self._submit(lambda: self._put_now(rel, data, ctype, cache))

@@ -32,7 +32,7 @@ from .routes import (
     Policy,
     Target,
     classify,
-    headers_for,
+    object_headers,
 )
 from .s3store import RemoteObject, S3Target
 
@@ -95,12 +95,6 @@ class LocalObject:
         return self.digest is not None
 
 
-def _headers(kind: Kind, policy: Policy, media_type: str | None) -> tuple[str, str]:
-    """(Content-Type, Cache-Control) from the route table."""
-    headers = dict(headers_for(kind, policy=policy, media_type=media_type))
-    return headers["Content-Type"], headers["Cache-Control"]
-
-
 def _md5_file(path: Path) -> str:
     h = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as handle:
@@ -141,7 +135,7 @@ def collect_objects(
                 twins.setdefault(exact, []).append((rel, twin[1], st))
                 continue
             if rel == Layout.rel_ping():
-                ctype, cache = _headers(Kind.PING, policy, None)
+                ctype, cache = object_headers(Kind.PING, policy, None)
                 md5 = _md5_file(path)
                 for key in (PING_KEY, rel):
                     result.append(
@@ -197,7 +191,7 @@ def collect_objects(
 def _describe(
     target: Target, rel: str, path: Path, size: int, policy: Policy, media_type: str | None
 ) -> LocalObject:
-    ctype, cache = _headers(target.kind, policy, media_type)
+    ctype, cache = object_headers(target.kind, policy, media_type)
     phase = _PHASE_OF_KIND[target.kind]
     if target.kind in (Kind.BLOB, Kind.MANIFEST_DIGEST):
         return LocalObject(phase, rel, rel, size, ctype, cache, digest=target.ref)

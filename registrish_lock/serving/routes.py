@@ -247,6 +247,13 @@ def cache_problem(kind: Kind, served: str | None, policy: Policy) -> str | None:
     return None
 
 
+def object_headers(kind: Kind, policy: Policy, media_type: str | None) -> tuple[str, str]:
+    """(Content-Type, Cache-Control) of a stored object, from `headers_for`: the metadata
+    `publish` and the bucket tree give each object they upload."""
+    headers = dict(headers_for(kind, policy=policy, media_type=media_type))
+    return headers["Content-Type"], headers["Cache-Control"]
+
+
 def error_headers() -> tuple[tuple[str, str], ...]:
     return (("Content-Type", JSON), API_VERSION_HEADER)
 
