@@ -124,17 +124,31 @@ class Browser:
         )
 
     def click(self, selector: str) -> None:
-        """A real mouse click (trusted event, user activation) at the element's centre."""
-        # measured two frames after scrolling: `content-visibility: auto` sections near the
-        # viewport take their real height then, which moves what follows
-        box = self.page.js(
+        """A real mouse click (trusted event, user activation) at the element's centre.
+
+        Aimed only once the element itself is what a click there would hit, at the same
+        place twice in a row: while `content-visibility: auto` sections near the viewport
+        take their real height, what follows moves, and on a busy machine that can take
+        more than a frame or two.
+        """
+        aim = (
             f"(async () => {{ const e = document.querySelector({json.dumps(selector)});"
             " e.scrollIntoView({block: 'center'});"
             " await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));"
             " const r = e.getBoundingClientRect();"
-            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+            " const x = r.x + r.width / 2, y = r.y + r.height / 2;"
+            " return [x, y, e.contains(document.elementFromPoint(x, y))]; })()"
         )
-        x, y = box
+        point: list[float] = []
+
+        def on_target() -> bool:  # hit, and not moved since the last look
+            x, y, hit = self.page.js(aim)
+            settled = point == [x, y]
+            point[:] = [x, y]
+            return bool(hit) and settled
+
+        _wait_for(on_target, timeout=30)
+        x, y = point
         for kind in ("mousePressed", "mouseReleased"):
             self.page.call(
                 "Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1
@@ -408,7 +422,13 @@ def test_one_hundred_thousand_tags_first_load_and_a_repository_on_demand(
     # open one repository: its data file is fetched, its newest versions come first
     start = time.monotonic()
     chromium.click("section[data-name='huge/r042'] summary")
-    chromium.wait_loaded(1)
+    _wait_for(
+        lambda: chromium.page.js(
+            "!!document.querySelector(\"section[data-name='huge/r042'][data-loaded]\")"
+        ),
+        timeout=30,
+    )
+    assert chromium.page.js("document.querySelectorAll('section[data-loaded]').length") == 1
     opened = time.monotonic() - start
     rows = chromium.page.js(
         "Array.from(document.querySelectorAll(\"section[data-name='huge/r042'] tbody tr\"))"
