@@ -319,9 +319,14 @@ class ApacheRenderer:
 # {ctx.listen}. The rules are in server context with AllowOverride None, so
 # {ctx.root / HTACCESS} (for shared hosting) is not read. Through that per-directory
 # file (read per request, or included once) a manifest cost an internal redirect and
-# every request <If> merges: 10-30% more CPU per request than these rules (BENCHMARKS.md). Reload Apache after each sync: until then a tag keeps serving the
-# image the table below names (or, for a tag it does not know or whose manifest was
-# collected, the tag's file with no Docker-Content-Digest).
+# every request <If> merges: 10-30% more CPU per request than these rules (BENCHMARKS.md).
+# EnableSendfile stays as your server config has it (Apache's default: Off): measured
+# against a bare Apache (BENCHMARKS.md, `serving`), blobs from 3 MiB leave this vhost at
+# 0.97-1.07x of it on loopback and over a veth pair. On a real network card sendfile saves
+# a copy of every byte: measure your own link (wrk on a blob) before you turn it on.
+# Reload Apache after each sync: until then a tag keeps serving the image the table below
+# names (or, for a tag it does not know or whose manifest was collected, the tag's file
+# with no Docker-Content-Digest).
 {_redirect_vhost(ctx)}<VirtualHost {ctx.listen}>
 {_vhost_tls(ctx)}    DocumentRoot "{ctx.root}"
     # TRACE is answered before any rewrite: refuse it like any other write.

@@ -208,6 +208,9 @@ class CaddyRenderer:
 	bind {ctx.listen_host}
 {_site_tls(ctx)}	root * "{ctx.root}"
 	# No `encode`: compression would change the bytes clients verify against digests.
+	# Go's net package sends a file with sendfile(2) where it can (plain HTTP; there is no
+	# switch): from 3 MiB up this config serves blobs within noise of a bare `file_server`
+	# (BENCHMARKS.md, `serving`). What it adds is a cost per request, not per byte.
 
 	route {{
 		# Blobs first, the bulk of all requests: each handle tried before the matching one
