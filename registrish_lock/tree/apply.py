@@ -24,7 +24,7 @@ from ..oci.manifest import Manifest, parse_manifest
 from ..oci.reference import Reference, parse_source
 from ..pool import run_fail_fast
 from ..progress import Progress, Stats, Stopwatch
-from ..upstream.protocols import DEFAULT_JOBS
+from ..upstream.protocols import DEFAULT_JOBS, BlobRequest
 from ..upstream.protocols import BlobSource as Upstream
 from ..upstream.sink import BlobDest
 from . import gc as gc_mod
@@ -177,11 +177,13 @@ def _fetch_blobs(
 
             def fetch(dest: BlobDest) -> VerifiedFile | None:
                 verified = upstream.get().fetch_blob(
-                    repo,
-                    item.digest,
-                    item.size,
-                    dest,
-                    on_bytes=lambda n: progress.advance(item.digest, n),
+                    BlobRequest(
+                        repo,
+                        item.digest,
+                        item.size,
+                        dest,
+                        on_bytes=lambda n: progress.advance(item.digest, n),
+                    )
                 )
                 fetched.append(True)
                 return verified

@@ -11,7 +11,7 @@ import hashlib
 import json
 import posixpath
 import tarfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -31,8 +31,7 @@ from .local import (
     copy_verified,
     tag_of_ref_name,
 )
-from .protocols import FetchedManifest, ManifestInfo
-from .sink import BlobDest
+from .protocols import BlobRequest, FetchedManifest, ManifestInfo
 
 _CHUNK = 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -251,34 +250,19 @@ class DockerArchiveSource(LocalSource[_Archive]):
         self._reads.bump()
         return FetchedManifest(data, mediatypes.DOCKER_MANIFEST, digest)
 
-    def fetch_blob(
-        self,
-        repo: Reference,
-        digest: str,
-        size: int,
-        dest: BlobDest,
-        *,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None:
-        archive = self._open(repo)
-        validate_digest(digest)
-        member = archive.blobs.get(digest)
+    def fetch_blob(self, blob: BlobRequest) -> None:
+        archive = self._open(blob.repo)
+        validate_digest(blob.digest)
+        member = archive.blobs.get(blob.digest)
         if member is None:
             raise NotFoundError(
-                f"{archive.label}: no blob {digest}",
+                f"{archive.label}: no blob {blob.digest}",
                 hint="the archive changed since `registrish lock`; run `registrish lock --upgrade`",
             )
         self._reads.bump()
         with archive.path.open("rb") as f:
             f.seek(member.offset)
-            copy_verified(
-                _Window(f, member.size),
-                digest=digest,
-                size=size,
-                dest=dest,
-                on_bytes=on_bytes,
-                what=f"{archive.label}: blob {digest}",
-            )
+            copy_verified(_Window(f, member.size), blob, archive.label)
 
     def close(self) -> None:
         """Nothing stays open between calls."""

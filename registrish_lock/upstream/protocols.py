@@ -47,6 +47,19 @@ class ManifestInfo:
 
 
 @dataclass(frozen=True)
+class BlobRequest:
+    """One blob for `fetch_blob`: where it lives, what it must be, and where it goes."""
+
+    repo: Reference
+    digest: str
+    size: int
+    dest: BlobDest
+    #: Called for every chunk that lands in `dest`, for bytes kept from a previous run
+    #: (once, up front), and with a negative count when a download restarts.
+    on_bytes: Callable[[int], None] | None = None
+
+
+@dataclass(frozen=True)
 class FetchedManifest:
     data: bytes
     media_type: str
@@ -72,15 +85,8 @@ class BlobSource(Protocol):
     def get_manifest(
         self, repo: Reference, ref: str, *, expected_digest: str | None = None
     ) -> FetchedLike: ...
-    def fetch_blob(
-        self,
-        repo: Reference,
-        digest: str,
-        size: int,
-        dest: BlobDest,
-        *,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> VerifiedFile | None: ...  # None: the caller hashes `dest` itself
+    #: None: the caller hashes `blob.dest` itself.
+    def fetch_blob(self, blob: BlobRequest) -> VerifiedFile | None: ...
     def close(self) -> None: ...
 
 

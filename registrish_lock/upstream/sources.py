@@ -21,13 +21,13 @@ from .docker_archive import DockerArchiveSource
 from .oci_layout import OciLayoutSource
 from .protocols import (
     DEFAULT_JOBS,
+    BlobRequest,
     Closing,
     FetchedLike,
     ManifestBudget,
     ManifestInfoLike,
     Upstream,
 )
-from .sink import BlobDest
 
 
 class SourceRouter(Closing):
@@ -71,16 +71,8 @@ class SourceRouter(Closing):
     ) -> FetchedLike:
         return self._pick(repo).get_manifest(repo, ref, expected_digest=expected_digest)
 
-    def fetch_blob(
-        self,
-        repo: Reference,
-        digest: str,
-        size: int,
-        dest: BlobDest,
-        *,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> VerifiedFile | None:
-        return self._pick(repo).fetch_blob(repo, digest, size, dest, on_bytes=on_bytes)
+    def fetch_blob(self, blob: BlobRequest) -> VerifiedFile | None:
+        return self._pick(blob.repo).fetch_blob(blob)
 
     def list_referrers(self, repo: Reference, digest: str) -> list[Descriptor] | None:
         """The registry's OCI referrers API; None (no API) for local sources, where the
