@@ -23,9 +23,9 @@ from .protocols import (
     DEFAULT_JOBS,
     BlobRequest,
     Closing,
-    FetchedLike,
+    FetchedManifest,
     ManifestBudget,
-    ManifestInfoLike,
+    ManifestInfo,
     Upstream,
 )
 
@@ -63,12 +63,12 @@ class SourceRouter(Closing):
     def list_tags(self, repo: Reference) -> list[str]:
         return self._pick(repo).list_tags(repo)
 
-    def head_manifest(self, repo: Reference, ref: str) -> ManifestInfoLike:
+    def head_manifest(self, repo: Reference, ref: str) -> ManifestInfo:
         return self._pick(repo).head_manifest(repo, ref)
 
     def get_manifest(
         self, repo: Reference, ref: str, *, expected_digest: str | None = None
-    ) -> FetchedLike:
+    ) -> FetchedManifest:
         return self._pick(repo).get_manifest(repo, ref, expected_digest=expected_digest)
 
     def fetch_blob(self, blob: BlobRequest) -> VerifiedFile | None:
