@@ -13,12 +13,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from ..console import Console
 from ..errors import IntegrityError
 from ..fsutil import VerifiedFile
-from ..lock.config import Config
 from ..lock.lockfile import Lock, LockedTag
 from ..oci.manifest import Manifest, parse_manifest
 from ..oci.reference import Reference, parse_source
@@ -429,22 +427,3 @@ def _garbage_after(plan: Plan, gc_plan: gc_mod.GcPlan) -> tuple[gc_mod.Sweep, ..
     """`gc_plan`'s sweeps that `plan` does not remove itself."""
     removed = {r.rel for r in plan.removals}
     return tuple(s for s in gc_plan.sweeps if s.rel not in removed)
-
-
-def write_hosts(
-    config: Config,
-    layout: Layout,
-    lock: Lock,
-    console: Console,
-    *,
-    changed: frozenset[str] | None = None,
-) -> list[Path]:
-    """Host configs come last: they may route to anything the tree now holds. `changed`:
-    the sync's scope (the browse page reads only those repositories)."""
-    try:
-        from ..serving.hosts import write_host_configs
-    except ImportError:
-        console.debug("host config writer not available; skipping host configs")
-        return []
-    result: list[Path] = write_host_configs(config, layout, lock, console, changed=changed)
-    return result
