@@ -10,9 +10,10 @@ no-op sync makes zero requests.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import TypeAlias
 
 from ..console import Console
 from ..errors import IntegrityError
@@ -22,7 +23,7 @@ from ..oci.manifest import Manifest, parse_manifest
 from ..oci.reference import Reference, parse_source
 from ..pool import run_fail_fast
 from ..progress import Progress, Stats, Stopwatch
-from ..upstream.protocols import DEFAULT_JOBS, BlobRequest
+from ..upstream.protocols import DEFAULT_JOBS, BlobRequest, LazyClient
 from ..upstream.protocols import BlobSource as Upstream
 from ..upstream.sink import BlobDest
 from . import gc as gc_mod
@@ -32,28 +33,8 @@ from .plan import BlobFetch, DocWrite, ManifestWrite, Plan, make_plan
 from .state import TreeState
 from .store import LocalTreeStore, TreeStore
 
-
-class LazyUpstream:
-    """Creates the client on first use (thread-safe); counts requests only if created."""
-
-    def __init__(self, factory: Callable[[], Upstream]) -> None:
-        self._factory = factory
-        self._client: Upstream | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> Upstream:
-        with self._lock:
-            if self._client is None:
-                self._client = self._factory()
-            return self._client
-
-    @property
-    def request_count(self) -> int:
-        return self._client.request_count if self._client is not None else 0
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+#: The upstream of a sync, made on first use: a sync with nothing to fetch opens none.
+LazyUpstream: TypeAlias = LazyClient[Upstream]
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,18 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from ..fsutil import VerifiedFile
 from ..oci.reference import Reference
 from .sink import BlobDest
 
 _C = TypeVar("_C", bound="Closing")
+_U = TypeVar("_U", bound="BlobSource", covariant=True)
 
 #: Requests in flight per upstream registry (`--jobs`), for `lock`, `outdated` and `sync`.
 DEFAULT_JOBS = 8
@@ -74,6 +76,30 @@ class BlobSource(Protocol):
 
 class Upstream(ManifestSource, BlobSource, Protocol):
     """Everything: a registry client or a local source."""
+
+
+class LazyClient(Generic[_U]):
+    """Creates the client on first use (thread-safe), so a run that needs no upstream never
+    opens one; counts requests and closes only if created."""
+
+    def __init__(self, factory: Callable[[], _U]) -> None:
+        self._factory = factory
+        self._client: _U | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> _U:
+        with self._lock:
+            if self._client is None:
+                self._client = self._factory()
+            return self._client
+
+    @property
+    def request_count(self) -> int:
+        return self._client.request_count if self._client is not None else 0
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 @runtime_checkable
