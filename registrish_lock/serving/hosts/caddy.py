@@ -20,20 +20,7 @@ from pathlib import Path
 
 from ...oci import mediatypes
 from ...tree.layout import LAST_PAGE_SUFFIX
-from ..routes import (
-    ALLOW,
-    ALLOWED_METHODS,
-    API_VERSION_HEADER,
-    BROWSE_DATA_RE,
-    BROWSE_REL,
-    EMPTY_REFERRERS_REL,
-    HTML,
-    IMMUTABLE,
-    JSON,
-    OCTET_STREAM,
-    ErrorCode,
-    short_cache,
-)
+from .. import routes
 from .base import GENERATED, HostContext, Output, Rendered, TaggedDigest, error_text, twin_kinds
 
 FILENAME = "Caddyfile"
@@ -44,9 +31,9 @@ TAG_RE = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 #: A repository name in the routes tried before @write and @hidden: no segment starts
 #: with "." or holds "~" (so no dotfile, state directory or typed twin).
 NAME_RE = "[^/.~][^/~]*(?:/[^/.~][^/~]*)*"
-API = " ".join(API_VERSION_HEADER)
+API = " ".join(routes.API_VERSION_HEADER)
 #: Exactly what `registrish serve` answers to other methods.
-UNSUPPORTED = error_text(ErrorCode.UNSUPPORTED)
+UNSUPPORTED = error_text(routes.ErrorCode.UNSUPPORTED)
 
 
 def _headers(indent: str, *lines: str) -> str:
@@ -54,9 +41,9 @@ def _headers(indent: str, *lines: str) -> str:
     return f"{indent}header {{\n{body}{indent}}}\n"
 
 
-def _not_found(indent: str, code: ErrorCode) -> str:
+def _not_found(indent: str, code: routes.ErrorCode) -> str:
     return (
-        f"{indent}header Content-Type {JSON}\n"
+        f"{indent}header Content-Type {routes.JSON}\n"
         f"{indent}header {API}\n"
         f"{indent}respond `{error_text(code)}` 404\n"
     )
@@ -78,7 +65,7 @@ def _twins(matcher: str, path: str, extra: tuple[str, ...]) -> str:
 
 def _manifest_unknown() -> str:
     t = "\t\t\t"
-    return f"{t}handle {{\n{_not_found(t + chr(9), ErrorCode.MANIFEST_UNKNOWN)}{t}}}\n"
+    return f"{t}handle {{\n{_not_found(t + chr(9), routes.ErrorCode.MANIFEST_UNKNOWN)}{t}}}\n"
 
 
 _DIGEST = "{registrish_tag_digest}"
@@ -189,11 +176,11 @@ class CaddyRenderer:
     needs_entries = False
 
     def render(self, ctx: HostContext) -> Rendered:
-        short = short_cache(ctx.policy.tag_cache_seconds)
+        short = routes.short_cache(ctx.policy.tag_cache_seconds)
         cc_short = f'Cache-Control "{short}"'
-        cc_long = f'Cache-Control "{IMMUTABLE}"'
+        cc_long = f'Cache-Control "{routes.IMMUTABLE}"'
         admin, warnings = admin_line(ctx.hosts_dir)
-        methods = " ".join(ALLOWED_METHODS)
+        methods = " ".join(routes.ALLOWED_METHODS)
         site = site_address(ctx)
         text = f"""\
 # {GENERATED}
@@ -221,10 +208,10 @@ class CaddyRenderer:
 		handle @blob {{
 			@blob_found file
 			handle @blob_found {{
-{_headers(chr(9) * 4, f"Content-Type {OCTET_STREAM}", "Docker-Content-Digest {re.blob.1}", cc_long)}				file_server
+{_headers(chr(9) * 4, f"Content-Type {routes.OCTET_STREAM}", "Docker-Content-Digest {re.blob.1}", cc_long)}				file_server
 			}}
 			handle {{
-{_not_found(chr(9) * 4, ErrorCode.BLOB_UNKNOWN)}			}}
+{_not_found(chr(9) * 4, routes.ErrorCode.BLOB_UNKNOWN)}			}}
 		}}
 
 		# Manifests next, matched as blobs are: a tag the table names (what clients pull
@@ -246,11 +233,11 @@ class CaddyRenderer:
 		handle @mtag {{
 {_by_tag(cc_short)}		}}
 
-		# Read-only, as `registrish serve`: anything but {" and ".join(ALLOWED_METHODS)} is refused.
-		@write not method {" ".join(ALLOWED_METHODS)}
+		# Read-only, as `registrish serve`: anything but {" and ".join(routes.ALLOWED_METHODS)} is refused.
+		@write not method {" ".join(routes.ALLOWED_METHODS)}
 		handle @write {{
-			header Content-Type {JSON}
-			header Allow "{ALLOW}"
+			header Content-Type {routes.JSON}
+			header Allow "{routes.ALLOW}"
 			header {API}
 			respond `{UNSUPPORTED}` 405
 		}}
@@ -258,12 +245,12 @@ class CaddyRenderer:
 		# Never served by name: the state directory, dotfiles and the typed twins.
 		@hidden path_regexp hidden (/\\.|\\.~)
 		handle @hidden {{
-{_not_found(chr(9) * 3, ErrorCode.NAME_UNKNOWN)}		}}
+{_not_found(chr(9) * 3, routes.ErrorCode.NAME_UNKNOWN)}		}}
 
 		@ping path /v2 /v2/
 		handle @ping {{
 			rewrite * /v2/index
-{_headers(chr(9) * 3, f"Content-Type {JSON}", cc_short)}			file_server
+{_headers(chr(9) * 3, f"Content-Type {routes.JSON}", cc_short)}			file_server
 		}}
 
 		@lists path_regexp lists ^/v2/(_catalog|(.+/tags/)list)$
@@ -276,49 +263,49 @@ class CaddyRenderer:
 			}}
 			handle @last_page {{
 				rewrite * /v2/{{re.lists.2}}{{query.last}}{LAST_PAGE_SUFFIX}
-{_headers(chr(9) * 4, f"Content-Type {JSON}", cc_short)}				file_server
+{_headers(chr(9) * 4, f"Content-Type {routes.JSON}", cc_short)}				file_server
 			}}
 			@lists_found file
 			handle @lists_found {{
-{_headers(chr(9) * 4, f"Content-Type {JSON}", cc_short)}				file_server
+{_headers(chr(9) * 4, f"Content-Type {routes.JSON}", cc_short)}				file_server
 			}}
 			handle {{
-{_not_found(chr(9) * 4, ErrorCode.NAME_UNKNOWN)}			}}
+{_not_found(chr(9) * 4, routes.ErrorCode.NAME_UNKNOWN)}			}}
 		}}
 
 		# Referrers: the stored index, or the empty one for any other digest.
 		@referrers path_regexp referrers ^/v2/.+/referrers/sha256:[a-f0-9]{{64}}$
 		handle @referrers {{
 			@referrers_missing not file
-			rewrite @referrers_missing /{EMPTY_REFERRERS_REL}
+			rewrite @referrers_missing /{routes.EMPTY_REFERRERS_REL}
 {_headers(chr(9) * 3, f"Content-Type {mediatypes.OCI_INDEX}", cc_short)}			file_server
 		}}
 
-		# The browse page (written by sync) at / and /{BROWSE_REL}.
-		@browse path / /{BROWSE_REL}
+		# The browse page (written by sync) at / and /{routes.BROWSE_REL}.
+		@browse path / /{routes.BROWSE_REL}
 		handle @browse {{
-			@browse_found file /{BROWSE_REL}
+			@browse_found file /{routes.BROWSE_REL}
 			handle @browse_found {{
-				rewrite * /{BROWSE_REL}
+				rewrite * /{routes.BROWSE_REL}
 				header {{
-					Content-Type "{HTML}"
+					Content-Type "{routes.HTML}"
 					{cc_short}
 					defer
 				}}
 				file_server
 			}}
 			handle {{
-{_not_found(chr(9) * 4, ErrorCode.NAME_UNKNOWN)}			}}
+{_not_found(chr(9) * 4, routes.ErrorCode.NAME_UNKNOWN)}			}}
 		}}
 
 		# Its per-repository data files: named by their content, so cached forever.
 		@browse_data {{
-			path_regexp ^/{BROWSE_DATA_RE}$
+			path_regexp ^/{routes.BROWSE_DATA_RE}$
 			file
 		}}
 		handle @browse_data {{
 			header {{
-				Content-Type "{JSON}"
+				Content-Type "{routes.JSON}"
 				{cc_long}
 				defer
 			}}
@@ -326,7 +313,7 @@ class CaddyRenderer:
 		}}
 
 		handle {{
-{_not_found(chr(9) * 3, ErrorCode.NAME_UNKNOWN)}		}}
+{_not_found(chr(9) * 3, routes.ErrorCode.NAME_UNKNOWN)}		}}
 	}}
 }}
 """
