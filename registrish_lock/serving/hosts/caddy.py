@@ -36,8 +36,9 @@ API = " ".join(routes.API_VERSION_HEADER)
 UNSUPPORTED = error_text(routes.ErrorCode.UNSUPPORTED)
 
 
-def _headers(indent: str, *lines: str) -> str:
-    body = "".join(f"{indent}\t{line}\n" for line in (*lines, API, "defer"))
+def _headers(indent: str, *lines: str, api: bool = True) -> str:
+    """A deferred `header` block; `api`: with the registry API version (not the browse page's)."""
+    body = "".join(f"{indent}\t{line}\n" for line in (*lines, *([API] if api else []), "defer"))
     return f"{indent}header {{\n{body}{indent}}}\n"
 
 
@@ -287,12 +288,7 @@ class CaddyRenderer:
 			@browse_found file /{routes.BROWSE_REL}
 			handle @browse_found {{
 				rewrite * /{routes.BROWSE_REL}
-				header {{
-					Content-Type "{routes.HTML}"
-					{cc_short}
-					defer
-				}}
-				file_server
+{_headers(chr(9) * 4, f'Content-Type "{routes.HTML}"', cc_short, api=False)}				file_server
 			}}
 			handle {{
 {_not_found(chr(9) * 4, routes.ErrorCode.NAME_UNKNOWN)}			}}
@@ -304,12 +300,7 @@ class CaddyRenderer:
 			file
 		}}
 		handle @browse_data {{
-			header {{
-				Content-Type "{routes.JSON}"
-				{cc_long}
-				defer
-			}}
-			file_server
+{_headers(chr(9) * 3, f'Content-Type "{routes.JSON}"', cc_long, api=False)}			file_server
 		}}
 
 		handle {{
