@@ -213,9 +213,6 @@ class DockerArchiveSource(LocalSource[_Archive]):
     def _load(self, path: Path, label: str) -> _Archive:
         return _load_archive(path, label)
 
-    def list_tags(self, repo: Reference) -> list[str]:
-        return sorted(self._open(repo).tags)
-
     def _digest(self, archive: _Archive, ref: str) -> str:
         if is_digest(ref):
             return ref

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Generic, TypeVar
+from typing import IO, Generic, Protocol, TypeVar
 
 from ..errors import IntegrityError, RegistrishError
 from ..oci import mediatypes
@@ -106,7 +107,14 @@ def add_tag(tags: dict[str, ManifestInfo], tag: str, info: ManifestInfo, where: 
     tags[tag] = info
 
 
-_Parsed = TypeVar("_Parsed")
+class _Tagged(Protocol):
+    """A parsed local source: a layout or an archive, each with its tags."""
+
+    @property
+    def tags(self) -> Mapping[str, ManifestInfo]: ...
+
+
+_Parsed = TypeVar("_Parsed", bound=_Tagged)
 
 
 class LocalSource(Generic[_Parsed]):
@@ -137,6 +145,9 @@ class LocalSource(Generic[_Parsed]):
             if path not in self._parsed:
                 self._parsed[path] = self._load(path, repo.repository_ref)
             return self._parsed[path]
+
+    def list_tags(self, repo: Reference) -> list[str]:
+        return sorted(self._open(repo).tags)
 
 
 class Counter:

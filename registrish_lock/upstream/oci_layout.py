@@ -98,9 +98,6 @@ class OciLayoutSource(LocalSource[_Layout]):
     def _load(self, path: Path, label: str) -> _Layout:
         return _load_layout(path, label)
 
-    def list_tags(self, repo: Reference) -> list[str]:
-        return sorted(self._open(repo).tags)
-
     def _tagged(self, layout: _Layout, tag: str) -> ManifestInfo:
         info = layout.tags.get(tag)
         if info is None:
