@@ -40,26 +40,11 @@ _SCHEME_RE = re.compile(rf"({_TOKEN})(?:\s+(.*))?", re.DOTALL)
 
 @dataclass(frozen=True)
 class Challenge:
-    """One challenge of a ``WWW-Authenticate`` header; ``scheme`` is lowercased."""
+    """One challenge of a ``WWW-Authenticate`` header; ``scheme`` is lowercased, ``params``
+    its auth-params (``realm``, ``service``, ``scope``, ``error`` …) as sent."""
 
     scheme: str
     params: Mapping[str, str]
-
-    @property
-    def realm(self) -> str | None:
-        return self.params.get("realm")
-
-    @property
-    def service(self) -> str | None:
-        return self.params.get("service")
-
-    @property
-    def scope(self) -> str | None:
-        return self.params.get("scope")
-
-    @property
-    def error(self) -> str | None:
-        return self.params.get("error")
 
 
 def _split_items(value: str) -> list[str]:
@@ -193,12 +178,12 @@ class Authenticator:
         self, challenge: Challenge, scope: str, *, origin: str, registry: str, what: str
     ) -> tuple[TokenKey, str]:
         """A token for ``scope`` from the cache, or fetched once even under concurrency."""
-        realm = challenge.realm
+        realm = challenge.params.get("realm")
         if not realm:
             raise UpstreamError(
                 f"registry {registry} sent a Bearer challenge without a realm for {what}"
             )
-        key: TokenKey = (realm, challenge.service or "", scope)
+        key: TokenKey = (realm, challenge.params.get("service", ""), scope)
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
@@ -363,11 +348,8 @@ class RequestAuth:
         if challenge.scheme != "bearer":
             return None
         # Up front, the remembered challenge names another request's scope: use ours.
-        scope = (
-            (self.scope or challenge.scope or "")
-            if preemptive
-            else (challenge.scope or self.scope or "")
-        )
+        offered = challenge.params.get("scope")
+        scope = (self.scope or offered or "") if preemptive else (offered or self.scope or "")
         if self._token is not None:
             # The token we sent was refused (expired server-side, or insufficient_scope):
             # drop it and fetch a fresh one, once.
