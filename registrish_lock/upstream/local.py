@@ -62,7 +62,7 @@ def copy_verified(src: Readable, blob: BlobRequest, label: str) -> None:
     Checked before `finish()`, which commits a sink that is an upload."""
     digest, size = blob.digest, blob.size
     what = f"{label}: blob {digest}"
-    sink = open_sink(blob.dest, size, blob.on_bytes, what)
+    sink = open_sink(blob, what)
     try:
         sink.copy_from(src)
         extra = src.read(1)

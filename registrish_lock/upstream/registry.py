@@ -260,7 +260,7 @@ class RegistryClient(RegistryHttp):
                 )
 
         def op(ep: Endpoint) -> VerifiedFile | None:
-            sink = open_sink(blob.dest, size, blob.on_bytes, what, resume=True)
+            sink = open_sink(blob, what, resume=True)
             try:
                 resumed = sink.written > 0
                 download(ep, sink)
