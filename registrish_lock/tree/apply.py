@@ -29,7 +29,7 @@ from ..upstream.sink import BlobDest
 from . import gc as gc_mod
 from .desired import Desired, catalog_document, desired_tree, selected_children
 from .layout import Layout
-from .plan import BlobFetch, DocWrite, ManifestWrite, Plan, make_plan
+from .plan import BlobFetch, DocWrite, ManifestWrite, Plan, Removal, make_plan
 from .state import TreeState
 from .store import LocalTreeStore, TreeStore
 
@@ -404,7 +404,7 @@ def _gc_after(plan: Plan, *, lock: Lock, store: TreeStore, manifests: Manifests)
     return replace(gc_plan, sweeps=_garbage_after(plan, gc_plan))
 
 
-def _garbage_after(plan: Plan, gc_plan: gc_mod.GcPlan) -> tuple[gc_mod.Sweep, ...]:
+def _garbage_after(plan: Plan, gc_plan: gc_mod.GcPlan) -> tuple[Removal, ...]:
     """`gc_plan`'s sweeps that `plan` does not remove itself."""
     removed = {r.rel for r in plan.removals}
     return tuple(s for s in gc_plan.sweeps if s.rel not in removed)

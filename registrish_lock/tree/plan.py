@@ -68,9 +68,11 @@ class DocWrite:
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Removal:
-    rel: str
+    """A file a sync plan or gc removes (gc sorts them)."""
+
+    rel: str  # relative to the root (`v2/...`), or `<store>/...` (gc) for the content store
     what: str
     size: int
 
