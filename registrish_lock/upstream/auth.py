@@ -311,10 +311,8 @@ class RequestAuth:
             (c for c in challenges if c.scheme == "basic"), None
         )
         if chosen is None:
-            raise AuthError(
-                f"registry {self.registry} refused access to {self.what} "
-                "without a usable authentication challenge",
-                hint=how_to_provide(self.registry),
+            raise self._needs_credentials(
+                f"refused access to {self.what} without a usable authentication challenge"
             )
         self._auth.remember(self.origin, chosen)
         self._header = self._answer(chosen, preemptive=False)
@@ -323,10 +321,8 @@ class RequestAuth:
         """The error for a 403."""
         cred = self._auth.credentials.lookup(self.registry)
         if cred is None:
-            return AuthError(
-                f"registry {self.registry} denied access to {self.what} "
-                "(it does not exist or needs credentials)",
-                hint=how_to_provide(self.registry),
+            return self._needs_credentials(
+                f"denied access to {self.what} (it does not exist or needs credentials)"
             )
         return AuthError(
             f"registry {self.registry} denied the credentials from {cred.source} "
@@ -363,12 +359,14 @@ class RequestAuth:
         )
         return f"Bearer {self._token}"
 
+    def _needs_credentials(self, detail: str) -> AuthError:
+        """An access error whose fix is credentials: the hint says how to provide them."""
+        return AuthError(f"registry {self.registry} {detail}", hint=how_to_provide(self.registry))
+
     def _rejected(self, cred: Credential | None) -> AuthError:
         if cred is None:
-            return AuthError(
-                f"registry {self.registry} requires credentials for {self.what} "
-                "(or it does not exist)",
-                hint=how_to_provide(self.registry),
+            return self._needs_credentials(
+                f"requires credentials for {self.what} (or it does not exist)"
             )
         return AuthError(
             f"registry {self.registry} refused the credentials from {cred.source} for {self.what}",
