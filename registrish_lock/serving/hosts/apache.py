@@ -18,16 +18,7 @@ from ...oci import mediatypes
 from ...tls import CIPHERS
 from ...tree.layout import LAST_PAGE_SUFFIX
 from .. import routes
-from .base import (
-    GENERATED,
-    HostContext,
-    Output,
-    Rendered,
-    TaggedDigest,
-    error_text,
-    plain_http_warning,
-    twin_kinds,
-)
+from . import base
 
 HTACCESS = ".htaccess"
 VHOST = "registrish-apache.conf"
@@ -49,7 +40,7 @@ _DIGEST_URI = "^/v2/.+/(manifests|blobs)/sha256:[a-f0-9]{64}"
 _UNSUPPORTED = routes.error_body(routes.ErrorCode.UNSUPPORTED)
 
 
-def tag_digest_table(tags: Sequence[TaggedDigest]) -> str:
+def tag_digest_table(tags: Sequence[base.TaggedDigest]) -> str:
     """One `SetEnvIf` per tag (none per digest), compiled once at startup: the digest
     and the kind of its typed twin, so a tag costs one file test."""
     return "".join(
@@ -65,7 +56,7 @@ def _quoted(text: str) -> str:
 
 
 def _error_document(code: routes.ErrorCode) -> str:
-    return f'ErrorDocument 404 "{_quoted(error_text(code))}"'
+    return f'ErrorDocument 404 "{_quoted(base.error_text(code))}"'
 
 
 def htaccess(short: str) -> str:
@@ -76,10 +67,10 @@ def htaccess(short: str) -> str:
     )
     types = "".join(
         f'<FilesMatch "\\.~{kind}$">\n    ForceType {mt}\n</FilesMatch>\n'
-        for kind, mt in twin_kinds()
+        for kind, mt in base.twin_kinds()
     )
     return f"""\
-# {GENERATED}
+# {base.GENERATED}
 # Static registry rules for Apache 2.4 (mod_rewrite, mod_headers, mod_setenvif, mod_mime,
 # mod_dir). The registry must be the site's root: clients only ever ask for /v2/...
 Options -Indexes -MultiViews +FollowSymLinks
@@ -188,15 +179,15 @@ def server_rules(short: str) -> str:
             f"E={TABLED_ENV}:%{{ENV:{TAG_DIGEST_ENV}}}",
             "END",
         )
-        for kind, mt in twin_kinds()
+        for kind, mt in base.twin_kinds()
     )
     twins = "".join(
         f"    RewriteCond {root}$0.~{kind} -f\n"
         + _rule("^/v2/.+/manifests/[^/]+$", f"{root}$0.~{kind}", f"T={mt}", "END")
-        for kind, mt in twin_kinds()
+        for kind, mt in base.twin_kinds()
     )
     not_found = "".join(
-        f'    SetEnvIf Request_URI {where} "{NOT_FOUND_ENV}={_quoted(error_text(code))}"\n'
+        f'    SetEnvIf Request_URI {where} "{NOT_FOUND_ENV}={_quoted(base.error_text(code))}"\n'
         for where, code in (
             ("^", routes.ErrorCode.NAME_UNKNOWN),
             ("/blobs/", routes.ErrorCode.BLOB_UNKNOWN),
@@ -258,7 +249,7 @@ def server_rules(short: str) -> str:
 """
 
 
-def _vhost_tls(ctx: HostContext) -> str:
+def _vhost_tls(ctx: base.HostContext) -> str:
     """mod_ssl settings of the registry's vhost (its name alone for plain HTTP)."""
     name = f"    ServerName {ctx.tls.server_name}\n" if ctx.tls.server_name else ""
     if ctx.tls.certificate is None or ctx.tls.key is None:
@@ -278,7 +269,7 @@ def _vhost_tls(ctx: HostContext) -> str:
 """
 
 
-def _redirect_vhost(ctx: HostContext) -> str:
+def _redirect_vhost(ctx: base.HostContext) -> str:
     """`[registry] redirect_http`: a plain-HTTP vhost sending every request to HTTPS."""
     redirect = ctx.tls.redirect_http
     if redirect is None or not ctx.tls.own_certificate:
@@ -295,11 +286,11 @@ class ApacheRenderer:
     name = "apache"
     needs_entries = False
 
-    def render(self, ctx: HostContext) -> Rendered:
+    def render(self, ctx: base.HostContext) -> base.Rendered:
         short = routes.short_cache(ctx.policy.tag_cache_seconds)
         scheme = "https" if ctx.tls.own_certificate else "http"
         vhost = f"""\
-# {GENERATED}
+# {base.GENERATED}
 # The static registry at {ctx.root}, on {scheme}://{ctx.listen}/.
 # Include it from apache2.conf, plus {LISTEN} unless ports.conf already listens on
 # {ctx.listen}. The rules are in server context with AllowOverride None, so
@@ -319,16 +310,16 @@ class ApacheRenderer:
     </Directory>
 </VirtualHost>
 """
-        listen = f"# {GENERATED}\n# Apache's Listen for the registrish vhost (skip it if ports.conf has it).\n"
+        listen = f"# {base.GENERATED}\n# Apache's Listen for the registrish vhost (skip it if ports.conf has it).\n"
         listen += f"Listen {ctx.listen}{' https' if ctx.tls.own_certificate else ''}\n"
         if ctx.tls.redirect_http is not None and ctx.tls.own_certificate:
             listen += f"Listen {ctx.tls.redirect_http}\n"
-        return Rendered(
+        return base.Rendered(
             (
-                Output(ctx.hosts_dir / VHOST, vhost.encode()),
-                Output(ctx.hosts_dir / LISTEN, listen.encode()),
-                Output(ctx.root / HTACCESS, htaccess(short).encode()),
-                Output(ctx.root / UNSUPPORTED_DOC, _UNSUPPORTED),
+                base.Output(ctx.hosts_dir / VHOST, vhost.encode()),
+                base.Output(ctx.hosts_dir / LISTEN, listen.encode()),
+                base.Output(ctx.root / HTACCESS, htaccess(short).encode()),
+                base.Output(ctx.root / UNSUPPORTED_DOC, _UNSUPPORTED),
             ),
-            plain_http_warning(ctx, "apache"),
+            base.plain_http_warning(ctx, "apache"),
         )

@@ -21,7 +21,7 @@ from pathlib import Path
 from ...oci import mediatypes
 from ...tree.layout import LAST_PAGE_SUFFIX
 from .. import routes
-from .base import GENERATED, HostContext, Output, Rendered, TaggedDigest, error_text, twin_kinds
+from . import base
 
 FILENAME = "Caddyfile"
 ADMIN_SOCKET = "caddy-admin.sock"
@@ -33,7 +33,7 @@ TAG_RE = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 NAME_RE = "[^/.~][^/~]*(?:/[^/.~][^/~]*)*"
 API = " ".join(routes.API_VERSION_HEADER)
 #: Exactly what `registrish serve` answers to other methods.
-UNSUPPORTED = error_text(routes.ErrorCode.UNSUPPORTED)
+UNSUPPORTED = base.error_text(routes.ErrorCode.UNSUPPORTED)
 
 
 def _headers(indent: str, *lines: str, api: bool = True) -> str:
@@ -46,7 +46,7 @@ def _not_found(indent: str, code: routes.ErrorCode) -> str:
     return (
         f"{indent}header Content-Type {routes.JSON}\n"
         f"{indent}header {API}\n"
-        f"{indent}respond `{error_text(code)}` 404\n"
+        f"{indent}respond `{base.error_text(code)}` 404\n"
     )
 
 
@@ -54,7 +54,7 @@ def _twins(matcher: str, path: str, extra: tuple[str, ...]) -> str:
     """One handle per twin kind: serve `path`.~<kind> with that kind's Content-Type."""
     t = "\t\t\t"
     out = ""
-    for kind, media_type in twin_kinds():
+    for kind, media_type in base.twin_kinds():
         name = f"@{matcher}_{kind.replace('-', '_')}"
         out += f"{t}{name} file {path}.~{kind}\n"
         out += f"{t}handle {name} {{\n"
@@ -74,7 +74,7 @@ _KIND = "{registrish_tag_kind}"
 _TYPE = "{registrish_tag_type}"
 
 
-def tag_digest_map(tags: Sequence[TaggedDigest]) -> str:
+def tag_digest_map(tags: Sequence[base.TaggedDigest]) -> str:
     """The URL path of each tag -> its digest, the kind of its typed twin and its media
     type, one line per tag (none per digest). Keyed by the path as received, so a later
     rewrite does not change what the placeholders say; a path not in it (a digest, a
@@ -127,7 +127,7 @@ def admin_line(hosts_dir: Path) -> tuple[str, tuple[str, ...]]:
     return f"admin {address}", ()
 
 
-def site_address(ctx: HostContext) -> str:
+def site_address(ctx: base.HostContext) -> str:
     """Plain HTTP on `listen`; HTTPS with our certificate on `server_name`, else for any
     name the clients use (as nginx's `server_name _`; `bind` still picks the address);
     automatic HTTPS on the name."""
@@ -140,7 +140,7 @@ def site_address(ctx: HostContext) -> str:
     return f"http://{ctx.listen}"
 
 
-def _global_tls(ctx: HostContext) -> str:
+def _global_tls(ctx: base.HostContext) -> str:
     if not ctx.tls.caddy_automatic:
         # Our own certificate or none: never ask an ACME CA, never bind port 80 unasked.
         return "\tauto_https off\n"
@@ -152,14 +152,14 @@ def _global_tls(ctx: HostContext) -> str:
     return lines
 
 
-def _site_tls(ctx: HostContext) -> str:
+def _site_tls(ctx: base.HostContext) -> str:
     """TLS 1.2+ with strong suites is Caddy's default: only the certificate is named."""
     if ctx.tls.certificate is None or ctx.tls.key is None:
         return ""
     return f'\ttls "{ctx.tls.certificate}" "{ctx.tls.key}"\n'
 
 
-def _redirect_site(ctx: HostContext) -> str:
+def _redirect_site(ctx: base.HostContext) -> str:
     """`[registry] redirect_http` with our own certificate (automatic HTTPS redirects by
     itself, on `http_port`)."""
     redirect = ctx.tls.redirect_http
@@ -176,7 +176,7 @@ class CaddyRenderer:
     name = "caddy"
     needs_entries = False
 
-    def render(self, ctx: HostContext) -> Rendered:
+    def render(self, ctx: base.HostContext) -> base.Rendered:
         short = routes.short_cache(ctx.policy.tag_cache_seconds)
         cc_short = f'Cache-Control "{short}"'
         cc_long = f'Cache-Control "{routes.IMMUTABLE}"'
@@ -184,7 +184,7 @@ class CaddyRenderer:
         methods = " ".join(routes.ALLOWED_METHODS)
         site = site_address(ctx)
         text = f"""\
-# {GENERATED}
+# {base.GENERATED}
 # The static registry at {ctx.root}, on {site}/.
 # Run: caddy run --config {ctx.hosts_dir / FILENAME} --adapter caddyfile
 # After each sync: caddy reload --config {ctx.hosts_dir / FILENAME} --adapter caddyfile
@@ -308,4 +308,4 @@ class CaddyRenderer:
 	}}
 }}
 """
-        return Rendered((Output(ctx.hosts_dir / FILENAME, text.encode()),), warnings)
+        return base.Rendered((base.Output(ctx.hosts_dir / FILENAME, text.encode()),), warnings)

@@ -13,16 +13,7 @@ from ...oci import mediatypes
 from ...tls import CIPHERS
 from ...tree.layout import LAST_PAGE_SUFFIX, twin_name
 from .. import routes
-from .base import (
-    GENERATED,
-    HostContext,
-    Output,
-    Rendered,
-    TaggedDigest,
-    error_text,
-    plain_http_warning,
-    twin_kinds,
-)
+from . import base
 
 FILENAME = "registrish.conf"
 TAG_RE = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
@@ -34,10 +25,12 @@ NO_TWIN = "~unknown"
 
 
 def _not_found(code: routes.ErrorCode) -> str:
-    return f"default_type {routes.JSON};\n        {API}\n        return 404 '{error_text(code)}';"
+    return (
+        f"default_type {routes.JSON};\n        {API}\n        return 404 '{base.error_text(code)}';"
+    )
 
 
-def tag_digest_map(tags: Sequence[TaggedDigest]) -> str:
+def tag_digest_map(tags: Sequence[base.TaggedDigest]) -> str:
     """Two `map "name:tag"` tables at http level, one line per tag each (none per digest):
     the typed twin of the tag's digest, so a tag is served with one file look-up, and the
     digest for its header (an exact map: a regex taking it out of the first cost ~4% of
@@ -68,7 +61,7 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def _tls(ctx: HostContext) -> str:
+def _tls(ctx: base.HostContext) -> str:
     """The HTTPS settings of the registry's server block ('' for plain HTTP)."""
     if ctx.tls.certificate is None or ctx.tls.key is None:
         return ""
@@ -86,7 +79,7 @@ def _tls(ctx: HostContext) -> str:
 """
 
 
-def _redirect_server(ctx: HostContext) -> str:
+def _redirect_server(ctx: base.HostContext) -> str:
     """`[registry] redirect_http`: a plain-HTTP server sending every request to HTTPS."""
     if ctx.tls.redirect_http is None or not ctx.tls.own_certificate:
         return ""
@@ -103,13 +96,13 @@ class NginxRenderer:
     name = "nginx"
     needs_entries = False
 
-    def render(self, ctx: HostContext) -> Rendered:
+    def render(self, ctx: base.HostContext) -> base.Rendered:
         short = routes.short_cache(ctx.policy.tag_cache_seconds)
-        types = "\n".join(f"            {mt} ~{kind};" for kind, mt in twin_kinds())
+        types = "\n".join(f"            {mt} ~{kind};" for kind, mt in base.twin_kinds())
         tries = " ".join(f"$uri.~{kind}" for kind in mediatypes.KINDS)
         scheme = "https" if ctx.tls.own_certificate else "http"
         text = f"""\
-# {GENERATED}
+# {base.GENERATED}
 # The static registry at {ctx.root}, on {scheme}://{ctx.listen}/.
 # Use: `include {ctx.hosts_dir / FILENAME};` inside nginx's http {{}} block, and
 # `nginx -s reload` after each sync (the tag -> digest table below changes with the lock).
@@ -268,7 +261,7 @@ map $arg_last $registrish_last_page {{
         default_type {routes.JSON};
         add_header Allow "{routes.ALLOW}" always;
         {API}
-        return 405 '{error_text(routes.ErrorCode.UNSUPPORTED)}';
+        return 405 '{base.error_text(routes.ErrorCode.UNSUPPORTED)}';
     }}
     location @registrish_manifest_unknown {{
         {_not_found(routes.ErrorCode.MANIFEST_UNKNOWN)}
@@ -284,6 +277,7 @@ map $arg_last $registrish_last_page {{
     }}
 }}
 """
-        return Rendered(
-            (Output(ctx.hosts_dir / FILENAME, text.encode()),), plain_http_warning(ctx, "nginx")
+        return base.Rendered(
+            (base.Output(ctx.hosts_dir / FILENAME, text.encode()),),
+            base.plain_http_warning(ctx, "nginx"),
         )
