@@ -38,20 +38,13 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
-class _Member:
-    """Where a blob's bytes lie in the archive file (a regular member, links resolved)."""
-
-    offset: int
-    size: int
-
-
-@dataclass(frozen=True)
 class _Archive:
     label: str
     path: Path
     tags: Mapping[str, ManifestInfo]
     manifests: Mapping[str, bytes]
-    blobs: Mapping[str, _Member]
+    #: Each blob's regular member (links resolved): its bytes lie at `offset_data`.
+    blobs: Mapping[str, tarfile.TarInfo]
 
 
 def _regular_member(tar: tarfile.TarFile, name: str, label: str) -> tarfile.TarInfo:
@@ -79,16 +72,16 @@ def _regular_member(tar: tarfile.TarFile, name: str, label: str) -> tarfile.TarI
     raise LocalSourceError(f"{label}: {name!r} is not a regular file in the archive")
 
 
-def _hash_member(f: IO[bytes], member: _Member) -> tuple[str, bytes]:
+def _hash_member(f: IO[bytes], member: tarfile.TarInfo) -> tuple[str, bytes]:
     """(digest, first bytes) of a member's data."""
-    f.seek(member.offset)
+    f.seek(member.offset_data)
     hasher = hashlib.sha256()
     head = b""
     left = member.size
     while left:
         chunk = f.read(min(_CHUNK, left))
         if not chunk:
-            raise IntegrityError(f"archive member at offset {member.offset} is truncated")
+            raise IntegrityError(f"archive member at offset {member.offset_data} is truncated")
         head = head or chunk[:2]
         hasher.update(chunk)
         left -= len(chunk)
@@ -136,20 +129,19 @@ def _load_archive(path: Path, label: str) -> _Archive:
         ) from None
     tags: dict[str, ManifestInfo] = {}
     manifests: dict[str, bytes] = {}
-    blobs: dict[str, _Member] = {}
+    blobs: dict[str, tarfile.TarInfo] = {}
     with tar, path.open("rb") as f:
 
-        def member(name: object) -> _Member:
+        def member(name: object) -> tarfile.TarInfo:
             if not isinstance(name, str):
                 raise LocalSourceError(f"{label}: manifest.json names a non-string member")
-            info = _regular_member(tar, name, label)
-            return _Member(info.offset_data, info.size)
+            return _regular_member(tar, name, label)
 
         def read_doc(name: object) -> bytes:
             m = member(name)
             if m.size > MAX_DOCUMENT_BYTES:
                 raise LocalSourceError(f"{label}: {name} is larger than {MAX_DOCUMENT_BYTES} bytes")
-            f.seek(m.offset)
+            f.seek(m.offset_data)
             return f.read(m.size)
 
         if "manifest.json" not in tar.getnames():
@@ -258,7 +250,7 @@ class DockerArchiveSource(LocalSource[_Archive]):
             )
         self._reads.bump()
         with archive.path.open("rb") as f:
-            f.seek(member.offset)
+            f.seek(member.offset_data)
             copy_verified(_Window(f, member.size), blob, archive.label)
 
     def close(self) -> None:
