@@ -21,10 +21,12 @@ def test_parse_docker_hub_bearer_challenge() -> None:
         'scope="repository:library/alpine:pull",error="insufficient_scope"'
     )
     assert c.scheme == "bearer"
-    assert c.realm == "https://auth.docker.io/token"
-    assert c.service == "registry.docker.io"
-    assert c.scope == "repository:library/alpine:pull"
-    assert c.error == "insufficient_scope"
+    assert c.params == {
+        "realm": "https://auth.docker.io/token",
+        "service": "registry.docker.io",
+        "scope": "repository:library/alpine:pull",
+        "error": "insufficient_scope",
+    }
 
 
 def test_parse_several_challenges_quoted_commas_and_token68() -> None:
@@ -33,8 +35,8 @@ def test_parse_several_challenges_quoted_commas_and_token68() -> None:
         "Negotiate abc==, Digest"
     )
     assert [c.scheme for c in got] == ["basic", "bearer", "negotiate", "digest"]
-    assert got[0].realm == 'a, "b"'
-    assert got[1].scope == "repository:a:pull,push"
+    assert got[0].params == {"realm": 'a, "b"'}
+    assert got[1].params == {"realm": "https://x/t", "scope": "repository:a:pull,push"}
     assert got[2].params == {}
 
 

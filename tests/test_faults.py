@@ -48,6 +48,7 @@ from registrish_lock.lock.lockfile import read_lock
 from registrish_lock.oci.reference import Reference
 from registrish_lock.tree.layout import Layout
 from registrish_lock.upstream.credentials import CredentialStore, env_var_name
+from registrish_lock.upstream.protocols import BlobRequest
 from registrish_lock.upstream.ratelimit import RetryPolicy
 from registrish_lock.upstream.registry import RegistryClient
 
@@ -127,7 +128,9 @@ def layer(seeded_upstream: SeededUpstream) -> Layer:
 
 def fetch(proxy: CountingProxy, layer: Layer, dest: Path, attempts: int = 4) -> None:
     with client_for(proxy.host, attempts=attempts) as client:
-        client.fetch_blob(Reference(proxy.host, layer.name), layer.digest, layer.size, dest)
+        client.fetch_blob(
+            BlobRequest(Reference(proxy.host, layer.name), layer.digest, layer.size, dest)
+        )
 
 
 # -- RegistryClient.fetch_blob ---------------------------------------------------------------
@@ -272,7 +275,7 @@ def test_blob_redirect_to_another_origin_carries_no_authorization(
         repo = Reference(registry_side.host, layer.name)
         with client_for(registry_side.host, env=env) as client:
             client.get_manifest(repo, "v1")  # as sync does: learns the Basic challenge
-            client.fetch_blob(repo, layer.digest, layer.size, dest)
+            client.fetch_blob(BlobRequest(repo, layer.digest, layer.size, dest))
         assert sha256(dest.read_bytes()) == layer.digest
         home = [h for m, p, h in registry_side.request_headers if p == path]
         away = cdn.request_headers

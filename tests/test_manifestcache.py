@@ -7,7 +7,6 @@ import threading
 from pathlib import Path
 
 import tomli_w
-from support.fake_upstream import Fetched
 from support.memory_upstream import MemoryUpstream, image_manifest
 
 from registrish_lock.lock.config import load_config
@@ -17,6 +16,7 @@ from registrish_lock.oci.manifest import sha256_digest
 from registrish_lock.oci.reference import Reference
 from registrish_lock.tree.layout import Layout
 from registrish_lock.upstream.manifestcache import ManifestCache
+from registrish_lock.upstream.protocols import FetchedManifest
 
 TAGS = [f"t{n}" for n in range(50)]
 
@@ -78,7 +78,7 @@ class SlowUpstream(MemoryUpstream):
 
     def get_manifest(
         self, repo: Reference, ref: str, *, expected_digest: str | None = None
-    ) -> Fetched:
+    ) -> FetchedManifest:
         self.waiting.release()
         assert self.release.wait(10)
         return super().get_manifest(repo, ref, expected_digest=expected_digest)

@@ -21,6 +21,7 @@ from registrish_lock.lock.config import RegistrySettings, load_config
 from registrish_lock.lock.resolve import resolve
 from registrish_lock.oci.reference import Reference
 from registrish_lock.upstream.credentials import CredentialStore
+from registrish_lock.upstream.protocols import BlobRequest
 from registrish_lock.upstream.ratelimit import (
     RetryPolicy,
     budget_of,
@@ -176,7 +177,7 @@ def test_every_request_carries_the_user_agent(
     fake.add_manifest("team/app", "v1", image_manifest("a"))
     client = client_for(fake.transport)
     client.head_manifest(REPO, "v1")
-    client.fetch_blob(REPO, sha256(blob), len(blob), tmp_path / "blob")
+    client.fetch_blob(BlobRequest(REPO, sha256(blob), len(blob), tmp_path / "blob"))
     hosts = {r.url.host for r in fake.requests}
     assert hosts == {"reg.test", "auth.test", "cdn.test"}
     assert {r.headers.get("user-agent") for r in fake.requests} == {USER_AGENT}

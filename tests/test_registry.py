@@ -25,6 +25,7 @@ from registrish_lock.lock.config import RegistrySettings
 from registrish_lock.oci import mediatypes
 from registrish_lock.oci.reference import Reference, parse_reference
 from registrish_lock.upstream.credentials import CredentialStore, env_var_name
+from registrish_lock.upstream.protocols import BlobRequest
 from registrish_lock.upstream.ratelimit import RetryPolicy, backoff_delay, parse_retry_after
 from registrish_lock.upstream.registry import RegistryClient, parse_link_next
 
@@ -217,7 +218,7 @@ def test_cross_origin_redirect_drops_authorization(tmp_path: Path) -> None:
     digest = fake.add_blob(data)
     dest = tmp_path / "blob.partial"
     with make_client(fake) as client:
-        client.fetch_blob(REPO, digest, len(data), dest)
+        client.fetch_blob(BlobRequest(REPO, digest, len(data), dest))
     assert dest.read_bytes() == data
     registry_gets = [
         r for r in fake.requests if r.url.host == "reg.test" and "/blobs/" in r.url.path
@@ -242,7 +243,7 @@ def test_same_origin_redirect_keeps_authorization(tmp_path: Path) -> None:
 
     fake.fault = moved
     with make_client(fake, env=ALICE) as client:
-        client.fetch_blob(REPO, digest, len(data), tmp_path / "b")
+        client.fetch_blob(BlobRequest(REPO, digest, len(data), tmp_path / "b"))
     last = fake.requests[-1]
     assert last.url.path == f"/v2/other/blobs/{digest}" and "authorization" in last.headers
 
@@ -448,7 +449,7 @@ def test_fetch_blob_resumes_with_range(tmp_path: Path) -> None:
     dest.write_bytes(data[:123_456])
     progress: list[int] = []
     with make_client(fake) as client:
-        client.fetch_blob(REPO, digest, len(data), dest, on_bytes=progress.append)
+        client.fetch_blob(BlobRequest(REPO, digest, len(data), dest, on_bytes=progress.append))
     assert dest.read_bytes() == data
     assert fake.requests[0].headers["range"] == "bytes=123456-"
     assert progress[0] == 123_456 and sum(progress) == len(data)
@@ -462,7 +463,7 @@ def test_fetch_blob_restarts_when_range_is_ignored(tmp_path: Path) -> None:
     dest.write_bytes(data[:40_000])
     progress: list[int] = []
     with make_client(fake) as client:
-        client.fetch_blob(REPO, digest, len(data), dest, on_bytes=progress.append)
+        client.fetch_blob(BlobRequest(REPO, digest, len(data), dest, on_bytes=progress.append))
     assert dest.read_bytes() == data
     assert -40_000 in progress and sum(progress) == len(data)
 
@@ -473,7 +474,7 @@ def test_fetch_blob_complete_partial_needs_no_request(tmp_path: Path) -> None:
     dest = tmp_path / "partial"
     dest.write_bytes(data)
     with make_client(fake) as client:
-        client.fetch_blob(REPO, sha256(data), len(data), dest)
+        client.fetch_blob(BlobRequest(REPO, sha256(data), len(data), dest))
         assert client.request_count == 0
 
 
@@ -484,7 +485,7 @@ def test_fetch_blob_bad_partial_prefix_is_fetched_again_from_zero(tmp_path: Path
     dest = tmp_path / "partial"
     dest.write_bytes(b"\0" * 4000)  # not the blob's prefix
     with make_client(fake) as client:
-        client.fetch_blob(REPO, digest, len(data), dest)
+        client.fetch_blob(BlobRequest(REPO, digest, len(data), dest))
     assert dest.read_bytes() == data
     assert [r.headers.get("range") for r in fake.requests] == ["bytes=4000-", None]
 
@@ -496,7 +497,7 @@ def test_fetch_blob_bad_partial_and_bad_upstream_is_deleted(tmp_path: Path) -> N
     dest = tmp_path / "partial"
     dest.write_bytes(b"some")
     with make_client(fake) as client, pytest.raises(IntegrityError) as info:
-        client.fetch_blob(REPO, digest, len(b"the real thing"), dest)
+        client.fetch_blob(BlobRequest(REPO, digest, len(b"the real thing"), dest))
     assert digest in info.value.message and "reg.test/team/app" in info.value.message
     assert len(fake.requests) == 2  # resumed, then once from zero
     assert not dest.exists()
@@ -517,7 +518,7 @@ def test_fetch_blob_more_bytes_than_declared(tmp_path: Path) -> None:
     fake.fault = lambda _r: httpx.Response(200, content=stream())
     dest = tmp_path / "partial"
     with make_client(fake) as client, pytest.raises(IntegrityError, match="more than the declared"):
-        client.fetch_blob(REPO, digest, len(data), dest)
+        client.fetch_blob(BlobRequest(REPO, digest, len(data), dest))
     assert not dest.exists()
     assert sent <= len(data) + 128 * 1024  # stopped right after the declared size
 
@@ -528,7 +529,7 @@ def test_fetch_blob_wrong_content_deleted(tmp_path: Path) -> None:
     fake.blobs[digest] = b"something else"
     dest = tmp_path / "partial"
     with make_client(fake) as client, pytest.raises(IntegrityError):
-        client.fetch_blob(REPO, digest, len(b"the real thing"), dest)
+        client.fetch_blob(BlobRequest(REPO, digest, len(b"the real thing"), dest))
     assert not dest.exists()
 
 
@@ -553,7 +554,7 @@ def test_fetch_blob_resumes_after_connection_drop(tmp_path: Path) -> None:
     fake.fault = drop_once
     sleeps = Sleeps()
     with make_client(fake, sleeps=sleeps) as client:
-        client.fetch_blob(REPO, digest, len(data), tmp_path / "p")
+        client.fetch_blob(BlobRequest(REPO, digest, len(data), tmp_path / "p"))
     assert (tmp_path / "p").read_bytes() == data
     assert fake.requests[1].headers["range"] == "bytes=70000-"
     assert len(sleeps) == 1
@@ -590,7 +591,7 @@ def test_verbose_log_lines_carry_no_secrets(tmp_path: Path) -> None:
     err = io.StringIO()
     with make_client(fake, env=ALICE, console=Console(verbosity=1, err=err)) as client:
         client.get_manifest(REPO, "v1")
-        client.fetch_blob(REPO, digest, 4, tmp_path / "b")
+        client.fetch_blob(BlobRequest(REPO, digest, 4, tmp_path / "b"))
     log = err.getvalue()
     assert "debug: GET https://reg.test/v2/team/app/manifests/v1 -> 401 (" in log
     assert "debug: GET https://reg.test/v2/team/app/manifests/v1 -> 200 (" in log
@@ -687,7 +688,9 @@ def test_real_registry_tags_manifests_and_blobs(
         layer = doc["layers"][0]
         assert layer["digest"] == app.layers[0]
         dest = tmp_path / "blob.partial"
-        client.fetch_blob(Reference(host, "app-oci"), layer["digest"], layer["size"], dest)
+        client.fetch_blob(
+            BlobRequest(Reference(host, "app-oci"), layer["digest"], layer["size"], dest)
+        )
         assert sha256(dest.read_bytes()) == layer["digest"]
 
         # Resume: keep the first third, fetch the rest with a real Range request (206).
@@ -696,11 +699,13 @@ def test_real_registry_tags_manifests_and_blobs(
         progress: list[int] = []
         before = client.request_count
         client.fetch_blob(
-            Reference(host, "app-oci"),
-            layer["digest"],
-            layer["size"],
-            dest,
-            on_bytes=progress.append,
+            BlobRequest(
+                Reference(host, "app-oci"),
+                layer["digest"],
+                layer["size"],
+                dest,
+                on_bytes=progress.append,
+            )
         )
         assert dest.read_bytes() == full
         assert progress[0] == len(full) // 3 and min(progress) > 0  # no restart from zero

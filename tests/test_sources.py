@@ -34,7 +34,7 @@ from registrish_lock.oci.reference import Reference, default_target_name, parse_
 from registrish_lock.upstream.docker_archive import DockerArchiveSource
 from registrish_lock.upstream.local import DOCKER_LAYER, LocalSourceError, tag_of_ref_name
 from registrish_lock.upstream.oci_layout import OciLayoutSource
-from registrish_lock.upstream.protocols import Upstream
+from registrish_lock.upstream.protocols import BlobRequest, Upstream
 from registrish_lock.upstream.sources import SourceRouter
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -204,7 +204,7 @@ def test_layout_manifest_and_blob_are_verified(layout: Path, tmp_path: Path) -> 
     dest.parent.mkdir()
     dest.write_bytes(b"stale bytes of an earlier run")
     seen: list[int] = []
-    source.fetch_blob(repo, layer.digest, layer.size, dest, on_bytes=seen.append)
+    source.fetch_blob(BlobRequest(repo, layer.digest, layer.size, dest, on_bytes=seen.append))
     assert sha(dest.read_bytes()) == layer.digest and sum(seen) == layer.size
     assert source.request_count == 2
 
@@ -214,7 +214,7 @@ def test_layout_manifest_and_blob_are_verified(layout: Path, tmp_path: Path) -> 
     data[100] ^= 0xFF
     blob.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match=f"oci:layouts/app: blob {layer.digest}"):
-        source.fetch_blob(repo, layer.digest, layer.size, dest)
+        source.fetch_blob(BlobRequest(repo, layer.digest, layer.size, dest))
     assert not dest.exists()
     with pytest.raises(IntegrityError, match="not the expected"):
         source.get_manifest(repo, "edge", expected_digest=tagged_digest(layout, "3.18"))
@@ -345,7 +345,7 @@ def test_archive_synthesises_a_reproducible_v2s2_manifest(tmp_path: Path) -> Non
 
     for blob in manifest.blobs:
         dest = tmp_path / "out" / blob.digest
-        source.fetch_blob(repo, blob.digest, blob.size, dest)
+        source.fetch_blob(BlobRequest(repo, blob.digest, blob.size, dest))
         assert sha(dest.read_bytes()) == blob.digest
 
 
@@ -397,7 +397,7 @@ def test_router_dispatches_by_source_and_counts(layout: Path, tmp_path: Path) ->
         ) -> Any:
             raise NotImplementedError
 
-        def fetch_blob(self, *args: Any, **kwargs: Any) -> None:
+        def fetch_blob(self, blob: BlobRequest) -> None:
             raise NotImplementedError
 
         def close(self) -> None:

@@ -8,6 +8,7 @@ import pytest
 from support.fake_upstream import HOST, FakeUpstream, Interrupted
 
 from registrish_lock.oci.reference import Reference
+from registrish_lock.upstream.protocols import BlobRequest
 
 
 def test_fake_resumes_a_cut_download_from_the_partial_file(tmp_path: Path) -> None:
@@ -17,8 +18,8 @@ def test_fake_resumes_a_cut_download_from_the_partial_file(tmp_path: Path) -> No
     dest = tmp_path / "blob.partial"
     repo = Reference(HOST, "app")
     with pytest.raises(Interrupted):
-        up.fetch_blob(repo, digest, 10000, dest)
+        up.fetch_blob(BlobRequest(repo, digest, 10000, dest))
     assert dest.stat().st_size == 5000
-    up.fetch_blob(repo, digest, 10000, dest)
+    up.fetch_blob(BlobRequest(repo, digest, 10000, dest))
     assert dest.read_bytes() == b"x" * 10000
     assert up.ranges == [(digest, 0), (digest, 5000)]

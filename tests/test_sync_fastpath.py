@@ -27,6 +27,7 @@ from registrish_lock.oci.reference import Reference
 from registrish_lock.tree import state as tree
 from registrish_lock.tree.layout import Layout
 from registrish_lock.upstream.credentials import CredentialStore
+from registrish_lock.upstream.protocols import BlobRequest
 from registrish_lock.upstream.ratelimit import RetryPolicy
 from registrish_lock.upstream.registry import RegistryClient
 
@@ -120,10 +121,10 @@ def test_real_fetch_blob_reports_the_file_it_verified(
         layer = doc["layers"][0]
         dest = tree.partial_path(layout, layer["digest"])
         # Resumed after a kept prefix: the prefix is hashed by the client too.
-        client.fetch_blob(repo, layer["digest"], layer["size"], dest)
+        client.fetch_blob(BlobRequest(repo, layer["digest"], layer["size"], dest))
         full = dest.read_bytes()
         dest.write_bytes(full[: len(full) // 2])
-        verified = client.fetch_blob(repo, layer["digest"], layer["size"], dest)
+        verified = client.fetch_blob(BlobRequest(repo, layer["digest"], layer["size"], dest))
     assert verified is not None  # a file destination is always stamped
     assert (verified.digest, verified.size) == (layer["digest"], layer["size"])
     assert verified.stamp == FileStamp.of(os.stat(dest))

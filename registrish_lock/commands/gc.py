@@ -8,8 +8,9 @@ from ..console import Console
 from ..errors import ExitCode
 from ..lock.config import Config, load_config
 from ..lock.lockfile import Lock, parse_lock_bytes, read_lock_bytes
+from ..serving.hosts import write_host_configs
 from ..tree import record
-from ..tree.apply import collect_garbage, write_hosts
+from ..tree.apply import collect_garbage
 from ..tree.gc import GcPlan
 from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
@@ -87,5 +88,5 @@ def _gc_local(
     with tree_lock(layout, console, wait=not args.no_wait):
         plan = collect_garbage(lock=lock, layout=layout, console=console, dry_run=args.dry_run)
         if not args.dry_run and plan.pending:  # host configs may list what just went
-            write_hosts(config, layout, lock, console)
+            write_host_configs(config, layout, lock, console)
     return plan

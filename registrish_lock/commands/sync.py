@@ -11,8 +11,9 @@ from ..errors import ExitCode, StaleLockError
 from ..lock.config import Config, load_config
 from ..lock.lockfile import Lock, parse_lock_bytes, read_lock_bytes
 from ..progress import Stats, make_progress
+from ..serving.hosts import write_host_configs
 from ..tree import record
-from ..tree.apply import LazyUpstream, SyncResult, sync_tree, write_hosts
+from ..tree.apply import LazyUpstream, SyncResult, sync_tree
 from ..tree.layout import Layout
 from ..tree.plan import Plan
 from ..tree.store import TreeStore
@@ -119,8 +120,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
             if not args.dry_run:
                 record.invalidate(layout)
             result = _sync(args, console, lock, layout, upstream, scope=scope)
+            # Host configs come last: they may route to anything the tree now holds.
             hosts = (
-                [] if args.dry_run else write_hosts(config, layout, lock, console, changed=scope)
+                []
+                if args.dry_run
+                else write_host_configs(config, layout, lock, console, changed=scope)
             )
             if not args.dry_run:  # last: everything above completed
                 names = {t.name for t in lock.tags}

@@ -21,19 +21,8 @@ from ..oci import mediatypes
 from ..oci.manifest import Descriptor, Manifest, parse_manifest
 from ..oci.reference import Reference
 from ..oci.referrers import MAX_DEPTH, artifact_type_of, cosign_tags, refers_to, schema_tag
+from ..upstream.protocols import FetchedManifest, ManifestInfo
 from .lockfile import LockedReferrer
-
-
-class _InfoLike(Protocol):
-    @property
-    def digest(self) -> str: ...
-
-
-class _FetchedLike(Protocol):
-    @property
-    def data(self) -> bytes: ...
-    @property
-    def media_type(self) -> str: ...
 
 
 @runtime_checkable
@@ -41,10 +30,10 @@ class ReferrersUpstream(Protocol):
     """What discovery needs: `registry.RegistryClient` has it all."""
 
     def list_referrers(self, repo: Reference, digest: str) -> list[Descriptor] | None: ...
-    def head_manifest(self, repo: Reference, ref: str) -> _InfoLike: ...
+    def head_manifest(self, repo: Reference, ref: str) -> ManifestInfo: ...
     def get_manifest(
         self, repo: Reference, ref: str, *, expected_digest: str | None = None
-    ) -> _FetchedLike: ...
+    ) -> FetchedManifest: ...
 
 
 @dataclass(frozen=True)

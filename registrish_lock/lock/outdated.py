@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..errors import NotFoundError
 from ..pool import map_parallel
@@ -25,13 +25,7 @@ class Row:
     upstream: str | None
 
     def to_json(self) -> dict[str, str | None]:
-        return {
-            "name": self.name,
-            "tag": self.tag,
-            "state": self.state,
-            "locked": self.locked,
-            "upstream": self.upstream,
-        }
+        return asdict(self)
 
 
 def classify(

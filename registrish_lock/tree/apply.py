@@ -10,52 +10,31 @@ no-op sync makes zero requests.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from typing import TypeAlias
 
 from ..console import Console
 from ..errors import IntegrityError
 from ..fsutil import VerifiedFile
-from ..lock.config import Config
 from ..lock.lockfile import Lock, LockedTag
 from ..oci.manifest import Manifest, parse_manifest
 from ..oci.reference import Reference, parse_source
 from ..pool import run_fail_fast
 from ..progress import Progress, Stats, Stopwatch
-from ..upstream.protocols import DEFAULT_JOBS
+from ..upstream.protocols import DEFAULT_JOBS, BlobRequest, LazyClient
 from ..upstream.protocols import BlobSource as Upstream
 from ..upstream.sink import BlobDest
 from . import gc as gc_mod
 from .desired import Desired, catalog_document, desired_tree, selected_children
 from .layout import Layout
-from .plan import BlobFetch, DocWrite, ManifestWrite, Plan, make_plan
+from .plan import BlobFetch, DocWrite, ManifestWrite, Plan, Removal, make_plan
 from .state import TreeState
 from .store import LocalTreeStore, TreeStore
 
-
-class LazyUpstream:
-    """Creates the client on first use (thread-safe); counts requests only if created."""
-
-    def __init__(self, factory: Callable[[], Upstream]) -> None:
-        self._factory = factory
-        self._client: Upstream | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> Upstream:
-        with self._lock:
-            if self._client is None:
-                self._client = self._factory()
-            return self._client
-
-    @property
-    def request_count(self) -> int:
-        return self._client.request_count if self._client is not None else 0
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+#: The upstream of a sync, made on first use: a sync with nothing to fetch opens none.
+LazyUpstream: TypeAlias = LazyClient[Upstream]
 
 
 @dataclass(frozen=True)
@@ -177,11 +156,13 @@ def _fetch_blobs(
 
             def fetch(dest: BlobDest) -> VerifiedFile | None:
                 verified = upstream.get().fetch_blob(
-                    repo,
-                    item.digest,
-                    item.size,
-                    dest,
-                    on_bytes=lambda n: progress.advance(item.digest, n),
+                    BlobRequest(
+                        repo,
+                        item.digest,
+                        item.size,
+                        dest,
+                        on_bytes=lambda n: progress.advance(item.digest, n),
+                    )
                 )
                 fetched.append(True)
                 return verified
@@ -423,26 +404,7 @@ def _gc_after(plan: Plan, *, lock: Lock, store: TreeStore, manifests: Manifests)
     return replace(gc_plan, sweeps=_garbage_after(plan, gc_plan))
 
 
-def _garbage_after(plan: Plan, gc_plan: gc_mod.GcPlan) -> tuple[gc_mod.Sweep, ...]:
+def _garbage_after(plan: Plan, gc_plan: gc_mod.GcPlan) -> tuple[Removal, ...]:
     """`gc_plan`'s sweeps that `plan` does not remove itself."""
     removed = {r.rel for r in plan.removals}
     return tuple(s for s in gc_plan.sweeps if s.rel not in removed)
-
-
-def write_hosts(
-    config: Config,
-    layout: Layout,
-    lock: Lock,
-    console: Console,
-    *,
-    changed: frozenset[str] | None = None,
-) -> list[Path]:
-    """Host configs come last: they may route to anything the tree now holds. `changed`:
-    the sync's scope (the browse page reads only those repositories)."""
-    try:
-        from ..serving.hosts import write_host_configs
-    except ImportError:
-        console.debug("host config writer not available; skipping host configs")
-        return []
-    result: list[Path] = write_host_configs(config, layout, lock, console, changed=changed)
-    return result

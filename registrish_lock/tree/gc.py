@@ -17,6 +17,7 @@ from typing import Any
 from ..console import human_bytes
 from .desired import Desired
 from .layout import Layout, is_last_page, parse_rel_path
+from .plan import Removal
 from .state import (
     PARTIAL_SUFFIX,
     FileInfo,
@@ -33,16 +34,9 @@ from .state import (
 STORE_LABEL = "<store>"
 
 
-@dataclass(frozen=True, order=True)
-class Sweep:
-    rel: str  # relative to the root (`v2/...`), or `<store>/...` for the content store
-    what: str
-    size: int
-
-
 @dataclass(frozen=True)
 class GcPlan:
-    sweeps: tuple[Sweep, ...] = ()
+    sweeps: tuple[Removal, ...] = ()
     #: Repositories that end up with no files (their directories go too).
     emptied_repos: tuple[str, ...] = ()
     bytes_freed: int = 0
@@ -89,7 +83,7 @@ def _what(section: str, ref: str) -> str:
 
 def plan_gc(desired: Desired, state: TreeState) -> GcPlan:
     keep = desired.keep
-    sweeps: list[Sweep] = []
+    sweeps: list[Removal] = []
     repo_files: dict[str, int] = {}
     repo_kept: dict[str, int] = {}
     infos: dict[str, FileInfo] = {}
@@ -103,7 +97,7 @@ def plan_gc(desired: Desired, state: TreeState) -> GcPlan:
         if rel in keep or (name in desired.unknown_repos and not locked_tag):
             repo_kept[name] = repo_kept.get(name, 0) + 1
             continue
-        sweeps.append(Sweep(rel, _what(section, ref), info.size))
+        sweeps.append(Removal(rel, _what(section, ref), info.size))
         infos[rel] = info
 
     # store blobs: kept when marked, or linked from an unknown repository's blob files
@@ -115,13 +109,13 @@ def plan_gc(desired: Desired, state: TreeState) -> GcPlan:
     for digest, info in sorted(state.store.items()):
         if digest not in kept_store:
             rel = f"{STORE_LABEL}/blobs/sha256/{digest.removeprefix('sha256:')}"
-            sweeps.append(Sweep(rel, "stored blob", info.size))
+            sweeps.append(Removal(rel, "stored blob", info.size))
             infos[rel] = info
     for filename, size in sorted(state.tmp.items()):
         hex_part = filename.removesuffix(PARTIAL_SUFFIX)
         if filename.endswith(PARTIAL_SUFFIX) and f"sha256:{hex_part}" in desired.store:
             continue  # a resumable download of something still needed
-        sweeps.append(Sweep(f"{STORE_LABEL}/tmp/{filename}", "temp file", size))  # noqa: S108
+        sweeps.append(Removal(f"{STORE_LABEL}/tmp/{filename}", "temp file", size))  # noqa: S108
 
     # bytes freed: an inode is freed only when none of its links survives
     swept = {s.rel for s in sweeps}
@@ -145,7 +139,7 @@ def plan_gc(desired: Desired, state: TreeState) -> GcPlan:
 
 
 def _listing_rewrites(
-    state: TreeState, sweeps: list[Sweep], emptied: list[str]
+    state: TreeState, sweeps: list[Removal], emptied: list[str]
 ) -> tuple[tuple[str, bytes], ...]:
     """The catalog without emptied repositories, tags lists without swept tags. gc only
     subtracts: what a listing should add is sync's business."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..console import human_bytes
 from ..oci import mediatypes
-from .desired import Desired, Foreign, WantManifest
+from .desired import Desired, Foreign, WantBlob, WantManifest
 from .layout import Layout, is_last_page
 from .state import TreeState, manifest_ref_of
 
@@ -37,13 +37,6 @@ class BlobFetch:
     size: int
     name: str
     source: str
-
-
-@dataclass(frozen=True)
-class BlobLink:
-    rel: str
-    digest: str
-    size: int
 
 
 @dataclass(frozen=True)
@@ -68,9 +61,11 @@ class DocWrite:
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Removal:
-    rel: str
+    """A file a sync plan or gc removes (gc sorts them)."""
+
+    rel: str  # relative to the root (`v2/...`), or `<store>/...` (gc) for the content store
     what: str
     size: int
 
@@ -80,7 +75,8 @@ class Plan:
     fetches: tuple[BlobFetch, ...] = ()
     #: Corrupt store blobs (found by --verify) removed before they are fetched again.
     drop_store: tuple[str, ...] = ()
-    links: tuple[BlobLink, ...] = ()
+    #: Blob files to (re)link from the store: missing, of another size, or refetched.
+    links: tuple[WantBlob, ...] = ()
     manifests: tuple[ManifestWrite, ...] = ()
     referrers: tuple[DocWrite, ...] = ()
     tags: tuple[ManifestWrite, ...] = ()
@@ -183,7 +179,7 @@ class Plan:
         }
 
 
-def _rel(item: BlobLink | DocWrite | Removal) -> str:
+def _rel(item: WantBlob | DocWrite | Removal) -> str:
     return item.rel
 
 
@@ -235,7 +231,7 @@ def make_plan(desired: Desired, state: TreeState) -> Plan:
             and blob.rel not in state.bad_files
         )
         if not ok:
-            links.append(BlobLink(blob.rel, blob.digest, blob.size))
+            links.append(blob)
 
     manifests = tuple(w for w in (_manifest_write(m, state) for m in desired.manifests) if w)
     tags = tuple(w for w in (_manifest_write(t, state) for t in desired.tags) if w)

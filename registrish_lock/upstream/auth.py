@@ -40,26 +40,11 @@ _SCHEME_RE = re.compile(rf"({_TOKEN})(?:\s+(.*))?", re.DOTALL)
 
 @dataclass(frozen=True)
 class Challenge:
-    """One challenge of a ``WWW-Authenticate`` header; ``scheme`` is lowercased."""
+    """One challenge of a ``WWW-Authenticate`` header; ``scheme`` is lowercased, ``params``
+    its auth-params (``realm``, ``service``, ``scope``, ``error`` …) as sent."""
 
     scheme: str
     params: Mapping[str, str]
-
-    @property
-    def realm(self) -> str | None:
-        return self.params.get("realm")
-
-    @property
-    def service(self) -> str | None:
-        return self.params.get("service")
-
-    @property
-    def scope(self) -> str | None:
-        return self.params.get("scope")
-
-    @property
-    def error(self) -> str | None:
-        return self.params.get("error")
 
 
 def _split_items(value: str) -> list[str]:
@@ -193,12 +178,12 @@ class Authenticator:
         self, challenge: Challenge, scope: str, *, origin: str, registry: str, what: str
     ) -> tuple[TokenKey, str]:
         """A token for ``scope`` from the cache, or fetched once even under concurrency."""
-        realm = challenge.realm
+        realm = challenge.params.get("realm")
         if not realm:
             raise UpstreamError(
                 f"registry {registry} sent a Bearer challenge without a realm for {what}"
             )
-        key: TokenKey = (realm, challenge.service or "", scope)
+        key: TokenKey = (realm, challenge.params.get("service", ""), scope)
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
@@ -326,10 +311,8 @@ class RequestAuth:
             (c for c in challenges if c.scheme == "basic"), None
         )
         if chosen is None:
-            raise AuthError(
-                f"registry {self.registry} refused access to {self.what} "
-                "without a usable authentication challenge",
-                hint=how_to_provide(self.registry),
+            raise self._needs_credentials(
+                f"refused access to {self.what} without a usable authentication challenge"
             )
         self._auth.remember(self.origin, chosen)
         self._header = self._answer(chosen, preemptive=False)
@@ -338,10 +321,8 @@ class RequestAuth:
         """The error for a 403."""
         cred = self._auth.credentials.lookup(self.registry)
         if cred is None:
-            return AuthError(
-                f"registry {self.registry} denied access to {self.what} "
-                "(it does not exist or needs credentials)",
-                hint=how_to_provide(self.registry),
+            return self._needs_credentials(
+                f"denied access to {self.what} (it does not exist or needs credentials)"
             )
         return AuthError(
             f"registry {self.registry} denied the credentials from {cred.source} "
@@ -363,11 +344,8 @@ class RequestAuth:
         if challenge.scheme != "bearer":
             return None
         # Up front, the remembered challenge names another request's scope: use ours.
-        scope = (
-            (self.scope or challenge.scope or "")
-            if preemptive
-            else (challenge.scope or self.scope or "")
-        )
+        offered = challenge.params.get("scope")
+        scope = (self.scope or offered or "") if preemptive else (offered or self.scope or "")
         if self._token is not None:
             # The token we sent was refused (expired server-side, or insufficient_scope):
             # drop it and fetch a fresh one, once.
@@ -381,12 +359,14 @@ class RequestAuth:
         )
         return f"Bearer {self._token}"
 
+    def _needs_credentials(self, detail: str) -> AuthError:
+        """An access error whose fix is credentials: the hint says how to provide them."""
+        return AuthError(f"registry {self.registry} {detail}", hint=how_to_provide(self.registry))
+
     def _rejected(self, cred: Credential | None) -> AuthError:
         if cred is None:
-            return AuthError(
-                f"registry {self.registry} requires credentials for {self.what} "
-                "(or it does not exist)",
-                hint=how_to_provide(self.registry),
+            return self._needs_credentials(
+                f"requires credentials for {self.what} (or it does not exist)"
             )
         return AuthError(
             f"registry {self.registry} refused the credentials from {cred.source} for {self.what}",

@@ -11,7 +11,7 @@ import hashlib
 import json
 import posixpath
 import tarfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -31,19 +31,10 @@ from .local import (
     copy_verified,
     tag_of_ref_name,
 )
-from .protocols import FetchedManifest, ManifestInfo
-from .sink import BlobDest
+from .protocols import BlobRequest, FetchedManifest, ManifestInfo
 
 _CHUNK = 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-@dataclass(frozen=True)
-class _Member:
-    """Where a blob's bytes lie in the archive file (a regular member, links resolved)."""
-
-    offset: int
-    size: int
 
 
 @dataclass(frozen=True)
@@ -52,7 +43,8 @@ class _Archive:
     path: Path
     tags: Mapping[str, ManifestInfo]
     manifests: Mapping[str, bytes]
-    blobs: Mapping[str, _Member]
+    #: Each blob's regular member (links resolved): its bytes lie at `offset_data`.
+    blobs: Mapping[str, tarfile.TarInfo]
 
 
 def _regular_member(tar: tarfile.TarFile, name: str, label: str) -> tarfile.TarInfo:
@@ -80,16 +72,16 @@ def _regular_member(tar: tarfile.TarFile, name: str, label: str) -> tarfile.TarI
     raise LocalSourceError(f"{label}: {name!r} is not a regular file in the archive")
 
 
-def _hash_member(f: IO[bytes], member: _Member) -> tuple[str, bytes]:
+def _hash_member(f: IO[bytes], member: tarfile.TarInfo) -> tuple[str, bytes]:
     """(digest, first bytes) of a member's data."""
-    f.seek(member.offset)
+    f.seek(member.offset_data)
     hasher = hashlib.sha256()
     head = b""
     left = member.size
     while left:
         chunk = f.read(min(_CHUNK, left))
         if not chunk:
-            raise IntegrityError(f"archive member at offset {member.offset} is truncated")
+            raise IntegrityError(f"archive member at offset {member.offset_data} is truncated")
         head = head or chunk[:2]
         hasher.update(chunk)
         left -= len(chunk)
@@ -137,20 +129,19 @@ def _load_archive(path: Path, label: str) -> _Archive:
         ) from None
     tags: dict[str, ManifestInfo] = {}
     manifests: dict[str, bytes] = {}
-    blobs: dict[str, _Member] = {}
+    blobs: dict[str, tarfile.TarInfo] = {}
     with tar, path.open("rb") as f:
 
-        def member(name: object) -> _Member:
+        def member(name: object) -> tarfile.TarInfo:
             if not isinstance(name, str):
                 raise LocalSourceError(f"{label}: manifest.json names a non-string member")
-            info = _regular_member(tar, name, label)
-            return _Member(info.offset_data, info.size)
+            return _regular_member(tar, name, label)
 
         def read_doc(name: object) -> bytes:
             m = member(name)
             if m.size > MAX_DOCUMENT_BYTES:
                 raise LocalSourceError(f"{label}: {name} is larger than {MAX_DOCUMENT_BYTES} bytes")
-            f.seek(m.offset)
+            f.seek(m.offset_data)
             return f.read(m.size)
 
         if "manifest.json" not in tar.getnames():
@@ -214,9 +205,6 @@ class DockerArchiveSource(LocalSource[_Archive]):
     def _load(self, path: Path, label: str) -> _Archive:
         return _load_archive(path, label)
 
-    def list_tags(self, repo: Reference) -> list[str]:
-        return sorted(self._open(repo).tags)
-
     def _digest(self, archive: _Archive, ref: str) -> str:
         if is_digest(ref):
             return ref
@@ -251,34 +239,19 @@ class DockerArchiveSource(LocalSource[_Archive]):
         self._reads.bump()
         return FetchedManifest(data, mediatypes.DOCKER_MANIFEST, digest)
 
-    def fetch_blob(
-        self,
-        repo: Reference,
-        digest: str,
-        size: int,
-        dest: BlobDest,
-        *,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None:
-        archive = self._open(repo)
-        validate_digest(digest)
-        member = archive.blobs.get(digest)
+    def fetch_blob(self, blob: BlobRequest) -> None:
+        archive = self._open(blob.repo)
+        validate_digest(blob.digest)
+        member = archive.blobs.get(blob.digest)
         if member is None:
             raise NotFoundError(
-                f"{archive.label}: no blob {digest}",
+                f"{archive.label}: no blob {blob.digest}",
                 hint="the archive changed since `registrish lock`; run `registrish lock --upgrade`",
             )
         self._reads.bump()
         with archive.path.open("rb") as f:
-            f.seek(member.offset)
-            copy_verified(
-                _Window(f, member.size),
-                digest=digest,
-                size=size,
-                dest=dest,
-                on_bytes=on_bytes,
-                what=f"{archive.label}: blob {digest}",
-            )
+            f.seek(member.offset_data)
+            copy_verified(_Window(f, member.size), blob, archive.label)
 
     def close(self) -> None:
         """Nothing stays open between calls."""

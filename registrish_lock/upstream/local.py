@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Generic, TypeVar
+from typing import IO, Generic, Protocol, TypeVar
 
 from ..errors import IntegrityError, RegistrishError
 from ..oci import mediatypes
 from ..oci.reference import Reference, is_tag
-from .protocols import ManifestInfo
-from .sink import BlobDest, Readable, open_sink
+from .protocols import BlobRequest, ManifestInfo
+from .sink import Readable, open_sink
 
 REF_NAME = "org.opencontainers.image.ref.name"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
@@ -55,19 +55,14 @@ def read_capped(stream: IO[bytes], limit: int, what: str) -> bytes:
     return data
 
 
-def copy_verified(
-    src: Readable,
-    *,
-    digest: str,
-    size: int,
-    dest: BlobDest,
-    on_bytes: Callable[[int], None] | None,
-    what: str,
-) -> None:
-    """Copy `size` bytes into `dest` (from scratch: local reads are cheap), hashing them;
-    on a size or digest mismatch `dest` is deleted and `IntegrityError` raised. Checked
-    before `finish()`, which commits a sink that is an upload."""
-    sink = open_sink(dest, size, on_bytes, what)
+def copy_verified(src: Readable, blob: BlobRequest, label: str) -> None:
+    """Copy `blob.size` bytes into `blob.dest` (from scratch: local reads are cheap),
+    hashing them; on a size or digest mismatch the destination is deleted and
+    `IntegrityError` raised, naming the blob after `label` (the layout or archive).
+    Checked before `finish()`, which commits a sink that is an upload."""
+    digest, size = blob.digest, blob.size
+    what = f"{label}: blob {digest}"
+    sink = open_sink(blob, what)
     try:
         sink.copy_from(src)
         extra = src.read(1)
@@ -112,7 +107,14 @@ def add_tag(tags: dict[str, ManifestInfo], tag: str, info: ManifestInfo, where: 
     tags[tag] = info
 
 
-_Parsed = TypeVar("_Parsed")
+class _Tagged(Protocol):
+    """A parsed local source: a layout or an archive, each with its tags."""
+
+    @property
+    def tags(self) -> Mapping[str, ManifestInfo]: ...
+
+
+_Parsed = TypeVar("_Parsed", bound=_Tagged)
 
 
 class LocalSource(Generic[_Parsed]):
@@ -143,6 +145,9 @@ class LocalSource(Generic[_Parsed]):
             if path not in self._parsed:
                 self._parsed[path] = self._load(path, repo.repository_ref)
             return self._parsed[path]
+
+    def list_tags(self, repo: Reference) -> list[str]:
+        return sorted(self._open(repo).tags)
 
 
 class Counter:

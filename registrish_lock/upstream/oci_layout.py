@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +23,7 @@ from .local import (
     sniff_manifest_type,
     tag_of_ref_name,
 )
-from .protocols import FetchedManifest, ManifestInfo
-from .sink import BlobDest
+from .protocols import BlobRequest, FetchedManifest, ManifestInfo
 
 
 @dataclass(frozen=True)
@@ -99,9 +98,6 @@ class OciLayoutSource(LocalSource[_Layout]):
     def _load(self, path: Path, label: str) -> _Layout:
         return _load_layout(path, label)
 
-    def list_tags(self, repo: Reference) -> list[str]:
-        return sorted(self._open(repo).tags)
-
     def _tagged(self, layout: _Layout, tag: str) -> ManifestInfo:
         info = layout.tags.get(tag)
         if info is None:
@@ -140,27 +136,12 @@ class OciLayoutSource(LocalSource[_Layout]):
             )
         return FetchedManifest(data, sniff_manifest_type(data, layout.types.get(digest)), digest)
 
-    def fetch_blob(
-        self,
-        repo: Reference,
-        digest: str,
-        size: int,
-        dest: BlobDest,
-        *,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None:
-        layout = self._open(repo)
-        validate_digest(digest)
+    def fetch_blob(self, blob: BlobRequest) -> None:
+        layout = self._open(blob.repo)
+        validate_digest(blob.digest)
         self._reads.bump()
-        with layout.blob(digest).open("rb") as src:
-            copy_verified(
-                src,
-                digest=digest,
-                size=size,
-                dest=dest,
-                on_bytes=on_bytes,
-                what=f"{layout.label}: blob {digest}",
-            )
+        with layout.blob(blob.digest).open("rb") as src:
+            copy_verified(src, blob, layout.label)
 
     def close(self) -> None:
         """Nothing stays open between calls."""

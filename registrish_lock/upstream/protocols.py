@@ -4,37 +4,21 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from ..fsutil import VerifiedFile
 from ..oci.reference import Reference
 from .sink import BlobDest
 
 _C = TypeVar("_C", bound="Closing")
+_U = TypeVar("_U", bound="BlobSource", covariant=True)
 
 #: Requests in flight per upstream registry (`--jobs`), for `lock`, `outdated` and `sync`.
 DEFAULT_JOBS = 8
-
-
-class ManifestInfoLike(Protocol):
-    @property
-    def digest(self) -> str: ...
-    @property
-    def media_type(self) -> str: ...
-    @property
-    def size(self) -> int: ...
-
-
-class FetchedLike(Protocol):
-    @property
-    def data(self) -> bytes: ...
-    @property
-    def media_type(self) -> str: ...
-    @property
-    def digest(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -44,6 +28,19 @@ class ManifestInfo:
     digest: str
     media_type: str
     size: int
+
+
+@dataclass(frozen=True)
+class BlobRequest:
+    """One blob for `fetch_blob`: where it lives, what it must be, and where it goes."""
+
+    repo: Reference
+    digest: str
+    size: int
+    dest: BlobDest
+    #: Called for every chunk that lands in `dest`, for bytes kept from a previous run
+    #: (once, up front), and with a negative count when a download restarts.
+    on_bytes: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -58,10 +55,10 @@ class ManifestSource(Protocol):
     """What resolution (`lock`, `outdated`) needs."""
 
     def list_tags(self, repo: Reference) -> list[str]: ...
-    def head_manifest(self, repo: Reference, ref: str) -> ManifestInfoLike: ...
+    def head_manifest(self, repo: Reference, ref: str) -> ManifestInfo: ...
     def get_manifest(
         self, repo: Reference, ref: str, *, expected_digest: str | None = None
-    ) -> FetchedLike: ...
+    ) -> FetchedManifest: ...
 
 
 class BlobSource(Protocol):
@@ -71,21 +68,38 @@ class BlobSource(Protocol):
     def request_count(self) -> int: ...
     def get_manifest(
         self, repo: Reference, ref: str, *, expected_digest: str | None = None
-    ) -> FetchedLike: ...
-    def fetch_blob(
-        self,
-        repo: Reference,
-        digest: str,
-        size: int,
-        dest: BlobDest,
-        *,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> VerifiedFile | None: ...  # None: the caller hashes `dest` itself
+    ) -> FetchedManifest: ...
+    # Returns None when the caller must hash `blob.dest` itself.
+    def fetch_blob(self, blob: BlobRequest) -> VerifiedFile | None: ...
     def close(self) -> None: ...
 
 
 class Upstream(ManifestSource, BlobSource, Protocol):
     """Everything: a registry client or a local source."""
+
+
+class LazyClient(Generic[_U]):
+    """Creates the client on first use (thread-safe), so a run that needs no upstream never
+    opens one; counts requests and closes only if created."""
+
+    def __init__(self, factory: Callable[[], _U]) -> None:
+        self._factory = factory
+        self._client: _U | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> _U:
+        with self._lock:
+            if self._client is None:
+                self._client = self._factory()
+            return self._client
+
+    @property
+    def request_count(self) -> int:
+        return self._client.request_count if self._client is not None else 0
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 @runtime_checkable

@@ -28,8 +28,8 @@ from ..oci.reference import (
     validate_tag,
 )
 from .http import Endpoint, RegistryHttp, Retry, T, UnexpectedStatus
-from .protocols import FetchedManifest, ManifestInfo
-from .sink import BlobDest, BlobSink, open_sink
+from .protocols import BlobRequest, FetchedManifest, ManifestInfo
+from .sink import BlobSink, open_sink
 from .transport import drain, origin, raw_chunks, read_capped
 
 #: A tag-list page; Docker Hub's biggest repositories stay far below this.
@@ -233,22 +233,12 @@ class RegistryClient(RegistryHttp):
 
         return self._with_endpoints(repo.registry, op)
 
-    def fetch_blob(
-        self,
-        repo: Reference,
-        digest: str,
-        size: int,
-        dest: BlobDest,
-        *,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> VerifiedFile | None:
-        """Stream a blob into `dest` and verify its size and sha256; resume after bytes a
-        previous run left there (``Range``). On a mismatch `dest` is deleted. Returns what
-        was verified (digest, size, and the stamp of the file as fsynced) so the caller
-        need not hash the file again (None from a sink that is no file).
-
-        `on_bytes(n)` is called for every chunk that lands in `dest`, for bytes kept from a
-        previous run (once, up front), and with a negative count when a download restarts."""
+    def fetch_blob(self, blob: BlobRequest) -> VerifiedFile | None:
+        """Stream a blob into `blob.dest` and verify its size and sha256; resume after bytes
+        a previous run left there (``Range``). On a mismatch the destination is deleted.
+        Returns what was verified (digest, size, and the stamp of the file as fsynced) so
+        the caller need not hash the file again (None from a sink that is no file)."""
+        repo, digest, size = blob.repo, blob.digest, blob.size
         name = validate_name(repo.repository)
         validate_digest(digest)
         if size < 0:
@@ -270,7 +260,7 @@ class RegistryClient(RegistryHttp):
                 )
 
         def op(ep: Endpoint) -> VerifiedFile | None:
-            sink = open_sink(dest, size, on_bytes, what, resume=True)
+            sink = open_sink(blob, what, resume=True)
             try:
                 resumed = sink.written > 0
                 download(ep, sink)

@@ -14,10 +14,13 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import IntegrityError
 from ..fsutil import FileStamp, VerifiedFile
+
+if TYPE_CHECKING:  # protocols imports BlobDest from here
+    from .protocols import BlobRequest
 
 _CHUNK = 1024 * 1024
 
@@ -60,17 +63,11 @@ class SinkOpener(Protocol):
 BlobDest = Path | SinkOpener
 
 
-def open_sink(
-    dest: BlobDest,
-    size: int,
-    on_bytes: Callable[[int], None] | None,
-    what: str,
-    *,
-    resume: bool = False,
-) -> BlobSink:
-    if isinstance(dest, Path):
-        return HashingSink(dest, size, on_bytes, what, resume=resume)
-    return dest(size, on_bytes, what, resume=resume)
+def open_sink(blob: BlobRequest, what: str, *, resume: bool = False) -> BlobSink:
+    """The sink `blob` streams into: a `HashingSink` over a path, else its opener's."""
+    if isinstance(blob.dest, Path):
+        return HashingSink(blob.dest, blob.size, blob.on_bytes, what, resume=resume)
+    return blob.dest(blob.size, blob.on_bytes, what, resume=resume)
 
 
 class HashingSink:

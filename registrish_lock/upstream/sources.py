@@ -7,7 +7,6 @@ client is created only when a registry source is asked.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,13 +20,14 @@ from .docker_archive import DockerArchiveSource
 from .oci_layout import OciLayoutSource
 from .protocols import (
     DEFAULT_JOBS,
+    BlobRequest,
     Closing,
-    FetchedLike,
+    FetchedManifest,
+    LazyClient,
     ManifestBudget,
-    ManifestInfoLike,
+    ManifestInfo,
     Upstream,
 )
-from .sink import BlobDest
 
 
 class SourceRouter(Closing):
@@ -36,9 +36,7 @@ class SourceRouter(Closing):
     local sources only never creates one."""
 
     def __init__(self, *, base: Path, registry: Callable[[], Upstream]) -> None:
-        self._registry_factory = registry
-        self._registry: Upstream | None = None
-        self._lock = threading.Lock()
+        self._registry = LazyClient(registry)
         self._oci = OciLayoutSource(base)
         self._archives = DockerArchiveSource(base)
 
@@ -50,37 +48,25 @@ class SourceRouter(Closing):
             return self._oci
         if registry == DOCKER_ARCHIVE:
             return self._archives
-        with self._lock:
-            if self._registry is None:
-                self._registry = self._registry_factory()
-            return self._registry
+        return self._registry.get()
 
     @property
     def request_count(self) -> int:
-        remote = self._registry.request_count if self._registry is not None else 0
-        return remote + self._oci.request_count + self._archives.request_count
+        return self._registry.request_count + self._oci.request_count + self._archives.request_count
 
     def list_tags(self, repo: Reference) -> list[str]:
         return self._pick(repo).list_tags(repo)
 
-    def head_manifest(self, repo: Reference, ref: str) -> ManifestInfoLike:
+    def head_manifest(self, repo: Reference, ref: str) -> ManifestInfo:
         return self._pick(repo).head_manifest(repo, ref)
 
     def get_manifest(
         self, repo: Reference, ref: str, *, expected_digest: str | None = None
-    ) -> FetchedLike:
+    ) -> FetchedManifest:
         return self._pick(repo).get_manifest(repo, ref, expected_digest=expected_digest)
 
-    def fetch_blob(
-        self,
-        repo: Reference,
-        digest: str,
-        size: int,
-        dest: BlobDest,
-        *,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> VerifiedFile | None:
-        return self._pick(repo).fetch_blob(repo, digest, size, dest, on_bytes=on_bytes)
+    def fetch_blob(self, blob: BlobRequest) -> VerifiedFile | None:
+        return self._pick(blob.repo).fetch_blob(blob)
 
     def list_referrers(self, repo: Reference, digest: str) -> list[Descriptor] | None:
         """The registry's OCI referrers API; None (no API) for local sources, where the
@@ -97,8 +83,7 @@ class SourceRouter(Closing):
             source.plan_manifest_gets(registry, gets)
 
     def close(self) -> None:
-        if self._registry is not None:
-            self._registry.close()
+        self._registry.close()
 
 
 def open_sources(config: Config, console: Console, *, jobs: int = DEFAULT_JOBS) -> SourceRouter:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,18 +17,11 @@ from registrish_lock.lock.lockfile import Lock, LockedManifest, LockedTag, make_
 from registrish_lock.oci import mediatypes
 from registrish_lock.oci.manifest import sha256_digest
 from registrish_lock.oci.reference import Reference
-from registrish_lock.upstream.sink import BlobDest
+from registrish_lock.upstream.protocols import BlobRequest, FetchedManifest
 
 HOST = "127.0.0.1:5999"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-
-
-@dataclass(frozen=True)
-class Fetched:
-    data: bytes
-    media_type: str
-    digest: str
 
 
 class Interrupted(Exception):
@@ -70,28 +62,21 @@ class FakeUpstream:
     # --- the client API ------------------------------------------------------------------
     def get_manifest(
         self, repo: Reference, ref: str, *, expected_digest: str | None = None
-    ) -> Fetched:
+    ) -> FetchedManifest:
         self.requests.append(("GET", f"{repo.repository}/manifests/{ref}"))
         digest = ref if ref.startswith("sha256:") else self.tags[(repo.repository, ref)]
         if digest not in self.manifests:
             raise NotFoundError(f"manifest {ref} not found in {repo}")
         data = self.manifests[digest]
         assert expected_digest in (None, digest)
-        return Fetched(data, json.loads(data)["mediaType"], digest)
+        return FetchedManifest(data, json.loads(data)["mediaType"], digest)
 
-    def fetch_blob(
-        self,
-        repo: Reference,
-        digest: str,
-        size: int,
-        dest: BlobDest,
-        *,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None:
+    def fetch_blob(self, blob: BlobRequest) -> None:
+        digest, dest, on_bytes = blob.digest, blob.dest, blob.on_bytes
         assert isinstance(dest, Path), "this double writes local files only"
-        self.requests.append(("GET", f"{repo.repository}/blobs/{digest}"))
+        self.requests.append(("GET", f"{blob.repo.repository}/blobs/{digest}"))
         data = self.corrupt.get(digest, self.blobs[digest])
-        assert size == len(self.blobs[digest]), "sync asked with the wrong size"
+        assert blob.size == len(self.blobs[digest]), "sync asked with the wrong size"
         offset = dest.stat().st_size if dest.exists() else 0
         self.ranges.append((digest, offset))
         if offset and on_bytes is not None:

@@ -11,14 +11,7 @@ from registrish_lock.errors import NotFoundError
 from registrish_lock.oci import mediatypes
 from registrish_lock.oci.manifest import sha256_digest
 from registrish_lock.oci.reference import Reference
-from support.fake_upstream import Fetched
-
-
-@dataclass(frozen=True)
-class Info:
-    digest: str
-    media_type: str
-    size: int
+from registrish_lock.upstream.protocols import FetchedManifest, ManifestInfo
 
 
 def blob_digest(label: str) -> str:
@@ -97,16 +90,16 @@ class MemoryUpstream:
         self.calls["list"] += 1
         return sorted(t for (r, t) in self.tags if r == repo.repository)
 
-    def head_manifest(self, repo: Reference, ref: str) -> Info:
+    def head_manifest(self, repo: Reference, ref: str) -> ManifestInfo:
         self.calls["head"] += 1
         digest = self.tags.get((repo.repository, ref))
         if digest is None:
             raise NotFoundError(f"tag {ref!r} not found in {repo}")
-        return Info(digest, self._type(digest), len(self.manifests[digest]))
+        return ManifestInfo(digest, self._type(digest), len(self.manifests[digest]))
 
     def get_manifest(
         self, repo: Reference, ref: str, *, expected_digest: str | None = None
-    ) -> Fetched:
+    ) -> FetchedManifest:
         self.calls["get"] += 1
         digest = ref if ref.startswith("sha256:") else self.tags[(repo.repository, ref)]
-        return Fetched(self.manifests[digest], self._type(digest), digest)
+        return FetchedManifest(self.manifests[digest], self._type(digest), digest)

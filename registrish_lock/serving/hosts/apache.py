@@ -17,31 +17,8 @@ from collections.abc import Sequence
 from ...oci import mediatypes
 from ...tls import CIPHERS
 from ...tree.layout import LAST_PAGE_SUFFIX
-from ..routes import (
-    ALLOW,
-    ALLOWED_METHODS,
-    API_VERSION_HEADER,
-    BROWSE_DATA_RE,
-    BROWSE_REL,
-    EMPTY_REFERRERS_REL,
-    HTML,
-    IMMUTABLE,
-    JSON,
-    OCTET_STREAM,
-    ErrorCode,
-    error_body,
-    short_cache,
-)
-from .base import (
-    GENERATED,
-    HostContext,
-    Output,
-    Rendered,
-    TaggedDigest,
-    error_text,
-    plain_http_warning,
-    twin_kinds,
-)
+from .. import routes
+from . import base
 
 HTACCESS = ".htaccess"
 VHOST = "registrish-apache.conf"
@@ -56,14 +33,14 @@ NOT_FOUND_ENV = "REGISTRISH_404"
 #: Apache's own `Allow` (listing TRACE, or nothing) next to ours.
 UNSUPPORTED_DOC = ".registrish-405.json"
 _LAST_QUERY = "(?:^|&)last=([A-Za-z0-9_][A-Za-z0-9._-]{0,127})(?:&|$)"
-_BROWSE_RE = BROWSE_REL.replace(".", "\\.")  # a regex for the page's name
+_BROWSE_RE = routes.BROWSE_REL.replace(".", "\\.")  # a regex for the page's name
 BROWSE_DATA_ENV = "REGISTRISH_BROWSE_DATA"
 _DIGEST_URI = "^/v2/.+/(manifests|blobs)/sha256:[a-f0-9]{64}"
 #: As `registrish serve` answers a method other than GET and HEAD.
-_UNSUPPORTED = error_body(ErrorCode.UNSUPPORTED)
+_UNSUPPORTED = routes.error_body(routes.ErrorCode.UNSUPPORTED)
 
 
-def tag_digest_table(tags: Sequence[TaggedDigest]) -> str:
+def tag_digest_table(tags: Sequence[base.TaggedDigest]) -> str:
     """One `SetEnvIf` per tag (none per digest), compiled once at startup: the digest
     and the kind of its typed twin, so a tag costs one file test."""
     return "".join(
@@ -78,8 +55,8 @@ def _quoted(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _error_document(code: ErrorCode) -> str:
-    return f'ErrorDocument 404 "{_quoted(error_text(code))}"'
+def _error_document(code: routes.ErrorCode) -> str:
+    return f'ErrorDocument 404 "{_quoted(base.error_text(code))}"'
 
 
 def htaccess(short: str) -> str:
@@ -90,10 +67,10 @@ def htaccess(short: str) -> str:
     )
     types = "".join(
         f'<FilesMatch "\\.~{kind}$">\n    ForceType {mt}\n</FilesMatch>\n'
-        for kind, mt in twin_kinds()
+        for kind, mt in base.twin_kinds()
     )
     return f"""\
-# {GENERATED}
+# {base.GENERATED}
 # Static registry rules for Apache 2.4 (mod_rewrite, mod_headers, mod_setenvif, mod_mime,
 # mod_dir). The registry must be the site's root: clients only ever ask for /v2/...
 Options -Indexes -MultiViews +FollowSymLinks
@@ -107,18 +84,18 @@ SetEnvIf Request_URI "^/v2/.+/(?:manifests|blobs)/(sha256:[a-f0-9]{{64}})" REGIS
 RewriteEngine On
 RewriteBase /
 # Read-only: any other method is refused (405, the JSON error and Allow set below).
-RewriteCond %{{REQUEST_METHOD}} !^(?:{"|".join(ALLOWED_METHODS)})$
+RewriteCond %{{REQUEST_METHOD}} !^(?:{"|".join(routes.ALLOWED_METHODS)})$
 RewriteRule ^ - [R=405,L]
 # The 405 body, only as the error document (the redirect for it is a GET).
 RewriteCond %{{ENV:REDIRECT_STATUS}} =405
 RewriteRule ^{re.escape(UNSUPPORTED_DOC)}$ - [END]
 # Never served by name: the state directory, dotfiles and the typed twins.
 RewriteRule (^|/)\\.|\\.~ - [R=404,L]
-# The browse page (written by sync) at / and /{BROWSE_REL}.
-RewriteRule ^({_BROWSE_RE})?$ {BROWSE_REL} [END]
+# The browse page (written by sync) at / and /{routes.BROWSE_REL}.
+RewriteRule ^({_BROWSE_RE})?$ {routes.BROWSE_REL} [END]
 # Its per-repository data files (named by their content, so cached forever).
 RewriteCond %{{REQUEST_FILENAME}} -f
-RewriteRule ^{BROWSE_DATA_RE}$ - [END]
+RewriteRule ^{routes.BROWSE_DATA_RE}$ - [END]
 RewriteRule !^v2(/|$) - [R=404,L]
 RewriteRule ^v2/_referrers-empty$ - [R=404,L]
 # The API ping: GET /v2/ -> 200 {{}}.
@@ -135,47 +112,47 @@ RewriteRule ^(v2/.+/tags/)list$ $1%1{LAST_PAGE_SUFFIX} [END]
 {twins}RewriteRule ^v2/.+/manifests/ - [R=404,L]
 # Referrers: the stored index, or the empty one for any other digest.
 RewriteCond %{{REQUEST_FILENAME}} !-f
-RewriteRule ^v2/.+/referrers/sha256:[a-f0-9]{{64}}$ {EMPTY_REFERRERS_REL} [END]
+RewriteRule ^v2/.+/referrers/sha256:[a-f0-9]{{64}}$ {routes.EMPTY_REFERRERS_REL} [END]
 
 {types}<FilesMatch "^sha256:[a-f0-9]{{64}}$">
-    ForceType {OCTET_STREAM}
+    ForceType {routes.OCTET_STREAM}
 </FilesMatch>
 <FilesMatch "^(index|_catalog|list)$|\\{LAST_PAGE_SUFFIX}$">
-    ForceType {JSON}
+    ForceType {routes.JSON}
 </FilesMatch>
 <If "%{{REQUEST_URI}} =~ m#^/({_BROWSE_RE})?$#">
-    ForceType "{HTML}"
+    ForceType "{routes.HTML}"
 </If>
-<If "%{{REQUEST_URI}} =~ m#^/{BROWSE_DATA_RE}$#">
-    ForceType {JSON}
+<If "%{{REQUEST_URI}} =~ m#^/{routes.BROWSE_DATA_RE}$#">
+    ForceType {routes.JSON}
 </If>
-<If "%{{REQUEST_URI}} =~ m#/referrers/# || %{{REQUEST_URI}} == '/{EMPTY_REFERRERS_REL}'">
+<If "%{{REQUEST_URI}} =~ m#/referrers/# || %{{REQUEST_URI}} == '/{routes.EMPTY_REFERRERS_REL}'">
     ForceType {mediatypes.OCI_INDEX}
 </If>
 
-Header always set {" ".join(API_VERSION_HEADER)}
-Header always set Content-Type {JSON} "expr=%{{REQUEST_STATUS}} -in {{'404', '405'}}"
-Header always set Allow "{ALLOW}" "expr=%{{REQUEST_STATUS}} == '405'"
+Header always set {" ".join(routes.API_VERSION_HEADER)}
+Header always set Content-Type {routes.JSON} "expr=%{{REQUEST_STATUS}} -in {{'404', '405'}}"
+Header always set Allow "{routes.ALLOW}" "expr=%{{REQUEST_STATUS}} == '405'"
 ErrorDocument 405 /{UNSUPPORTED_DOC}
 # From the name actually served (after the rewrite), so it is always the body's digest.
 Header set Docker-Content-Digest %{{REGISTRISH_DIGEST}}e env=REGISTRISH_DIGEST
 # Immutable for what was asked for by digest, and the browse page's data files (named by
 # their own digest).
-<If "%{{REQUEST_URI}} =~ m#{_DIGEST_URI}# || %{{REQUEST_URI}} =~ m#^/{BROWSE_DATA_RE}$#">
-    Header set Cache-Control "{IMMUTABLE}"
+<If "%{{REQUEST_URI}} =~ m#{_DIGEST_URI}# || %{{REQUEST_URI}} =~ m#^/{routes.BROWSE_DATA_RE}$#">
+    Header set Cache-Control "{routes.IMMUTABLE}"
 </If>
 <Else>
     Header set Cache-Control "{short}"
 </Else>
 
 <If "%{{REQUEST_URI}} =~ m#/manifests/#">
-    {_error_document(ErrorCode.MANIFEST_UNKNOWN)}
+    {_error_document(routes.ErrorCode.MANIFEST_UNKNOWN)}
 </If>
 <ElseIf "%{{REQUEST_URI}} =~ m#/blobs/#">
-    {_error_document(ErrorCode.BLOB_UNKNOWN)}
+    {_error_document(routes.ErrorCode.BLOB_UNKNOWN)}
 </ElseIf>
 <Else>
-    {_error_document(ErrorCode.NAME_UNKNOWN)}
+    {_error_document(routes.ErrorCode.NAME_UNKNOWN)}
 </Else>
 """
 
@@ -191,7 +168,7 @@ def server_rules(short: str) -> str:
     rule that matched (`T=`), Cache-Control and the 404 body from variables set before
     the rewrite: no `<If>` or `<FilesMatch>` section to merge on a request."""
     root = "%{DOCUMENT_ROOT}"
-    end_json = (f"T={JSON}", "END")
+    end_json = (f"T={routes.JSON}", "END")
     tabled = "".join(
         f"    RewriteCond %{{ENV:{TAG_KIND_ENV}}} ={kind}\n"
         f"    RewriteCond {root}$1%{{ENV:{TAG_DIGEST_ENV}}}.~{kind} -f\n"
@@ -202,19 +179,19 @@ def server_rules(short: str) -> str:
             f"E={TABLED_ENV}:%{{ENV:{TAG_DIGEST_ENV}}}",
             "END",
         )
-        for kind, mt in twin_kinds()
+        for kind, mt in base.twin_kinds()
     )
     twins = "".join(
         f"    RewriteCond {root}$0.~{kind} -f\n"
         + _rule("^/v2/.+/manifests/[^/]+$", f"{root}$0.~{kind}", f"T={mt}", "END")
-        for kind, mt in twin_kinds()
+        for kind, mt in base.twin_kinds()
     )
     not_found = "".join(
-        f'    SetEnvIf Request_URI {where} "{NOT_FOUND_ENV}={_quoted(error_text(code))}"\n'
+        f'    SetEnvIf Request_URI {where} "{NOT_FOUND_ENV}={_quoted(base.error_text(code))}"\n'
         for where, code in (
-            ("^", ErrorCode.NAME_UNKNOWN),
-            ("/blobs/", ErrorCode.BLOB_UNKNOWN),
-            ("/manifests/", ErrorCode.MANIFEST_UNKNOWN),
+            ("^", routes.ErrorCode.NAME_UNKNOWN),
+            ("/blobs/", routes.ErrorCode.BLOB_UNKNOWN),
+            ("/manifests/", routes.ErrorCode.MANIFEST_UNKNOWN),
         )
     )
     return f"""\
@@ -222,15 +199,15 @@ def server_rules(short: str) -> str:
     SetEnvIf Request_URI ^ no-gzip=1 no-brotli=1
     # The 404 body by what was asked for (the last match wins).
 {not_found}    SetEnvIf Request_URI "^/v2/.+/(?:manifests|blobs)/(sha256:[a-f0-9]{{64}})" REGISTRISH_DIGEST=$1
-    SetEnvIf Request_URI "^/{BROWSE_DATA_RE}$" {BROWSE_DATA_ENV}=1
+    SetEnvIf Request_URI "^/{routes.BROWSE_DATA_RE}$" {BROWSE_DATA_ENV}=1
 
     RewriteEngine On
     # Read-only: any other method is refused (405, the JSON error and Allow set below).
-    RewriteCond %{{REQUEST_METHOD}} !^(?:{"|".join(ALLOWED_METHODS)})$
+    RewriteCond %{{REQUEST_METHOD}} !^(?:{"|".join(routes.ALLOWED_METHODS)})$
     RewriteRule ^ - [R=405]
     # Blobs first, the bulk of all requests. No segment may start with "." or hold "~",
     # so nothing the hidden-name rule below refuses can match here.
-{_rule("^/v2/(?:[^/.~][^/~]*/)+blobs/sha256:[a-f0-9]{64}$", "-", f"T={OCTET_STREAM}", "END")}\
+{_rule("^/v2/(?:[^/.~][^/~]*/)+blobs/sha256:[a-f0-9]{64}$", "-", f"T={routes.OCTET_STREAM}", "END")}\
     # The 405 body, only as the error document (the redirect for it is a GET).
     RewriteCond %{{ENV:REDIRECT_STATUS}} =405
     RewriteRule ^/{re.escape(UNSUPPORTED_DOC)}$ - [END]
@@ -250,29 +227,29 @@ def server_rules(short: str) -> str:
 {_rule("^/v2/(?:_catalog|.+/tags/list)$", "-", *end_json)}\
     # Referrers: the stored index, or the empty one for any other digest.
     RewriteCond {root}$0 !-f
-{_rule("^/v2/.+/referrers/sha256:[a-f0-9]{64}$", f"{root}/{EMPTY_REFERRERS_REL}", f"T={mediatypes.OCI_INDEX}", "END")}\
+{_rule("^/v2/.+/referrers/sha256:[a-f0-9]{64}$", f"{root}/{routes.EMPTY_REFERRERS_REL}", f"T={mediatypes.OCI_INDEX}", "END")}\
 {_rule("^/v2/.+/referrers/sha256:[a-f0-9]{64}$", "-", f"T={mediatypes.OCI_INDEX}", "END")}\
-    # The browse page (written by sync) at / and /{BROWSE_REL}.
-{_rule(f"^/(?:{_BROWSE_RE})?$", f"{root}/{BROWSE_REL}", f"T={HTML}", "END")}\
+    # The browse page (written by sync) at / and /{routes.BROWSE_REL}.
+{_rule(f"^/(?:{_BROWSE_RE})?$", f"{root}/{routes.BROWSE_REL}", f"T={routes.HTML}", "END")}\
     # Its per-repository data files, named by their own digest (so immutable, below).
-{_rule(f"^/{BROWSE_DATA_RE}$", "-", f"T={JSON}", "END")}\
+{_rule(f"^/{routes.BROWSE_DATA_RE}$", "-", f"T={routes.JSON}", "END")}\
     RewriteRule ^ - [R=404]
 
-    Header always set {" ".join(API_VERSION_HEADER)}
-    Header always set Content-Type {JSON} "expr=%{{REQUEST_STATUS}} -in {{'404', '405'}}"
-    Header always set Allow "{ALLOW}" "expr=%{{REQUEST_STATUS}} == '405'"
+    Header always set {" ".join(routes.API_VERSION_HEADER)}
+    Header always set Content-Type {routes.JSON} "expr=%{{REQUEST_STATUS}} -in {{'404', '405'}}"
+    Header always set Allow "{routes.ALLOW}" "expr=%{{REQUEST_STATUS}} == '405'"
     ErrorDocument 405 /{UNSUPPORTED_DOC}
     ErrorDocument 404 "%{{reqenv:{NOT_FOUND_ENV}}}"
     Header set Docker-Content-Digest %{{REGISTRISH_DIGEST}}e env=REGISTRISH_DIGEST
     Header set Docker-Content-Digest %{{{TABLED_ENV}}}e env={TABLED_ENV}
     # Immutable for what was asked for by digest, short for the rest (tags included).
-    Header set Cache-Control "{IMMUTABLE}" env=REGISTRISH_DIGEST
+    Header set Cache-Control "{routes.IMMUTABLE}" env=REGISTRISH_DIGEST
     Header set Cache-Control "{short}" env=!REGISTRISH_DIGEST
-    Header set Cache-Control "{IMMUTABLE}" env={BROWSE_DATA_ENV}
+    Header set Cache-Control "{routes.IMMUTABLE}" env={BROWSE_DATA_ENV}
 """
 
 
-def _vhost_tls(ctx: HostContext) -> str:
+def _vhost_tls(ctx: base.HostContext) -> str:
     """mod_ssl settings of the registry's vhost (its name alone for plain HTTP)."""
     name = f"    ServerName {ctx.tls.server_name}\n" if ctx.tls.server_name else ""
     if ctx.tls.certificate is None or ctx.tls.key is None:
@@ -292,7 +269,7 @@ def _vhost_tls(ctx: HostContext) -> str:
 """
 
 
-def _redirect_vhost(ctx: HostContext) -> str:
+def _redirect_vhost(ctx: base.HostContext) -> str:
     """`[registry] redirect_http`: a plain-HTTP vhost sending every request to HTTPS."""
     redirect = ctx.tls.redirect_http
     if redirect is None or not ctx.tls.own_certificate:
@@ -309,11 +286,11 @@ class ApacheRenderer:
     name = "apache"
     needs_entries = False
 
-    def render(self, ctx: HostContext) -> Rendered:
-        short = short_cache(ctx.policy.tag_cache_seconds)
+    def render(self, ctx: base.HostContext) -> base.Rendered:
+        short = routes.short_cache(ctx.policy.tag_cache_seconds)
         scheme = "https" if ctx.tls.own_certificate else "http"
         vhost = f"""\
-# {GENERATED}
+# {base.GENERATED}
 # The static registry at {ctx.root}, on {scheme}://{ctx.listen}/.
 # Include it from apache2.conf, plus {LISTEN} unless ports.conf already listens on
 # {ctx.listen}. The rules are in server context with AllowOverride None, so
@@ -338,16 +315,16 @@ class ApacheRenderer:
     </Directory>
 </VirtualHost>
 """
-        listen = f"# {GENERATED}\n# Apache's Listen for the registrish vhost (skip it if ports.conf has it).\n"
+        listen = f"# {base.GENERATED}\n# Apache's Listen for the registrish vhost (skip it if ports.conf has it).\n"
         listen += f"Listen {ctx.listen}{' https' if ctx.tls.own_certificate else ''}\n"
         if ctx.tls.redirect_http is not None and ctx.tls.own_certificate:
             listen += f"Listen {ctx.tls.redirect_http}\n"
-        return Rendered(
+        return base.Rendered(
             (
-                Output(ctx.hosts_dir / VHOST, vhost.encode()),
-                Output(ctx.hosts_dir / LISTEN, listen.encode()),
-                Output(ctx.root / HTACCESS, htaccess(short).encode()),
-                Output(ctx.root / UNSUPPORTED_DOC, _UNSUPPORTED),
+                base.Output(ctx.hosts_dir / VHOST, vhost.encode()),
+                base.Output(ctx.hosts_dir / LISTEN, listen.encode()),
+                base.Output(ctx.root / HTACCESS, htaccess(short).encode()),
+                base.Output(ctx.root / UNSUPPORTED_DOC, _UNSUPPORTED),
             ),
-            plain_http_warning(ctx, "apache"),
+            base.plain_http_warning(ctx, "apache"),
         )

@@ -20,21 +20,8 @@ from pathlib import Path
 
 from ...oci import mediatypes
 from ...tree.layout import LAST_PAGE_SUFFIX
-from ..routes import (
-    ALLOW,
-    ALLOWED_METHODS,
-    API_VERSION_HEADER,
-    BROWSE_DATA_RE,
-    BROWSE_REL,
-    EMPTY_REFERRERS_REL,
-    HTML,
-    IMMUTABLE,
-    JSON,
-    OCTET_STREAM,
-    ErrorCode,
-    short_cache,
-)
-from .base import GENERATED, HostContext, Output, Rendered, TaggedDigest, error_text, twin_kinds
+from .. import routes
+from . import base
 
 FILENAME = "Caddyfile"
 ADMIN_SOCKET = "caddy-admin.sock"
@@ -44,21 +31,22 @@ TAG_RE = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 #: A repository name in the routes tried before @write and @hidden: no segment starts
 #: with "." or holds "~" (so no dotfile, state directory or typed twin).
 NAME_RE = "[^/.~][^/~]*(?:/[^/.~][^/~]*)*"
-API = " ".join(API_VERSION_HEADER)
+API = " ".join(routes.API_VERSION_HEADER)
 #: Exactly what `registrish serve` answers to other methods.
-UNSUPPORTED = error_text(ErrorCode.UNSUPPORTED)
+UNSUPPORTED = base.error_text(routes.ErrorCode.UNSUPPORTED)
 
 
-def _headers(indent: str, *lines: str) -> str:
-    body = "".join(f"{indent}\t{line}\n" for line in (*lines, API, "defer"))
+def _headers(indent: str, *lines: str, api: bool = True) -> str:
+    """A deferred `header` block; `api`: with the registry API version (not the browse page's)."""
+    body = "".join(f"{indent}\t{line}\n" for line in (*lines, *([API] if api else []), "defer"))
     return f"{indent}header {{\n{body}{indent}}}\n"
 
 
-def _not_found(indent: str, code: ErrorCode) -> str:
+def _not_found(indent: str, code: routes.ErrorCode) -> str:
     return (
-        f"{indent}header Content-Type {JSON}\n"
+        f"{indent}header Content-Type {routes.JSON}\n"
         f"{indent}header {API}\n"
-        f"{indent}respond `{error_text(code)}` 404\n"
+        f"{indent}respond `{base.error_text(code)}` 404\n"
     )
 
 
@@ -66,7 +54,7 @@ def _twins(matcher: str, path: str, extra: tuple[str, ...]) -> str:
     """One handle per twin kind: serve `path`.~<kind> with that kind's Content-Type."""
     t = "\t\t\t"
     out = ""
-    for kind, media_type in twin_kinds():
+    for kind, media_type in base.twin_kinds():
         name = f"@{matcher}_{kind.replace('-', '_')}"
         out += f"{t}{name} file {path}.~{kind}\n"
         out += f"{t}handle {name} {{\n"
@@ -78,7 +66,7 @@ def _twins(matcher: str, path: str, extra: tuple[str, ...]) -> str:
 
 def _manifest_unknown() -> str:
     t = "\t\t\t"
-    return f"{t}handle {{\n{_not_found(t + chr(9), ErrorCode.MANIFEST_UNKNOWN)}{t}}}\n"
+    return f"{t}handle {{\n{_not_found(t + chr(9), routes.ErrorCode.MANIFEST_UNKNOWN)}{t}}}\n"
 
 
 _DIGEST = "{registrish_tag_digest}"
@@ -86,7 +74,7 @@ _KIND = "{registrish_tag_kind}"
 _TYPE = "{registrish_tag_type}"
 
 
-def tag_digest_map(tags: Sequence[TaggedDigest]) -> str:
+def tag_digest_map(tags: Sequence[base.TaggedDigest]) -> str:
     """The URL path of each tag -> its digest, the kind of its typed twin and its media
     type, one line per tag (none per digest). Keyed by the path as received, so a later
     rewrite does not change what the placeholders say; a path not in it (a digest, a
@@ -139,7 +127,7 @@ def admin_line(hosts_dir: Path) -> tuple[str, tuple[str, ...]]:
     return f"admin {address}", ()
 
 
-def site_address(ctx: HostContext) -> str:
+def site_address(ctx: base.HostContext) -> str:
     """Plain HTTP on `listen`; HTTPS with our certificate on `server_name`, else for any
     name the clients use (as nginx's `server_name _`; `bind` still picks the address);
     automatic HTTPS on the name."""
@@ -152,7 +140,7 @@ def site_address(ctx: HostContext) -> str:
     return f"http://{ctx.listen}"
 
 
-def _global_tls(ctx: HostContext) -> str:
+def _global_tls(ctx: base.HostContext) -> str:
     if not ctx.tls.caddy_automatic:
         # Our own certificate or none: never ask an ACME CA, never bind port 80 unasked.
         return "\tauto_https off\n"
@@ -164,14 +152,14 @@ def _global_tls(ctx: HostContext) -> str:
     return lines
 
 
-def _site_tls(ctx: HostContext) -> str:
+def _site_tls(ctx: base.HostContext) -> str:
     """TLS 1.2+ with strong suites is Caddy's default: only the certificate is named."""
     if ctx.tls.certificate is None or ctx.tls.key is None:
         return ""
     return f'\ttls "{ctx.tls.certificate}" "{ctx.tls.key}"\n'
 
 
-def _redirect_site(ctx: HostContext) -> str:
+def _redirect_site(ctx: base.HostContext) -> str:
     """`[registry] redirect_http` with our own certificate (automatic HTTPS redirects by
     itself, on `http_port`)."""
     redirect = ctx.tls.redirect_http
@@ -188,15 +176,15 @@ class CaddyRenderer:
     name = "caddy"
     needs_entries = False
 
-    def render(self, ctx: HostContext) -> Rendered:
-        short = short_cache(ctx.policy.tag_cache_seconds)
+    def render(self, ctx: base.HostContext) -> base.Rendered:
+        short = routes.short_cache(ctx.policy.tag_cache_seconds)
         cc_short = f'Cache-Control "{short}"'
-        cc_long = f'Cache-Control "{IMMUTABLE}"'
+        cc_long = f'Cache-Control "{routes.IMMUTABLE}"'
         admin, warnings = admin_line(ctx.hosts_dir)
-        methods = " ".join(ALLOWED_METHODS)
+        methods = " ".join(routes.ALLOWED_METHODS)
         site = site_address(ctx)
         text = f"""\
-# {GENERATED}
+# {base.GENERATED}
 # The static registry at {ctx.root}, on {site}/.
 # Run: caddy run --config {ctx.hosts_dir / FILENAME} --adapter caddyfile
 # After each sync: caddy reload --config {ctx.hosts_dir / FILENAME} --adapter caddyfile
@@ -224,10 +212,10 @@ class CaddyRenderer:
 		handle @blob {{
 			@blob_found file
 			handle @blob_found {{
-{_headers(chr(9) * 4, f"Content-Type {OCTET_STREAM}", "Docker-Content-Digest {re.blob.1}", cc_long)}				file_server
+{_headers(chr(9) * 4, f"Content-Type {routes.OCTET_STREAM}", "Docker-Content-Digest {re.blob.1}", cc_long)}				file_server
 			}}
 			handle {{
-{_not_found(chr(9) * 4, ErrorCode.BLOB_UNKNOWN)}			}}
+{_not_found(chr(9) * 4, routes.ErrorCode.BLOB_UNKNOWN)}			}}
 		}}
 
 		# Manifests next, matched as blobs are: a tag the table names (what clients pull
@@ -249,11 +237,11 @@ class CaddyRenderer:
 		handle @mtag {{
 {_by_tag(cc_short)}		}}
 
-		# Read-only, as `registrish serve`: anything but {" and ".join(ALLOWED_METHODS)} is refused.
-		@write not method {" ".join(ALLOWED_METHODS)}
+		# Read-only, as `registrish serve`: anything but {" and ".join(routes.ALLOWED_METHODS)} is refused.
+		@write not method {" ".join(routes.ALLOWED_METHODS)}
 		handle @write {{
-			header Content-Type {JSON}
-			header Allow "{ALLOW}"
+			header Content-Type {routes.JSON}
+			header Allow "{routes.ALLOW}"
 			header {API}
 			respond `{UNSUPPORTED}` 405
 		}}
@@ -261,12 +249,12 @@ class CaddyRenderer:
 		# Never served by name: the state directory, dotfiles and the typed twins.
 		@hidden path_regexp hidden (/\\.|\\.~)
 		handle @hidden {{
-{_not_found(chr(9) * 3, ErrorCode.NAME_UNKNOWN)}		}}
+{_not_found(chr(9) * 3, routes.ErrorCode.NAME_UNKNOWN)}		}}
 
 		@ping path /v2 /v2/
 		handle @ping {{
 			rewrite * /v2/index
-{_headers(chr(9) * 3, f"Content-Type {JSON}", cc_short)}			file_server
+{_headers(chr(9) * 3, f"Content-Type {routes.JSON}", cc_short)}			file_server
 		}}
 
 		@lists path_regexp lists ^/v2/(_catalog|(.+/tags/)list)$
@@ -279,58 +267,48 @@ class CaddyRenderer:
 			}}
 			handle @last_page {{
 				rewrite * /v2/{{re.lists.2}}{{query.last}}{LAST_PAGE_SUFFIX}
-{_headers(chr(9) * 4, f"Content-Type {JSON}", cc_short)}				file_server
+{_headers(chr(9) * 4, f"Content-Type {routes.JSON}", cc_short)}				file_server
 			}}
 			@lists_found file
 			handle @lists_found {{
-{_headers(chr(9) * 4, f"Content-Type {JSON}", cc_short)}				file_server
+{_headers(chr(9) * 4, f"Content-Type {routes.JSON}", cc_short)}				file_server
 			}}
 			handle {{
-{_not_found(chr(9) * 4, ErrorCode.NAME_UNKNOWN)}			}}
+{_not_found(chr(9) * 4, routes.ErrorCode.NAME_UNKNOWN)}			}}
 		}}
 
 		# Referrers: the stored index, or the empty one for any other digest.
 		@referrers path_regexp referrers ^/v2/.+/referrers/sha256:[a-f0-9]{{64}}$
 		handle @referrers {{
 			@referrers_missing not file
-			rewrite @referrers_missing /{EMPTY_REFERRERS_REL}
+			rewrite @referrers_missing /{routes.EMPTY_REFERRERS_REL}
 {_headers(chr(9) * 3, f"Content-Type {mediatypes.OCI_INDEX}", cc_short)}			file_server
 		}}
 
-		# The browse page (written by sync) at / and /{BROWSE_REL}.
-		@browse path / /{BROWSE_REL}
+		# The browse page (written by sync) at / and /{routes.BROWSE_REL}.
+		@browse path / /{routes.BROWSE_REL}
 		handle @browse {{
-			@browse_found file /{BROWSE_REL}
+			@browse_found file /{routes.BROWSE_REL}
 			handle @browse_found {{
-				rewrite * /{BROWSE_REL}
-				header {{
-					Content-Type "{HTML}"
-					{cc_short}
-					defer
-				}}
-				file_server
+				rewrite * /{routes.BROWSE_REL}
+{_headers(chr(9) * 4, f'Content-Type "{routes.HTML}"', cc_short, api=False)}				file_server
 			}}
 			handle {{
-{_not_found(chr(9) * 4, ErrorCode.NAME_UNKNOWN)}			}}
+{_not_found(chr(9) * 4, routes.ErrorCode.NAME_UNKNOWN)}			}}
 		}}
 
 		# Its per-repository data files: named by their content, so cached forever.
 		@browse_data {{
-			path_regexp ^/{BROWSE_DATA_RE}$
+			path_regexp ^/{routes.BROWSE_DATA_RE}$
 			file
 		}}
 		handle @browse_data {{
-			header {{
-				Content-Type "{JSON}"
-				{cc_long}
-				defer
-			}}
-			file_server
+{_headers(chr(9) * 3, f'Content-Type "{routes.JSON}"', cc_long, api=False)}			file_server
 		}}
 
 		handle {{
-{_not_found(chr(9) * 3, ErrorCode.NAME_UNKNOWN)}		}}
+{_not_found(chr(9) * 3, routes.ErrorCode.NAME_UNKNOWN)}		}}
 	}}
 }}
 """
-        return Rendered((Output(ctx.hosts_dir / FILENAME, text.encode()),), warnings)
+        return base.Rendered((base.Output(ctx.hosts_dir / FILENAME, text.encode()),), warnings)

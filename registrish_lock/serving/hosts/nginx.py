@@ -12,45 +12,25 @@ from collections.abc import Sequence
 from ...oci import mediatypes
 from ...tls import CIPHERS
 from ...tree.layout import LAST_PAGE_SUFFIX, twin_name
-from ..routes import (
-    ALLOW,
-    ALLOWED_METHODS,
-    API_VERSION_HEADER,
-    BROWSE_DATA_RE,
-    BROWSE_REL,
-    EMPTY_REFERRERS_REL,
-    HTML,
-    IMMUTABLE,
-    JSON,
-    OCTET_STREAM,
-    ErrorCode,
-    short_cache,
-)
-from .base import (
-    GENERATED,
-    HostContext,
-    Output,
-    Rendered,
-    TaggedDigest,
-    error_text,
-    plain_http_warning,
-    twin_kinds,
-)
+from .. import routes
+from . import base
 
 FILENAME = "registrish.conf"
 TAG_RE = "[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
-API = "add_header {} {} always;".format(*API_VERSION_HEADER)
+API = "add_header {} {} always;".format(*routes.API_VERSION_HEADER)
 #: How long nginx may answer from a cached file handle (or a cached miss) before re-checking.
 OPEN_FILE_CACHE_VALID = "10s"
 #: What the tag table gives for a tag it does not know: a file name no sync writes.
 NO_TWIN = "~unknown"
 
 
-def _not_found(code: ErrorCode) -> str:
-    return f"default_type {JSON};\n        {API}\n        return 404 '{error_text(code)}';"
+def _not_found(code: routes.ErrorCode) -> str:
+    return (
+        f"default_type {routes.JSON};\n        {API}\n        return 404 '{base.error_text(code)}';"
+    )
 
 
-def tag_digest_map(tags: Sequence[TaggedDigest]) -> str:
+def tag_digest_map(tags: Sequence[base.TaggedDigest]) -> str:
     """Two `map "name:tag"` tables at http level, one line per tag each (none per digest):
     the typed twin of the tag's digest, so a tag is served with one file look-up, and the
     digest for its header (an exact map: a regex taking it out of the first cost ~4% of
@@ -81,7 +61,7 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def _tls(ctx: HostContext) -> str:
+def _tls(ctx: base.HostContext) -> str:
     """The HTTPS settings of the registry's server block ('' for plain HTTP)."""
     if ctx.tls.certificate is None or ctx.tls.key is None:
         return ""
@@ -99,7 +79,7 @@ def _tls(ctx: HostContext) -> str:
 """
 
 
-def _redirect_server(ctx: HostContext) -> str:
+def _redirect_server(ctx: base.HostContext) -> str:
     """`[registry] redirect_http`: a plain-HTTP server sending every request to HTTPS."""
     if ctx.tls.redirect_http is None or not ctx.tls.own_certificate:
         return ""
@@ -116,13 +96,13 @@ class NginxRenderer:
     name = "nginx"
     needs_entries = False
 
-    def render(self, ctx: HostContext) -> Rendered:
-        short = short_cache(ctx.policy.tag_cache_seconds)
-        types = "\n".join(f"            {mt} ~{kind};" for kind, mt in twin_kinds())
+    def render(self, ctx: base.HostContext) -> base.Rendered:
+        short = routes.short_cache(ctx.policy.tag_cache_seconds)
+        types = "\n".join(f"            {mt} ~{kind};" for kind, mt in base.twin_kinds())
         tries = " ".join(f"$uri.~{kind}" for kind in mediatypes.KINDS)
         scheme = "https" if ctx.tls.own_certificate else "http"
         text = f"""\
-# {GENERATED}
+# {base.GENERATED}
 # The static registry at {ctx.root}, on {scheme}://{ctx.listen}/.
 # Use: `include {ctx.hosts_dir / FILENAME};` inside nginx's http {{}} block, and
 # `nginx -s reload` after each sync (the tag -> digest table below changes with the lock).
@@ -159,42 +139,42 @@ map $arg_last $registrish_last_page {{
     absolute_redirect off;
     charset off;
     types {{ }}
-    default_type {OCTET_STREAM};
+    default_type {routes.OCTET_STREAM};
     error_page 404 @registrish_name_unknown;
-    # Read-only, as `registrish serve`: anything but {" and ".join(ALLOWED_METHODS)} gets the JSON 405.
-    if ($request_method !~ ^({"|".join(ALLOWED_METHODS)})$) {{
+    # Read-only, as `registrish serve`: anything but {" and ".join(routes.ALLOWED_METHODS)} gets the JSON 405.
+    if ($request_method !~ ^({"|".join(routes.ALLOWED_METHODS)})$) {{
         return 405;
     }}
     error_page 405 @registrish_read_only;
 
     # Never served by name: the state directory, dotfiles and the typed twins.
     location ~ "/\\.|\\.~" {{
-        {_not_found(ErrorCode.NAME_UNKNOWN)}
+        {_not_found(routes.ErrorCode.NAME_UNKNOWN)}
     }}
 
     # The API ping: GET /v2/ -> 200 {{}}.
     location = /v2/ {{
-        default_type {JSON};
+        default_type {routes.JSON};
         add_header Cache-Control "{short}";
         {API}
         try_files /v2/index =404;
     }}
     location = /v2 {{
-        default_type {JSON};
+        default_type {routes.JSON};
         add_header Cache-Control "{short}";
         {API}
         try_files /v2/index =404;
     }}
 
     location = /v2/_catalog {{
-        default_type {JSON};
+        default_type {routes.JSON};
         add_header Cache-Control "{short}";
         {API}
         try_files $uri @registrish_name_unknown;
     }}
     # ?last=<tag> -> the page of tags after <tag> that sync wrote (`n` is ignored).
     location ~ "^(?<registrish_tags>/v2/.+/tags/)list$" {{
-        default_type {JSON};
+        default_type {routes.JSON};
         add_header Cache-Control "{short}";
         {API}
         try_files $registrish_tags$registrish_last_page $uri @registrish_name_unknown;
@@ -206,7 +186,7 @@ map $arg_last $registrish_last_page {{
 {types}
         }}
         add_header Docker-Content-Digest $registrish_digest;
-        add_header Cache-Control "{IMMUTABLE}";
+        add_header Cache-Control "{routes.IMMUTABLE}";
         {API}
         try_files {tries} @registrish_manifest_unknown;
     }}
@@ -234,9 +214,9 @@ map $arg_last $registrish_last_page {{
     }}
 
     location ~ "^/v2/.+/blobs/(?<registrish_blob>sha256:[a-f0-9]{{64}})$" {{
-        default_type {OCTET_STREAM};
+        default_type {routes.OCTET_STREAM};
         add_header Docker-Content-Digest $registrish_blob;
-        add_header Cache-Control "{IMMUTABLE}";
+        add_header Cache-Control "{routes.IMMUTABLE}";
         {API}
         try_files $uri @registrish_blob_unknown;
     }}
@@ -246,57 +226,58 @@ map $arg_last $registrish_last_page {{
         default_type {mediatypes.OCI_INDEX};
         add_header Cache-Control "{short}";
         {API}
-        try_files $uri /{EMPTY_REFERRERS_REL};
+        try_files $uri /{routes.EMPTY_REFERRERS_REL};
     }}
-    location = /{EMPTY_REFERRERS_REL} {{
+    location = /{routes.EMPTY_REFERRERS_REL} {{
         internal;
         default_type {mediatypes.OCI_INDEX};
         add_header Cache-Control "{short}";
         {API}
     }}
 
-    # The browse page (written by sync) at / and /{BROWSE_REL}. A miss is not cached here, so
+    # The browse page (written by sync) at / and /{routes.BROWSE_REL}. A miss is not cached here, so
     # the page written by the first sync shows without a reload.
     location = / {{
         open_file_cache_errors off;
-        default_type "{HTML}";
+        default_type "{routes.HTML}";
         add_header Cache-Control "{short}";
-        try_files /{BROWSE_REL} @registrish_name_unknown;
+        try_files /{routes.BROWSE_REL} @registrish_name_unknown;
     }}
-    location = /{BROWSE_REL} {{
+    location = /{routes.BROWSE_REL} {{
         open_file_cache_errors off;
-        default_type "{HTML}";
+        default_type "{routes.HTML}";
         add_header Cache-Control "{short}";
         try_files $uri @registrish_name_unknown;
     }}
 
     # Its per-repository data files: named by their content, so cached forever.
-    location ~ "^/{BROWSE_DATA_RE}$" {{
-        default_type {JSON};
-        add_header Cache-Control "{IMMUTABLE}";
+    location ~ "^/{routes.BROWSE_DATA_RE}$" {{
+        default_type {routes.JSON};
+        add_header Cache-Control "{routes.IMMUTABLE}";
         try_files $uri @registrish_name_unknown;
     }}
 
     location @registrish_read_only {{
-        default_type {JSON};
-        add_header Allow "{ALLOW}" always;
+        default_type {routes.JSON};
+        add_header Allow "{routes.ALLOW}" always;
         {API}
-        return 405 '{error_text(ErrorCode.UNSUPPORTED)}';
+        return 405 '{base.error_text(routes.ErrorCode.UNSUPPORTED)}';
     }}
     location @registrish_manifest_unknown {{
-        {_not_found(ErrorCode.MANIFEST_UNKNOWN)}
+        {_not_found(routes.ErrorCode.MANIFEST_UNKNOWN)}
     }}
     location @registrish_blob_unknown {{
-        {_not_found(ErrorCode.BLOB_UNKNOWN)}
+        {_not_found(routes.ErrorCode.BLOB_UNKNOWN)}
     }}
     location @registrish_name_unknown {{
-        {_not_found(ErrorCode.NAME_UNKNOWN)}
+        {_not_found(routes.ErrorCode.NAME_UNKNOWN)}
     }}
     location / {{
-        {_not_found(ErrorCode.NAME_UNKNOWN)}
+        {_not_found(routes.ErrorCode.NAME_UNKNOWN)}
     }}
 }}
 """
-        return Rendered(
-            (Output(ctx.hosts_dir / FILENAME, text.encode()),), plain_http_warning(ctx, "nginx")
+        return base.Rendered(
+            (base.Output(ctx.hosts_dir / FILENAME, text.encode()),),
+            base.plain_http_warning(ctx, "nginx"),
         )
