@@ -16,28 +16,22 @@ import pytest
 from support.buckets import expected_bucket
 from support.trees import build_tree
 
+from registrish_lock.bucket.client import MissingExtraError, RemoteObject, open_store
+from registrish_lock.bucket.target import S3Target, parse_s3_url
 from registrish_lock.cli import main
 from registrish_lock.commands import publish as publish_cmd
 from registrish_lock.console import Console
 from registrish_lock.errors import ExitCode, IntegrityError, RegistrishError
 from registrish_lock.progress import QuietProgress
-from registrish_lock.serving.publish import publish
+from registrish_lock.serving.publish import collect_objects, publish
 from registrish_lock.serving.publish_plan import (
     PING_KEY,
     LocalObject,
     Phase,
     TreeError,
-    collect_objects,
     plan_publish,
 )
 from registrish_lock.serving.routes import IMMUTABLE, JSON, OCTET_STREAM, Policy
-from registrish_lock.serving.s3store import (
-    MissingExtraError,
-    RemoteObject,
-    S3Target,
-    open_store,
-    parse_s3_url,
-)
 from registrish_lock.tree.layout import Layout
 from registrish_lock.tree.treelock import tree_lock
 

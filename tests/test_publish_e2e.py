@@ -21,11 +21,12 @@ from testbed.proxy import CountingProxy, Pause
 from testbed.s3 import SeaweedS3
 
 from registrish_lock import USER_AGENT
+from registrish_lock.bucket import client as s3client
 from registrish_lock.cli import main
 from registrish_lock.commands import publish as publish_cmd
 from registrish_lock.errors import ExitCode
-from registrish_lock.serving import s3store
-from registrish_lock.serving.publish_plan import PING_KEY, Phase, collect_objects
+from registrish_lock.serving.publish import collect_objects
+from registrish_lock.serving.publish_plan import PING_KEY, Phase
 from registrish_lock.serving.routes import Policy
 from registrish_lock.tree.layout import Layout
 
@@ -78,12 +79,12 @@ class InjectedFailure(Exception):
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
-    """Wrap `open_store` as the command calls it: count calls, small multipart sizes."""
+    """Wrap `open_store` as the command calls it: count calls, small multipart parts."""
     counted = Calls()
-    real_open = s3store.open_store
+    real_open = s3client.open_store
 
-    def open_store(*args: Any, **kwargs: Any) -> s3store.Boto3Store:
-        kwargs.update(multipart_threshold=5 * MiB, multipart_chunk=5 * MiB)
+    def open_store(*args: Any, **kwargs: Any) -> s3client.Boto3Store:
+        kwargs.update(part_size=5 * MiB)
         store = real_open(*args, **kwargs)
 
         def on_put(params: dict[str, Any], **_: Any) -> None:
