@@ -18,7 +18,7 @@ from support.buckets import bucket_listing, expected_bucket, s3_client
 from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, docker_run, skopeo_copy
 from testbed.images import DEFAULT_OUTPUT, SeededUpstream, push_random_image
 from testbed.proxy import CountingProxy, Pause
-from testbed.s3 import SeaweedS3
+from testbed.s3 import SeaweedS3, aws_environment
 
 from registrish_lock import USER_AGENT
 from registrish_lock.bucket import client as s3client
@@ -38,19 +38,9 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, seaweed: SeaweedS3) -> Path:
-    """Credentials in the environment; the user's ~/.aws and instance metadata never read.
-    Returns the (empty) directory for shared config/credentials files."""
-    aws = tmp_path / "aws"
-    aws.mkdir()
-    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws / "config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(aws / "credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return aws
+    """Credentials in the environment, the endpoint and addressing style on publish's
+    command line. Returns the (empty) directory for shared config/credentials files."""
+    return aws_environment(monkeypatch, tmp_path, seaweed, endpoint=False)
 
 
 @dataclass
