@@ -36,12 +36,12 @@ from ..oci.manifest import sha256_digest
 from ..pool import run_fail_fast
 from ..progress import Progress, Stopwatch
 from ..tree.layout import Layout
-from ..tree.state import hash_file
 from ..tree.store import LocalTreeStore
 from .publish_plan import LocalObject, PublishPlan, TreeError, objects_in_tree, plan_publish
 from .routes import BROWSE_DATA_DIR, BROWSE_REL, Policy
 
-#: Objects up to this size are read into memory and sent with one PUT and a Content-MD5.
+#: Digest-addressed objects up to this size (and every mutable one) are read into memory
+#: and sent with one PUT and a Content-MD5; larger ones stream through `Store.put_file`.
 SINGLE_PUT_MAX = 1024 * 1024
 _CHUNK = 1 << 20
 
@@ -174,7 +174,9 @@ def _upload(
     key = target.key(obj.key)
     headers = {"content_type": obj.content_type, "cache_control": obj.cache_control}
     try:
-        if obj.size <= SINGLE_PUT_MAX:
+        if obj.digest is None or obj.size <= SINGLE_PUT_MAX:
+            # a mutable object goes up in one PUT whatever its size: its ETag stays the MD5
+            # the next run compares
             data = path.read_bytes()
             digest = sha256_digest(data)
             if obj.digest is not None and (digest, len(data)) != (obj.digest, obj.size):
@@ -183,12 +185,10 @@ def _upload(
             store.put_bytes(key, data, sha256=digest, **headers)
             progress.advance(key, len(data))
         else:
-            # a digest-addressed file is verified as it streams: nothing is visible unless
-            # the bytes sent match its name
-            digest = obj.digest or hash_file(path)[0]
+            # verified as it streams: nothing is visible unless the bytes sent match the name
             progress.blob_started(key, obj.size, obj.key)
             on_bytes = lambda n: progress.advance(key, n)  # noqa: E731
-            store.put_file(key, path, sha256=digest, on_bytes=on_bytes, **headers)
+            store.put_file(key, path, sha256=obj.digest, on_bytes=on_bytes, **headers)
     except FileNotFoundError:
         raise LocalError(
             f"{path}: vanished while publishing", hint="is another process changing the tree?"
