@@ -406,3 +406,41 @@ def test_publish_killed_mid_upload_converges_on_rerun(
     assert registrish(*publish_args(config, seaweed)) == 0
     assert len(calls.puts) == len(phase_of) - len(present)
     assert_bucket_equals_tree(seaweed, root)
+
+
+def test_a_rotten_big_blob_is_never_visible(
+    seeded_upstream: SeededUpstream,
+    seaweed: SeaweedS3,
+    aws_env: Path,
+    calls: Calls,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A blob over one part whose bytes no longer hash to its name: its multipart upload
+    starts (it is verified as it streams), then is aborted; nothing of it, and nothing of a
+    later phase, reaches the bucket."""
+    repo = "publish/rotten"
+    image = push_random_image(
+        seeded_upstream.registry, repo, "v1", (6 * MiB,), seed=5, workdir=tmp_path / "img"
+    )
+    config = write_config(tmp_path, seeded_upstream.host, [(repo, "v1")])
+    assert registrish("lock", "-c", str(config)) == 0
+    assert registrish("sync", "-c", str(config)) == 0
+    key = f"v2/{repo}/blobs/{image.layers[0]}"
+    blob = tmp_path / "public" / key
+    blob.chmod(0o644)
+    with blob.open("r+b") as handle:  # a hardlink: the store's copy rots too
+        handle.seek(blob.stat().st_size - 1)
+        last = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([last[0] ^ 0xFF]))
+    capsys.readouterr()
+    assert registrish(*publish_args(config, seaweed)) == ExitCode.INTEGRITY
+    err = capsys.readouterr().err
+    assert f"{blob}: " in err and "do not match the name; not uploaded" in err
+    assert "sync --verify" in err and "Traceback" not in err
+    assert calls.multipart == [key] and calls.parts >= 1  # streamed, then refused
+    present = bucket_listing(seaweed)
+    assert key not in present and not any("/manifests/" in k for k in present)
+    uploads = s3_client(seaweed).list_multipart_uploads(Bucket=seaweed.bucket)
+    assert uploads.get("Uploads", []) == []  # aborted, not left to bill
