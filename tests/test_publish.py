@@ -216,6 +216,16 @@ def test_a_tags_list_too_big_to_observe_is_read_for_its_md5(tmp_path: Path) -> N
     assert obj.md5 == md5(data.encode()) and obj.size == len(data)
 
 
+def test_a_twin_that_is_a_copy_is_matched_by_its_bytes(tmp_path: Path) -> None:
+    built = build_tree(tmp_path)
+    (twin,) = (tmp_path / "v2" / "app-docker" / "manifests").glob("v1.~*")
+    data = twin.read_bytes()
+    twin.unlink()
+    twin.write_bytes(data)  # another inode (a filesystem without hardlinks)
+    obj = {o.key: o for o in collect_objects(built.layout, POLICY)}["v2/app-docker/manifests/v1"]
+    assert obj.content_type == built.refs["app-docker:v1"][1]
+
+
 def test_no_tree_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(TreeError, match="no tree to publish") as info:
         collect_objects(Layout(tmp_path / "nothing"), POLICY)
