@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hashlib
 
+from registrish_lock.bucket.client import RemoteObject
 from registrish_lock.bucket.state import Entry, decode, encode, observe
 from registrish_lock.oci import mediatypes
-from registrish_lock.serving.s3store import RemoteObject
 from registrish_lock.tree.layout import Layout
 
 DIGEST = "sha256:" + "a" * 64

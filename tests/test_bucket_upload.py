@@ -17,6 +17,7 @@ import pytest
 from testbed.bucketchild import MiB, client_for, expect_line, running_seaweedfs, s3_client, spawn
 from testbed.s3 import SeaweedS3
 
+from registrish_lock.bucket.client import PublishError
 from registrish_lock.bucket.upload import (
     MAX_PARTS,
     MIN_PART,
@@ -25,7 +26,6 @@ from registrish_lock.bucket.upload import (
     part_size_for,
 )
 from registrish_lock.errors import ExitCode, IntegrityError, RegistrishError
-from registrish_lock.serving.s3store import PublishError
 
 BLOB_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 IMMUTABLE = "public, max-age=31536000, immutable"

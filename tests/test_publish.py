@@ -16,29 +16,25 @@ import pytest
 from support.buckets import expected_bucket
 from support.trees import build_tree
 
+from registrish_lock.bucket.client import MissingExtraError, RemoteObject, open_store
+from registrish_lock.bucket.target import S3Target, parse_s3_url
 from registrish_lock.cli import main
 from registrish_lock.commands import publish as publish_cmd
 from registrish_lock.console import Console
 from registrish_lock.errors import ExitCode, IntegrityError, RegistrishError
 from registrish_lock.progress import QuietProgress
-from registrish_lock.serving.publish import publish
+from registrish_lock.serving.publish import collect_objects, publish
 from registrish_lock.serving.publish_plan import (
     PING_KEY,
     LocalObject,
     Phase,
     TreeError,
-    collect_objects,
+    objects_in_tree,
     plan_publish,
 )
 from registrish_lock.serving.routes import IMMUTABLE, JSON, OCTET_STREAM, Policy
-from registrish_lock.serving.s3store import (
-    MissingExtraError,
-    RemoteObject,
-    S3Target,
-    open_store,
-    parse_s3_url,
-)
 from registrish_lock.tree.layout import Layout
+from registrish_lock.tree.state import MAX_DOC_BYTES, FileInfo, TreeState
 from registrish_lock.tree.treelock import tree_lock
 
 POLICY = Policy(tag_cache_seconds=60)
@@ -177,6 +173,55 @@ def test_a_stale_twin_of_another_kind_is_ignored(tmp_path: Path) -> None:
     built = build_tree(tmp_path)
     manifests = tmp_path / "v2" / "app-docker" / "manifests"
     (manifests / "v1.~oci-index").write_bytes(b'{"old": true}')  # left by a crash
+    obj = {o.key: o for o in collect_objects(built.layout, POLICY)}["v2/app-docker/manifests/v1"]
+    assert obj.content_type == built.refs["app-docker:v1"][1]
+
+
+def test_objects_in_tree_is_pure() -> None:
+    """The observed state is all it reads: the root does not even exist."""
+    digest = "sha256:" + "c" * 64
+    state = TreeState(
+        files={
+            f"v2/a/manifests/{digest}": FileInfo(3, 1, 1),
+            f"v2/a/manifests/{digest}.~oci-manifest": FileInfo(3, 1, 1),  # same inode
+            "v2/a/manifests/v1": FileInfo(3, 1, 1),
+            "v2/a/manifests/v1.~oci-manifest": FileInfo(3, 1, 1),
+            "v2/.hidden/x/tags/list": FileInfo(1, 1, 2),  # hidden directories stay local
+        }
+    )
+    asked: list[str] = []
+
+    def md5_of(rel: str) -> str:
+        asked.append(rel)
+        return "m" * 32
+
+    layout = Layout(Path("/nonexistent-root"))
+    objects = objects_in_tree(layout, state, {"index.html": 5}, POLICY, md5_of)
+    assert [(o.phase, o.key, o.md5) for o in objects] == [
+        (Phase.MANIFESTS, f"v2/a/manifests/{digest}", None),
+        (Phase.TAGS, "v2/a/manifests/v1", "m" * 32),
+        (Phase.BROWSE, "index.html", "m" * 32),
+    ]
+    assert sorted(asked) == ["index.html", "v2/a/manifests/v1"]  # mutable objects only
+
+
+def test_a_tags_list_too_big_to_observe_is_read_for_its_md5(tmp_path: Path) -> None:
+    build_tree(tmp_path)
+    tags_list = tmp_path / "v2" / "app-oci" / "tags" / "list"
+    tags_list.chmod(0o644)
+    data = json.dumps({"name": "app-oci", "tags": [f"t{i}" for i in range(MAX_DOC_BYTES // 6)]})
+    tags_list.write_text(data)
+    assert tags_list.stat().st_size > MAX_DOC_BYTES
+    obj = {o.key: o for o in collect_objects(Layout(tmp_path), POLICY)}["v2/app-oci/tags/list"]
+    assert obj.md5 == md5(data.encode()) and obj.size == len(data)
+
+
+def test_a_twin_that_is_a_copy_is_matched_by_its_bytes(tmp_path: Path) -> None:
+    built = build_tree(tmp_path)
+    (twin,) = (tmp_path / "v2" / "app-docker" / "manifests").glob("v1.~*")
+    data = twin.read_bytes()
+    twin.unlink()
+    twin.write_bytes(data)  # another inode (a filesystem without hardlinks)
     obj = {o.key: o for o in collect_objects(built.layout, POLICY)}["v2/app-docker/manifests/v1"]
     assert obj.content_type == built.refs["app-docker:v1"][1]
 

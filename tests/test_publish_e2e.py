@@ -18,14 +18,15 @@ from support.buckets import bucket_listing, expected_bucket, s3_client
 from testbed.clients import Containerd, Dockerd, ctr_pull, docker_pull, docker_run, skopeo_copy
 from testbed.images import DEFAULT_OUTPUT, SeededUpstream, push_random_image
 from testbed.proxy import CountingProxy, Pause
-from testbed.s3 import SeaweedS3
+from testbed.s3 import SeaweedS3, aws_environment
 
 from registrish_lock import USER_AGENT
+from registrish_lock.bucket import client as s3client
 from registrish_lock.cli import main
 from registrish_lock.commands import publish as publish_cmd
 from registrish_lock.errors import ExitCode
-from registrish_lock.serving import s3store
-from registrish_lock.serving.publish_plan import PING_KEY, Phase, collect_objects
+from registrish_lock.serving.publish import collect_objects
+from registrish_lock.serving.publish_plan import PING_KEY, Phase
 from registrish_lock.serving.routes import Policy
 from registrish_lock.tree.layout import Layout
 
@@ -37,19 +38,9 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, seaweed: SeaweedS3) -> Path:
-    """Credentials in the environment; the user's ~/.aws and instance metadata never read.
-    Returns the (empty) directory for shared config/credentials files."""
-    aws = tmp_path / "aws"
-    aws.mkdir()
-    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws / "config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(aws / "credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return aws
+    """Credentials in the environment, the endpoint and addressing style on publish's
+    command line. Returns the (empty) directory for shared config/credentials files."""
+    return aws_environment(monkeypatch, tmp_path, seaweed, endpoint=False)
 
 
 @dataclass
@@ -78,12 +69,12 @@ class InjectedFailure(Exception):
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
-    """Wrap `open_store` as the command calls it: count calls, small multipart sizes."""
+    """Wrap `open_store` as the command calls it: count calls, small multipart parts."""
     counted = Calls()
-    real_open = s3store.open_store
+    real_open = s3client.open_store
 
-    def open_store(*args: Any, **kwargs: Any) -> s3store.Boto3Store:
-        kwargs.update(multipart_threshold=5 * MiB, multipart_chunk=5 * MiB)
+    def open_store(*args: Any, **kwargs: Any) -> s3client.Boto3Store:
+        kwargs.update(part_size=5 * MiB)
         store = real_open(*args, **kwargs)
 
         def on_put(params: dict[str, Any], **_: Any) -> None:
@@ -415,3 +406,41 @@ def test_publish_killed_mid_upload_converges_on_rerun(
     assert registrish(*publish_args(config, seaweed)) == 0
     assert len(calls.puts) == len(phase_of) - len(present)
     assert_bucket_equals_tree(seaweed, root)
+
+
+def test_a_rotten_big_blob_is_never_visible(
+    seeded_upstream: SeededUpstream,
+    seaweed: SeaweedS3,
+    aws_env: Path,
+    calls: Calls,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A blob over one part whose bytes no longer hash to its name: its multipart upload
+    starts (it is verified as it streams), then is aborted; nothing of it, and nothing of a
+    later phase, reaches the bucket."""
+    repo = "publish/rotten"
+    image = push_random_image(
+        seeded_upstream.registry, repo, "v1", (6 * MiB,), seed=5, workdir=tmp_path / "img"
+    )
+    config = write_config(tmp_path, seeded_upstream.host, [(repo, "v1")])
+    assert registrish("lock", "-c", str(config)) == 0
+    assert registrish("sync", "-c", str(config)) == 0
+    key = f"v2/{repo}/blobs/{image.layers[0]}"
+    blob = tmp_path / "public" / key
+    blob.chmod(0o644)
+    with blob.open("r+b") as handle:  # a hardlink: the store's copy rots too
+        handle.seek(blob.stat().st_size - 1)
+        last = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([last[0] ^ 0xFF]))
+    capsys.readouterr()
+    assert registrish(*publish_args(config, seaweed)) == ExitCode.INTEGRITY
+    err = capsys.readouterr().err
+    assert f"{blob}: " in err and "do not match the name; not uploaded" in err
+    assert "sync --verify" in err and "Traceback" not in err
+    assert calls.multipart == [key] and calls.parts >= 1  # streamed, then refused
+    present = bucket_listing(seaweed)
+    assert key not in present and not any("/manifests/" in k for k in present)
+    uploads = s3_client(seaweed).list_multipart_uploads(Bucket=seaweed.bucket)
+    assert uploads.get("Uploads", []) == []  # aborted, not left to bill

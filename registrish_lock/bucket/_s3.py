@@ -1,11 +1,10 @@
-"""What the bucket modules share about botocore's errors (publish's mapping, reused)."""
+"""What the bucket modules share about botocore's errors (`client`'s mapping, reused)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..serving.s3store import _botocore_errors as botocore_errors
-from ..serving.s3store import _client_error as client_error
+from .client import botocore_errors, client_error
 
 __all__ = ["botocore_errors", "client_error", "error_code"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..console import Console
 from ..lock.config import Config
 from ..serving.routes import Policy
-from ..serving.s3store import Boto3Store, open_store
+from .client import Boto3Store, open_store
 from .state import RESERVED
 from .store import BucketStore
 from .target import S3Target

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from .. import __version__
 from ..oci import mediatypes
 from ..oci.manifest import sha256_digest
-from ..serving.s3store import RemoteObject
 from ..tree.layout import Layout, parse_rel_path
 from ..tree.state import FileInfo, TreeState
+from .client import RemoteObject
 
 #: The reserved prefix no registry route starts with (names start with [a-z0-9]).
 RESERVED = ".registrish/"

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..console import Console
 from ..serving.routes import Kind, Miss, Policy, classify, object_headers
-from ..serving.s3store import Boto3Store, RemoteObject
 from ..tree import gc as gc_mod
 from ..tree.layout import Layout, is_last_page, split_twin
 from ..tree.state import TreeState
 from ..upstream.sink import BlobSink
 from . import state as bucket_state
+from .client import Boto3Store, RemoteObject
 from .target import S3Target
 from .upload import BucketSink
 

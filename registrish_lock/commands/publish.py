@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from ..bucket.client import DEFAULT_JOBS, open_store
+from ..bucket.target import parse_s3_url
 from ..console import Console
 from ..errors import ExitCode
 from ..lock.config import load_config
 from ..progress import UPLOAD, QuietProgress, make_progress
 from ..serving.publish import publish
 from ..serving.routes import Policy
-from ..serving.s3store import DEFAULT_JOBS, open_store, parse_s3_url
 from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from . import add_jobs_option, add_no_wait_option, require_local_root

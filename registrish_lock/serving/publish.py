@@ -1,12 +1,12 @@
 """`registrish publish`: mirror the tree into S3-compatible object storage.
 
-Three steps, pip-tools style: observe (walk the tree → `LocalObject`s; list the bucket
-once → `RemoteObject`s), plan (pure: `plan_publish` → `PublishPlan`), execute (uploads
-phase by phase, then deletes). The bucket is reached only through the `Store` protocol:
-`Boto3Store` in production (boto3 is the optional extra `registrish[s3]`, imported lazily),
-a wrapper or fake in tests.
+Three steps, pip-tools style: observe (the tree through its `LocalTreeStore` → the pure
+`objects_in_tree` → `LocalObject`s; list the bucket once → `RemoteObject`s), plan (pure:
+`plan_publish` → `PublishPlan`), execute (uploads phase by phase, then deletes). The
+bucket is reached only through the `Store` protocol: in production the bucket tree's own
+client, `bucket.client.Boto3Store` (the same requests, retries, User-Agent and verified
+multipart upload `sync` uses for a bucket root), a wrapper or fake in tests.
 
-Observing and planning live in `publish_plan`, the bucket behind `Store` in `s3store`.
 Metadata (Content-Type, Cache-Control) is not in a listing: after changing
 `tag_cache_seconds`, or to repair objects uploaded by another tool, use `--force`.
 
@@ -17,24 +17,119 @@ next starts; `--delete` runs last, in the reverse order (tags go before what the
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import stat
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+from ..bucket.client import DEFAULT_JOBS, RemoteObject, file_mismatch
+from ..bucket.target import S3Target
 from ..console import Console, human_bytes, human_rate
-from ..errors import IntegrityError, LocalError
+from ..errors import LocalError
 from ..oci.manifest import sha256_digest
 from ..pool import run_fail_fast
 from ..progress import Progress, Stopwatch
 from ..tree.layout import Layout
-from ..tree.state import hash_file
-from .publish_plan import LocalObject, PublishPlan, collect_objects, plan_publish
-from .routes import Policy
-from .s3store import DEFAULT_JOBS, S3Target, Store, list_remote
+from ..tree.store import LocalTreeStore
+from .publish_plan import LocalObject, PublishPlan, TreeError, objects_in_tree, plan_publish
+from .routes import BROWSE_DATA_DIR, BROWSE_REL, Policy
 
-#: Objects up to this size are read into memory and sent with one PUT and a Content-MD5.
+#: Digest-addressed objects up to this size (and every mutable one) are read into memory
+#: and sent with one PUT and a Content-MD5; larger ones stream through `Store.put_file`.
 SINGLE_PUT_MAX = 1024 * 1024
+_CHUNK = 1 << 20
+
+
+class Store(Protocol):
+    """What publish needs from an S3 bucket. Keys here are full keys (prefix included)."""
+
+    def list_objects(self, prefix: str) -> Iterator[RemoteObject]: ...
+
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str, cache_control: str, sha256: str
+    ) -> None: ...
+
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        content_type: str,
+        cache_control: str,
+        sha256: str,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        """Upload the file; it becomes visible only if its bytes hash to `sha256`."""
+        ...
+
+    def delete(self, keys: Sequence[str]) -> None: ...
+
+
+def list_remote(store: Store, target: S3Target) -> dict[str, RemoteObject]:
+    """The bucket's objects under the prefix, keyed relative to it."""
+    prefix = target.list_prefix
+    result = {}
+    for obj in store.list_objects(prefix):
+        if not obj.key.startswith(prefix) or obj.key == prefix:
+            continue
+        rel = obj.key[len(prefix) :]
+        result[rel] = RemoteObject(rel, obj.size, obj.etag)
+    return result
+
+
+def _md5_file(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _browse_files(layout: Layout) -> dict[str, int]:
+    """The browse page (`index.html` at the root) and its `browse/` data files: rel →
+    size, regular files only (never a symlink out of the tree)."""
+    found = {}
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        st = os.lstat(layout.path(BROWSE_REL))
+        if stat.S_ISREG(st.st_mode):
+            found[BROWSE_REL] = st.st_size
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(layout.path(BROWSE_DATA_DIR)):
+            if entry.is_file(follow_symlinks=False):
+                found[f"{BROWSE_DATA_DIR}/{entry.name}"] = entry.stat(follow_symlinks=False).st_size
+    return found
+
+
+def collect_objects(
+    layout: Layout, policy: Policy, console: Console | None = None
+) -> list[LocalObject]:
+    """The tree's objects to upload (see `objects_in_tree`), observed through the tree
+    store `sync` writes with (one walk: sizes, inodes and the bytes of every manifest and
+    small document); only a mutable file too big to be held there is read again, for
+    its MD5. Raises TreeError when there is no tree."""
+    if not layout.v2.is_dir():
+        raise TreeError(f"{layout.v2}: no tree to publish", hint="run `registrish sync` first")
+    state = LocalTreeStore(layout).observe()
+
+    def md5_of(rel: str) -> str:
+        data = state.docs.get(rel)
+        if data is None and rel in state.manifest_digests:
+            data = state.manifest_bytes.get(state.manifest_digests[rel])
+        if data is None:
+            return _md5_file(layout.path(rel))
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+    def on_skip(rel: str) -> None:
+        if console is not None:
+            console.debug(f"publish: skipping {rel} (not a registry path)")
+
+    return objects_in_tree(layout, state, _browse_files(layout), policy, md5_of, on_skip)
 
 
 @dataclass
@@ -72,48 +167,28 @@ class PublishStats:
         }
 
 
-def _verified_file_digest(path: Path, obj: LocalObject) -> str:
-    """sha256 of the file; for a digest-addressed object it must be the name's digest."""
-    digest, size = hash_file(path)
-    if obj.digest is not None and (digest, size) != (obj.digest, obj.size):
-        raise IntegrityError(
-            f"{path}: {size} bytes hashing to {digest} do not match the name; not uploaded",
-            hint="run `registrish sync --verify` to repair the tree, then publish again",
-        )
-    return digest
-
-
 def _upload(
     store: Store, target: S3Target, layout: Layout, obj: LocalObject, progress: Progress
 ) -> None:
     path = layout.path(obj.source)
     key = target.key(obj.key)
+    headers = {"content_type": obj.content_type, "cache_control": obj.cache_control}
     try:
-        if obj.size <= SINGLE_PUT_MAX:
+        if obj.digest is None or obj.size <= SINGLE_PUT_MAX:
+            # a mutable object goes up in one PUT whatever its size: its ETag stays the MD5
+            # the next run compares
             data = path.read_bytes()
             digest = sha256_digest(data)
             if obj.digest is not None and (digest, len(data)) != (obj.digest, obj.size):
-                _verified_file_digest(path, obj)  # raises with the full message
+                raise file_mismatch(path, len(data), digest)
             progress.blob_started(key, len(data), obj.key)
-            store.put_bytes(
-                key,
-                data,
-                content_type=obj.content_type,
-                cache_control=obj.cache_control,
-                sha256=digest,
-            )
+            store.put_bytes(key, data, sha256=digest, **headers)
             progress.advance(key, len(data))
         else:
-            digest = _verified_file_digest(path, obj)
+            # verified as it streams: nothing is visible unless the bytes sent match the name
             progress.blob_started(key, obj.size, obj.key)
-            store.put_file(
-                key,
-                path,
-                content_type=obj.content_type,
-                cache_control=obj.cache_control,
-                sha256=digest,
-                on_bytes=lambda n: progress.advance(key, n),
-            )
+            on_bytes = lambda n: progress.advance(key, n)  # noqa: E731
+            store.put_file(key, path, sha256=obj.digest, on_bytes=on_bytes, **headers)
     except FileNotFoundError:
         raise LocalError(
             f"{path}: vanished while publishing", hint="is another process changing the tree?"

@@ -1,6 +1,6 @@
-"""What publish uploads and deletes, decided without touching the bucket: the tree's
-objects (`collect_objects`, with the metadata the route table prescribes) and the pure
-diff against a bucket listing (`plan_publish`).
+"""What publish uploads and deletes, decided without touching the tree or the bucket
+(pure): the tree's objects from its observed state (`objects_in_tree`, with the metadata
+the route table prescribes) and the diff against a bucket listing (`plan_publish`).
 
 What counts as "unchanged" (the remote listing is all we look at, one LIST per 1000 keys):
 - digest-addressed objects (blobs, manifests by digest) are immutable: same key and size;
@@ -12,21 +12,18 @@ What counts as "unchanged" (the remote listing is all we look at, one LIST per 1
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from pathlib import Path
 from typing import Any
 
-from ..console import Console, human_bytes
+from ..bucket.client import RemoteObject
+from ..bucket.target import S3Target
+from ..console import human_bytes
 from ..errors import ExitCode, RegistrishError
 from ..tree.layout import PING_FILE, Layout, split_twin
+from ..tree.state import TreeState
 from .routes import (
-    BROWSE_DATA_DIR,
-    BROWSE_REL,
     Kind,
     Miss,
     Policy,
@@ -34,11 +31,9 @@ from .routes import (
     classify,
     object_headers,
 )
-from .s3store import RemoteObject, S3Target
 
 #: The key that answers `GET /v2/` (S3 serves a key ending in `/` for that URL path).
 PING_KEY = "v2/"
-_CHUNK = 1 << 20
 
 
 class TreeError(RegistrishError):
@@ -95,107 +90,90 @@ class LocalObject:
         return self.digest is not None
 
 
-def _md5_file(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def collect_objects(
-    layout: Layout, policy: Policy, console: Console | None = None
+def objects_in_tree(
+    layout: Layout,
+    state: TreeState,
+    browse: Mapping[str, int],
+    policy: Policy,
+    md5_of: Callable[[str], str],
+    on_skip: Callable[[str], None] | None = None,
 ) -> list[LocalObject]:
-    """Walk `v2/` (plus the browse page `index.html` and its `browse/` data files at the
-    root) and describe every
-    object to upload (sorted by phase, key).
+    """Every object to upload (sorted by phase, key), from the observed tree (`state`:
+    its `v2/` files under `layout.root`) and the browse page's files (`browse`: `index.html` at the root and
+    the `browse/` data files, rel → size). `md5_of(rel)`: the MD5 of a mutable object's
+    bytes (the caller reads them); `on_skip(rel)`: a file that is no registry path.
 
     A manifest is published once, under its exact name, with the type its typed twin
-    carries; the twins themselves, the content store, host configs and anything that is no
-    registry path stay local. The ping file is published as `v2/` (what `GET /v2/`
-    reads) and as `v2/index` (the index document of S3 website endpoints).
-    Raises TreeError for a manifest without a (matching) twin.
+    carries; the twins themselves, the content store, host configs, hidden directories
+    and anything that is no registry path stay local. The ping file is published as
+    `v2/` (what `GET /v2/` reads) and as `v2/index` (the index document of S3 website
+    endpoints). Raises TreeError for a manifest without a (matching) twin.
     """
     result: list[LocalObject] = []
-    manifests: dict[str, os.stat_result] = {}  # exact manifest rel → stat
-    twins: dict[str, list[tuple[str, str, os.stat_result]]] = {}  # exact rel → (twin rel, type, st)
-    if not layout.v2.is_dir():
-        raise TreeError(f"{layout.v2}: no tree to publish", hint="run `registrish sync` first")
-    for dirpath, dirnames, filenames in os.walk(layout.v2):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in sorted(filenames):
-            path = Path(dirpath) / filename
-            st = path.lstat()
-            if not path.is_file() or path.is_symlink():
-                continue  # never follow symlinks out of the tree
-            rel = path.relative_to(layout.root).as_posix()
-            twin = split_twin(filename)
-            if twin is not None:
-                exact = rel[: -len(filename)] + twin[0]
-                twins.setdefault(exact, []).append((rel, twin[1], st))
-                continue
-            if rel == Layout.rel_ping():
-                ctype, cache = object_headers(Kind.PING, policy, None)
-                md5 = _md5_file(path)
-                for key in (PING_KEY, rel):
-                    result.append(
-                        LocalObject(Phase.PING, key, rel, st.st_size, ctype, cache, md5=md5)
-                    )
-                continue
-            target = classify(rel)
-            if isinstance(target, Miss):
-                if console is not None:
-                    console.debug(f"publish: skipping {rel} (not a registry path)")
-                continue
-            if target.kind in (Kind.MANIFEST_TAG, Kind.MANIFEST_DIGEST):
-                manifests[rel] = st
-                continue
-            if target.kind not in _PHASE_OF_KIND:
-                continue  # a route publish does not know yet: never guess its type
-            result.append(_describe(target, rel, path, st.st_size, policy, None))
-    browse = layout.path(BROWSE_REL)
-    if browse.is_file() and not browse.is_symlink():
-        target = classify(BROWSE_REL)
-        assert isinstance(target, Target)
-        result.append(_describe(target, BROWSE_REL, browse, browse.stat().st_size, policy, None))
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        for entry in sorted(os.scandir(layout.path(BROWSE_DATA_DIR)), key=lambda e: e.name):
-            rel = f"{BROWSE_DATA_DIR}/{entry.name}"
-            target = classify(rel)
-            if isinstance(target, Target) and entry.is_file(follow_symlinks=False):
-                size = entry.stat(follow_symlinks=False).st_size
-                result.append(_describe(target, rel, Path(entry.path), size, policy, None))
-    for rel, st in manifests.items():
+    manifests: list[str] = []  # exact manifest rels
+    twins: dict[str, list[tuple[str, str]]] = {}  # exact rel → (twin rel, media type)
+    for rel, info in sorted(state.files.items()):
+        folder, _, filename = rel.rpartition("/")
+        if any(part.startswith(".") for part in folder.split("/")):
+            continue
+        twin = split_twin(filename)
+        if twin is not None:
+            twins.setdefault(f"{folder}/{twin[0]}", []).append((rel, twin[1]))
+            continue
+        if rel == Layout.rel_ping():
+            ctype, cache = object_headers(Kind.PING, policy, None)
+            md5 = md5_of(rel)
+            for key in (PING_KEY, rel):
+                result.append(LocalObject(Phase.PING, key, rel, info.size, ctype, cache, md5=md5))
+            continue
+        target = classify(rel)
+        if isinstance(target, Miss):
+            if on_skip is not None:
+                on_skip(rel)
+            continue
+        if target.kind in (Kind.MANIFEST_TAG, Kind.MANIFEST_DIGEST):
+            manifests.append(rel)
+        elif target.kind in _PHASE_OF_KIND:  # a route publish does not know: never guess
+            result.append(_describe(target, rel, info.size, policy, None, md5_of))
+    for rel, size in sorted(browse.items()):
+        target = classify(rel)
+        if isinstance(target, Target) and target.kind in _PHASE_OF_KIND:
+            result.append(_describe(target, rel, size, policy, None, md5_of))
+    for rel in manifests:
         target = classify(rel)
         assert isinstance(target, Target)
         # a crash between sync's renames may leave an old twin: the one sharing the exact
         # file's inode (or bytes) is the current one
-        path = layout.path(rel)
-        candidates = twins.get(rel, [])
+        info, digest = state.files[rel], state.manifest_digests.get(rel)
         types = {
             media_type
-            for twin_rel, media_type, tst in candidates
-            if (tst.st_dev, tst.st_ino) == (st.st_dev, st.st_ino)
-            or layout.path(twin_rel).read_bytes() == path.read_bytes()
+            for twin_rel, media_type in twins.get(rel, [])
+            if info.same_inode(state.files[twin_rel])
+            or (digest is not None and state.manifest_digests.get(twin_rel) == digest)
         }
         if len(types) != 1:
             problem = "has no typed twin" if not types else "has twins of several types"
             raise TreeError(
-                f"{path}: manifest {problem}, so its Content-Type is unknown",
+                f"{layout.path(rel)}: manifest {problem}, so its Content-Type is unknown",
                 hint="run `registrish sync --verify` to repair the tree",
             )
-        result.append(_describe(target, rel, path, st.st_size, policy, types.pop()))
+        result.append(_describe(target, rel, info.size, policy, types.pop(), md5_of))
     return sorted(result)
 
 
 def _describe(
-    target: Target, rel: str, path: Path, size: int, policy: Policy, media_type: str | None
+    target: Target,
+    rel: str,
+    size: int,
+    policy: Policy,
+    media_type: str | None,
+    md5_of: Callable[[str], str],
 ) -> LocalObject:
     ctype, cache = object_headers(target.kind, policy, media_type)
     phase = _PHASE_OF_KIND[target.kind]
     if target.kind in (Kind.BLOB, Kind.MANIFEST_DIGEST):
         return LocalObject(phase, rel, rel, size, ctype, cache, digest=target.ref)
-    return LocalObject(phase, rel, rel, size, ctype, cache, md5=_md5_file(path))
+    return LocalObject(phase, rel, rel, size, ctype, cache, md5=md5_of(rel))
 
 
 @dataclass(frozen=True)

@@ -168,14 +168,24 @@ def _start_once(
     )
 
 
-def aws_environment(monkeypatch: pytest.MonkeyPatch, tmp: Path, s3: SeaweedS3) -> Path:
-    """boto3's standard configuration pointed at `s3` only: credentials and endpoint in the
-    environment, path-style addressing in a fresh `AWS_CONFIG_FILE` (the user's ~/.aws and
-    instance metadata are never read). Returns that config file's directory."""
+def aws_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp: Path, s3: SeaweedS3, *, endpoint: bool = True
+) -> Path:
+    """boto3's standard configuration pointed at `s3` only: credentials in the environment,
+    shared config/credentials files in a fresh directory (the user's ~/.aws and instance
+    metadata are never read). With `endpoint` (bucket-tree commands, which take no S3
+    options) the endpoint is `AWS_ENDPOINT_URL` and path-style addressing is in the config
+    file; without it (`publish`, given `--endpoint-url` and `--addressing-style`) neither
+    is set and the files are the test's to write. Returns that directory."""
     aws = tmp / "aws"
     aws.mkdir(exist_ok=True)
-    (aws / "config").write_text("[default]\ns3 =\n    addressing_style = path\n")
-    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+    for var in (
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(aws / "config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(aws / "credentials"))
@@ -183,5 +193,7 @@ def aws_environment(monkeypatch: pytest.MonkeyPatch, tmp: Path, s3: SeaweedS3) -
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.api_url)
+    if endpoint:
+        (aws / "config").write_text("[default]\ns3 =\n    addressing_style = path\n")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.api_url)
     return aws

@@ -1,6 +1,7 @@
-"""An S3-compatible bucket as publish sees it: the `s3://BUCKET[/PREFIX]` target, the
-`Store` protocol (list, put, delete) and `Boto3Store`, its boto3 implementation (boto3 is
-the optional extra `registrish[s3]`, imported lazily). Errors never carry a credential."""
+"""The one S3 client layer of the bucket tree and of `publish`: `open_store` (boto3's
+standard configuration, retries, registrish's User-Agent; boto3 is the optional extra
+`registrish[s3]`, imported lazily) and `Boto3Store` (list, put, a verified file upload
+through `upload.BucketSink`, delete). Errors never carry a credential."""
 
 from __future__ import annotations
 
@@ -12,17 +13,13 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .. import USER_AGENT
-from ..bucket.target import S3Target as S3Target  # moved there; importable here too
-from ..bucket.target import parse_s3_url as parse_s3_url
-from ..errors import ExitCode, RegistrishError
+from ..errors import ExitCode, IntegrityError, RegistrishError
+from .target import S3Target
 
 DEFAULT_JOBS = 8
-#: Objects larger than this go up in parts (boto3 TransferConfig); S3's minimum part is 5 MiB.
-MULTIPART_THRESHOLD = 64 * 1024 * 1024
-MULTIPART_CHUNK = 16 * 1024 * 1024
 _DELETE_BATCH = 1000  # DeleteObjects' limit
 
 
@@ -43,30 +40,7 @@ class RemoteObject:
     etag: str  # without quotes
 
 
-class Store(Protocol):
-    """What publish needs from an S3 bucket. Keys here are full keys (prefix included)."""
-
-    def list_objects(self, prefix: str) -> Iterator[RemoteObject]: ...
-
-    def put_bytes(
-        self, key: str, data: bytes, *, content_type: str, cache_control: str, sha256: str
-    ) -> None: ...
-
-    def put_file(
-        self,
-        key: str,
-        path: Path,
-        *,
-        content_type: str,
-        cache_control: str,
-        sha256: str,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None: ...
-
-    def delete(self, keys: Sequence[str]) -> None: ...
-
-
-def _client_error(exc: Exception, what: str) -> PublishError:
+def client_error(exc: Exception, what: str) -> PublishError:
     """A one-line error from a botocore exception (never any credential)."""
     response: Any = getattr(exc, "response", None)
     if isinstance(response, dict):
@@ -92,27 +66,20 @@ def _client_error(exc: Exception, what: str) -> PublishError:
 
 
 class Boto3Store:
-    """`Store` over one boto3 S3 client (thread-safe: shared by the upload workers)."""
+    """The bucket over one boto3 S3 client (thread-safe: shared by the upload workers)."""
 
     def __init__(
         self,
         client: Any,  # botocore's S3 client (untyped)
         bucket: str,
         *,
-        multipart_threshold: int = MULTIPART_THRESHOLD,
-        multipart_chunk: int = MULTIPART_CHUNK,
+        part_size: int | None = None,
     ) -> None:
-        from boto3.s3.transfer import TransferConfig
-
         self.client = client
         self.bucket = bucket
-        self._botocore_errors = _botocore_errors()
-        # a few part uploads per large blob; the outer pool already runs --jobs objects
-        self.transfer = TransferConfig(
-            multipart_threshold=multipart_threshold,
-            multipart_chunksize=multipart_chunk,
-            max_concurrency=4,
-        )
+        #: `put_file`'s part size (None: `upload.DEFAULT_PART_SIZE`)
+        self.part_size = part_size
+        self._errors = botocore_errors()
 
     def list_objects(self, prefix: str) -> Iterator[RemoteObject]:
         try:
@@ -122,8 +89,8 @@ class Boto3Store:
             for page in pages:
                 for item in page.get("Contents", []):
                     yield RemoteObject(item["Key"], int(item["Size"]), item["ETag"].strip('"'))
-        except self._botocore_errors as exc:
-            raise _client_error(exc, f"listing s3://{self.bucket}/{prefix}") from None
+        except self._errors as exc:
+            raise client_error(exc, f"listing s3://{self.bucket}/{prefix}") from None
 
     def put_bytes(
         self, key: str, data: bytes, *, content_type: str, cache_control: str, sha256: str
@@ -139,8 +106,8 @@ class Boto3Store:
                 ContentMD5=md5,  # the store rejects a body damaged in transit
                 Metadata={"sha256": sha256},
             )
-        except self._botocore_errors as exc:
-            raise _client_error(exc, f"uploading s3://{self.bucket}/{key}") from None
+        except self._errors as exc:
+            raise client_error(exc, f"uploading s3://{self.bucket}/{key}") from None
 
     def put_file(
         self,
@@ -152,21 +119,31 @@ class Boto3Store:
         sha256: str,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
-        try:
-            self.client.upload_file(
-                str(path),
+        """Stream a local file to `key` through a `BucketSink`: one PutObject up to a part,
+        a multipart upload above, and the object visible only if the bytes sent hash to
+        `sha256` (else `file_mismatch`, nothing written)."""
+        from .upload import BucketSink
+
+        with path.open("rb") as handle:
+            sink = BucketSink(
+                self.client,
                 self.bucket,
                 key,
-                ExtraArgs={
-                    "ContentType": content_type,
-                    "CacheControl": cache_control,
-                    "Metadata": {"sha256": sha256},
-                },
-                Config=self.transfer,
-                Callback=on_bytes,
+                digest=sha256,
+                size=os.fstat(handle.fileno()).st_size,
+                content_type=content_type,
+                cache_control=cache_control,
+                what=str(path),
+                on_bytes=on_bytes,
+                part_size=self.part_size,
             )
-        except self._botocore_errors as exc:
-            raise _client_error(exc, f"uploading s3://{self.bucket}/{key}") from None
+            try:
+                sink.copy_from(handle)
+                sink.finish()
+            except IntegrityError:
+                raise file_mismatch(path, sink.written, sink.digest) from None
+            finally:
+                sink.close()
 
     def delete(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), _DELETE_BATCH):
@@ -176,8 +153,8 @@ class Boto3Store:
                     Bucket=self.bucket,
                     Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
                 )
-            except self._botocore_errors as exc:
-                raise _client_error(exc, f"deleting from s3://{self.bucket}") from None
+            except self._errors as exc:
+                raise client_error(exc, f"deleting from s3://{self.bucket}") from None
             errors = response.get("Errors", [])
             if errors:
                 first = errors[0]
@@ -187,7 +164,15 @@ class Boto3Store:
                 )
 
 
-def _botocore_errors() -> tuple[type[Exception], ...]:
+def file_mismatch(path: Path, size: int, digest: str) -> IntegrityError:
+    """A tree file whose bytes are not the ones its name (or its observation) promised."""
+    return IntegrityError(
+        f"{path}: {size} bytes hashing to {digest} do not match the name; not uploaded",
+        hint="run `registrish sync --verify` to repair the tree, then publish again",
+    )
+
+
+def botocore_errors() -> tuple[type[Exception], ...]:
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -232,8 +217,7 @@ def open_store(
     profile: str | None = None,
     addressing_style: str | None = None,
     jobs: int = DEFAULT_JOBS,
-    multipart_threshold: int = MULTIPART_THRESHOLD,
-    multipart_chunk: int = MULTIPART_CHUNK,
+    part_size: int | None = None,
 ) -> Boto3Store:
     """A `Boto3Store` using boto3's standard credential chain (environment, shared
     config/credentials files, `profile`, instance roles). Raises MissingExtraError when
@@ -260,8 +244,8 @@ def open_store(
     if endpoint_url:
         _validate_endpoint(endpoint_url)
         # Third-party stores (R2, Scaleway, MinIO, SeaweedFS) differ in which of boto3's
-        # newer default checksums they accept; Content-MD5 on every single PUT still
-        # guards small objects, and blobs are verified before they leave.
+        # newer default checksums they accept; Content-MD5 on every PUT and part still
+        # guards the bytes in transit, and blobs are verified before they are visible.
         options["request_checksum_calculation"] = "when_required"
         options["response_checksum_validation"] = "when_required"
     try:
@@ -283,22 +267,5 @@ def open_store(
             f"connecting to {target}: {exc}", hint="check --region and --endpoint-url"
         ) from None
     except Exception as exc:
-        raise _client_error(exc, f"connecting to {target}") from None
-    return Boto3Store(
-        client,
-        target.bucket,
-        multipart_threshold=multipart_threshold,
-        multipart_chunk=multipart_chunk,
-    )
-
-
-def list_remote(store: Store, target: S3Target) -> dict[str, RemoteObject]:
-    """The bucket's objects under the prefix, keyed relative to it."""
-    prefix = target.list_prefix
-    result = {}
-    for obj in store.list_objects(prefix):
-        if not obj.key.startswith(prefix) or obj.key == prefix:
-            continue
-        rel = obj.key[len(prefix) :]
-        result[rel] = RemoteObject(rel, obj.size, obj.etag)
-    return result
+        raise client_error(exc, f"connecting to {target}") from None
+    return Boto3Store(client, target.bucket, part_size=part_size)
