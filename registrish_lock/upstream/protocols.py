@@ -12,7 +12,9 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from ..fsutil import VerifiedFile
 from ..oci.reference import Reference
-from .sink import BlobDest
+
+# BlobRequest lives beside the sinks its `dest` makes; it is part of this protocol.
+from .sink import BlobRequest as BlobRequest
 
 _C = TypeVar("_C", bound="Closing")
 _U = TypeVar("_U", bound="BlobSource", covariant=True)
@@ -28,19 +30,6 @@ class ManifestInfo:
     digest: str
     media_type: str
     size: int
-
-
-@dataclass(frozen=True)
-class BlobRequest:
-    """One blob for `fetch_blob`: where it lives, what it must be, and where it goes."""
-
-    repo: Reference
-    digest: str
-    size: int
-    dest: BlobDest
-    #: Called for every chunk that lands in `dest`, for bytes kept from a previous run
-    #: (once, up front), and with a negative count when a download restarts.
-    on_bytes: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True)

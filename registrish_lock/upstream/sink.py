@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ..errors import IntegrityError
 from ..fsutil import FileStamp, VerifiedFile
-
-if TYPE_CHECKING:  # protocols imports BlobDest from here
-    from .protocols import BlobRequest
+from ..oci.reference import Reference
 
 _CHUNK = 1024 * 1024
 
@@ -61,6 +60,19 @@ class SinkOpener(Protocol):
 
 #: Where `fetch_blob` puts a blob: a local file (resumable) or a sink opener.
 BlobDest = Path | SinkOpener
+
+
+@dataclass(frozen=True)
+class BlobRequest:
+    """One blob for `fetch_blob`: where it lives, what it must be, and where it goes."""
+
+    repo: Reference
+    digest: str
+    size: int
+    dest: BlobDest
+    #: Called for every chunk that lands in `dest`, for bytes kept from a previous run
+    #: (once, up front), and with a negative count when a download restarts.
+    on_bytes: Callable[[int], None] | None = None
 
 
 def open_sink(blob: BlobRequest, what: str, *, resume: bool = False) -> BlobSink:
