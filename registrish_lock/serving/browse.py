@@ -185,12 +185,14 @@ def read_model(layout: Layout, lock: Lock) -> BrowseModel:
         if not mediatypes.is_index(tag.media_type):
             wanted.append(tag.digest)
         for digest in wanted:
-            if digest in manifests:
-                continue
-            data = _read(layout, Layout.rel_manifest(tag.name, digest), 4 << 20)
-            if data is None:
-                continue
-            manifests[digest] = data
+            if digest not in manifests:
+                data = _read(layout, Layout.rel_manifest(tag.name, digest), 4 << 20)
+                if data is None:
+                    continue
+                manifests[digest] = data
+            data = manifests[digest]
+            # a manifest read for another tag (an index's child) still gives this one,
+            # a single image, its config's platform
             if digest == tag.digest:
                 image = _parse(data, digest)
                 if image is not None and image.config is not None:
