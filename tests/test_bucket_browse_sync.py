@@ -16,6 +16,7 @@ from support.buckets import layout_config
 from testbed.images import write_random_image
 from testbed.s3 import SeaweedS3, aws_environment
 
+from registrish_lock.bucket.browse import BrowseWrites
 from registrish_lock.bucket.state import STATE_REL
 from registrish_lock.bucket.store import BucketStore
 from registrish_lock.cli import main
@@ -59,7 +60,11 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, seaweed: SeaweedS3) -> 
 
 
 def test_the_browse_page_follows_the_lock_and_a_noop_leaves_it(
-    seaweed: SeaweedS3, env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    seaweed: SeaweedS3,
+    env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     write_random_image(tmp_path / "layout", "v1", [3000], seed=11)
     write_random_image(tmp_path / "layout", "v2", [4000], seed=12)
@@ -93,9 +98,19 @@ def test_the_browse_page_follows_the_lock_and_a_noop_leaves_it(
     # the state object lost: the configs are read again once, the page is not rewritten
     page_etag = objects(seaweed)[PREFIX + "index.html"][1]
     s3.delete_object(Bucket=seaweed.bucket, Key=PREFIX + STATE_REL)
+    written: list[BrowseWrites] = []
+    original = BucketStore.write_browse
+
+    def recorded(self: BucketStore, writes: BrowseWrites) -> None:
+        written.append(writes)
+        original(self, writes)
+
+    monkeypatch.setattr(BucketStore, "write_browse", recorded)
     code, relearn = run_json(capsys, "sync", "-c", str(config))
-    assert code == 0 and not relearn["plan"]["pending"], relearn
+    assert code == 0 and relearn["bucket_requests"] > 2, relearn
+    assert [w.pending for w in written] == [False]  # the page and its data were current
     assert objects(seaweed)[PREFIX + "index.html"][1] == page_etag
+    assert data_files(seaweed) == second
     code, noop = run_json(capsys, "sync", "-c", str(config))
     assert code == 0 and noop["bucket_requests"] == 2, noop
 

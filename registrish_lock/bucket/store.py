@@ -42,7 +42,7 @@ from ..upstream.sink import BlobSink
 from . import browse
 from . import state as bucket_state
 from .target import S3Target
-from .upload import BucketSink
+from .upload import BucketSink, PartBuffers
 
 if TYPE_CHECKING:
     from ..tree.plan import BlobFetch
@@ -76,6 +76,8 @@ class BucketStore:
         self._between = between_phases or (lambda: None)
         self._jobs = max(1, jobs)
         self._pool = ThreadPoolExecutor(max_workers=self._jobs, thread_name_prefix="bucket")
+        #: every blob's part buffers: `jobs` of them in all, whatever streams at once
+        self._parts = PartBuffers(self._jobs)
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
         self._entries: dict[str, bucket_state.Entry] = {}
@@ -199,6 +201,7 @@ class BucketStore:
                 what=what,
                 on_bytes=on_bytes,
                 metadata={"sha256": item.digest},  # what publish writes
+                parts=self._parts,
             )
 
         fetch(opener)
@@ -390,6 +393,7 @@ class BucketStore:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._parts.close()
 
 
 def _kind(rel: str) -> Kind:
