@@ -42,7 +42,7 @@ from ..upstream.sink import BlobSink
 from . import browse
 from . import state as bucket_state
 from .target import S3Target
-from .upload import BucketSink, PartBuffers
+from .upload import PART_BUFFERS, BucketSink, PartBuffers
 
 if TYPE_CHECKING:
     from ..tree.plan import BlobFetch
@@ -76,8 +76,8 @@ class BucketStore:
         self._between = between_phases or (lambda: None)
         self._jobs = max(1, jobs)
         self._pool = ThreadPoolExecutor(max_workers=self._jobs, thread_name_prefix="bucket")
-        #: every blob's part buffers: `jobs` of them in all, whatever streams at once
-        self._parts = PartBuffers(self._jobs)
+        #: the part buffers every blob streams through: 32 MiB in all, whatever -j says
+        self._parts = PartBuffers(min(self._jobs, PART_BUFFERS))
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
         self._entries: dict[str, bucket_state.Entry] = {}

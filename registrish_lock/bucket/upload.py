@@ -12,6 +12,10 @@ Bytes are hashed as they arrive and buffered a part at a time:
   upload is invisible until completed, so an unverified blob never appears at its key; on a
   mismatch the upload is aborted and `IntegrityError` raised.
 
+No `Content-MD5`: without a checksum header botocore signs each body's SHA-256 (over HTTP
+and HTTPS alike), which S3 checks, so a part damaged in transit is still refused;
+an MD5 of every byte on top cost 1.5 s of CPU per GiB (BENCHMARKS.md, "Bucket trees").
+
 Memory. Alone, a sink holds one buffer of `part_size` bytes (8 MiB by default; a blob over
 10,000 × 8 MiB ≈ 78 GiB gets `ceil(size / 10,000)` rounded up to a MiB), reused for every
 part, and sends each part itself. The sinks of one sync share a `PartBuffers` instead:
@@ -27,7 +31,6 @@ Every S3 failure becomes a one-line `PublishError` (exit 3) naming the key, neve
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import threading
@@ -47,6 +50,10 @@ MIN_PART = 5 * MiB
 MAX_PARTS = 10_000
 MAX_OBJECT = 5 * 1024 * 1024 * MiB  # 5 TiB
 DEFAULT_PART_SIZE = 8 * MiB
+#: The part buffers a sync's blobs share (`PartBuffers`): 4 × 8 MiB in flight were as fast
+#: as 8 on the test bed (the store's CPU is the limit) and kept the realistic set's peak
+#: RSS under 150 MiB (BENCHMARKS.md, "Bucket trees").
+PART_BUFFERS = 4
 #: Objects up to this size get a buffer of their own, never one of the shared part buffers
 #: (a config must not wait for a part buffer a big layer holds).
 SMALL = 1 * MiB
@@ -334,7 +341,7 @@ class BucketSink:
     def _put_whole(self) -> str:
         body = _View(self._buffer, self._fill) if self._buffer is not None else b""
         try:
-            answer = self._call("put_object", Body=body, ContentMD5=_md5(body), **self._extra)
+            answer = self._call("put_object", Body=body, **self._extra)
         finally:
             self._release()
         return str(answer.get("ETag", ""))
@@ -348,13 +355,13 @@ class BucketSink:
         number, upload_id = len(self._sent) + 1, self._upload_id
 
         def upload() -> str:
-            body = _View(buffer, fill)
+            # a full buffer goes as it is (no copy anywhere); a last, shorter part as a view
+            body = buffer if fill == len(buffer) else _View(buffer, fill)
             answer = self._call(
                 "upload_part",
                 UploadId=upload_id,
                 PartNumber=number,
                 Body=body,
-                ContentMD5=_md5(body),  # the store rejects a part damaged in transit
             )
             return str(answer["ETag"])
 
@@ -388,11 +395,6 @@ class BucketSink:
         except self._errors as exc:
             raise client_error(exc, f"uploading {self.url}") from None
         return answer
-
-
-def _md5(body: _View | bytes) -> str:
-    data = body._view if isinstance(body, _View) else body
-    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
 def abort_stale_uploads(client: Any, bucket: str, prefix: str, *, older_than: float = 0) -> int:
