@@ -9,12 +9,11 @@ import json
 import re
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
-from support.buckets import layout_config
+from support.buckets import env_client, env_objects, layout_config, run_json
 from testbed.images import write_random_image
-from testbed.s3 import SeaweedS3, aws_environment
+from testbed.s3 import SeaweedS3
 
 from registrish_lock.bucket.browse import BrowseWrites
 from registrish_lock.bucket.state import STATE_REL
@@ -27,21 +26,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 PREFIX = "mirror/"
 
 
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
-    capsys.readouterr()
-    code = main([*argv, "--json"])
-    return code, json.loads(capsys.readouterr().out)
-
-
-def client() -> Any:
-    import boto3
-
-    return boto3.client("s3")  # from the environment aws_environment set
-
-
-def objects(seaweed: SeaweedS3) -> dict[str, tuple[int, str]]:
-    pages = client().get_paginator("list_objects_v2").paginate(Bucket=seaweed.bucket)
-    return {o["Key"]: (o["Size"], o["ETag"]) for p in pages for o in p.get("Contents", [])}
+client, objects = env_client, env_objects
 
 
 def data_files(seaweed: SeaweedS3) -> set[str]:
@@ -54,14 +39,9 @@ def named_by_page(seaweed: SeaweedS3) -> set[str]:
     return {PREFIX + m for m in re.findall(r'data-src="(browse/[a-f0-9]{64}\.json)"', text)}
 
 
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, seaweed: SeaweedS3) -> Path:
-    return aws_environment(monkeypatch, tmp_path, seaweed)
-
-
 def test_the_browse_page_follows_the_lock_and_a_noop_leaves_it(
     seaweed: SeaweedS3,
-    env: Path,
+    seaweed_env: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -122,7 +102,7 @@ def test_the_browse_page_follows_the_lock_and_a_noop_leaves_it(
 
 def test_verify_hashes_blobs_in_parallel_and_repairs_each_damaged_one(
     seaweed: SeaweedS3,
-    env: Path,
+    seaweed_env: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
