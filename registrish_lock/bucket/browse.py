@@ -70,9 +70,11 @@ def wanted_configs(lock: Lock, manifests: Mapping[str, bytes]) -> dict[str, Conf
     """The image configs of the lock's single-image tags whose manifests `manifests`
     (digest → bytes) holds, no larger than the page reads (`browse.read_model`)."""
     wanted: dict[str, ConfigRef] = {}
+    seen: set[str] = set()  # many tags share a manifest: each is parsed once
     for tag in lock.tags:
-        if mediatypes.is_index(tag.media_type):
+        if mediatypes.is_index(tag.media_type) or tag.digest in seen:
             continue
+        seen.add(tag.digest)
         image = _image(manifests.get(tag.digest), tag.digest)
         config = image.config if image is not None else None
         if (
