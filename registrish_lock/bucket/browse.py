@@ -66,16 +66,18 @@ def _image(data: bytes | None, digest: str) -> Manifest | None:
         return None
 
 
-def wanted_configs(lock: Lock, manifests: Mapping[str, bytes]) -> dict[str, ConfigRef]:
+def wanted_configs(
+    lock: Lock, manifests: Mapping[str, bytes], parsed: dict[str, Manifest | None] | None = None
+) -> dict[str, ConfigRef]:
     """The image configs of the lock's single-image tags whose manifests `manifests`
-    (digest → bytes) holds, no larger than the page reads (`browse.read_model`)."""
+    (digest → bytes) holds, no larger than the page reads (`browse.read_model`).
+    `parsed`: digest → parsed manifest, filled in (`render` reuses it)."""
     wanted: dict[str, ConfigRef] = {}
-    seen: set[str] = set()  # many tags share a manifest: each is parsed once
+    memo: dict[str, Manifest | None] = {} if parsed is None else parsed
     for tag in lock.tags:
-        if mediatypes.is_index(tag.media_type) or tag.digest in seen:
+        if mediatypes.is_index(tag.media_type) or tag.digest in memo:
             continue
-        seen.add(tag.digest)
-        image = _image(manifests.get(tag.digest), tag.digest)
+        image = memo[tag.digest] = _image(manifests.get(tag.digest), tag.digest)
         config = image.config if image is not None else None
         if (
             config is not None
@@ -86,11 +88,16 @@ def wanted_configs(lock: Lock, manifests: Mapping[str, bytes]) -> dict[str, Conf
     return wanted
 
 
-def render(lock: Lock, manifests: Mapping[str, bytes], configs: Mapping[str, str]) -> BrowseSite:
+def render(
+    lock: Lock,
+    manifests: Mapping[str, bytes],
+    configs: Mapping[str, str],
+    parsed: dict[str, Manifest | None] | None = None,
+) -> BrowseSite:
     """The page and every data file, from the lock, the manifests (digest → bytes) and the
-    configs' facts (digest → `config_facts`)."""
+    configs' facts (digest → `config_facts`); `parsed` as `wanted_configs` filled it."""
     facts = {digest: text.encode() for digest, text in configs.items()}
-    return render_site(model_from(lock, manifests, facts))
+    return render_site(model_from(lock, manifests, facts, parsed))
 
 
 @dataclass(frozen=True)

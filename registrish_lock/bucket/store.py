@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..console import Console
 from ..lock.lockfile import Lock
-from ..oci.manifest import sha256_digest
+from ..oci.manifest import Manifest, sha256_digest
 from ..pool import map_parallel
 from ..serving.routes import BROWSE_REL, Kind, Miss, Policy, classify, object_headers
 from ..serving.s3store import Boto3Store, RemoteObject
@@ -344,14 +344,16 @@ class BucketStore:
         (call after `observe`, and after the writes of a sync). Reads only the configs
         the state object does not know; what it learns goes into the next state object."""
         manifests = self._manifests()
-        wanted = browse.wanted_configs(lock, manifests)
+        parsed: dict[str, Manifest | None] = {}  # each manifest parsed once for both
+        wanted = browse.wanted_configs(lock, manifests, parsed)
         unknown = [ref for digest, ref in sorted(wanted.items()) if digest not in self._configs]
         learned = map_parallel(self._config_facts, unknown, self._jobs)
         configs = {d: self._configs[d] for d in wanted if d in self._configs}
         configs.update({r.digest: f for r, f in zip(unknown, learned, strict=True) if f})
         if configs != self._configs:
             self._configs, self._dirty = configs, True
-        return browse.browse_writes(browse.render(lock, manifests, configs), self._listed)
+        site = browse.render(lock, manifests, configs, parsed)
+        return browse.browse_writes(site, self._listed)
 
     def write_browse(self, writes: browse.BrowseWrites) -> None:
         """The data files, then the page naming them, then the data files it no longer

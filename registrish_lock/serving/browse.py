@@ -158,12 +158,15 @@ def tag_facts(
 
 
 def model_from(
-    lock: Lock, manifests: Mapping[str, bytes], configs: Mapping[str, bytes]
+    lock: Lock,
+    manifests: Mapping[str, bytes],
+    configs: Mapping[str, bytes],
+    parsed: dict[str, Manifest | None] | None = None,
 ) -> BrowseModel:
     """The page's content from the lock plus tree bytes (see `tag_facts`). Pure.
     Repositories by name; tags newest version first (`selectors.newest_first`)."""
     by_name: dict[str, list[TagFacts]] = {}
-    parsed: dict[str, Manifest | None] = {}
+    parsed = {} if parsed is None else parsed  # see tag_facts
     for tag in lock.tags:
         by_name.setdefault(tag.name, []).append(tag_facts(tag, manifests, configs, parsed))
     return BrowseModel(
