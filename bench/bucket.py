@@ -152,25 +152,34 @@ def _cold(ctx: Context, s3: SeaweedS3, env: dict[str, str], client: Any) -> Resu
         per_round.append(into[-1].seconds / both[-1])
     b, d, p, t = _secs(into), _secs(disk), _secs(pub), Stats.of(both)
     vs = ratio(b.median, t.median)
+    real_rss = Stats.of([s.max_rss_kib / 1024 for s in into])
     rows += [
         Row(
             "`sync` into the bucket (root = s3://…, cold)",
             b,
             "s",
             f"{vs:.2f}× sync + publish",
-            f"per-round ratios {', '.join(f'{r:.2f}' for r in per_round)}; peak RSS "
-            f"{Stats.of([s.max_rss_kib / 1024 for s in into]).median:.0f} MiB",
+            f"per-round ratios {', '.join(f'{r:.2f}' for r in per_round)}",
         ),
+        Row("the same runs: peak RSS (default -j 8)", real_rss, "MiB"),
         Row("`sync` to disk (cold)", d, "s"),
         Row("`publish` of that tree (empty prefix)", p, "s"),
         Row("`sync` to disk + `publish` (sum per round)", t, "s", "1.00× (baseline)"),
     ]
-    checks.append(Check("bucket sync ≤ 0.6× sync + publish", f"{vs:.2f}×", vs <= 0.6))
+    checks += [
+        Check("bucket sync ≤ 0.6× sync + publish", f"{vs:.2f}×", vs <= 0.6),
+        Check(
+            "peak RSS ≤ 150 MiB (realistic set)",
+            f"{real_rss.high:.0f} MiB (max over runs)",
+            real_rss.high <= 150,
+        ),
+    ]
     extra["real"] = {
         "bucket": [s.seconds for s in into],
         "sync": [s.seconds for s in disk],
         "publish": [s.seconds for s in pub],
         "ratios": per_round,
+        "max_rss_kib": [s.max_rss_kib for s in into],
     }
 
     # -- the big layer: local disk written and peak RSS (one run: it is slow) ---------------
@@ -194,7 +203,7 @@ def _cold(ctx: Context, s3: SeaweedS3, env: dict[str, str], client: Any) -> Resu
     ]
     checks += [
         Check("local disk written ≤ 64 MiB", f"{written:.1f} MiB", written <= 64),
-        Check("peak RSS ≤ 150 MiB", f"{rss:.0f} MiB", rss <= 150),
+        Check("peak RSS ≤ 150 MiB (2 GiB layer)", f"{rss:.0f} MiB", rss <= 150),
     ]
     extra["big"] = {
         "seconds": sample.seconds,

@@ -18,7 +18,7 @@ from testbed.clients import Containerd, Dockerd, start_containerd, start_dockerd
 from testbed.images import BaseLayout, SeededUpstream, build_base_layout, seed_upstream
 from testbed.procs import ServerGroup, short_tmpdir
 from testbed.registrish import start_registrish_serve
-from testbed.s3 import SeaweedS3, require_boto3, start_seaweedfs
+from testbed.s3 import SeaweedS3, aws_environment, require_boto3, start_seaweedfs
 from testbed.upstream import CountingProxy, Registry, start_registry
 
 from registrish_lock.upstream.ratelimit import RetryPolicy, backoff_delay
@@ -151,6 +151,12 @@ def seaweed(tmp_path: Path) -> Iterator[SeaweedS3]:
         yield s3
     finally:
         s3.stop()
+
+
+@pytest.fixture
+def seaweed_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, seaweed: SeaweedS3) -> Path:
+    """boto3's standard configuration pointed at `seaweed` for this test (`aws_environment`)."""
+    return aws_environment(monkeypatch, tmp_path, seaweed)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 
 from registrish_lock.bucket.client import RemoteObject
-from registrish_lock.bucket.state import Entry, decode, encode, observe
+from registrish_lock.bucket.state import Entry, decode, encode, observe, read_state
 from registrish_lock.oci import mediatypes
 from registrish_lock.tree.layout import Layout
 
@@ -47,6 +47,10 @@ def test_state_round_trips_and_ignores_damage() -> None:
     assert decode(encode(entries)) == entries
     assert encode(entries) == encode(dict(reversed(entries.items())))  # deterministic
     assert decode(b"not gzip") == {} and decode(None) == {}
+    # the browse page's config facts ride along; a state without them reads as none
+    configs = {DIGEST: '{"architecture":"amd64","os":"linux"}'}
+    assert read_state(encode(entries, configs)) == (entries, configs)
+    assert read_state(encode(entries)) == (entries, {})
 
 
 def test_a_vouched_for_listing_needs_no_read() -> None:

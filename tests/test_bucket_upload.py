@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from registrish_lock.bucket.upload import (
     MAX_PARTS,
     MIN_PART,
     BucketSink,
+    PartBuffers,
     abort_stale_uploads,
     part_size_for,
 )
@@ -224,6 +226,70 @@ def test_restart_aborts_and_starts_over(client: Recorder, prefix: str) -> None:
     sink.finish()
     assert client.client.get_object(Bucket="127", Key=prefix + "again")["Body"].read() == data
     assert client.calls.count("create_multipart_upload") == 2
+
+
+class Parallel(Recorder):
+    """Holds the first two `upload_part` calls until both are on their way (a barrier:
+    parts sent one after the other break it, and the upload fails)."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.both = threading.Barrier(2, timeout=60)
+
+    def upload_part(self, **kwargs: Any) -> Any:
+        self.calls.append("upload_part")
+        if kwargs["PartNumber"] <= 2:
+            self.both.wait()
+        return self.client.upload_part(**kwargs)
+
+
+def test_shared_part_buffers_send_parts_together_and_are_reused(s3: SeaweedS3, prefix: str) -> None:
+    client = Parallel(client_for(s3))
+    parts = PartBuffers(3, MIN_PART)
+    try:
+        small, small_digest = blob(1000)
+        sink = sink_for(client, prefix + "small", small, small_digest, parts=parts)
+        stream(sink, small)
+        sink.finish()
+        assert parts.allocated == 0  # a small object never waits for a part buffer
+        for key in ("big", "again"):  # the second blob reuses the first one's buffers
+            data, digest = blob(4 * MIN_PART + 3)
+            sink = sink_for(client, prefix + key, data, digest, parts=parts)
+            stream(sink, data)
+            sink.finish()
+            got = client.client.get_object(Bucket="127", Key=prefix + key)["Body"].read()
+            assert got == data
+            assert parts.allocated <= 3
+        assert not client.both.broken and client.calls.count("upload_part") == 10
+        assert parts.idle == parts.allocated
+    finally:
+        parts.close()
+
+
+class FailsPartTwo(Recorder):
+    def upload_part(self, **kwargs: Any) -> Any:
+        self.calls.append("upload_part")
+        if kwargs["PartNumber"] == 2:  # the store's own refusal: an upload it does not know
+            kwargs["UploadId"] = "no-such-upload"
+        return self.client.upload_part(**kwargs)
+
+
+def test_a_part_refused_by_the_store_fails_the_blob_and_aborts(s3: SeaweedS3, prefix: str) -> None:
+    client = FailsPartTwo(client_for(s3))
+    parts = PartBuffers(2, MIN_PART)
+    try:
+        data, digest = blob(5 * MIN_PART)
+        sink = sink_for(client, prefix + "refused", data, digest, parts=parts)
+        with pytest.raises(PublishError) as caught:
+            stream(sink, data)  # a later write sees the failed part …
+            sink.finish()  # … or at the latest the finish
+        assert f"uploading s3://127/{prefix}refused" in str(caught.value)
+        sink.close()
+        assert "abort_multipart_upload" in client.calls
+        assert uploads(client, prefix) == [] and head(client, prefix + "refused") is None
+        assert parts.idle == parts.allocated > 0  # every buffer was given back
+    finally:
+        parts.close()
 
 
 def test_copy_from_reads_at_most_size(client: Recorder, prefix: str) -> None:

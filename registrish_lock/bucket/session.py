@@ -37,6 +37,26 @@ class RequestCount:
         self.sent += 1  # one += under the GIL: the counter needs no lock for an estimate
 
 
+def fewer_malloc_arenas() -> None:
+    """Cap glibc at two malloc arenas for this process (unless MALLOC_ARENA_MAX says).
+
+    glibc gives threads that allocate at the same time arenas of their own, up to 8 per
+    core; the MiB-sized chunks a bucket sync's download and upload threads allocate and free
+    then stay spread over a dozen arenas: 35-45 MiB of the realistic set's peak RSS
+    (BENCHMARKS.md, "Bucket trees"). Call before those threads start; a no-op elsewhere."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return
+        import ctypes
+
+        m_arena_max = -8  # <malloc.h>
+        ctypes.CDLL(None).mallopt(ctypes.c_int(m_arena_max), ctypes.c_int(2))
+    except (ValueError, OSError, AttributeError):  # not glibc
+        return
+
+
 def open_bucket(target: S3Target, *, jobs: int) -> Boto3Store:
     """A client for `target` from boto3's standard configuration."""
     # open_store relaxes boto3's newer default checksums for third-party endpoints (R2,
@@ -61,6 +81,7 @@ def bucket_tree(
     block of this run opened (creating one costs a few tenths of a second)."""
     target = config.bucket
     assert target is not None, "a bucket root"
+    fewer_malloc_arenas()
     s3 = client if client is not None else open_bucket(target, jobs=jobs)
     count = RequestCount()
     s3.client.meta.events.register("before-send.s3", count)

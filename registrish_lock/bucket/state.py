@@ -63,7 +63,10 @@ def needs_content(rel: str) -> bool:
     return section_of(rel) in ("manifests", "referrers", "tags", "ping", "catalog")
 
 
-def encode(entries: Mapping[str, Entry]) -> bytes:
+def encode(entries: Mapping[str, Entry], configs: Mapping[str, str] | None = None) -> bytes:
+    """The state object: `entries`, plus `configs` (image config digest → the facts the
+    browse page reads from it, `browse.config_facts`) so a no-op renders the page
+    without reading a config."""
     objects = {}
     for rel, e in sorted(entries.items()):
         try:
@@ -71,25 +74,36 @@ def encode(entries: Mapping[str, Entry]) -> bytes:
         except UnicodeDecodeError:
             body = {"b64": base64.b64encode(e.body).decode()}
         objects[rel] = {"etag": e.etag, "size": e.size, "type": e.media_type, **body}
-    doc = {"format": STATE_FORMAT, "registrish": __version__, "objects": objects}
+    doc: dict[str, object] = {"format": STATE_FORMAT, "registrish": __version__, "objects": objects}
+    if configs:
+        doc["configs"] = dict(sorted(configs.items()))
     return gzip.compress(json.dumps(doc, sort_keys=True).encode(), mtime=0)
 
 
 def decode(data: bytes | None) -> dict[str, Entry]:
     """The entries of a state object; {} for an absent, damaged or foreign one."""
+    return read_state(data)[0]
+
+
+def read_state(data: bytes | None) -> tuple[dict[str, Entry], dict[str, str]]:
+    """The entries and the config facts of a state object (both {} for an absent,
+    damaged or foreign one; configs {} for one written before they were recorded)."""
     if not data:
-        return {}
+        return {}, {}
     try:
         doc = json.loads(gzip.decompress(data))
         if doc.get("format") != STATE_FORMAT:
-            return {}
+            return {}, {}
         entries = {}
         for rel, o in doc["objects"].items():
             body = o["text"].encode() if "text" in o else base64.b64decode(o["b64"])
             entries[rel] = Entry(o["etag"], int(o["size"]), body, o.get("type"))
-        return entries
+        configs = doc.get("configs", {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in configs.items()):
+            return entries, {}
+        return entries, dict(configs)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError):
-        return {}
+        return {}, {}
 
 
 @dataclass

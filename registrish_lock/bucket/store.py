@@ -11,13 +11,17 @@ write the bucket directly (no local tree, no local disk for blobs).
   table); the ping is the keys `v2/` and `v2/index`, as publish writes it.
 - What was written is remembered and saved by `save_state()` as the state object the next
   run cross-checks against its listing (`bucket.state`).
+- The browse page goes last (`browse_writes`, `write_browse`; `bucket.browse`).
 
 Requests: observing is one GET (the state object) plus one LIST per 1,000 keys, plus one GET
-per manifest or document the state does not vouch for (none after a completed run).
+per manifest or document the state does not vouch for (none after a completed run);
+`browse_writes` one GET per image config the state does not know (none after a completed
+run); `sync --verify` one GET per blob key, `jobs` at a time.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections.abc import Callable, Iterable
@@ -26,15 +30,19 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..console import Console
-from ..serving.routes import Kind, Miss, Policy, classify, object_headers
+from ..lock.lockfile import Lock
+from ..oci.manifest import Manifest, sha256_digest
+from ..pool import map_parallel
+from ..serving.routes import BROWSE_REL, Kind, Miss, Policy, classify, object_headers
 from ..tree import gc as gc_mod
 from ..tree.layout import Layout, is_last_page, split_twin
 from ..tree.state import TreeState
 from ..upstream.sink import BlobSink
+from . import browse
 from . import state as bucket_state
 from .client import Boto3Store, RemoteObject
 from .target import S3Target
-from .upload import BucketSink
+from .upload import PART_BUFFERS, BucketSink, PartBuffers
 
 if TYPE_CHECKING:
     from ..tree.plan import BlobFetch
@@ -66,11 +74,17 @@ class BucketStore:
         self.s3, self.client, self.target = store, store.client, target
         self.policy, self.console = policy, console
         self._between = between_phases or (lambda: None)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bucket")
+        self._jobs = max(1, jobs)
+        self._pool = ThreadPoolExecutor(max_workers=self._jobs, thread_name_prefix="bucket")
+        #: the part buffers every blob streams through: 32 MiB in all, whatever -j says
+        self._parts = PartBuffers(min(self._jobs, PART_BUFFERS))
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
         self._entries: dict[str, bucket_state.Entry] = {}
         self._blob_keys: dict[str, str] = {}
+        #: the last listing (the browse page's keys included), and the config facts
+        self._listed: dict[str, RemoteObject] = {}
+        self._configs: dict[str, str] = {}
         self._dirty = False
         self._observed = False
         #: manifests and documents read again while observing (0 after a completed run)
@@ -120,9 +134,9 @@ class BucketStore:
             recorded = dict(self._entries)
         else:
             got = self._get(bucket_state.STATE_REL)
-            recorded = bucket_state.decode(got[0] if got is not None else None)
+            recorded, self._configs = bucket_state.read_state(got[0] if got is not None else None)
             self._observed = True
-        listed = self.listing()
+        listed = self._listed = self.listing()
         seen = bucket_state.observe(listed, recorded, self._read)
         self._entries, self._blob_keys = seen.entries, seen.blob_keys
         self.reread = seen.reread
@@ -133,7 +147,9 @@ class BucketStore:
         self._dirty = self._dirty or seen.reread > 0 or set(recorded) != set(seen.entries)
         if not verify:
             return seen.state
-        bad = frozenset(rel for rel in seen.state.files if self._blob_is_bad(rel))
+        blobs = [rel for rel in seen.state.files if bucket_state.section_of(rel) == "blobs"]
+        damaged = map_parallel(self._blob_is_bad, blobs, self._jobs)
+        bad = frozenset(rel for rel, is_bad in zip(blobs, damaged, strict=True) if is_bad)
         # no content store to copy a good one from: a digest with a bad key is fetched again
         refetch = frozenset(rel.rsplit("/", 1)[1] for rel in bad)
         for digest in refetch:
@@ -141,13 +157,21 @@ class BucketStore:
         return replace(seen.state, bad_files=bad, bad_store=refetch, verified=True)
 
     def _blob_is_bad(self, rel: str) -> bool:
-        """`sync --verify`: download a blob key and re-hash it."""
-        if bucket_state.section_of(rel) != "blobs":
-            return False
-        answer = self.client.get_object(Bucket=self.target.bucket, Key=self._key(rel))
+        """`sync --verify`: download a blob key and re-hash it (a key gone since the
+        listing is bad too: fetched again)."""
+        from ._s3 import botocore_errors, client_error, error_code
+
         h = hashlib.sha256()
-        for chunk in answer["Body"].iter_chunks(1 << 20):
-            h.update(chunk)
+        try:
+            answer = self.client.get_object(Bucket=self.target.bucket, Key=self._key(rel))
+            for chunk in answer["Body"].iter_chunks(1 << 20):
+                h.update(chunk)
+        except botocore_errors() as exc:
+            if error_code(exc) in ("NoSuchKey", "404"):
+                return True
+            raise client_error(
+                exc, f"verifying s3://{self.target.bucket}/{self._key(rel)}"
+            ) from None
         return "sha256:" + h.hexdigest() != rel.rsplit("/", 1)[1]
 
     # -- writing --------------------------------------------------------------------------
@@ -177,6 +201,7 @@ class BucketStore:
                 what=what,
                 on_bytes=on_bytes,
                 metadata={"sha256": item.digest},  # what publish writes
+                parts=self._parts,
             )
 
         fetch(opener)
@@ -295,6 +320,56 @@ class BucketStore:
             self._dirty = True
         self.save_state()
 
+    # -- the browse page ------------------------------------------------------------------
+    def _manifests(self) -> dict[str, bytes]:
+        """The manifests the bucket holds now, digest → bytes."""
+        with self._lock:
+            bodies = [
+                e.body
+                for rel, e in self._entries.items()
+                if bucket_state.section_of(rel) == "manifests"
+            ]
+        return {sha256_digest(body): body for body in bodies}
+
+    def _config_facts(self, ref: browse.ConfigRef) -> str | None:
+        """`browse.config_facts` of a config in the bucket; None when absent or damaged."""
+        rel = self._blob_keys.get(ref.digest) or Layout.rel_blob(ref.name, ref.digest)
+        data = self.read(rel)
+        if data is None or sha256_digest(data) != ref.digest:
+            return None
+        return browse.config_facts(data)
+
+    def browse_writes(self, lock: Lock) -> browse.BrowseWrites:
+        """What the bucket lacks of the browse page `lock` and the bucket's manifests make
+        (call after `observe`, and after the writes of a sync). Reads only the configs
+        the state object does not know; what it learns goes into the next state object."""
+        manifests = self._manifests()
+        parsed: dict[str, Manifest | None] = {}  # each manifest parsed once for both
+        wanted = browse.wanted_configs(lock, manifests, parsed)
+        unknown = [ref for digest, ref in sorted(wanted.items()) if digest not in self._configs]
+        learned = map_parallel(self._config_facts, unknown, self._jobs)
+        configs = {d: self._configs[d] for d in wanted if d in self._configs}
+        configs.update({r.digest: f for r, f in zip(unknown, learned, strict=True) if f})
+        if configs != self._configs:
+            self._configs, self._dirty = configs, True
+        site = browse.render(lock, manifests, configs, parsed)
+        return browse.browse_writes(site, self._listed)
+
+    def write_browse(self, writes: browse.BrowseWrites) -> None:
+        """The data files, then the page naming them, then the data files it no longer
+        names: each step done (flushed) before the next."""
+        for rel, body in sorted(writes.data.items()):
+            ctype, cache = object_headers(Kind.BROWSE_DATA, self.policy, None)
+            self._submit(functools.partial(self._put_now, rel, body, ctype, cache))
+        self.flush()
+        if writes.page is not None:
+            ctype, cache = object_headers(Kind.BROWSE, self.policy, None)
+            self._put_now(BROWSE_REL, writes.page, ctype, cache)
+            self._between()
+        if writes.stale:
+            self.s3.delete([self._key(rel) for rel in writes.stale])
+            self._between()
+
     @property
     def needs_save(self) -> bool:
         """Whether the state object no longer matches what was observed or written (an
@@ -307,7 +382,7 @@ class BucketStore:
         if not self._dirty:
             return False
         with self._lock:
-            data = bucket_state.encode(self._entries)
+            data = bucket_state.encode(self._entries, self._configs)
         self.s3.put_bytes(
             self._key(bucket_state.STATE_REL),
             data,
@@ -320,6 +395,7 @@ class BucketStore:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._parts.close()
 
 
 def _kind(rel: str) -> Kind:

@@ -191,7 +191,11 @@ def _sync_bucket(
                 except _WorkToDo:
                     pass
                 else:
-                    if not result.plan.pending and not store.needs_save:
+                    if not (
+                        result.plan.pending
+                        or store.browse_writes(lock).pending  # may learn configs: first
+                        or store.needs_save
+                    ):
                         console.debug("nothing to write: the bucket's lease was not taken")
                         return result, requests.sent
                 sent, client = requests.sent, store.s3
@@ -205,7 +209,8 @@ def _sync_bucket(
             client=client,
         ) as (store, requests):
             result = _sync(args, console, lock, store, upstream)
-            if not args.dry_run:
+            if not args.dry_run:  # the browse page, then the state object: last
+                store.write_browse(store.browse_writes(lock))
                 store.save_state()
             if store.reread:
                 console.debug(f"read {store.reread} object(s) the state object did not vouch for")

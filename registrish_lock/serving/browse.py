@@ -68,7 +68,7 @@ class BrowseModel:
 # --- facts (pure) --------------------------------------------------------------------------
 
 
-def _parse(data: bytes | None, digest: str) -> Manifest | None:
+def _parse_once(data: bytes | None, digest: str) -> Manifest | None:
     if data is None:
         return None
     try:
@@ -106,11 +106,22 @@ def _artifact_type(manifest: Manifest) -> str | None:
 
 
 def tag_facts(
-    tag: LockedTag, manifests: Mapping[str, bytes], configs: Mapping[str, bytes]
+    tag: LockedTag,
+    manifests: Mapping[str, bytes],
+    configs: Mapping[str, bytes],
+    parsed: dict[str, Manifest | None] | None = None,
 ) -> TagFacts:
     """What the page says about one locked tag. `manifests` maps digests to manifest
     bytes (verified against the digest here), `configs` config digests to config bytes;
-    anything missing is shown as unknown."""
+    anything missing is shown as unknown. `parsed`: manifests parsed for earlier tags
+    (many tags share one), filled in here."""
+    memo: dict[str, Manifest | None] = {} if parsed is None else parsed
+
+    def _parse(data: bytes | None, digest: str) -> Manifest | None:
+        if digest not in memo:
+            memo[digest] = _parse_once(data, digest)
+        return memo[digest]
+
     platforms: list[PlatformFacts] = []
     artifact_type = None
     if tag.platforms:
@@ -147,13 +158,17 @@ def tag_facts(
 
 
 def model_from(
-    lock: Lock, manifests: Mapping[str, bytes], configs: Mapping[str, bytes]
+    lock: Lock,
+    manifests: Mapping[str, bytes],
+    configs: Mapping[str, bytes],
+    parsed: dict[str, Manifest | None] | None = None,
 ) -> BrowseModel:
     """The page's content from the lock plus tree bytes (see `tag_facts`). Pure.
     Repositories by name; tags newest version first (`selectors.newest_first`)."""
     by_name: dict[str, list[TagFacts]] = {}
+    parsed = {} if parsed is None else parsed  # see tag_facts
     for tag in lock.tags:
-        by_name.setdefault(tag.name, []).append(tag_facts(tag, manifests, configs))
+        by_name.setdefault(tag.name, []).append(tag_facts(tag, manifests, configs, parsed))
     return BrowseModel(
         tuple(
             (name, tuple(newest_first(tags, lambda t: t.tag)))
@@ -185,14 +200,16 @@ def read_model(layout: Layout, lock: Lock) -> BrowseModel:
         if not mediatypes.is_index(tag.media_type):
             wanted.append(tag.digest)
         for digest in wanted:
-            if digest in manifests:
-                continue
-            data = _read(layout, Layout.rel_manifest(tag.name, digest), 4 << 20)
-            if data is None:
-                continue
-            manifests[digest] = data
+            if digest not in manifests:
+                data = _read(layout, Layout.rel_manifest(tag.name, digest), 4 << 20)
+                if data is None:
+                    continue
+                manifests[digest] = data
+            data = manifests[digest]
+            # a manifest read for another tag (an index's child) still gives this one,
+            # a single image, its config's platform
             if digest == tag.digest:
-                image = _parse(data, digest)
+                image = _parse_once(data, digest)
                 if image is not None and image.config is not None:
                     config = image.config
                     if config.media_type in IMAGE_CONFIG_TYPES and config.digest not in configs:

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from testbed.s3 import SeaweedS3
 
+from registrish_lock.cli import main
 from registrish_lock.oci import mediatypes
 from registrish_lock.serving.publish_plan import PING_KEY
 from registrish_lock.serving.routes import JSON, OCTET_STREAM
@@ -76,3 +78,24 @@ def layout_config(tmp: Path, root: str, names: Sequence[str], tags: Sequence[str
     config = tmp / "registrish.toml"
     config.write_text(body)
     return config
+
+
+def env_client(s3: SeaweedS3 | None = None) -> Any:
+    """A client from the environment `testbed.s3.aws_environment` set (for `s3`)."""
+    del s3
+    import boto3
+
+    return boto3.client("s3")
+
+
+def env_objects(s3: SeaweedS3) -> dict[str, tuple[int, str]]:
+    """Every key of the bucket with its size and ETag (through `env_client`)."""
+    pages = env_client(s3).get_paginator("list_objects_v2").paginate(Bucket=s3.bucket)
+    return {o["Key"]: (o["Size"], o["ETag"]) for p in pages for o in p.get("Contents", [])}
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+    """`registrish ARGV --json` in this process: the exit code and the JSON document."""
+    capsys.readouterr()
+    code = main([*argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
