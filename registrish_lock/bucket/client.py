@@ -244,8 +244,9 @@ def open_store(
     if endpoint_url:
         _validate_endpoint(endpoint_url)
         # Third-party stores (R2, Scaleway, MinIO, SeaweedFS) differ in which of boto3's
-        # newer default checksums they accept; Content-MD5 on every PUT and part still
-        # guards the bytes in transit, and blobs are verified before they are visible.
+        # newer default checksums they accept; Content-MD5 on a one-PUT object, or the
+        # signed SHA-256 of a part's body (`upload`), still guards the bytes in transit,
+        # and blobs are verified before they are visible.
         options["request_checksum_calculation"] = "when_required"
         options["response_checksum_validation"] = "when_required"
     try:
