@@ -16,17 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import USER_AGENT
-from ..errors import ExitCode, IntegrityError, RegistrishError
+from ..errors import IntegrityError, RegistrishError
+from ._s3 import PublishError as PublishError
+from ._s3 import botocore_errors as botocore_errors
+from ._s3 import client_error as client_error
 from .target import S3Target
+from .upload import BucketSink
 
 DEFAULT_JOBS = 8
 _DELETE_BATCH = 1000  # DeleteObjects' limit
-
-
-class PublishError(RegistrishError):
-    """The object store refused or failed (credentials, bucket, network)."""
-
-    exit_code = ExitCode.UPSTREAM
 
 
 class MissingExtraError(RegistrishError):
@@ -38,31 +36,6 @@ class RemoteObject:
     key: str  # relative to the prefix
     size: int
     etag: str  # without quotes
-
-
-def client_error(exc: Exception, what: str) -> PublishError:
-    """A one-line error from a botocore exception (never any credential)."""
-    response: Any = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        err = response.get("Error", {})
-        code, message = err.get("Code", "?"), err.get("Message", "")
-        hint = None
-        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
-            hint = (
-                "check the credentials (AWS_PROFILE, --profile) and that they may List/Put/Delete"
-            )
-        elif code in ("NoSuchBucket", "404"):
-            hint = "create the bucket first, or check --endpoint-url and --region"
-        return PublishError(f"{what}: {code} {message}".rstrip(), hint=hint)
-    name = type(exc).__name__
-    if name in ("NoCredentialsError", "PartialCredentialsError"):
-        return PublishError(
-            f"{what}: no S3 credentials found",
-            hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or use --profile with ~/.aws/credentials",
-        )
-    if name == "ProfileNotFound":
-        return PublishError(f"{what}: {exc}", hint="see ~/.aws/config and ~/.aws/credentials")
-    return PublishError(f"{what}: {exc}", hint="check --endpoint-url and the network")
 
 
 class Boto3Store:
@@ -122,8 +95,6 @@ class Boto3Store:
         """Stream a local file to `key` through a `BucketSink`: one PutObject up to a part,
         a multipart upload above, and the object visible only if the bytes sent hash to
         `sha256` (else `file_mismatch`, nothing written)."""
-        from .upload import BucketSink
-
         with path.open("rb") as handle:
             sink = BucketSink(
                 self.client,
@@ -170,13 +141,6 @@ def file_mismatch(path: Path, size: int, digest: str) -> IntegrityError:
         f"{path}: {size} bytes hashing to {digest} do not match the name; not uploaded",
         hint="run `registrish sync --verify` to repair the tree, then publish again",
     )
-
-
-def botocore_errors() -> tuple[type[Exception], ...]:
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    return (BotoCoreError, ClientError, S3UploadFailedError)
 
 
 def _validate_endpoint(url: str) -> None:
