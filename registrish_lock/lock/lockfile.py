@@ -8,7 +8,7 @@ the bytes would not change, and done atomically when they would.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from ..oci.manifest import Platform
 from ..oci.reference import is_digest, is_name, is_tag, parse_source
 from ..oci.referrers import cosign_subject
 from ..tree.layout import path_collisions
+from . import blocks
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,7 +37,7 @@ HEADER = (
 )
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class LockedManifest:
     """A platform manifest selected from an index."""
 
@@ -48,7 +49,7 @@ class LockedManifest:
     size: int
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class LockedReferrer:
     """An artifact (signature, attestation, SBOM …) referring to one of the tag's manifests:
     found through its `subject` (referrers API or tag schema), or through a cosign `tag`."""
@@ -63,7 +64,9 @@ class LockedReferrer:
     tag: str = ""
 
 
-@dataclass(frozen=True)
+# `slots`: a lock of 100,000 tags is held by every command that reads it (README, "Large
+# mirrors"); a slotted record and shared strings are a third of a dict-backed one.
+@dataclass(frozen=True, slots=True)
 class LockedTag:
     name: str
     tag: str
@@ -226,10 +229,34 @@ class _Checker:
 
 def loads(text: str, path: Path) -> Lock:
     c = _Checker(path)
+    try:  # one `[[tag]]` block at a time (`blocks`): flat memory for a large lock
+        return _load(c, blocks.header(text), blocks.tag_tables(text))
+    except blocks.NotBlocks:
+        pass
+    except LockfileError:
+        _whole(c, text)  # a TOML error further on is the error to report, as before
+        raise
+    return _load_whole(c, text)
+
+
+def _whole(c: _Checker, text: str) -> dict[str, Any]:
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise c.fail("(file)", f"invalid TOML: {exc}") from None
+
+
+def _load_whole(c: _Checker, text: str) -> Lock:
+    doc = _whole(c, text)
+    raw_tags = doc.get("tag", [])
+    if not isinstance(raw_tags, list):
+        raise c.fail("tag", "must be an array of tables")
+    return _load(c, doc, iter(raw_tags))
+
+
+def _load(c: _Checker, doc: Mapping[str, Any], raw_tags: Iterator[object]) -> Lock:
+    """The lock from its header tables and its `[[tag]]` tables (read as they come)."""
+    path = c.path
     version = doc.get("version")
     if version != FORMAT_VERSION:
         raise LockfileError(
@@ -243,11 +270,9 @@ def loads(text: str, path: Path) -> Lock:
         is_name(k) and isinstance(v, str) for k, v in raw_inputs.items()
     ):
         raise c.fail("inputs", "must map repository names to input hashes")
-    raw_tags = doc.get("tag", [])
-    if not isinstance(raw_tags, list):
-        raise c.fail("tag", "must be an array of tables")
     tags: list[LockedTag] = []
     seen: set[tuple[str, str]] = set()
+    sources: set[str] = set()  # parsed once each
     for i, raw in enumerate(raw_tags):
         where = f"tag[{i}]"
         if not isinstance(raw, dict):
@@ -261,12 +286,14 @@ def loads(text: str, path: Path) -> Lock:
             raise c.fail(where, f"duplicate entry for {name}:{tag}")
         seen.add((name, tag))
         source = c.get(raw, "source", str, where)
-        try:
-            parse_source(source)  # a registry repository, oci:PATH or docker-archive:FILE
-        except LockfileError:
-            raise
-        except Exception:
-            raise c.fail(f"{where}.source", f"invalid source {source!r}") from None
+        if source not in sources:
+            try:
+                parse_source(source)  # a registry repository, oci:PATH or docker-archive:FILE
+            except LockfileError:
+                raise
+            except Exception:
+                raise c.fail(f"{where}.source", f"invalid source {source!r}") from None
+            sources.add(source)
         media_type = c.media_type(raw, where, mediatypes.MANIFEST_TYPES)
         platforms = []
         raw_platforms = raw.get("platforms", [])
@@ -278,9 +305,9 @@ def loads(text: str, path: Path) -> Lock:
                 raise c.fail(pwhere, "must be a table")
             platforms.append(
                 LockedManifest(
-                    platform=c.platform(rp, pwhere),
+                    platform=sys.intern(c.platform(rp, pwhere)),
                     digest=c.digest(rp, pwhere),
-                    media_type=c.media_type(rp, pwhere, mediatypes.MANIFEST_TYPES),
+                    media_type=sys.intern(c.media_type(rp, pwhere, mediatypes.MANIFEST_TYPES)),
                     size=c.size(rp, "size", pwhere),
                 )
             )
@@ -290,11 +317,12 @@ def loads(text: str, path: Path) -> Lock:
         referrers = _load_referrers(c, raw, where, {digest, *(p.digest for p in platforms)})
         tags.append(
             LockedTag(
-                name=name,
+                # one string object per repository, source and media type, not per tag
+                name=sys.intern(name),
                 tag=tag,
-                source=source,
+                source=sys.intern(source),
                 digest=digest,
-                media_type=media_type,
+                media_type=sys.intern(media_type),
                 size=c.size(raw, "size", where),
                 total_size=c.size(raw, "total-size", where),
                 platforms=tuple(sorted(platforms)),

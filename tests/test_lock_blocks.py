@@ -1,0 +1,102 @@
+"""lock/blocks.py: the lock read one `[[tag]]` block at a time means what the whole
+document means; a text of another shape is read whole (same lock, same errors)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from registrish_lock.errors import LockfileError
+from registrish_lock.lock import blocks
+from registrish_lock.lock.lockfile import (
+    LockedManifest,
+    LockedReferrer,
+    LockedTag,
+    dumps,
+    loads,
+    make_lock,
+)
+from registrish_lock.oci import mediatypes
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PATH = Path("registrish.lock")
+
+
+def _sha(n: int) -> str:
+    return f"sha256:{n:064x}"
+
+
+def _lock() -> str:
+    index = LockedTag(
+        "team/app",
+        "1.0",
+        "docker.io/team/app",
+        _sha(1),
+        mediatypes.OCI_INDEX,
+        300,
+        9000,
+        platforms=(
+            LockedManifest("linux/amd64", _sha(2), mediatypes.OCI_MANIFEST, 500),
+            LockedManifest("", _sha(3), mediatypes.OCI_MANIFEST, 501),
+        ),
+        referrers=(
+            LockedReferrer(_sha(1), _sha(4), mediatypes.OCI_MANIFEST, 40, "application/x-sig"),
+        ),
+    )
+    plain = [
+        LockedTag(f"r{n}", f"1.{t}", f"oci:layouts/r{n}", _sha(10 + t), mediatypes.OCI_MANIFEST,
+                  400 + t, 4000)
+        for n in range(2)
+        for t in range(3)
+    ]  # fmt: skip
+    return dumps(make_lock("sha256:" + "a" * 64, [index, *plain], {"r0": "sha256:01"}))
+
+
+def test_blocks_hold_what_the_whole_document_holds() -> None:
+    text = _lock()
+    whole = tomllib.loads(text)
+    head = blocks.header(text)
+    assert head == {k: v for k, v in whole.items() if k != "tag"}
+    assert list(blocks.tag_tables(text)) == whole["tag"]
+    lock = loads(text, PATH)
+    assert len(lock.tags) == 7 and dumps(lock) == text  # the round trip is exact
+    assert lock.by_key()[("team/app", "1.0")].platforms[0].platform == ""
+
+
+def test_a_cut_inside_a_multiline_string_reads_the_whole_text() -> None:
+    text = _lock()
+    # a key registrish ignores, holding a line `[[tag]]` in a multi-line string
+    odd = text.replace('tag = "1.1"\n', 'tag = "1.1"\nnote = """\n[[tag]]\nname = "x"\n"""\n', 1)
+    with pytest.raises(blocks.NotBlocks):
+        list(blocks.tag_tables(odd))
+    assert loads(odd, PATH) == loads(text, PATH)
+
+
+def test_a_table_after_the_tags_reads_the_whole_text() -> None:
+    text = _lock()
+    head, _sep, rest = text.partition("\n[inputs]\n")
+    inputs, _, tags = rest.partition("\n\n")
+    moved = head + "\n" + tags + "\n[inputs]\n" + inputs + "\n"
+    assert tomllib.loads(moved) == tomllib.loads(text)
+    with pytest.raises(blocks.NotBlocks):
+        list(blocks.tag_tables(moved))
+    assert loads(moved, PATH) == loads(text, PATH)
+
+
+def test_errors_name_the_tag_either_way() -> None:
+    text = _lock()
+    bad = text.replace(f'digest = "{_sha(12)}"', 'digest = "sha256:nope"')
+    with pytest.raises(LockfileError, match=r"tag\[2\]\.digest: invalid digest"):
+        loads(bad, PATH)
+    broken = bad + '\n[[tag]]\nname = "unterminated\n'
+    with pytest.raises(LockfileError, match="invalid TOML"):
+        loads(broken, PATH)
+    inline = 'version = 1\nconfig-hash = "x"\ntag = [{name = "a"}]\n'
+    with pytest.raises(LockfileError, match=r"tag\[0\]\.tag: missing"):
+        loads(inline, PATH)
