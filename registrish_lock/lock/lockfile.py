@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,15 @@ class Lock:
 
     def names(self) -> list[str]:
         return sorted({t.name for t in self.tags})
+
+    def by_repository(self) -> Iterator[tuple[str, Lock]]:
+        """(name, the lock of that repository's tags), by name: what is keyed by the
+        repository (tree paths, the browse data) can be done one repository at a time."""
+        by_name: dict[str, list[LockedTag]] = {}
+        for t in self.tags:
+            by_name.setdefault(t.name, []).append(t)
+        for name in sorted(by_name):
+            yield name, replace(self, tags=tuple(by_name.pop(name)))
 
 
 def make_lock(

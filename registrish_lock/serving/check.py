@@ -14,13 +14,13 @@ import json
 import os
 import secrets
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import httpx
 
 from .. import USER_AGENT
 from ..errors import IntegrityError, UpstreamError
-from ..lock.lockfile import Lock, LockedTag
+from ..lock.lockfile import Lock
 from ..oci import mediatypes
 from ..oci.manifest import Manifest, parse_manifest, sha256_digest
 from ..oci.referrers import artifact_type_of, referrers_problems, refers_to
@@ -410,11 +410,8 @@ def check_local(layout: Layout, lock: Lock) -> Report:
             report.fail(rel, "missing (run `registrish sync`, then `registrish hosts`)")
     # One repository at a time (everything checked is keyed by the repository): the bytes
     # of its manifests are held while its blobs are checked, never the whole tree's.
-    by_name: dict[str, list[LockedTag]] = {}
-    for t in lock.tags:
-        by_name.setdefault(t.name, []).append(t)
-    for name in sorted(by_name):
-        if not _check_repository(tree, replace(lock, tags=tuple(by_name.pop(name))), report):
+    for _name, part in lock.by_repository():
+        if not _check_repository(tree, part, report):
             break
     return report
 
