@@ -11,7 +11,7 @@ from ..errors import ExitCode, StaleLockError
 from ..lock.config import Config, load_config
 from ..lock.lockfile import Lock, parse_lock_bytes, read_lock_bytes
 from ..progress import Stats, make_progress
-from ..tree import record
+from ..tree import batched, record
 from ..tree.apply import LazyUpstream, SyncResult, sync_tree, write_hosts
 from ..tree.layout import Layout
 from ..tree.plan import Plan
@@ -141,6 +141,17 @@ def _sync(
     *,
     scope: frozenset[str] | None = None,
 ) -> SyncResult:
+    whole = args.dry_run or args.verify or args.prune  # these plan the whole tree at once
+    if isinstance(tree, Layout) and not whole and len(lock.tags) > batched.BATCH_TAGS:
+        return batched.sync_in_batches(  # a large local sync: one batch of repositories at a time
+            lock=lock,
+            layout=tree,
+            upstream=upstream,
+            console=console,
+            progress=make_progress(console),
+            jobs=args.jobs,
+            scope=scope,
+        )
     return sync_tree(
         lock=lock,
         layout=tree,
@@ -242,6 +253,7 @@ def _report(
         return int(ExitCode.PENDING if pending else ExitCode.OK)
     if result.gc is not None and result.gc.pending:
         console.info(result.gc.describe(dry_run=False)[-1])
-    console.info(("synced: " if plan.pending else "up to date: ") + stats.summary())
+    changed = plan.pending or result.changed
+    console.info(("synced: " if changed else "up to date: ") + stats.summary())
     console.emit_json(document)
     return int(ExitCode.OK)
