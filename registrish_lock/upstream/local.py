@@ -113,6 +113,8 @@ def add_tag(tags: dict[str, ManifestInfo], tag: str, info: ManifestInfo, where: 
 
 
 _Parsed = TypeVar("_Parsed")
+#: Parsed sources kept (least recently used ones are parsed again when asked for).
+KEEP_PARSED = 16
 
 
 class LocalSource(Generic[_Parsed]):
@@ -140,9 +142,15 @@ class LocalSource(Generic[_Parsed]):
             raise ValueError(f"not a {self.scheme}: source: {repo}")
         path = self.base / repo.repository
         with self._lock:
-            if path not in self._parsed:
-                self._parsed[path] = self._load(path, repo.repository_ref)
-            return self._parsed[path]
+            parsed = self._parsed.pop(path, None)
+            if parsed is None:
+                parsed = self._load(path, repo.repository_ref)
+                # The most recently used ones only: a sync reads repository after
+                # repository, and 100 parsed 1,000-tag indexes held 60 MB.
+                while len(self._parsed) >= KEEP_PARSED:
+                    del self._parsed[next(iter(self._parsed))]
+            self._parsed[path] = parsed  # last: the most recently used
+            return parsed
 
 
 class Counter:
