@@ -100,3 +100,34 @@ def test_errors_name_the_tag_either_way() -> None:
     inline = 'version = 1\nconfig-hash = "x"\ntag = [{name = "a"}]\n'
     with pytest.raises(LockfileError, match=r"tag\[0\]\.tag: missing"):
         loads(inline, PATH)
+
+
+BODIES = [
+    'name = "a"\nsize = 0\nplatforms = []\n',
+    'name = "a\\"b"\ntag = "x"\n',  # an escape: tomllib reads it
+    'name = "a" # a comment\n',
+    'name = "é/ü"\nsize = 123456789012345678\n',
+    "size = 1234567890123456789\n",  # past the simple form's digits
+    "size = 007\n",  # not TOML
+    'name = "a"\nname = "b"\n',  # a duplicate key: not TOML
+    'platforms = []\n[[tag.platforms]]\ndigest = "d"\n',  # not TOML
+    '[[tag.platforms]]\ndigest = "d"\n[[tag.platforms]]\ndigest = "e"\nsize = 3\n',
+    'name = "a"\n[[tag.referrers]]\nsubject = "s"\n[[tag.platforms]]\nplatform = ""\n',
+    'name = "a"\r\nsize = 1\r\n',
+    'name = "tab\there"\n',
+    "name = 'literal'\n",
+    'name = "a"\n\n\n',
+]
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_a_block_reads_as_tomllib_reads_it(body: str) -> None:
+    try:
+        expected: object = tomllib.loads("[[tag]]\n" + body)["tag"][0]
+    except tomllib.TOMLDecodeError:
+        expected = blocks.NotBlocks
+    try:
+        got: object = blocks.parse_block(body)
+    except blocks.NotBlocks:
+        got = blocks.NotBlocks
+    assert got == expected
