@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from registrish_lock.errors import LockfileError
 from registrish_lock.lock import blocks
 from registrish_lock.lock.lockfile import (
+    HEADER,
+    Lock,
     LockedManifest,
     LockedReferrer,
     LockedTag,
@@ -131,3 +134,31 @@ def test_a_block_reads_as_tomllib_reads_it(body: str) -> None:
     except blocks.NotBlocks:
         got = blocks.NotBlocks
     assert got == expected
+
+
+def _tomli_w_whole(lock: Lock) -> str:
+    """What `dumps` wrote before it wrote tag by tag: tomli_w's text of the whole document."""
+    doc = tomllib.loads(dumps(lock))  # the document, as the lock's reader sees it
+    return HEADER + "\n" + tomli_w.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    "inputs, extra",
+    [
+        ({"r0": "sha256:01"}, ()),
+        ({}, ()),
+        ({"r0": "sha256:01"}, ("oci:layouts/é", "oci:a b/c\\d")),
+    ],
+)
+def test_dumps_writes_what_tomli_w_writes_for_the_whole_document(
+    inputs: dict[str, str], extra: tuple[str, ...]
+) -> None:
+    lock = loads(_lock(), PATH)
+    tags = [*lock.tags]
+    for i, source in enumerate(extra):
+        tags.append(LockedTag("odd", f"v{i}", source, _sha(90 + i), mediatypes.OCI_MANIFEST, 1, 2))
+    lock = make_lock(lock.config_hash, tags, inputs)
+    assert dumps(lock) == _tomli_w_whole(lock)
+    assert loads(dumps(lock), PATH) == lock
+    empty = make_lock(lock.config_hash, [], inputs)
+    assert dumps(empty) == _tomli_w_whole(empty)

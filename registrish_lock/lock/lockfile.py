@@ -7,6 +7,7 @@ the bytes would not change, and done atomically when they would.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -124,39 +125,55 @@ def make_lock(
 
 
 def dumps(lock: Lock) -> str:
-    doc: dict[str, Any] = {
+    head: dict[str, Any] = {
         "version": FORMAT_VERSION,
         "config-hash": lock.config_hash,
         "inputs": dict(sorted(lock.inputs.items())),
-        "tag": [
-            {
-                "name": t.name,
-                "tag": t.tag,
-                "source": t.source,
-                "digest": t.digest,
-                "media-type": t.media_type,
-                "size": t.size,
-                "total-size": t.total_size,
-                "platforms": [
-                    {
-                        **({"platform": p.platform} if p.platform else {}),
-                        "digest": p.digest,
-                        "media-type": p.media_type,
-                        "size": p.size,
-                    }
-                    for p in sorted(t.platforms)
-                ],
-                # absent when empty: locks without referrers stay byte-identical
-                **(
-                    {"referrers": [_dump_referrer(r) for r in sorted(t.referrers)]}
-                    if t.referrers
-                    else {}
-                ),
-            }
-            for t in sorted(lock.tags, key=lambda t: t.key)
-        ],
     }
-    return HEADER + "\n" + tomli_w.dumps(doc)
+    tags = sorted(lock.tags, key=lambda t: t.key)
+    if not tags:
+        return HEADER + "\n" + tomli_w.dumps({**head, "tag": []})
+    # tomli_w's text of the whole document, written tag by tag (`_block`)
+    return HEADER + "\n" + tomli_w.dumps(head) + "".join("\n" + _block(t) for t in tags)
+
+
+#: A string tomli_w writes as is between quotes (printable ASCII, no quote or backslash).
+_PLAIN = re.compile(r"[ !#-\[\]-~]*")
+
+
+def _block(t: LockedTag) -> str:
+    """One tag's `[[tag]]` block: built directly for a single manifest of plain strings
+    (10,000 such tags: 0.02 s instead of tomli_w's 0.19 s), by tomli_w otherwise; the same
+    text either way (tests/test_lock_blocks.py)."""
+    if not (t.platforms or t.referrers) and all(
+        _PLAIN.fullmatch(v) for v in (t.name, t.tag, t.source, t.digest, t.media_type)
+    ):
+        return (
+            f'[[tag]]\nname = "{t.name}"\ntag = "{t.tag}"\nsource = "{t.source}"\n'
+            f'digest = "{t.digest}"\nmedia-type = "{t.media_type}"\nsize = {t.size}\n'
+            f"total-size = {t.total_size}\nplatforms = []\n"
+        )
+    doc = {
+        "name": t.name,
+        "tag": t.tag,
+        "source": t.source,
+        "digest": t.digest,
+        "media-type": t.media_type,
+        "size": t.size,
+        "total-size": t.total_size,
+        "platforms": [
+            {
+                **({"platform": p.platform} if p.platform else {}),
+                "digest": p.digest,
+                "media-type": p.media_type,
+                "size": p.size,
+            }
+            for p in sorted(t.platforms)
+        ],
+        # absent when empty: locks without referrers stay byte-identical
+        **({"referrers": [_dump_referrer(r) for r in sorted(t.referrers)]} if t.referrers else {}),
+    }
+    return tomli_w.dumps({"tag": [doc]})
 
 
 def _dump_referrer(r: LockedReferrer) -> dict[str, Any]:
