@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, AnyStr
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,25 +38,36 @@ class NotBlocks(Exception):
     """The text is not header + `[[tag]]` blocks that parse alone (parse it whole)."""
 
 
-def header(text: str) -> dict[str, Any]:
+def header(text: str | bytes) -> dict[str, Any]:
     """The tables before the first `[[tag]]` block."""
-    cut = text.find(BLOCK)
     try:
-        doc = tomllib.loads(text if cut < 0 else text[:cut])
-    except tomllib.TOMLDecodeError:
+        doc = tomllib.loads(split(text)[0] if isinstance(text, str) else split(text)[0].decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
         raise NotBlocks from None
     if "tag" in doc:
         raise NotBlocks  # tags written another way
     return doc
 
 
+def split(text: AnyStr) -> tuple[AnyStr, Iterator[AnyStr]]:
+    """The text before the first block, and each block's text after its `[[tag]]` line
+    (of a lock's text, or of its bytes)."""
+    sep: Any = BLOCK if isinstance(text, str) else BLOCK.encode()
+    first = text.find(sep)
+
+    def bodies() -> Iterator[AnyStr]:
+        cut = first
+        while cut >= 0:
+            start = cut + len(sep)
+            cut = text.find(sep, start - 1)  # an empty block shares its newline
+            yield text[start:] if cut < 0 else text[start:cut]
+
+    return (text if first < 0 else text[:first]), bodies()
+
+
 def tag_tables(text: str) -> Iterator[dict[str, Any]]:
     """Each `[[tag]]` block's table, in order, parsed when reached (`NotBlocks` then)."""
-    cut = text.find(BLOCK)
-    while cut >= 0:
-        start = cut + len(BLOCK)
-        cut = text.find(BLOCK, start - 1)  # an empty block shares its newline
-        yield parse_block(text[start:] if cut < 0 else text[start:cut])
+    return (parse_block(body) for body in split(text)[1])
 
 
 #: A line of the form `registrish lock` writes: a bare key, then a basic string without
