@@ -107,7 +107,7 @@ def test_what_gc_would_collect_makes_the_record_unclean(
     _sync(config, capsys)
     layout = Layout(config.parent / "public")
     stale = {
-        "unlocked repository": layout.path(Layout.rel_manifest("huge/gone", "v1")),
+        "unlocked repository": layout.path(Layout.rel_blob("huge/gone", "sha256:" + "e" * 64)),
         "stored blob": layout.store_blob("sha256:" + "e" * 64),
         "temp file": layout.tmp / "leftover",
     }[litter]
@@ -167,3 +167,33 @@ def test_an_interrupted_sync_lists_no_incomplete_repository(
     catalog = json.loads(layout.path(Layout.rel_catalog()).read_bytes())
     assert catalog["repositories"] == [f"huge/{r}" for r in REPOS]
     assert _record(config)["clean"] is True
+
+
+def test_a_repository_dropped_from_the_lock_loses_its_tags_as_in_a_whole_sync(
+    tmp_path: Path,
+    layouts: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batched, "BATCH_TAGS", 4)
+    trees = {}
+    for name, batch in (("whole", 1000), ("parts", 4)):
+        config = _locked(_workspace(tmp_path, layouts, name), capsys)
+        _sync(config, capsys)
+        text = config.read_text()
+        config.write_text(text[: text.index('[[image]]\nsource = "oci:layouts/r002"')])
+        _locked(config, capsys)
+        monkeypatch.setattr(batched, "BATCH_TAGS", batch)
+        if name == "parts":  # a sync scoped to the changed repositories, then a full one
+            assert _sync(config, capsys)["from_record"] is False
+            (config.parent / "public" / "v2" / "huge" / "r002" / "manifests" / "1.0.0").write_text(
+                "{}"
+            )
+            Layout(config.parent / "public").sync_record.unlink()
+        _sync(config, capsys)
+        trees[name] = _files(config.parent / "public")
+        assert _record(config)["clean"] is False  # r002's content waits for gc
+    assert trees["parts"] == trees["whole"]
+    gone = Layout(tmp_path / "parts" / "public")
+    assert not gone.path(Layout.rel_manifest("huge/r002", "1.0.0")).exists()
+    assert gone.path(Layout.rel_tags_list("huge/r002")).exists()  # as a whole sync leaves it

@@ -22,16 +22,16 @@ so a batch is as large as its largest repository.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import fields, replace
 
 from ..console import Console
 from ..lock.lockfile import Lock
-from ..oci.reference import is_digest
+from ..oci.reference import is_digest, is_name
 from ..progress import Progress, Stats, Stopwatch
 from . import gc as gc_mod
 from .apply import LazyUpstream, SyncResult, apply_plan, collect_manifests
-from .desired import PING_DOCUMENT, catalog_document, desired_tree
+from .desired import PING_DOCUMENT, Desired, catalog_document, desired_tree
 from .layout import Layout, parse_rel_path
 from .plan import DocWrite, Plan, make_plan
 from .store import LocalTreeStore
@@ -112,6 +112,22 @@ def sync_in_batches(
     plans = _Plans(keep=console.json_mode)
     reached: set[bytes] = set()  # every stored blob a batch needs (32-byte digests)
     clean = scope is None
+
+    def apply(plan: Plan, manifests: Mapping[str, bytes]) -> None:
+        done = Stats()
+        apply_plan(
+            plan,
+            store=store,
+            manifests=manifests,
+            upstream=upstream,
+            jobs=jobs,
+            progress=progress,
+            console=console,
+            stats=done,
+        )
+        _add(stats, done)
+        plans.add(plan)
+
     for part in batches(lock, scope):
         names = frozenset(t.name for t in part.tags)
         state = store.observe(names=names)
@@ -121,28 +137,24 @@ def sync_in_batches(
             replace(desired, docs={k: v for k, v in desired.docs.items() if v[0] not in _LAST}),
             state,
         )
-        done = Stats()
-        apply_plan(
-            plan,
-            store=store,
-            manifests=manifests.data,
-            upstream=upstream,
-            jobs=jobs,
-            progress=progress,
-            console=console,
-            stats=done,
-        )
-        _add(stats, done)
-        plans.add(plan)
+        apply(plan, manifests.data)
         reached.update(bytes.fromhex(d.removeprefix("sha256:")) for d in desired.store)
         if clean:  # what gc would find in these repositories, minus what the plan removed
             garbage = gc_mod.plan_gc(desired, replace(state, store={}, tmp={})).sweeps
             removed = {r.rel for r in plan.removals}
             clean = all(s.rel in removed for s in garbage)
         console.debug(f"synced {len(names)} repositories ({len(part.tags)} tags)")
+    # Repositories no longer locked lose their tag files (and `last` pages) as in a whole
+    # sync; their content stays for gc.
+    locked = set(lock.names())
+    unlocked = _unlocked_repositories(layout, locked) if scope is None else set()
+    gone = unlocked if scope is None else (set(scope) - locked)
+    if gone:
+        state = store.observe(names=frozenset(n for n in gone if is_name(n)))
+        apply(make_plan(Desired(), state), {})
     last = _write_last(store, lock)
     plans.add(Plan(catalog=last[0], ping=last[1]))
-    clean = clean and _nothing_else(layout, lock, reached)
+    clean = clean and not unlocked and _nothing_else(layout, reached)
     stats.seconds = watch.elapsed()
     stats.upstream_requests = upstream.request_count
     return SyncResult(plan=plans.plan(), stats=stats, clean=clean, changed=plans.pending)
@@ -167,23 +179,33 @@ def _write_last(store: LocalTreeStore, lock: Lock) -> tuple[DocWrite | None, Doc
     return written[0], written[1]
 
 
-def _nothing_else(layout: Layout, lock: Lock, reached: set[bytes]) -> bool:
-    """No file of an unlocked repository under `v2/`, no stored blob no batch reached,
-    nothing in `<store>/tmp`: the rest of what gc would collect."""
-    sections = {os.path.join(layout.repo_dir(n), s) for n in lock.names() for s in _SECTIONS}
+def _unlocked_repositories(layout: Layout, locked: set[str]) -> set[str]:
+    """The repositories with a file of ours under `v2/` that the lock does not name (the
+    sections of locked ones are not listed: their batches read them)."""
+    sections = {os.path.join(layout.repo_dir(n), s) for n in locked for s in _SECTIONS}
+    found: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(layout.v2):
         dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in sections]
         for filename in filenames:
             rel = os.path.relpath(os.path.join(dirpath, filename), layout.root)
-            if parse_rel_path(rel.replace(os.sep, "/")) is not None:
-                return False
-    with os.scandir(layout.state / "blobs" / "sha256") as entries:
-        for entry in entries:
-            digest = f"sha256:{entry.name}"
-            if not is_digest(digest) or not entry.is_file(follow_symlinks=False):
-                continue  # not a stored blob (gc ignores it too)
-            if bytes.fromhex(entry.name) not in reached:
-                return False
+            parsed = parse_rel_path(rel.replace(os.sep, "/"))
+            if parsed is not None:
+                found.add(parsed[0])
+    return found
+
+
+def _nothing_else(layout: Layout, reached: set[bytes]) -> bool:
+    """No stored blob no batch reached, nothing in `<store>/tmp`: the rest of what gc
+    would collect."""
+    store = layout.state / "blobs" / "sha256"
+    if store.is_dir():
+        with os.scandir(store) as entries:
+            for entry in entries:
+                digest = f"sha256:{entry.name}"
+                if not is_digest(digest) or not entry.is_file(follow_symlinks=False):
+                    continue  # not a stored blob (gc ignores it too)
+                if bytes.fromhex(entry.name) not in reached:
+                    return False
     if not layout.tmp.is_dir():
         return True
     with os.scandir(layout.tmp) as leftovers:
