@@ -190,15 +190,16 @@ def _dump_referrer(r: LockedReferrer) -> dict[str, Any]:
     return doc
 
 
-def write_lock(path: Path, lock: Lock) -> bool:
+def write_lock(path: Path, lock: Lock, text: str | None = None) -> bool:
     """Write `lock` to `path` unless the file already holds exactly these bytes.
-    Returns True when the file was written."""
-    text = dumps(lock)
+    Returns True when the file was written. `text`: `dumps(lock)`, when the caller has it."""
+    text = dumps(lock) if text is None else text
     # Never write a lock this module would refuse to read back: every later command,
     # `lock` included, would then be stuck on it.
     if loads(text, path) != lock:
         raise AssertionError(f"{path}: the lock does not survive a round trip")
     data = text.encode()
+    del text  # 26 MB at 100,000 tags (the caller may still hold it)
     try:
         if path.read_bytes() == data:
             return False
