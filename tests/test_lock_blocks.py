@@ -3,6 +3,7 @@ document means; a text of another shape is read whole (same lock, same errors)."
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from registrish_lock.lock.lockfile import (
     dumps,
     loads,
     make_lock,
+    parse_lock_bytes,
+    read_lock,
 )
 from registrish_lock.oci import mediatypes
 
@@ -162,3 +165,40 @@ def test_dumps_writes_what_tomli_w_writes_for_the_whole_document(
     assert loads(dumps(lock), PATH) == lock
     empty = make_lock(lock.config_hash, [], inputs)
     assert dumps(empty) == _tomli_w_whole(empty)
+
+
+def test_order_and_duplicates_whatever_the_order_of_the_blocks() -> None:
+    text = _lock()
+    head, *bodies = text.split("\n[[tag]]\n")
+    shuffled = head + "".join("\n[[tag]]\n" + b for b in reversed(bodies))
+    assert loads(shuffled, PATH) == loads(text, PATH)  # sorted as the lock keeps them
+    assert parse_lock_bytes(shuffled.encode(), PATH) == loads(text, PATH)
+    for dup in (
+        head + "".join("\n[[tag]]\n" + b for b in [bodies[0], *bodies]),  # adjacent
+        head + "".join("\n[[tag]]\n" + b for b in [*bodies, bodies[0]]),  # far apart
+    ):
+        with pytest.raises(LockfileError, match=r"duplicate entry for r0:1\.0"):
+            loads(dup, PATH)
+
+
+def test_bytes_are_read_block_by_block_and_bad_utf8_is_named() -> None:
+    text = _lock()
+    assert parse_lock_bytes(text.encode(), PATH) == loads(text, PATH)
+    bad = text.encode().replace(b'tag = "1.1"', b'tag = "1.\xff"', 1)
+    with pytest.raises(LockfileError, match="cannot read"):
+        parse_lock_bytes(bad, PATH)
+
+
+def test_a_lock_file_is_read_line_by_line_and_checked_against_its_hash(tmp_path: Path) -> None:
+    text = _lock()
+    path = tmp_path / "registrish.lock"
+    path.write_text(text)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    assert read_lock(path, sha256=digest) == loads(text, PATH)
+    with pytest.raises(LockfileError, match="changed while it was read"):
+        read_lock(path, sha256="0" * 64)
+    path.write_text(text.replace("\n[[tag]]\n", "\n[[tag]]\r\n", 1))  # read whole instead
+    assert read_lock(path) == loads(text, PATH)
+    path.write_text(text.replace('digest = "sha256:0', 'digest = "sha256:x', 1))
+    with pytest.raises(LockfileError, match=r"tag\[0\]\.digest: invalid digest"):
+        read_lock(path)

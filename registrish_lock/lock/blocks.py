@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterator
-from typing import Any, AnyStr
+from typing import Any, AnyStr, BinaryIO, Protocol
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,6 +32,7 @@ else:  # pragma: no cover
 #: The line that opens each tag's block (with the newlines around it).
 BLOCK = "\n[[tag]]\n"
 _HEADER = BLOCK[1:]
+_HEADER_LINE = _HEADER.encode()
 
 
 class NotBlocks(Exception):
@@ -65,14 +66,57 @@ def split(text: AnyStr) -> tuple[AnyStr, Iterator[AnyStr]]:
     return (text if first < 0 else text[:first]), bodies()
 
 
-def tag_tables(text: str) -> Iterator[dict[str, Any]]:
-    """Each `[[tag]]` block's table, in order, parsed when reached (`NotBlocks` then)."""
-    return (parse_block(body) for body in split(text)[1])
+def read(handle: BinaryIO, hasher: Hasher | None = None) -> tuple[bytes, Iterator[bytes]]:
+    """`split` of a file read line by line (never whole): the header's bytes, then each
+    block's as the iterator reaches it; every byte read goes into `hasher`."""
+
+    def line() -> bytes:
+        got = handle.readline()
+        if hasher is not None:
+            hasher.update(got)
+        return got
+
+    head, current = [], line()
+    while current and current != _HEADER_LINE:
+        head.append(current)
+        current = line()
+
+    def bodies(current: bytes) -> Iterator[bytes]:
+        while current:  # at a `[[tag]]` line
+            body, current = [], line()
+            while current and current != _HEADER_LINE:
+                body.append(current)
+                current = line()
+            yield b"".join(body)
+
+    return b"".join(head), bodies(current)
+
+
+def tag_tables(text: str | bytes | Iterator[bytes]) -> Iterator[dict[str, Any]]:
+    """Each `[[tag]]` block's table, in order, parsed when reached (`NotBlocks` then);
+    of UTF-8 bytes (or the block bodies `read` yields), each block decoded on its own."""
+    if isinstance(text, str):
+        return (parse_block(body) for body in split(text)[1])
+    bodies = split(text)[1] if isinstance(text, bytes) else text
+    return (parse_block(_utf8(body)) for body in bodies)
+
+
+def _utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NotBlocks from None
 
 
 #: A line of the form `registrish lock` writes: a bare key, then a basic string without
 #: escapes or control characters (its text is its value), a decimal integer or `[]`.
 _LINE = re.compile(r'([A-Za-z0-9_-]+) = (?:"([^"\\\x00-\x1f\x7f]*)"|(0|[1-9][0-9]{0,17})|(\[\]))')
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+
 #: The sub-tables a tag's block may open (`[[tag.platforms]]` …).
 _SUBTABLES = {f"[[tag.{key}]]": key for key in ("platforms", "referrers")}
 
