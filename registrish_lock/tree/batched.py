@@ -37,7 +37,8 @@ from .plan import DocWrite, Plan, make_plan
 from .store import LocalTreeStore
 
 #: Tags per batch (whole repositories): a lock of at most this many is synced in one.
-BATCH_TAGS = 2000
+#: A batch holds ~14 KiB per tag while it is planned and applied.
+BATCH_TAGS = 1000
 _SECTIONS = ("manifests", "tags", "blobs", "referrers")
 _LAST = ("catalog", "ping")
 
@@ -110,7 +111,7 @@ def sync_in_batches(
     store = LocalTreeStore(layout)
     watch, stats = Stopwatch(), Stats()
     plans = _Plans(keep=console.json_mode)
-    reached: set[bytes] = set()  # every stored blob a batch needs (32-byte digests)
+    reached = bytearray()  # every stored blob a batch needs: 32 bytes each (no object)
     clean = scope is None
 
     def apply(plan: Plan, manifests: Mapping[str, bytes]) -> None:
@@ -138,7 +139,7 @@ def sync_in_batches(
             state,
         )
         apply(plan, manifests.data)
-        reached.update(bytes.fromhex(d.removeprefix("sha256:")) for d in desired.store)
+        reached += b"".join(bytes.fromhex(d.removeprefix("sha256:")) for d in desired.store)
         if clean:  # what gc would find in these repositories, minus what the plan removed
             garbage = gc_mod.plan_gc(desired, replace(state, store={}, tmp={})).sweeps
             removed = {r.rel for r in plan.removals}
@@ -194,10 +195,12 @@ def _unlocked_repositories(layout: Layout, locked: set[str]) -> set[str]:
     return found
 
 
-def _nothing_else(layout: Layout, reached: set[bytes]) -> bool:
-    """No stored blob no batch reached, nothing in `<store>/tmp`: the rest of what gc
-    would collect."""
+def _nothing_else(layout: Layout, digests: bytearray) -> bool:
+    """No stored blob no batch reached (`digests`: 32 bytes each), nothing in
+    `<store>/tmp`: the rest of what gc would collect."""
     store = layout.state / "blobs" / "sha256"
+    # a set only now, once the batches' memory is free
+    reached = {bytes(digests[i : i + 32]) for i in range(0, len(digests), 32)}
     if store.is_dir():
         with os.scandir(store) as entries:
             for entry in entries:
