@@ -145,6 +145,7 @@ def sync_in_batches(
             removed = {r.rel for r in plan.removals}
             clean = all(s.rel in removed for s in garbage)
         console.debug(f"synced {len(names)} repositories ({len(part.tags)} tags)")
+        del state, manifests, desired, plan  # not alive while the next batch is read
     # Repositories no longer locked lose their tag files (and `last` pages) as in a whole
     # sync; their content stays for gc.
     locked = set(lock.names())

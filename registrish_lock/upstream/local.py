@@ -114,7 +114,7 @@ def add_tag(tags: dict[str, ManifestInfo], tag: str, info: ManifestInfo, where: 
 
 _Parsed = TypeVar("_Parsed")
 #: Parsed sources kept (least recently used ones are parsed again when asked for).
-KEEP_PARSED = 16
+KEEP_PARSED = 8
 
 
 class LocalSource(Generic[_Parsed]):
