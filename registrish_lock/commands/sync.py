@@ -99,7 +99,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             if record.is_current(layout, key, config.input_hash(), frozen=args.frozen):
                 return _up_to_date(args, console)
     # 26 MB at 100,000 tags: not held; the lock is read again block by block (the bytes it
-    # reads must hash to the key), and its bytes where needed (`_applied_bytes`).
+    # reads must hash to the key), as is its scope's (`record.changed_scope`).
     del lock_bytes
     lock_sha256 = str(key["lock_sha256"])
     lock = fresh_lock(config, read_lock(config.lock_path, sha256=lock_sha256), frozen=args.frozen)
@@ -115,9 +115,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         with tree_lock(layout, console, wait=not args.no_wait):
             scope = None
             if not (args.dry_run or args.verify or args.prune):
-                again = _applied_bytes(config, key)
-                scope = None if again is None else record.changed_scope(layout, key, again)
-                del again
+                scope = record.changed_scope(layout, key, config.lock_path)
                 if scope is not None:
                     console.debug(
                         f"the sync record vouches for the tree but for {len(scope)} "

@@ -205,24 +205,22 @@ def keep_lock(layout: Layout, lock_bytes: bytes) -> None:
     atomic_write_bytes(path, lock_bytes, tmp_dir=layout.tmp)
 
 
-def changed_scope(
-    layout: Layout, key: dict[str, object], lock_bytes: bytes
-) -> frozenset[str] | None:
-    """The repositories a sync of `lock_bytes` must read when the record vouches for the
-    tree as the sync of another lock (the tree's location and registrish the same, no stamp
-    moved; the config may differ: the tree is made from the lock alone, and the host
-    configs are rendered again anyway); None when it does not (every repository is read)."""
+def changed_scope(layout: Layout, key: dict[str, object], lock_path: Path) -> frozenset[str] | None:
+    """The repositories a sync of the lock at `lock_path` (whose bytes `key` hashes) must
+    read when the record vouches for the tree as the sync of another lock (the tree's
+    location and registrish the same, no stamp moved; the config may differ: the tree is
+    made from the lock alone, and the host configs are rendered again anyway); None when
+    it does not (every repository is read)."""
     try:
         doc = json.loads(layout.sync_record.read_bytes())
         previous, config = doc["lock_sha256"], doc["config_sha256"]
-        old = (layout.state / _APPLIED_LOCK).read_bytes()
     except (OSError, ValueError, TypeError, KeyError):
         return None
     if not isinstance(previous, str) or previous == key["lock_sha256"]:
         return None
-    if hashlib.sha256(old).hexdigest() != previous:
-        return None  # not the lock the record was written for
     prior = {**key, "lock_sha256": previous, "config_sha256": config}
     if current(layout, prior, "", frozen=True) is None:
         return None
-    return delta.changed_names(old, lock_bytes)
+    # the copy must be the lock the record was written for (it hashes to its digest)
+    old = layout.state / _APPLIED_LOCK
+    return delta.changed_names_of_files(old, previous, lock_path, str(key["lock_sha256"]))
