@@ -35,6 +35,18 @@ def layouts(tmp_path: Path) -> Path:
     return tmp_path / "layouts"
 
 
+@pytest.fixture
+def config(
+    tmp_path: Path,
+    layouts: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Path:
+    """A locked workspace whose syncs run in batches of 4 tags."""
+    monkeypatch.setattr(batched, "BATCH_TAGS", 4)
+    return _locked(_workspace(tmp_path, layouts, "ws"), capsys)
+
+
 def _sync(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
     code, out, err = run_cli("sync", "-c", str(config), "--json", *args, capsys=capsys)
     assert code == 0, err
@@ -96,14 +108,8 @@ def test_batches_write_what_one_whole_sync_writes(
 
 @pytest.mark.parametrize("litter", ["unlocked repository", "stored blob", "temp file"])
 def test_what_gc_would_collect_makes_the_record_unclean(
-    tmp_path: Path,
-    layouts: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    litter: str,
+    config: Path, capsys: pytest.CaptureFixture[str], litter: str
 ) -> None:
-    monkeypatch.setattr(batched, "BATCH_TAGS", 4)
-    config = _locked(_workspace(tmp_path, layouts, "ws"), capsys)
     _sync(config, capsys)
     layout = Layout(config.parent / "public")
     stale = {
@@ -121,13 +127,8 @@ def test_what_gc_would_collect_makes_the_record_unclean(
 
 
 def test_a_stale_tag_goes_and_the_record_stays_clean(
-    tmp_path: Path,
-    layouts: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(batched, "BATCH_TAGS", 4)
-    config = _locked(_workspace(tmp_path, layouts, "ws"), capsys)
     _sync(config, capsys)
     layout = Layout(config.parent / "public")
     tag = layout.path(Layout.rel_manifest("huge/r001", "1.0.1"))
@@ -144,13 +145,8 @@ def test_a_stale_tag_goes_and_the_record_stays_clean(
 
 
 def test_an_interrupted_sync_lists_no_incomplete_repository(
-    tmp_path: Path,
-    layouts: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    config: Path, layouts: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(batched, "BATCH_TAGS", 4)
-    config = _locked(_workspace(tmp_path, layouts, "ws"), capsys)
     blobs = layouts / "r001" / "blobs" / "sha256"
     index = json.loads((layouts / "r001" / "index.json").read_text())
     missing = blobs / index["manifests"][1]["digest"].removeprefix("sha256:")
