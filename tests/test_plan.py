@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from support.fake_upstream import FakeUpstream, build_image, build_index, lock_of, locked
 
@@ -107,10 +109,8 @@ def test_lock_and_manifest_disagreeing_is_an_integrity_error() -> None:
     entry = locked("multi", "v1", index)
     bogus = LockedManifest("linux/arm64", "sha256:" + "a" * 64, amd.media_type, 10)
     with pytest.raises(IntegrityError, match="multi:v1: locked linux/arm64 manifest"):
-        desired_tree(
-            Lock("h", (entry.__class__(**{**entry.__dict__, "platforms": (bogus,)}),)), parsed(up)
-        )
-    wrong_size = entry.__class__(**{**entry.__dict__, "size": entry.size + 1})
+        desired_tree(Lock("h", (replace(entry, platforms=(bogus,)),)), parsed(up))
+    wrong_size = replace(entry, size=entry.size + 1)
     with pytest.raises(IntegrityError, match="the lock says"):
         desired_tree(Lock("h", (wrong_size,)), parsed(up))
 

@@ -116,14 +116,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
     for change in result.changes:
         console.info(_describe(change))
     text = dumps(result.lock)
-    would = (
-        bool(result.changes)
-        or (old is None)
-        or text != (lock_path.read_text() if lock_path.exists() else "")
-    )
-    written = False if args.dry_run else write_lock(lock_path, result.lock)
+    data = text.encode()
+    would = bool(result.changes) or (old is None) or data != lock_bytes
+    del old, lock_bytes  # a large lock's are not held while the new one is checked
+    written = False if args.dry_run else write_lock(lock_path, result.lock, text)
+    del text
     if not args.dry_run:
-        lockcache.remember(config, text.encode(), len(result.lock.tags))
+        lockcache.remember(config, data, len(result.lock.tags))
     return _report(
         console,
         lock_path,

@@ -32,7 +32,7 @@ import hashlib
 import html
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..fsutil import atomic_write_bytes
@@ -115,6 +115,12 @@ class _Section:
 def render_site(model: BrowseModel, *, title: str = TITLE) -> BrowseSite:
     """The page and every repository's data file. Pure and deterministic."""
     data: dict[str, bytes] = {}
+    sections = _render_repositories(model, data)
+    return BrowseSite(_page(sections, title), data)
+
+
+def _render_repositories(model: BrowseModel, data: dict[str, bytes]) -> list[_Section]:
+    """The model's sections; their data files go into `data`."""
     sections = []
     for name, repo_tags in model.repositories:
         body = repository_data(name, repo_tags)
@@ -122,7 +128,7 @@ def render_site(model: BrowseModel, *, title: str = TITLE) -> BrowseSite:
         data[rel] = body
         sources = ", ".join(sorted({t.source for t in repo_tags}))
         sections.append(_Section(name, sources, len(repo_tags), rel))
-    return BrowseSite(_page(sections, title), data)
+    return sections
 
 
 def _page(sections: list[_Section], title: str) -> bytes:
@@ -180,21 +186,19 @@ def render_tree_site(
     are read from the tree; every other one keeps the data file the page on disk names
     (read again when that file is missing). Same bytes as a full render when the tree
     is as that sync left it."""
-    if changed is None:
-        return render_site(read_model(layout, lock))
-    kept = {n: rel for n, rel in current_data_files(layout).items() if n not in changed}
-    fresh = replace(lock, tags=tuple(t for t in lock.tags if t.name not in kept))
-    site = render_site(read_model(layout, fresh))
-    by_name = {s.name: s for s in _sections_of(site.page)}
-    sections = []
-    for name in lock.names():
-        if name in by_name:
-            sections.append(by_name[name])
-            continue
-        tags = [t for t in lock.tags if t.name == name]
-        sources = ", ".join(sorted({t.source for t in tags}))
-        sections.append(_Section(name, sources, len(tags), kept[name]))
-    return BrowseSite(_page(sections, TITLE), site.data)
+    kept: dict[str, str] = {}
+    if changed is not None:
+        kept = {n: rel for n, rel in current_data_files(layout).items() if n not in changed}
+    # One repository's manifests and model at a time (the tree's were 100,000 tags' worth).
+    sections: list[_Section] = []
+    data: dict[str, bytes] = {}
+    for name, part in lock.by_repository():
+        if name in kept:
+            sources = ", ".join(sorted({t.source for t in part.tags}))
+            sections.append(_Section(name, sources, len(part.tags), kept[name]))
+        else:
+            sections += _render_repositories(read_model(layout, part), data)
+    return BrowseSite(_page(sections, TITLE), data)
 
 
 _SECTION_RE = re.compile(

@@ -408,6 +408,17 @@ def check_local(layout: Layout, lock: Lock) -> Report:
         report.checked += 1
         if not os.path.isfile(tree.abspath(rel)):
             report.fail(rel, "missing (run `registrish sync`, then `registrish hosts`)")
+    # One repository at a time (everything checked is keyed by the repository): the bytes
+    # of its manifests are held while its blobs are checked, never the whole tree's.
+    for _name, part in lock.by_repository():
+        if not _check_repository(tree, part, report):
+            break
+    return report
+
+
+def _check_repository(tree: TreeFiles, lock: Lock, report: Report) -> bool:
+    """`check_local` for a lock of one repository; False when its manifests do not parse
+    (nothing further can be derived)."""
     verified: dict[str, bytes] = {}  # rel → manifest bytes that hash to their digest
     for rel, digest, media_type in sorted(set(_files(lock))):
         report.checked += 1
@@ -440,7 +451,7 @@ def check_local(layout: Layout, lock: Lock) -> Report:
         objects = objects_from(lock, ((name, body) for (name, _), body in images.items()))
     except IntegrityError as exc:
         report.fail("(manifests)", str(exc))
-        return report
+        return False
     for blob in objects.blobs:
         rel = Layout.rel_blob(blob.name, blob.digest)
         report.checked += 1
@@ -465,10 +476,8 @@ def check_local(layout: Layout, lock: Lock) -> Report:
             continue
         for problem in referrers_problems(data, expected.get((name, digest), {})):
             report.fail(rel, problem)
-    locked: dict[str, list[str]] = {}
-    for t in lock.tags:
-        locked.setdefault(t.name, []).append(t.tag)
-    for name in objects.names:
+    locked = [t.tag for t in lock.tags]
+    for name in objects.names:  # the one repository
         rel = Layout.rel_tags_list(name)
         report.checked += 1
         try:
@@ -476,10 +485,10 @@ def check_local(layout: Layout, lock: Lock) -> Report:
         except (ValueError, AttributeError):
             report.fail(rel, "missing or not a JSON tag list (run `registrish sync`)")
             continue
-        for tag in locked.get(name, []):
+        for tag in locked:
             if tag not in listed:
                 report.fail(rel, f"tag {tag} is locked but not listed")
-    return report
+    return True
 
 
 def _by_digest(path: str) -> bool:

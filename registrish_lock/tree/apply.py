@@ -268,6 +268,8 @@ class SyncResult:
     gc: gc_mod.GcPlan | None = None
     #: The tree holds nothing the lock does not reach (what the sync record calls clean).
     clean: bool = False
+    #: Something was written (`batched` returns an empty `plan` unless asked for JSON).
+    changed: bool = False
 
 
 @dataclass(frozen=True)

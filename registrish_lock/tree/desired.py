@@ -53,7 +53,7 @@ def selected_children(tag: LockedTag, manifest: Manifest, *, top: bool) -> tuple
     return tuple(selected)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: several per tag at scale
 class WantManifest:
     name: str
     ref: str  # a tag, or the digest itself
@@ -76,7 +76,7 @@ class WantManifest:
         return mediatypes.KIND_OF[self.media_type]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WantBlob:
     name: str
     digest: str

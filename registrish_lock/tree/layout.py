@@ -173,18 +173,17 @@ def path_collisions(tags_by_name: Mapping[str, Iterable[str]]) -> list[tuple[str
     # Every file whose path a repository name could spell: the pings (names cannot start
     # with `_` like `_catalog`), `tags/list` and tag files (digests hold a colon, twins and
     # last pages a `~`: no name can spell those).
+    needs = {name: _needed_dirs(name) for name in tags_by_name}
+    wanted = {where for dirs in needs.values() for where in dirs}
     files = {PING_FILE: "the /v2/ ping", "index.html": "the plain host's /v2/ ping"}
     for name, tags in tags_by_name.items():
         files[f"{name}/tags/list"] = f"the tag list of {name!r}"
-        for tag in tags:
-            files[f"{name}/manifests/{tag}"] = f"tag {tag!r} of {name!r}"
+        for tag in tags:  # only the tags a directory needs (not a string per tag kept)
+            if (path := f"{name}/manifests/{tag}") in wanted:
+                files[path] = f"tag {tag!r} of {name!r}"
     problems: list[tuple[str, str]] = []
     for name in sorted(tags_by_name):
-        parts = name.split("/")
-        # the directories the repository needs: its own path, then its sections
-        needed = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-        needed += [f"{name}/{section}" for section in _SECTIONS]
-        for where in needed:
+        for where in needs[name]:
             owner = files.get(where)
             if owner is not None:
                 problem = (
@@ -196,6 +195,13 @@ def path_collisions(tags_by_name: Mapping[str, Iterable[str]]) -> list[tuple[str
 
 
 _SECTIONS = ("manifests", "tags", "blobs", "referrers")
+
+
+def _needed_dirs(name: str) -> list[str]:
+    """The directories a repository needs: its own path, then its sections."""
+    parts = name.split("/")
+    needed = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return needed + [f"{name}/{section}" for section in _SECTIONS]
 
 
 def is_last_page(rel: str) -> bool:

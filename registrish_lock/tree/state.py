@@ -46,7 +46,7 @@ def hash_file(path: Path) -> tuple[str, int]:
     return "sha256:" + h.hexdigest(), size
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per file of the tree: 700,000 at 100,000 tags
 class FileInfo:
     size: int
     dev: int

@@ -115,6 +115,8 @@ class _Tagged(Protocol):
 
 
 _Parsed = TypeVar("_Parsed", bound=_Tagged)
+#: Parsed sources kept (least recently used ones are parsed again when asked for).
+KEEP_PARSED = 8
 
 
 class LocalSource(Generic[_Parsed]):
@@ -142,9 +144,15 @@ class LocalSource(Generic[_Parsed]):
             raise ValueError(f"not a {self.scheme}: source: {repo}")
         path = self.base / repo.repository
         with self._lock:
-            if path not in self._parsed:
-                self._parsed[path] = self._load(path, repo.repository_ref)
-            return self._parsed[path]
+            parsed = self._parsed.pop(path, None)
+            if parsed is None:
+                parsed = self._load(path, repo.repository_ref)
+                # The most recently used ones only: a sync reads repository after
+                # repository, and 100 parsed 1,000-tag indexes held 60 MB.
+                while len(self._parsed) >= KEEP_PARSED:
+                    del self._parsed[next(iter(self._parsed))]
+            self._parsed[path] = parsed  # last: the most recently used
+            return parsed
 
     def list_tags(self, repo: Reference) -> list[str]:
         return sorted(self._open(repo).tags)

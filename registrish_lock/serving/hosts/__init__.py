@@ -97,12 +97,18 @@ def make_context(
 
 def tag_digests(lock: Lock) -> tuple[TaggedDigest, ...]:
     """Every tag the tree serves: locked tags and cosign tags."""
-    table = {(t.name, t.tag): (t.digest, t.media_type) for t in lock.tags}
+    served = [TaggedDigest(t.name, t.tag, t.digest, t.media_type) for t in lock.tags]
+    cosign: dict[tuple[str, str], TaggedDigest] = {}
     for t in lock.tags:
         for r in t.referrers:
             if r.tag:
-                table.setdefault((t.name, r.tag), (r.digest, r.media_type))
-    return tuple(sorted(TaggedDigest(n, tag, d, mt) for (n, tag), (d, mt) in table.items()))
+                cosign.setdefault(
+                    (t.name, r.tag), TaggedDigest(t.name, r.tag, r.digest, r.media_type)
+                )
+    if cosign:  # only then a (name, tag) set of every locked tag (100,000 tuples at scale)
+        locked = {t.key for t in lock.tags}
+        served += (v for k, v in cosign.items() if k not in locked)
+    return tuple(sorted(served))
 
 
 def render_hosts(ctx: HostContext, hosts: Sequence[str]) -> list[Rendered]:
