@@ -185,17 +185,19 @@ def _fetch_blobs(
         progress.close()
 
 
-def apply_plan(
-    plan: Plan,
-    *,
-    store: TreeStore,
-    manifests: Mapping[str, bytes],
-    upstream: LazyUpstream,
-    jobs: int,
-    progress: Progress,
-    console: Console,
-    stats: Stats,
-) -> None:
+@dataclass(frozen=True)
+class Run:
+    """What the steps of one sync share: the tree it writes, where blobs come from, how
+    many requests at a time, and where it reports."""
+
+    store: TreeStore
+    upstream: LazyUpstream
+    jobs: int
+    progress: Progress
+    console: Console
+
+
+def apply_plan(plan: Plan, manifests: Mapping[str, bytes], run: Run, stats: Stats) -> None:
     """Blobs → platform manifests → indexes → referrers → tags → tags/list → stale tags
     → catalog → ping. A tag is written only after everything it reaches is in place.
 
@@ -203,6 +205,13 @@ def apply_plan(
     before the next phase writes names that refer to it (locally one fsync per directory,
     so after a power loss a tag never points at a blob or manifest that was lost; per-file
     directory fsyncs were 17 % of a small cold sync's profile)."""
+    store, upstream, jobs, progress, console = (
+        run.store,
+        run.upstream,
+        run.jobs,
+        run.progress,
+        run.console,
+    )
     store.prepare()
     for digest in plan.drop_store:
         console.warn(f"stored blob {digest} is corrupt; fetching it again")
@@ -280,25 +289,16 @@ class _Planned:
     state: TreeState
 
 
-def _plan_sync(
-    *,
-    lock: Lock,
-    store: TreeStore,
-    upstream: LazyUpstream,
-    console: Console,
-    verify: bool,
-    scope: frozenset[str] | None,
-    jobs: int,
-) -> _Planned:
+def _plan_sync(lock: Lock, run: Run, *, verify: bool, scope: frozenset[str] | None) -> _Planned:
     """With `scope`, only those repositories are read and planned (the others are as the
     sync record vouches); the catalog still lists every locked name."""
-    state = store.observe(verify=verify, names=scope)
+    state = run.store.observe(verify=verify, names=scope)
     part = (
         lock
         if scope is None
         else replace(lock, tags=tuple(t for t in lock.tags if t.name in scope))
     )
-    manifests = collect_manifests(part, state, upstream, console, jobs=jobs)
+    manifests = collect_manifests(part, state, run.upstream, run.console, jobs=run.jobs)
     desired = desired_tree(part, manifests.parsed)
     if scope is not None:
         catalog = ("catalog", catalog_document(lock))
@@ -332,28 +332,12 @@ def sync_tree(
     stats = Stats()
     if verify or prune:
         scope = None
-    planned = _plan_sync(
-        lock=lock,
-        store=tree,
-        upstream=upstream,
-        console=console,
-        verify=verify,
-        scope=scope,
-        jobs=jobs,
-    )
+    run = Run(store=tree, upstream=upstream, jobs=jobs, progress=progress, console=console)
+    planned = _plan_sync(lock, run, verify=verify, scope=scope)
     plan, manifests = planned.plan, planned.manifests
     gc_plan = None
     if not dry_run:
-        apply_plan(
-            plan,
-            store=tree,
-            manifests=manifests.data,
-            upstream=upstream,
-            jobs=jobs,
-            progress=progress,
-            console=console,
-            stats=stats,
-        )
+        apply_plan(plan, manifests.data, run, stats)
     if prune and dry_run:
         gc_plan = _gc_after(plan, lock=lock, store=tree, manifests=manifests)
     elif prune:

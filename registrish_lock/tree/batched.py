@@ -30,7 +30,7 @@ from ..lock.lockfile import Lock
 from ..oci.reference import is_digest, is_name
 from ..progress import Progress, Stats, Stopwatch
 from . import gc as gc_mod
-from .apply import LazyUpstream, SyncResult, apply_plan, collect_manifests
+from .apply import LazyUpstream, Run, SyncResult, apply_plan, collect_manifests
 from .desired import PING_DOCUMENT, Desired, catalog_document, desired_tree
 from .layout import Layout, parse_rel_path
 from .plan import DocWrite, Plan, make_plan
@@ -114,18 +114,11 @@ def sync_in_batches(
     reached = bytearray()  # every stored blob a batch needs: 32 bytes each (no object)
     clean = scope is None
 
+    run = Run(store=store, upstream=upstream, jobs=jobs, progress=progress, console=console)
+
     def apply(plan: Plan, manifests: Mapping[str, bytes]) -> None:
         done = Stats()
-        apply_plan(
-            plan,
-            store=store,
-            manifests=manifests,
-            upstream=upstream,
-            jobs=jobs,
-            progress=progress,
-            console=console,
-            stats=done,
-        )
+        apply_plan(plan, manifests, run, done)
         _add(stats, done)
         plans.add(plan)
 

@@ -63,6 +63,12 @@ def split_twin(filename: str) -> tuple[str, str] | None:
     return ref, mediatypes.TYPE_OF_KIND[kind]
 
 
+def _in_repository(name: str, section: str, leaf: str) -> str:
+    """`v2/<name>/<section>/<leaf>`: the one place a repository's name becomes a path (it
+    is validated here, so no caller can put a path outside the tree)."""
+    return f"v2/{validate_name(name)}/{section}/{leaf}"
+
+
 @dataclass(frozen=True)
 class Layout:
     """Paths of one tree. `rel_*` give `/`-separated paths relative to the root
@@ -83,27 +89,27 @@ class Layout:
 
     @staticmethod
     def rel_tags_list(name: str) -> str:
-        return f"v2/{validate_name(name)}/tags/list"
+        return _in_repository(name, "tags", "list")
 
     @staticmethod
     def rel_tags_last(name: str, tag: str) -> str:
-        return f"v2/{validate_name(name)}/tags/{validate_tag(tag)}{LAST_PAGE_SUFFIX}"
+        return _in_repository(name, "tags", validate_tag(tag) + LAST_PAGE_SUFFIX)
 
     @staticmethod
     def rel_manifest(name: str, ref: str) -> str:
-        return f"v2/{validate_name(name)}/manifests/{ref_component(ref)}"
+        return _in_repository(name, "manifests", ref_component(ref))
 
     @staticmethod
     def rel_manifest_twin(name: str, ref: str, media_type: str) -> str:
-        return f"v2/{validate_name(name)}/manifests/{twin_name(ref, media_type)}"
+        return _in_repository(name, "manifests", twin_name(ref, media_type))
 
     @staticmethod
     def rel_blob(name: str, digest: str) -> str:
-        return f"v2/{validate_name(name)}/blobs/{validate_digest(digest)}"
+        return _in_repository(name, "blobs", validate_digest(digest))
 
     @staticmethod
     def rel_referrers(name: str, digest: str) -> str:
-        return f"v2/{validate_name(name)}/referrers/{validate_digest(digest)}"
+        return _in_repository(name, "referrers", validate_digest(digest))
 
     # --- absolute paths -------------------------------------------------------
     def path(self, rel: str) -> Path:
