@@ -32,14 +32,13 @@ from ..progress import Progress, Stats, Stopwatch
 from . import gc as gc_mod
 from .apply import LazyUpstream, Run, SyncResult, apply_plan, collect_manifests
 from .desired import PING_DOCUMENT, Desired, catalog_document, desired_tree
-from .layout import Layout, parse_rel_path
+from .layout import REPOSITORY_SECTIONS, Layout, parse_rel_path
 from .plan import DocWrite, Plan, make_plan
 from .store import LocalTreeStore
 
 #: Tags per batch (whole repositories): a lock of at most this many is synced in one.
 #: A batch holds ~14 KiB per tag while it is planned and applied.
 BATCH_TAGS = 1000
-_SECTIONS = ("manifests", "tags", "blobs", "referrers")
 _LAST = ("catalog", "ping")
 
 
@@ -177,7 +176,7 @@ def _write_last(store: LocalTreeStore, lock: Lock) -> tuple[DocWrite | None, Doc
 def _unlocked_repositories(layout: Layout, locked: set[str]) -> set[str]:
     """The repositories with a file of ours under `v2/` that the lock does not name (the
     sections of locked ones are not listed: their batches read them)."""
-    sections = {os.path.join(layout.repo_dir(n), s) for n in locked for s in _SECTIONS}
+    sections = {os.path.join(layout.repo_dir(n), s) for n in locked for s in REPOSITORY_SECTIONS}
     found: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(layout.v2):
         dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in sections]

@@ -200,14 +200,15 @@ def path_collisions(tags_by_name: Mapping[str, Iterable[str]]) -> list[tuple[str
     return problems
 
 
-_SECTIONS = ("manifests", "tags", "blobs", "referrers")
+#: The directories under a repository (`v2/<name>/<section>/`).
+REPOSITORY_SECTIONS = ("manifests", "tags", "blobs", "referrers")
 
 
 def _needed_dirs(name: str) -> list[str]:
     """The directories a repository needs: its own path, then its sections."""
     parts = name.split("/")
     needed = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-    return needed + [f"{name}/{section}" for section in _SECTIONS]
+    return needed + [f"{name}/{section}" for section in REPOSITORY_SECTIONS]
 
 
 def is_last_page(rel: str) -> bool:

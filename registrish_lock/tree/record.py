@@ -41,12 +41,11 @@ from pathlib import Path
 from .. import __version__
 from ..fsutil import atomic_write_bytes, fsync_dir
 from . import delta
-from .layout import Layout
+from .layout import REPOSITORY_SECTIONS, Layout
 
 RECORD_FORMAT = 1
 #: Stamps younger than this against the record are not trusted (FAT's mtime is 2 s coarse).
 RACY_NS = 2_000_000_000
-_SECTIONS = ("manifests", "tags", "blobs", "referrers")
 _APPLIED_LOCK = "synced.lock"
 Stamp = list[int] | None
 
@@ -91,7 +90,7 @@ def watched(layout: Layout, names: Iterable[str], hosts_dir: Path) -> list[Path]
         repo = layout.repo_dir(name)
         dirs.update(p for p in repo.parents if p.is_relative_to(layout.v2))
         dirs.add(repo)
-        dirs.update(repo / s for s in _SECTIONS)
+        dirs.update(repo / s for s in REPOSITORY_SECTIONS)
     files: set[Path] = set()
     for top in (layout.root, layout.v2, hosts_dir):
         with contextlib.suppress(OSError):
