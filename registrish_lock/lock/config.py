@@ -84,6 +84,9 @@ class ImageSpec:
     def input_hash(self) -> str:
         """What this image's lock entries depend on; recorded per image in the lock
         so a change to one image re-resolves only that image."""
+        return _memo(self, "input_hash", self._input_hash)
+
+    def _input_hash(self) -> str:
         return _hash(
             {
                 "source": self.source.repository_ref,
@@ -142,7 +145,20 @@ class Config:
     def input_hash(self) -> str:
         """A hash of exactly what resolution depends on: a lock made from a config
         with another hash is stale. Hosts, root and transport settings are excluded."""
-        return _hash(sorted((i.name, i.input_hash()) for i in self.images))
+        return _memo(self, "input_hash", lambda: _hash(sorted(self.image_inputs().items())))
+
+    def image_inputs(self) -> dict[str, str]:
+        """Each image's input hash by repository name, sorted (the lock's `inputs`)."""
+        return dict(sorted((i.name, i.input_hash()) for i in self.images))
+
+
+def _memo(owner: object, key: str, compute: Callable[[], str]) -> str:
+    """`compute()` once per (frozen) object: a config listing 100,000 tags is hashed by
+    several steps of one command (the hash sorts and serializes every tag)."""
+    memo: dict[str, str] = owner.__dict__.setdefault("_memo", {})
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
 
 
 def _hash(doc: object) -> str:
