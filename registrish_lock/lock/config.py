@@ -24,6 +24,7 @@ from ..oci.manifest import Platform, sha256_digest
 from ..oci.reference import (
     DOCKER_ARCHIVE,
     OCI_LAYOUT,
+    TAG_RE,
     Reference,
     default_target_name,
     is_name,
@@ -33,6 +34,7 @@ from ..oci.reference import (
 )
 from ..tls import TLS_KEYS, Address, ServerTls, parse_server_tls
 from ..tree.layout import Layout, path_collisions
+from . import fasttoml
 from .tomlreader import Reader
 
 if sys.version_info >= (3, 11):
@@ -182,7 +184,7 @@ def load_config(path: Path) -> Config:
     except OSError as exc:
         raise ConfigError(path, None, f"cannot read: {exc}") from None
     try:
-        doc = tomllib.loads(text)
+        doc = fasttoml.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             path, None, f"invalid TOML: {exc}", hint="fix the syntax at that line (see toml.io)"
@@ -433,7 +435,8 @@ def _parse_image(
             "use lowercase path components like 'team/app' ([a-z0-9] joined by '.', '_', '__' or '-')",
         )
     tags = r.strings(raw.get("tags", []), f"{key}.tags")
-    for i, tag in enumerate(tags):
+    bad = () if all(map(TAG_RE.fullmatch, tags)) else tags  # 100,000 tags: checked at C speed
+    for i, tag in enumerate(bad):
         if not is_tag(tag):
             raise r.fail(
                 f"{key}.tags[{i}]",
