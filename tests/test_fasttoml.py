@@ -3,6 +3,7 @@ by `tomllib`: the same document (or the same error) as `tomllib` for any text.""
 
 from __future__ import annotations
 
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,25 +40,23 @@ def same_as_tomllib(text: str) -> dict[str, Any] | str:
 def spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The texts fasttoml hands to tomllib."""
     seen: list[str] = []
-    real = fasttoml.tomllib.loads
+    real = tomllib.loads
 
     def loads(text: str) -> dict[str, Any]:
         seen.append(text)
         return real(text)
 
-    monkeypatch.setattr(fasttoml.tomllib, "loads", loads)
+    monkeypatch.setattr(tomllib, "loads", loads)
     return seen
 
 
 def test_the_common_form_skips_tomllib_for_its_arrays(monkeypatch: pytest.MonkeyPatch) -> None:
     tags = [f"1.{n}.0" for n in range(500)]
-    text = (
-        '[registry]\nroot = "public"\nhosts = ["nginx", "caddy"]\n\n'
-        + "".join(
-            f'[[image]]\nsource = "oci:layouts/r{i}"\nname = "huge/r{i}"\n'
-            f"tags = {tags!r}\n\n".replace("'", '"')
-            for i in range(3)
+    text = '[registry]\nroot = "public"\nhosts = ["nginx", "caddy"]\n\n' + "".join(
+        f'[[image]]\nsource = "oci:layouts/r{i}"\nname = "huge/r{i}"\ntags = {tags!r}\n\n'.replace(
+            "'", '"'
         )
+        for i in range(3)
     )
     seen = spy(monkeypatch)
     doc = same_as_tomllib(text)
@@ -73,7 +72,7 @@ def test_the_common_form_skips_tomllib_for_its_arrays(monkeypatch: pytest.Monkey
         # arrays of the form, in every place a line can be
         'tags = ["a", "b",]\n',
         'tags=["a","b"]   \n',
-        '  tags = [ ]\nx = 1\n',
+        "  tags = [ ]\nx = 1\n",
         'tags = ["a"]',  # no newline at the end
         '[t]\ntags = ["a"]\n[[u]]\ntags = ["b"]\n[[u]]\ntags = ["c"]\n',
         # lines of that form that are no key's value
@@ -105,7 +104,7 @@ def test_edge_cases_mean_what_tomllib_says(text: str) -> None:
 def test_a_string_that_spells_a_placeholder_is_only_a_string(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(fasttoml.secrets, "token_hex", lambda _n: "feed")
+    monkeypatch.setattr(secrets, "token_hex", lambda _n: "feed")
     # the token spelled by escapes: the swapped text parses, but the check refuses it
     text = 'a = ["x"]\nb = "\\u0066eed-0"\n'
     assert same_as_tomllib(text) == {"a": ["x"], "b": "feed-0"}
@@ -113,7 +112,7 @@ def test_a_string_that_spells_a_placeholder_is_only_a_string(
     assert same_as_tomllib('feed = "x"\n') == {"feed": "x"}  # the token in the text
 
 
-_PLAIN = st.text(st.sampled_from('ab1.-_ "\\#=[]\'\n\t,'), max_size=6)
+_PLAIN = st.text(st.sampled_from("ab1.-_ \"\\#=[]'\n\t,"), max_size=6)
 _ITEMS = st.lists(st.text(st.sampled_from("ab1.-_ "), max_size=4), max_size=4)
 
 
@@ -154,7 +153,9 @@ def test_load_config_reads_a_large_config_the_same(tmp_path: Path) -> None:
     tags = [f"1.{n // 100}.{n % 100}" for n in range(2000)]
     text = "".join(
         f'[[image]]\nsource = "oci:layouts/r{i}"\nname = "huge/r{i}"\n'
-        + "tags = [" + ", ".join(f'"{t}"' for t in tags) + "]\n\n"
+        + "tags = ["
+        + ", ".join(f'"{t}"' for t in tags)
+        + "]\n\n"
         for i in range(3)
     )
     path = tmp_path / "registrish.toml"

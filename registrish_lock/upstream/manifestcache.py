@@ -44,11 +44,11 @@ class _Expected:
 
 class ManifestCache:
     def __init__(
-        self, upstream: ManifestSource, tree: Layout | None = None, *, recent: int = RECENT
+        self, upstream: ManifestSource, tree: Layout | None = None, *, recent: int | None = None
     ) -> None:
         self._upstream = upstream
         self._tree = tree
-        self._recent_cap = recent
+        self._recent_cap = RECENT if recent is None else recent
         self._expected: dict[_Key, _Expected] = {}
         self._recent: OrderedDict[_Key, Manifest] = OrderedDict()
         self._lock = threading.Lock()
@@ -74,6 +74,12 @@ class ManifestCache:
                 del self._expected[key]
                 if held.manifest is not None:
                     self._keep_recent(key, held.manifest)
+
+    @property
+    def held(self) -> int:
+        """How many manifests the cache holds now."""
+        with self._lock:
+            return len(self._recent) + sum(1 for e in self._expected.values() if e.manifest)
 
     def _held(self, key: _Key) -> Manifest | None:
         """Under `_lock`: the manifest if this run holds it."""
