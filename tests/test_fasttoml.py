@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.spies import record_calls
 
 from registrish_lock.errors import ConfigError
 from registrish_lock.lock import fasttoml
@@ -37,19 +38,6 @@ def same_as_tomllib(text: str) -> dict[str, Any] | str:
     return got
 
 
-def spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The texts fasttoml hands to tomllib."""
-    seen: list[str] = []
-    real = tomllib.loads
-
-    def loads(text: str) -> dict[str, Any]:
-        seen.append(text)
-        return real(text)
-
-    monkeypatch.setattr(tomllib, "loads", loads)
-    return seen
-
-
 def test_the_common_form_skips_tomllib_for_its_arrays(monkeypatch: pytest.MonkeyPatch) -> None:
     tags = [f"1.{n}.0" for n in range(500)]
     text = '[registry]\nroot = "public"\nhosts = ["nginx", "caddy"]\n\n' + "".join(
@@ -58,7 +46,7 @@ def test_the_common_form_skips_tomllib_for_its_arrays(monkeypatch: pytest.Monkey
         )
         for i in range(3)
     )
-    seen = spy(monkeypatch)
+    seen = record_calls(monkeypatch, tomllib, "loads")
     doc = same_as_tomllib(text)
     assert isinstance(doc, dict) and doc["image"][2]["tags"] == tags
     assert doc["registry"]["hosts"] == ["nginx", "caddy"]

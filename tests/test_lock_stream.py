@@ -5,17 +5,19 @@ byte `dumps` of the in-memory resolution, however the old lock was read."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support.locks import big_lock
 from support.memory_upstream import MemoryUpstream, image_manifest
+from support.trees import sha
 
 from registrish_lock.errors import ConfigError
 from registrish_lock.lock import resolve as resolve_module
 from registrish_lock.lock.config import Config, load_config
 from registrish_lock.lock.lockfile import (
     Lock,
-    LockedManifest,
     LockedReferrer,
     LockedTag,
     dumps,
@@ -25,7 +27,7 @@ from registrish_lock.lock.lockfile import (
 )
 from registrish_lock.lock.resolve import Outcome, resolve, resolve_into
 from registrish_lock.lock.stream import LockWriter, OldLock
-from registrish_lock.oci import mediatypes
+from registrish_lock.oci.mediatypes import OCI_MANIFEST
 from registrish_lock.upstream import manifestcache
 from registrish_lock.upstream.manifestcache import ManifestCache
 
@@ -133,13 +135,20 @@ def test_every_kind_of_run_writes_what_the_in_memory_lock_dumps(
     assert "alpha-1-moved" not in expected  # pins never move unless asked
 
 
-def test_a_lock_of_another_shape_is_read_whole_and_written_in_lock_s_form(
-    tmp_path: Path, upstream: MemoryUpstream
-) -> None:
+@pytest.fixture
+def locked(tmp_path: Path, upstream: MemoryUpstream) -> tuple[Config, bytes, Lock]:
+    """The config of IMAGES, locked: its lock's bytes and meaning."""
     config = configure(tmp_path, IMAGES)
     streamed(config, upstream)
-    canonical = config.lock_path.read_text()
-    lock = loads(canonical, config.lock_path)
+    data = config.lock_path.read_bytes()
+    return config, data, loads(data.decode(), config.lock_path)
+
+
+def test_a_lock_of_another_shape_is_read_whole_and_written_in_lock_s_form(
+    locked: tuple[Config, bytes, Lock], upstream: MemoryUpstream
+) -> None:
+    config, data, lock = locked
+    canonical = data.decode()
     # blocks in reverse order (valid TOML, read whole), then one block with a number
     # spelled otherwise (read by block, but not `lock`'s form)
     head, *blocks = canonical.split("\n[[tag]]\n")
@@ -157,12 +166,9 @@ def test_a_lock_of_another_shape_is_read_whole_and_written_in_lock_s_form(
 
 
 def test_the_old_lock_by_repository_is_the_same_however_it_is_read(
-    tmp_path: Path, upstream: MemoryUpstream
+    locked: tuple[Config, bytes, Lock],
 ) -> None:
-    config = configure(tmp_path, IMAGES)
-    streamed(config, upstream)
-    data = config.lock_path.read_bytes()
-    lock = loads(data.decode(), config.lock_path)
+    config, data, lock = locked
     trusted = OldLock.read(config.lock_path, data, trusted=True)
     scanned = OldLock.read(config.lock_path, data, trusted=False)
     whole = OldLock.of_lock(lock)
@@ -198,23 +204,14 @@ def test_a_kept_repository_s_tags_still_refuse_a_path_collision(
     assert upstream.calls["head"] == 1  # refused before any request of this run
 
 
-def _sha(n: int) -> str:
-    return f"sha256:{n:064x}"
-
-
 def _rich_lock() -> Lock:
-    index = LockedTag(
-        "team/app", "1.0", "docker.io/team/app", _sha(1), mediatypes.OCI_INDEX, 300, 9000,
-        platforms=(LockedManifest("", _sha(3), mediatypes.OCI_MANIFEST, 501),
-                   LockedManifest("linux/amd64", _sha(2), mediatypes.OCI_MANIFEST, 500)),
-        referrers=(LockedReferrer(_sha(1), _sha(4), mediatypes.OCI_MANIFEST, 40, "application/x-sig"),),
-    )  # fmt: skip
-    plain = [
-        LockedTag(f"r{n}", f"1.{t}", f"oci:layouts/r{n}", _sha(10 + t), mediatypes.OCI_MANIFEST,
-                  400 + t, 4000)
-        for n in range(2) for t in range(3)
-    ]  # fmt: skip
-    return make_lock(_sha(9), [index, *plain], {"r0": "a", "r1": "b", "team/app": "c"})
+    """Indexes (one with a referrer) and single manifests: both ways a block is rendered."""
+    tags, _ = big_lock(2, 2)
+    signed = tags[0]
+    signature = LockedReferrer(signed.digest, sha(b"sig"), OCI_MANIFEST, 40, "application/x-sig")
+    plain = LockedTag("r0", "1.0", "oci:layouts/r0", sha(b"r0"), OCI_MANIFEST, 400, 4000)
+    tags = [replace(signed, referrers=(signature,)), *tags[1:], plain]
+    return make_lock(sha(b"config"), tags, {t.name: "sha256:00" for t in tags})
 
 
 def write(path: Path, lock: Lock, old: bytes | None, *, dry_run: bool = False) -> bool:
