@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 from ..console import Console
@@ -181,7 +180,7 @@ def _report(
             "dry_run": dry_run,
             "tags": tags,
             "requests": requests,
-            "changes": [asdict(c) for c in changes],
+            "changes": [c.as_json() for c in changes],
             **counts,
             "unchanged": unchanged,
         }

@@ -40,6 +40,15 @@ class Change:
     old: str | None
     new: str | None
 
+    def as_json(self) -> dict[str, str | None]:
+        return {
+            "name": self.name,
+            "tag": self.tag,
+            "kind": self.kind,
+            "old": self.old,
+            "new": self.new,
+        }
+
 
 @dataclass
 class Resolution:

@@ -53,6 +53,7 @@ class ManifestCache:
         self._recent: OrderedDict[_Key, Manifest] = OrderedDict()
         self._lock = threading.Lock()
         self._reading: dict[_Key, threading.Event] = {}  # keys being read or fetched now
+        self._names: dict[str, bool] = {}  # repository name -> the tree has its manifests
         #: Manifests fetched from upstream, and found in the tree (for tests and -v).
         self.fetched = 0
         self.from_tree = 0
@@ -115,12 +116,22 @@ class ManifestCache:
             known = self._held(key)
         if known is not None or self._tree is None:
             return known
-        found = _read_twin(self._tree, name, digest)
+        found = _read_twin(self._tree, name, digest) if self._in_tree(name) else None
         if found is not None and keep:
             with self._lock:
                 self._store(key, found)
                 self.from_tree += 1
         return found
+
+    def _in_tree(self, name: str) -> bool:
+        """Whether the tree has a manifests directory for `name` (asked once per name: a
+        lock before the first sync looked for four twins of every tag)."""
+        known = self._names.get(name)
+        if known is None:
+            assert self._tree is not None
+            twin = Layout.rel_manifest_twin(name, "sha256:" + "0" * 64, mediatypes.OCI_MANIFEST)
+            known = self._names[name] = self._tree.path(twin).parent.is_dir()
+        return known
 
     def get(self, repo: Reference, digest: str, name: str) -> Manifest:
         """The manifest `digest` of `repo` (verified), fetched only if nobody has it yet."""
