@@ -32,16 +32,6 @@ _Key = tuple[str, str]  # (repository reference, digest)
 RECENT = 4096
 
 
-class _Expected:
-    """A top-level digest some tags still ask for, and its manifest once read."""
-
-    __slots__ = ("manifest", "tags")
-
-    def __init__(self) -> None:
-        self.tags = 0
-        self.manifest: Manifest | None = None
-
-
 class ManifestCache:
     def __init__(
         self, upstream: ManifestSource, tree: Layout | None = None, *, recent: int | None = None
@@ -49,7 +39,10 @@ class ManifestCache:
         self._upstream = upstream
         self._tree = tree
         self._recent_cap = RECENT if recent is None else recent
-        self._expected: dict[_Key, _Expected] = {}
+        #: Per repository, per digest: how many tags still expect it (nested, not keyed by
+        #: a tuple: 100,000 entries when every tag has its own digest).
+        self._expected: dict[str, dict[str, int]] = {}
+        self._pinned: dict[_Key, Manifest] = {}  # read, and still expected
         self._recent: OrderedDict[_Key, Manifest] = OrderedDict()
         self._lock = threading.Lock()
         self._reading: dict[_Key, threading.Event] = {}  # keys being read or fetched now
@@ -61,32 +54,34 @@ class ManifestCache:
     def expect(self, repo: Reference, digest: str) -> None:
         """One more tag will ask for `digest` of `repo` (and `release` it when done)."""
         with self._lock:
-            self._expected.setdefault((repo.repository_ref, digest), _Expected()).tags += 1
+            counts = self._expected.setdefault(repo.repository_ref, {})
+            counts[digest] = counts.get(digest, 0) + 1
 
     def release(self, repo: Reference, digest: str) -> None:
         """A tag that `expect`ed `digest` is done with it."""
         key = (repo.repository_ref, digest)
         with self._lock:
-            held = self._expected.get(key)
-            if held is None:
-                return
-            held.tags -= 1
-            if held.tags == 0:
-                del self._expected[key]
-                if held.manifest is not None:
-                    self._keep_recent(key, held.manifest)
+            counts = self._expected.get(key[0], {})
+            left = counts.get(digest, 0) - 1
+            if left > 0:
+                counts[digest] = left
+            elif left == 0:
+                del counts[digest]
+                manifest = self._pinned.pop(key, None)
+                if manifest is not None:
+                    self._keep_recent(key, manifest)
 
     @property
     def held(self) -> int:
         """How many manifests the cache holds now."""
         with self._lock:
-            return len(self._recent) + sum(1 for e in self._expected.values() if e.manifest)
+            return len(self._recent) + len(self._pinned)
 
     def _held(self, key: _Key) -> Manifest | None:
         """Under `_lock`: the manifest if this run holds it."""
-        held = self._expected.get(key)
-        if held is not None and held.manifest is not None:
-            return held.manifest
+        pinned = self._pinned.get(key)
+        if pinned is not None:
+            return pinned
         found = self._recent.get(key)
         if found is not None:
             self._recent.move_to_end(key)
@@ -94,9 +89,8 @@ class ManifestCache:
 
     def _store(self, key: _Key, manifest: Manifest) -> None:
         """Under `_lock`."""
-        held = self._expected.get(key)
-        if held is not None:
-            held.manifest = manifest
+        if key[1] in self._expected.get(key[0], {}):
+            self._pinned[key] = manifest
         else:
             self._keep_recent(key, manifest)
 
