@@ -9,8 +9,10 @@ import os
 import secrets
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_dir(directory: Path) -> None:
@@ -86,12 +88,22 @@ class VerifiedFile:
 def atomic_write_bytes(
     path: Path, data: bytes, *, tmp_dir: Path | None = None, batch: DirSyncs | None = None
 ) -> None:
+    with atomic_writer(path, tmp_dir=tmp_dir, batch=batch) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(
+    path: Path, *, tmp_dir: Path | None = None, batch: DirSyncs | None = None
+) -> Iterator[BinaryIO]:
+    """A file written as it comes (never held whole) that replaces `path` when the block
+    ends; an exception leaves `path` as it was."""
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=tmp_dir or directory)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644)

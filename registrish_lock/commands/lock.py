@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,8 +11,9 @@ from ..console import Console
 from ..errors import ConfigError, ExitCode, StaleLockError
 from ..lock import lockcache
 from ..lock.config import Config, check_local_sources, load_config
-from ..lock.lockfile import Lock, dumps, parse_lock_bytes, read_lock_bytes, write_lock
-from ..lock.resolve import CHANGE_KINDS, Change, resolve
+from ..lock.lockfile import read_lock_bytes
+from ..lock.resolve import CHANGE_KINDS, Change, resolve_into
+from ..lock.stream import LockWriter, OldLock
 from ..upstream.sources import open_sources
 from . import add_jobs_option
 
@@ -59,7 +61,7 @@ def _describe(change: Change) -> str:
     return f"  {change.kind:<10} {change.name}:{change.tag}  {old} -> {new}"
 
 
-def _check(config: Config, old: Lock | None, console: Console) -> int:
+def _check(config: Config, old: OldLock | None, console: Console) -> int:
     """`--check`: is the lock there and made from this config? No network."""
     lock_path = config.lock_path
     if old is None:
@@ -84,15 +86,21 @@ def run(args: argparse.Namespace, console: Console) -> int:
     config = load_config(args.config)
     lock_path = config.lock_path
     lock_bytes = read_lock_bytes(lock_path) if lock_path.exists() else None
+    sha256 = hashlib.sha256(lock_bytes).hexdigest() if lock_bytes is not None else ""
     if lock_bytes is not None and args.upgrade is None and not (args.check or args.dry_run):
-        tags = lockcache.current_tags(config, lock_bytes)
+        tags = lockcache.current_tags(config, sha256)
         if tags is not None:  # the last run left exactly these bytes for these inputs
             check_local_sources(config)
             console.debug(
                 "the lock is what the last `lock` left for this config: not re-reading it"
             )
             return _report(console, lock_path, tags=tags, unchanged=tags, requests=0)
-    old = parse_lock_bytes(lock_bytes, lock_path) if lock_bytes is not None else None
+    old = None
+    if lock_bytes is not None:  # by repository: only those with work are parsed
+        trusted = lockcache.wrote(config, sha256)
+        old = OldLock.read(lock_path, lock_bytes, trusted=trusted)
+        if trusted:
+            console.debug("the lock is what the last `lock` wrote: copying the blocks it keeps")
 
     if args.check:
         return _check(config, old, console)
@@ -109,24 +117,30 @@ def run(args: argparse.Namespace, console: Console) -> int:
         )
 
     # Each image's requests go to its source: a registry, an oci: layout or a docker-archive:.
-    with open_sources(config, console, jobs=args.jobs) as client:
-        result = resolve(config, old, client, upgrade=upgrade, jobs=args.jobs, console=console)
+    # The new lock is written as it is resolved (compared with the old bytes as it comes).
+    inputs = config.image_inputs()
+    with (
+        open_sources(config, console, jobs=args.jobs) as client,
+        LockWriter(
+            lock_path, config.input_hash(), inputs, old=lock_bytes, dry_run=bool(args.dry_run)
+        ) as writer,
+    ):
+        result = resolve_into(
+            config, old, client, writer, upgrade=upgrade, jobs=args.jobs, console=console
+        )
+        differs = writer.finish()
         requests = client.request_count
 
     for change in result.changes:
         console.info(_describe(change))
-    text = dumps(result.lock)
-    data = text.encode()
-    would = bool(result.changes) or (old is None) or data != lock_bytes
-    del old, lock_bytes  # a large lock's are not held while the new one is checked
-    written = False if args.dry_run else write_lock(lock_path, result.lock, text)
-    del text
+    would = bool(result.changes) or (old is None) or differs
+    written = differs and not args.dry_run
     if not args.dry_run:
-        lockcache.remember(config, data, len(result.lock.tags))
+        lockcache.remember(config, writer.sha256, result.tags)
     return _report(
         console,
         lock_path,
-        tags=len(result.lock.tags),
+        tags=result.tags,
         unchanged=result.unchanged,
         requests=requests,
         changes=result.changes,
@@ -166,7 +180,7 @@ def _report(
             "dry_run": dry_run,
             "tags": tags,
             "requests": requests,
-            "changes": [c.__dict__ for c in changes],
+            "changes": [c.as_json() for c in changes],
             **counts,
             "unchanged": unchanged,
         }

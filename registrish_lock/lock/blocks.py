@@ -53,17 +53,24 @@ def header(text: str | bytes) -> dict[str, Any]:
 def split(text: AnyStr) -> tuple[AnyStr, Iterator[AnyStr]]:
     """The text before the first block, and each block's text after its `[[tag]]` line
     (of a lock's text, or of its bytes)."""
+    head_end, each = spans(text)
+    return text[:head_end], (text[start + len(BLOCK) : end] for start, end in each)
+
+
+def spans(text: AnyStr) -> tuple[int, Iterator[tuple[int, int]]]:
+    """Where the header ends, and where each block is: from the newline before its
+    `[[tag]]` line to the next block's (or the end): `"\n" + ` the block's text."""
     sep: Any = BLOCK if isinstance(text, str) else BLOCK.encode()
     first = text.find(sep)
 
-    def bodies() -> Iterator[AnyStr]:
+    def each() -> Iterator[tuple[int, int]]:
         cut = first
         while cut >= 0:
-            start = cut + len(sep)
-            cut = text.find(sep, start - 1)  # an empty block shares its newline
-            yield text[start:] if cut < 0 else text[start:cut]
+            start = cut
+            cut = text.find(sep, start + len(sep) - 1)  # an empty block shares its newline
+            yield start, len(text) if cut < 0 else cut
 
-    return (text if first < 0 else text[:first]), bodies()
+    return (len(text) if first < 0 else first), each()
 
 
 def read(handle: BinaryIO, hasher: Hasher | None = None) -> tuple[bytes, Iterator[bytes]]:
@@ -98,12 +105,13 @@ def tag_tables(text: str | bytes | Iterator[bytes]) -> Iterator[dict[str, Any]]:
     if isinstance(text, str):
         return (parse_block(body) for body in split(text)[1])
     bodies = split(text)[1] if isinstance(text, bytes) else text
-    return (parse_block(_utf8(body)) for body in bodies)
+    return (table(body) for body in bodies)
 
 
-def _utf8(data: bytes) -> str:
+def table(body: bytes) -> dict[str, Any]:
+    """`parse_block` of a block's UTF-8 bytes."""
     try:
-        return data.decode("utf-8")
+        return parse_block(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise NotBlocks from None
 

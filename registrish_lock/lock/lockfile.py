@@ -7,6 +7,7 @@ the bytes would not change, and done atomically when they would.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import sys
@@ -127,23 +128,32 @@ def make_lock(
 
 
 def dumps(lock: Lock) -> str:
-    head: dict[str, Any] = {
-        "version": FORMAT_VERSION,
-        "config-hash": lock.config_hash,
-        "inputs": dict(sorted(lock.inputs.items())),
-    }
     tags = sorted(lock.tags, key=lambda t: t.key)
-    if not tags:
-        return HEADER + "\n" + tomli_w.dumps({**head, "tag": []})
-    # tomli_w's text of the whole document, written tag by tag (`_block`)
-    return HEADER + "\n" + tomli_w.dumps(head) + "".join("\n" + _block(t) for t in tags)
+    # tomli_w's text of the whole document, written tag by tag (`render_block`)
+    head = render_header(lock.config_hash, lock.inputs, empty=not tags)
+    return head + "".join("\n" + render_block(t) for t in tags)
+
+
+def header_table(config_hash: str, inputs: Mapping[str, str]) -> dict[str, Any]:
+    """The tables before the `[[tag]]` blocks, as the lock's reader returns them."""
+    return {
+        "version": FORMAT_VERSION,
+        "config-hash": config_hash,
+        "inputs": dict(sorted(inputs.items())),
+    }
+
+
+def render_header(config_hash: str, inputs: Mapping[str, str], *, empty: bool = False) -> str:
+    """The text before the first `[[tag]]` block (the whole lock when `empty`)."""
+    head = header_table(config_hash, inputs)
+    return HEADER + "\n" + tomli_w.dumps({**head, "tag": []} if empty else head)
 
 
 #: A string tomli_w writes as is between quotes (printable ASCII, no quote or backslash).
 _PLAIN = re.compile(r"[ !#-\[\]-~]*")
 
 
-def _block(t: LockedTag) -> str:
+def render_block(t: LockedTag) -> str:
     """One tag's `[[tag]]` block: built directly for a single manifest of plain strings
     (10,000 such tags: 0.02 s instead of tomli_w's 0.19 s), by tomli_w otherwise; the same
     text either way (tests/test_lock_blocks.py)."""
@@ -201,17 +211,14 @@ def write_lock(path: Path, lock: Lock, text: str | None = None) -> bool:
     if loads(text, path) != lock:
         raise AssertionError(f"{path}: the lock does not survive a round trip")
     data = text.encode()
-    del text  # 26 MB at 100,000 tags (the caller may still hold it)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         if path.read_bytes() == data:
             return False
-    except FileNotFoundError:
-        pass
     atomic_write_bytes(path, data)
     return True
 
 
-class _Checker:
+class Checker:
     def __init__(self, path: Path) -> None:
         self.path = path
 
@@ -263,7 +270,7 @@ def loads(text: str, path: Path) -> Lock:
 def _loads(text: str | bytes, path: Path) -> Lock:
     """The lock in `text` (or in the UTF-8 `bytes` of the file: never decoded whole when
     read block by block, 26 MB less at 100,000 tags)."""
-    c = _Checker(path)
+    c = Checker(path)
     try:  # one `[[tag]]` block at a time (`blocks`): flat memory for a large lock
         return _load(c, blocks.header(text), blocks.tag_tables(text))
     except blocks.NotBlocks:
@@ -274,14 +281,14 @@ def _loads(text: str | bytes, path: Path) -> Lock:
     return _load_whole(c, _decode(text, path))
 
 
-def _whole(c: _Checker, text: str) -> dict[str, Any]:
+def _whole(c: Checker, text: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise c.fail("(file)", f"invalid TOML: {exc}") from None
 
 
-def _load_whole(c: _Checker, text: str) -> Lock:
+def _load_whole(c: Checker, text: str) -> Lock:
     doc = _whole(c, text)
     raw_tags = doc.get("tag", [])
     if not isinstance(raw_tags, list):
@@ -289,8 +296,42 @@ def _load_whole(c: _Checker, text: str) -> Lock:
     return _load(c, doc, iter(raw_tags))
 
 
-def _load(c: _Checker, doc: Mapping[str, Any], raw_tags: Iterator[object]) -> Lock:
+def _load(c: Checker, doc: Mapping[str, Any], raw_tags: Iterator[object]) -> Lock:
     """The lock from its header tables and its `[[tag]]` tables (read as they come)."""
+    config_hash, inputs = check_header(c, doc)
+    tags: list[LockedTag] = []
+    # `lock` writes tags sorted: while they come in order, no set of every key is needed
+    # to find a duplicate (one would be equal to the previous key) nor a sort at the end.
+    previous: tuple[str, str] | None = None
+    seen: set[tuple[str, str]] | None = None
+    sources: set[str] = set()  # parsed once each
+    for i, raw in enumerate(raw_tags):
+        entry = check_tag(c, raw, i, sources)
+        key = entry.key
+        if seen is None and previous is not None and key <= previous:
+            seen = {t.key for t in tags}  # out of order: from here, a set of the keys
+        if seen is not None:
+            if key in seen:
+                raise c.fail(f"tag[{i}]", f"duplicate entry for {key[0]}:{key[1]}")
+            seen.add(key)
+        previous = key
+        tags.append(entry)
+    by_name: dict[str, list[str]] = {}
+    for entry in tags:
+        by_name.setdefault(entry.name, []).append(entry.tag)
+    check_paths(c, by_name)
+    if seen is None:  # in order already
+        return Lock(config_hash, tuple(tags), inputs)
+    return make_lock(config_hash, tags, inputs)
+
+
+def check_paths(c: Checker, tags_by_name: Mapping[str, list[str]]) -> None:
+    for _, problem in path_collisions(tags_by_name):
+        raise c.fail("tag", problem)
+
+
+def check_header(c: Checker, doc: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    """The format version checked, then the config hash and the inputs (sorted)."""
     path = c.path
     version = doc.get("version")
     if version != FORMAT_VERSION:
@@ -299,90 +340,71 @@ def _load(c: _Checker, doc: Mapping[str, Any], raw_tags: Iterator[object]) -> Lo
             f"(this registrish reads version {FORMAT_VERSION})",
             hint="regenerate it with `registrish lock`, or use the registrish release that wrote it",
         )
-    config_hash = c.get(doc, "config-hash", str, "")
+    config_hash: str = c.get(doc, "config-hash", str, "")
     raw_inputs = doc.get("inputs", {})
     if not isinstance(raw_inputs, dict) or not all(
         is_name(k) and isinstance(v, str) for k, v in raw_inputs.items()
     ):
         raise c.fail("inputs", "must map repository names to input hashes")
-    tags: list[LockedTag] = []
-    # `lock` writes tags sorted: while they come in order, no set of every key is needed
-    # to find a duplicate (one would be equal to the previous key) nor a sort at the end.
-    previous: tuple[str, str] | None = None
-    seen: set[tuple[str, str]] | None = None
-    sources: set[str] = set()  # parsed once each
-    for i, raw in enumerate(raw_tags):
-        where = f"tag[{i}]"
-        if not isinstance(raw, dict):
-            raise c.fail(where, "must be a table")
-        name, tag = c.get(raw, "name", str, where), c.get(raw, "tag", str, where)
-        if not is_name(name):
-            raise c.fail(f"{where}.name", f"invalid repository name {name!r}")
-        if not is_tag(tag):
-            raise c.fail(f"{where}.tag", f"invalid tag {tag!r}")
-        if seen is None and previous is not None and (name, tag) <= previous:
-            seen = {t.key for t in tags}  # out of order: from here, a set of the keys
-        if seen is not None:
-            if (name, tag) in seen:
-                raise c.fail(where, f"duplicate entry for {name}:{tag}")
-            seen.add((name, tag))
-        previous = (name, tag)
-        source = c.get(raw, "source", str, where)
-        if source not in sources:
-            try:
-                parse_source(source)  # a registry repository, oci:PATH or docker-archive:FILE
-            except LockfileError:
-                raise
-            except Exception:
-                raise c.fail(f"{where}.source", f"invalid source {source!r}") from None
-            sources.add(source)
-        media_type = c.media_type(raw, where, mediatypes.MANIFEST_TYPES)
-        platforms = []
-        raw_platforms = raw.get("platforms", [])
-        if not isinstance(raw_platforms, list):
-            raise c.fail(f"{where}.platforms", "must be an array")
-        for j, rp in enumerate(raw_platforms):
-            pwhere = f"{where}.platforms[{j}]"
-            if not isinstance(rp, dict):
-                raise c.fail(pwhere, "must be a table")
-            platforms.append(
-                LockedManifest(
-                    platform=sys.intern(c.platform(rp, pwhere)),
-                    digest=c.digest(rp, pwhere),
-                    media_type=sys.intern(c.media_type(rp, pwhere, mediatypes.MANIFEST_TYPES)),
-                    size=c.size(rp, "size", pwhere),
-                )
-            )
-        if platforms and not mediatypes.is_index(media_type):
-            raise c.fail(f"{where}.platforms", "only an index has platform manifests")
-        digest = c.digest(raw, where)
-        referrers = _load_referrers(c, raw, where, {digest, *(p.digest for p in platforms)})
-        tags.append(
-            LockedTag(
-                # one string object per repository, source and media type, not per tag
-                name=sys.intern(name),
-                tag=tag,
-                source=sys.intern(source),
-                digest=digest,
-                media_type=sys.intern(media_type),
-                size=c.size(raw, "size", where),
-                total_size=c.size(raw, "total-size", where),
-                platforms=tuple(sorted(platforms)),
-                referrers=referrers,
+    return config_hash, dict(sorted(raw_inputs.items()))
+
+
+def check_tag(c: Checker, raw: object, i: int, sources: set[str]) -> LockedTag:
+    """The `i`-th `[[tag]]` table checked (`sources`: those already parsed, added to)."""
+    where = f"tag[{i}]"
+    if not isinstance(raw, dict):
+        raise c.fail(where, "must be a table")
+    name, tag = c.get(raw, "name", str, where), c.get(raw, "tag", str, where)
+    if not is_name(name):
+        raise c.fail(f"{where}.name", f"invalid repository name {name!r}")
+    if not is_tag(tag):
+        raise c.fail(f"{where}.tag", f"invalid tag {tag!r}")
+    source = c.get(raw, "source", str, where)
+    if source not in sources:
+        try:
+            parse_source(source)  # a registry repository, oci:PATH or docker-archive:FILE
+        except LockfileError:
+            raise
+        except Exception:
+            raise c.fail(f"{where}.source", f"invalid source {source!r}") from None
+        sources.add(source)
+    media_type = c.media_type(raw, where, mediatypes.MANIFEST_TYPES)
+    platforms = []
+    raw_platforms = raw.get("platforms", [])
+    if not isinstance(raw_platforms, list):
+        raise c.fail(f"{where}.platforms", "must be an array")
+    for j, rp in enumerate(raw_platforms):
+        pwhere = f"{where}.platforms[{j}]"
+        if not isinstance(rp, dict):
+            raise c.fail(pwhere, "must be a table")
+        platforms.append(
+            LockedManifest(
+                platform=sys.intern(c.platform(rp, pwhere)),
+                digest=c.digest(rp, pwhere),
+                media_type=sys.intern(c.media_type(rp, pwhere, mediatypes.MANIFEST_TYPES)),
+                size=c.size(rp, "size", pwhere),
             )
         )
-    by_name: dict[str, list[str]] = {}
-    for entry in tags:
-        by_name.setdefault(entry.name, []).append(entry.tag)
-    for _, problem in path_collisions(by_name):
-        raise c.fail("tag", problem)
-    if seen is None:  # in order already
-        return Lock(config_hash, tuple(tags), dict(sorted(raw_inputs.items())))
-    return make_lock(config_hash, tags, raw_inputs)
+    if platforms and not mediatypes.is_index(media_type):
+        raise c.fail(f"{where}.platforms", "only an index has platform manifests")
+    digest = c.digest(raw, where)
+    referrers = _load_referrers(c, raw, where, {digest, *(p.digest for p in platforms)})
+    return LockedTag(
+        # one string object per repository, source and media type, not per tag
+        name=sys.intern(name),
+        tag=tag,
+        source=sys.intern(source),
+        digest=digest,
+        media_type=sys.intern(media_type),
+        size=c.size(raw, "size", where),
+        total_size=c.size(raw, "total-size", where),
+        platforms=tuple(sorted(platforms)),
+        referrers=referrers,
+    )
 
 
 def _load_referrers(
-    c: _Checker, raw: Mapping[str, Any], where: str, roots: set[str]
+    c: Checker, raw: Mapping[str, Any], where: str, roots: set[str]
 ) -> tuple[LockedReferrer, ...]:
     """Strict: every subject is one of the tag's manifests or another referrer, and a
     cosign tag names its subject."""
@@ -435,7 +457,7 @@ def read_lock(path: Path, *, sha256: str | None = None) -> Lock:
     try:
         with _reading(path, lambda: path.open("rb")) as handle:
             head, bodies = blocks.read(handle, hasher)
-            lock = _load(_Checker(path), blocks.header(head), blocks.tag_tables(bodies))
+            lock = _load(Checker(path), blocks.header(head), blocks.tag_tables(bodies))
             hasher.update(handle.read())  # nothing: the blocks went to the end
     except (blocks.NotBlocks, LockfileError):  # read whole: its error, or its meaning
         data = read_lock_bytes(path)

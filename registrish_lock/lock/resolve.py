@@ -7,9 +7,10 @@ fetches manifests only for tags that moved.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Collection, Iterable
+from collections import Counter, deque
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
 
 from ..console import Console
 from ..errors import ConfigError, NotFoundError, UpstreamError
@@ -23,12 +24,13 @@ from .config import Config, ImageSpec
 from .discovery import ReferrerFinder, ReferrersUpstream
 from .lockfile import Lock, LockedManifest, LockedTag, make_lock
 from .selectors import select_from_listing
+from .stream import OldLock
 
 #: Every kind of `Change`, in the order summaries list them.
 CHANGE_KINDS = ("added", "moved", "removed", "reselected", "referrers")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Change:
     name: str
     tag: str
@@ -37,6 +39,15 @@ class Change:
     kind: str
     old: str | None
     new: str | None
+
+    def as_json(self) -> dict[str, str | None]:
+        return {
+            "name": self.name,
+            "tag": self.tag,
+            "kind": self.kind,
+            "old": self.old,
+            "new": self.new,
+        }
 
 
 @dataclass
@@ -172,6 +183,26 @@ def selected_tags(upstream: ManifestSource, image: ImageSpec) -> list[str]:
     return sorted(tags)
 
 
+class Sink(Protocol):
+    """Where `resolve_into` puts the new lock, one repository after another by name."""
+
+    def entries(self, tags: Iterable[LockedTag]) -> None: ...
+
+
+@runtime_checkable
+class SpanSink(Sink, Protocol):
+    """A sink that takes a repository's blocks as the old file has them."""
+
+    def verbatim(self, name: str, span: memoryview, count: int) -> None: ...
+
+
+@dataclass
+class Outcome:
+    changes: list[Change]
+    unchanged: int
+    tags: int
+
+
 def resolve(
     config: Config,
     old: Lock | None,
@@ -185,42 +216,97 @@ def resolve(
 
     `upgrade` is None (keep pins), empty (upgrade everything) or a set of names.
     """
-    old_by_key = old.by_key() if old else {}
-    old_inputs = dict(old.inputs) if old else {}
+    collected: list[LockedTag] = []
+
+    class Collect:
+        def entries(self, tags: Iterable[LockedTag]) -> None:
+            collected.extend(tags)
+
+    start = OldLock.of_lock(old) if old is not None else None
+    outcome = resolve_into(
+        config, start, upstream, Collect(), upgrade=upgrade, jobs=jobs, console=console
+    )
+    lock = make_lock(config.input_hash(), collected, config.image_inputs())
+    return Resolution(lock, outcome.changes, outcome.unchanged)
+
+
+@dataclass(slots=True)
+class _Item:
+    """One tag to resolve: its image, its old entry, its pin when it may be kept."""
+
+    image: ImageSpec
+    tag: str
+    old: LockedTag | None
+    pinned: LockedTag | None
+    #: The digest to resolve it at, or its entry as it stays (`resolve_into` sets it).
+    target: str | LockedTag = ""
+
+
+def resolve_into(
+    config: Config,
+    old: OldLock | None,
+    upstream: ManifestSource,
+    sink: Sink,
+    *,
+    upgrade: Collection[str] | None = None,
+    jobs: int = DEFAULT_JOBS,
+    console: Console | None = None,
+) -> Outcome:
+    """Resolve `config` into `sink`, repository by repository in name order, holding one
+    chunk of resolved entries at a time. A repository whose pins stay goes to the sink as
+    it is (as the old file's blocks, when the sink takes them and they are `lock`'s own)."""
+    start = old if old is not None else OldLock(config.lock_path, "", {})
     finder = _referrer_finder(config, upstream, console)
 
     def upgrading(name: str) -> bool:
         return upgrade is not None and (not upgrade or name in upgrade)
 
-    # Work items: (image, tag, pinned entry or None, keep-as-is?)
-    keep: list[LockedTag] = []
-    work: list[tuple[ImageSpec, str, LockedTag | None]] = []
-    for image in config.images:
-        same_inputs = old_inputs.get(image.name) == image.input_hash()
-        pinned = [t for (n, _), t in old_by_key.items() if n == image.name]
-        if same_inputs and not upgrading(image.name) and pinned:
-            keep.extend(pinned)
+    images = {image.name: image for image in config.images}
+    units: deque[_Item | str] = deque()  # in key order: tags to resolve, names kept
+    changes: list[Change] = []
+    unchanged = count = 0
+    tags_by_name: dict[str, list[str]] = {}
+    for name in sorted(images.keys() | set(start.names())):
+        image = images.get(name)
+        if image is None:  # dropped from the config
+            changes.extend(_removed(t) for t in start.entries(name))
             continue
-        if image.needs_listing and not upgrading(image.name) and same_inputs:
-            tags = sorted(t.tag for t in pinned)
+        same_inputs = start.inputs.get(name) == image.input_hash()
+        if same_inputs and not upgrading(name) and start.count(name):
+            units.append(name)
+            unchanged += start.count(name)
+            count += start.count(name)
+            tags_by_name[name] = []  # their tags, only if another name needs them (below)
+            continue
+        pinned = {t.tag: t for t in start.entries(name)}
+        if image.needs_listing and not upgrading(name) and same_inputs:
+            tags = sorted(pinned)
         else:
             tags = selected_tags(upstream, image)
+        kept = set(tags)
+        changes.extend(_removed(t) for tag, t in pinned.items() if tag not in kept)
         for tag in tags:
-            entry = old_by_key.get((image.name, tag))
-            if entry is not None and entry.source != image.source.repository_ref:
-                entry = None  # a new source: the old pin says nothing about it
-            work.append((image, tag, entry))
+            entry = pinned.get(tag)
+            # a new source: the old pin says nothing about it
+            usable = entry if entry is None or entry.source == image.source.repository_ref else None
+            units.append(_Item(image, tag, entry, usable))
+        tags_by_name[name] = tags
+        count += len(tags)
+    for name in _tags_needed(tags_by_name):
+        if name in tags_by_name and not tags_by_name[name]:
+            tags_by_name[name] = [t.tag for t in start.entries(name)]
+    _refuse_path_collisions(config, tags_by_name)
 
-    def target(item: tuple[ImageSpec, str, LockedTag | None]) -> str | LockedTag:
+    def target(item: _Item) -> str | LockedTag:
         """The digest to resolve the tag at (one HEAD, or its pin), or its entry as it is."""
-        image, tag, entry = item
+        image, tag, entry = item.image, item.tag, item.pinned
         if entry is None:
             if console:
                 console.debug(f"resolving {image.name}:{tag}")
             return upstream.head_manifest(image.source, tag).digest
         if upgrading(image.name):
             head = upstream.head_manifest(image.source, tag)
-            if head.digest == entry.digest and old_inputs.get(image.name) == image.input_hash():
+            if head.digest == entry.digest and start.inputs.get(image.name) == image.input_hash():
                 return entry  # signatures get added to old digests below
             return head.digest
         # Inputs changed (say, the platform list) but the pin must not move:
@@ -228,66 +314,103 @@ def resolve(
         return entry.digest
 
     # HEADs first (free on Docker Hub), so the manifest GETs are known before any is made.
-    targets = map_parallel(target, work, jobs)
+    items = [u for u in units if isinstance(u, _Item)]
+    for chunk in _chunks(items):
+        for item, found in zip(chunk, map_parallel(target, chunk, jobs), strict=True):
+            item.target = found
     cache = ManifestCache(upstream, config.layout)
-    _plan_gets(upstream, cache, zip(work, targets, strict=True))
+    for item in items:
+        if isinstance(item.target, str):
+            cache.expect(item.image.source, item.target)
+    _plan_gets(upstream, cache, items)
+    del items
 
-    def run(item: tuple[tuple[ImageSpec, str, LockedTag | None], str | LockedTag]) -> LockedTag:
-        (image, tag, _entry), digest = item
-        resolver = _TagResolver(cache, image, finder, console)
-        if isinstance(digest, LockedTag):
-            return resolver.with_referrers(digest)
-        return resolver.resolve(tag, digest)
+    def run(item: _Item) -> LockedTag:
+        resolver = _TagResolver(cache, item.image, finder, console)
+        if isinstance(item.target, LockedTag):
+            return resolver.with_referrers(item.target)
+        try:
+            return resolver.resolve(item.tag, item.target)
+        finally:
+            cache.release(item.image.source, item.target)
 
-    resolved = map_parallel(run, list(zip(work, targets, strict=True)), jobs)
+    pending: list[_Item] = []
+
+    def flush() -> None:
+        nonlocal unchanged
+        resolved = map_parallel(run, pending, jobs)
+        for item, entry in zip(pending, resolved, strict=True):
+            if item.old == entry:
+                unchanged += 1
+            elif (change := _change(item.old, entry)) is not None:
+                changes.append(change)
+        sink.entries(resolved)
+        pending.clear()
+
+    while units:
+        unit = units.popleft()
+        if isinstance(unit, _Item):
+            pending.append(unit)
+            if len(pending) >= CHUNK:
+                flush()
+            continue
+        flush()
+        span = start.verbatim(unit)
+        if span is not None and isinstance(sink, SpanSink):
+            sink.verbatim(unit, span, start.count(unit))
+        else:
+            sink.entries(start.entries(unit))
+    flush()
     if console:
         console.debug(
             f"manifests: {cache.fetched} fetched, {cache.from_tree} read from {config.root}"
         )
-
-    new_lock = make_lock(
-        config.input_hash(),
-        [*keep, *resolved],
-        {image.name: image.input_hash() for image in config.images},
-    )
-    _refuse_path_collisions(config, new_lock)
-    return Resolution(
-        lock=new_lock,
-        changes=diff_locks(old, new_lock),
-        unchanged=sum(1 for t in new_lock.tags if old_by_key.get(t.key) == t),
-    )
+    changes.sort(key=lambda c: (c.name, c.tag))
+    return Outcome(changes, unchanged, count)
 
 
-def _plan_gets(
-    upstream: ManifestSource,
-    cache: ManifestCache,
-    targets: Iterable[tuple[tuple[ImageSpec, str, LockedTag | None], str | LockedTag]],
-) -> None:
+#: Tags resolved (and their entries held) at a time.
+CHUNK = 1024
+
+
+def _chunks(items: list[_Item]) -> Iterator[list[_Item]]:
+    for at in range(0, len(items), CHUNK):
+        yield items[at : at + CHUNK]
+
+
+def _tags_needed(tags_by_name: Mapping[str, list[str]]) -> set[str]:
+    """The repositories whose tags decide a path collision: `x` when another repository
+    is `x/manifests` or below it (its directories would be `x`'s tag files)."""
+    needed: set[str] = set()
+    for name in tags_by_name:
+        parts = name.split("/")
+        needed.update("/".join(parts[:i]) for i, part in enumerate(parts) if part == "manifests")
+    return needed
+
+
+def _plan_gets(upstream: ManifestSource, cache: ManifestCache, items: list[_Item]) -> None:
     """Tell a rate-limited upstream how many manifest GETs the run will make at least (the
     distinct top-level digests nobody holds; an index's children come on top)."""
     if not isinstance(upstream, ManifestBudget):
         return
     wanted = {  # each (repository, digest) once, with a name whose tree may hold it
-        (image.source, digest): image.name
-        for (image, _tag, _entry), digest in targets
-        if isinstance(digest, str)
+        (item.image.source, item.target): item.image.name
+        for item in items
+        if isinstance(item.target, str)
     }
-    gets = Counter(
+    gets = Counter(  # the tree's twins are only checked here: read again when resolved
         repo.registry
         for (repo, digest), name in wanted.items()
-        if cache.local(repo, digest, name) is None
+        if cache.local(repo, digest, name, keep=False) is None
     )
     for registry, count in sorted(gets.items()):
         upstream.plan_manifest_gets(registry, count)
 
 
-def _refuse_path_collisions(config: Config, lock: Lock) -> None:
+def _refuse_path_collisions(config: Config, tags_by_name: Mapping[str, list[str]]) -> None:
     """The tags an upstream listing selected can put one repository's directory where
     another's tag file is (`x:tags` and `x/manifests/tags`): refused before anything is
     written."""
-    tags_by_name: dict[str, list[str]] = {i.name: [] for i in config.images}
-    for entry in lock.tags:
-        tags_by_name.setdefault(entry.name, []).append(entry.tag)
     keys = {i.name: i.key for i in config.images}
     for name, problem in path_collisions(tags_by_name):
         raise ConfigError(
@@ -311,23 +434,23 @@ def _referrer_finder(
     return ReferrerFinder(upstream, console)
 
 
-def diff_locks(old: Lock | None, new: Lock) -> list[Change]:
-    before = old.by_key() if old else {}
-    after = new.by_key()
-    changes = []
-    for key in sorted(before.keys() | after.keys()):
-        a, b = before.get(key), after.get(key)
-        if a == b:
-            continue
-        if a is None:
-            assert b is not None
-            changes.append(Change(key[0], key[1], "added", None, b.digest))
-        elif b is None:
-            changes.append(Change(key[0], key[1], "removed", a.digest, None))
-        elif a.digest != b.digest:
-            changes.append(Change(key[0], key[1], "moved", a.digest, b.digest))
-        elif (a.platforms, a.total_size) == (b.platforms, b.total_size):
-            changes.append(Change(key[0], key[1], "referrers", a.digest, b.digest))
-        else:
-            changes.append(Change(key[0], key[1], "reselected", a.digest, b.digest))
-    return changes
+def _removed(a: LockedTag) -> Change:
+    return Change(a.name, a.tag, "removed", a.digest, None)
+
+
+def _change(a: LockedTag | None, b: LockedTag | None) -> Change | None:
+    """What happened to one (name, tag) between the old entry `a` and the new `b`."""
+    if a == b:
+        return None
+    if a is None:
+        assert b is not None
+        return Change(b.name, b.tag, "added", None, b.digest)
+    if b is None:
+        return Change(a.name, a.tag, "removed", a.digest, None)
+    if a.digest != b.digest:
+        kind = "moved"
+    elif (a.platforms, a.total_size) == (b.platforms, b.total_size):
+        kind = "referrers"
+    else:
+        kind = "reselected"
+    return Change(a.name, a.tag, kind, a.digest, b.digest)

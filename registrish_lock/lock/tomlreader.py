@@ -51,6 +51,8 @@ class Reader:
             )
         if not isinstance(value, list):
             raise self.fail(key, f"must be a list of strings, not {kind_of(value)}")
+        if set(map(type, value)) <= {str} and "" not in value:  # 100,000 tags: at C speed
+            return tuple(value)
         return tuple(self.string(v, f"{key}[{i}]") for i, v in enumerate(value))
 
     def integer(self, value: object, key: str, minimum: int) -> int:
