@@ -10,7 +10,7 @@ import os
 import secrets
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -110,6 +110,12 @@ def link_or_copy(src: Path, dst: Path, *, tmp_dir: Path) -> None:
 
 
 _COPY_BLOCK = 1 << 20
+
+
+def chunks_of(handle: BinaryIO) -> Iterator[bytes]:
+    """A file's bytes from where it is to its end, a block at a time."""
+    while block := handle.read(_COPY_BLOCK):
+        yield block
 
 
 def atomic_write_chunks(

@@ -16,24 +16,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from ..lock.blocks import NotBlocks, header, parse_block, read
+from ..lock.blocks import BLOCK, NotBlocks, header, parse_block, read
 
 Opener = Callable[[], BinaryIO]
+BLOCK_LINE = BLOCK[1:].encode()  # `[[tag]]` and its newline
 
 
-def _fingerprints(open_lock: Opener, sha256: str | None) -> set[bytes] | None:
-    """A 16-byte hash of each block, the file read line by line (two locks of 100,000
-    tags held whole, or as sets of their blocks' text, cost 50-100 MB); None when the
-    header is not plain tables, or the bytes do not hash to `sha256`."""
+def _offsets(handle: BinaryIO, sha256: str | None) -> dict[bytes, int] | None:
+    """A 16-byte hash of each block -> where its text starts, the file read line by line
+    (two locks of 100,000 tags held whole, or as sets of their blocks' text, cost
+    50-100 MB); None when the header is not plain tables, or the bytes do not hash to
+    `sha256`."""
     hasher = hashlib.sha256()
-    try:
-        with open_lock() as handle:
-            head, bodies = read(handle, hasher)
-            header(head)
-            prints = {_hash(b) for b in bodies}
-    except (OSError, NotBlocks):
-        return None
-    return prints if sha256 is None or hasher.hexdigest() == sha256 else None
+    head, bodies = read(handle, hasher)
+    header(head)
+    at, offset = {}, len(head)
+    for body in bodies:
+        offset += len(BLOCK_LINE)
+        at[_hash(body)] = offset
+        offset += len(body)
+    return at if sha256 is None or hasher.hexdigest() == sha256 else None
 
 
 def _hash(block: bytes) -> bytes:
@@ -52,22 +54,41 @@ def _names(block: bytes) -> set[str] | None:
 def _changed(
     old: tuple[Opener, str | None], new: tuple[Opener, str | None]
 ) -> frozenset[str] | None:
-    a, b = _fingerprints(*old), _fingerprints(*new)
-    if a is None or b is None:
-        return None
-    differ = a ^ b
+    """One pass over each lock: the old one's blocks hashed (and where each starts), the
+    new one's looked up as they come (a block not in the old lock is parsed there and
+    then); the old blocks left over are read again by offset, checked against their hash."""
+    open_old, old_sha256 = old
+    open_new, new_sha256 = new
     names: set[str] = set()
-    for open_lock, sha256 in (old, new) if differ else ():
-        hasher = hashlib.sha256()
-        with open_lock() as handle:  # again: only the blocks that differ are parsed
-            for block in read(handle, hasher)[1]:
-                if _hash(block) in differ:
-                    found = _names(block)
+    try:
+        with open_old() as before:
+            at = _offsets(before, old_sha256)
+            if at is None:
+                return None
+            hasher = hashlib.sha256()
+            with open_new() as after:
+                head, bodies = read(after, hasher)
+                header(head)
+                for body in bodies:
+                    key = _hash(body)
+                    if key in at:
+                        del at[key]  # in both locks: the same tag
+                        continue
+                    found = _names(body)  # added or changed
                     if found is None:
                         return None
                     names |= found
-        if sha256 is not None and hasher.hexdigest() != sha256:
-            return None  # replaced between the two reads
+            if new_sha256 is not None and hasher.hexdigest() != new_sha256:
+                return None
+            for key, offset in at.items():  # removed or changed
+                before.seek(offset)
+                body = read(before)[0]  # its text, up to the next `[[tag]]` line
+                found = _names(body) if _hash(body) == key else None
+                if found is None:
+                    return None  # not the bytes hashed above: rewritten meanwhile
+                names |= found
+    except (OSError, NotBlocks):
+        return None
     return frozenset(names)
 
 
