@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
-from registrish_lock.tree.delta import changed_names, changed_names_of_files
+import pytest
+
+from registrish_lock import fsutil
+from registrish_lock.lock.blocks import read
+from registrish_lock.tree.delta import changed_names, changed_names_of_files, pieces
 
 HEAD = 'version = 1\nconfig-hash = "sha256:aa"\n\n[inputs]\n"a" = "sha256:01"\n'
 
@@ -69,3 +74,28 @@ def test_changed_names_of_files_checks_both_digests(tmp_path: Path) -> None:
     assert changed_names_of_files(old, digest[new], new, digest[new]) is None
     assert changed_names_of_files(old, digest[old], new, digest[old]) is None
     assert changed_names_of_files(tmp_path / "gone", digest[old], new, digest[new]) is None
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 5, 8, 9, 10, 1 << 20])
+def test_pieces_are_what_blocks_read_yields_at_their_offsets(
+    block_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `bytes.find` split agrees with the line reader, wherever a read ends."""
+    monkeypatch.setattr(fsutil, "_COPY_BLOCK", block_size)
+    texts = [
+        lock(block("a", "1"), block("b", "2")),
+        b"[[tag]]\nname = 'a'\n[[tag]]\n[[tag]]\n\n[[tag]]\nx = 1\n",  # no header, empty blocks
+        b"version = 1\n[[tag]]",  # no newline after the last line: not a block's start
+        b"version = 1\r\n[[tag]]\r\nname = 'a'\r\n",  # not `[[tag]]` and a newline
+        b"a\n[[tag]]x\n[[tag]]\n[[tag]]\n",
+        b"",
+        b"\n",
+    ]
+    for text in texts:
+        head, bodies = read(io.BytesIO(text))
+        found = list(pieces(io.BytesIO(text), hashlib.sha256()))
+        assert [p for _, p in found] == [head, *bodies], text
+        assert all(text[at : at + len(p)] == p for at, p in found), text
+        hasher = hashlib.sha256()
+        list(pieces(io.BytesIO(text), hasher))
+        assert hasher.digest() == hashlib.sha256(text).digest()

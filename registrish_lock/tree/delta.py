@@ -12,29 +12,42 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ..lock.blocks import BLOCK, NotBlocks, header, parse_block, read
+from ..fsutil import chunks_of
+from ..lock.blocks import BLOCK, Hasher, NotBlocks, header, parse_block
 
 Opener = Callable[[], BinaryIO]
-BLOCK_LINE = BLOCK[1:].encode()  # `[[tag]]` and its newline
+
+
+#: A `[[tag]]` line with the newline before it: where one piece of a lock ends.
+_CUT = BLOCK.encode()
+
+
+def pieces(handle: BinaryIO, hasher: Hasher) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of the header, then of each block's text after its `[[tag]]` line:
+    what `blocks.read` yields, found by `bytes.find` in 1 MiB reads instead of a line at a
+    time (0.17 s instead of 0.3 s for 100,000 tags). Every byte read goes into `hasher`."""
+    buf, at, start = b"\n", -1, 1  # buf[i] is at offset at + i: a newline before the file
+    for chunk in chunks_of(handle):
+        hasher.update(chunk)
+        buf, at, start = buf[start - 1 :] + chunk, at + start - 1, 1
+        while (cut := buf.find(_CUT, start - 1)) >= 0:
+            yield at + start, buf[start : cut + 1]
+            start = cut + len(_CUT)
+    yield at + start, buf[start:]
 
 
 def _offsets(handle: BinaryIO, sha256: str | None) -> dict[bytes, int] | None:
-    """A 16-byte hash of each block -> where its text starts, the file read line by line
-    (two locks of 100,000 tags held whole, or as sets of their blocks' text, cost
-    50-100 MB); None when the header is not plain tables, or the bytes do not hash to
-    `sha256`."""
+    """A 16-byte hash of each block -> where its text starts (two locks of 100,000 tags
+    held whole, or as sets of their blocks' text, cost 50-100 MB); None when the header
+    is not plain tables, or the bytes do not hash to `sha256`."""
     hasher = hashlib.sha256()
-    head, bodies = read(handle, hasher)
-    header(head)
-    at, offset = {}, len(head)
-    for body in bodies:
-        offset += len(BLOCK_LINE)
-        at[_hash(body)] = offset
-        offset += len(body)
+    found = pieces(handle, hasher)
+    header(next(found)[1])
+    at = {_hash(body): offset for offset, body in found}
     return at if sha256 is None or hasher.hexdigest() == sha256 else None
 
 
@@ -67,9 +80,9 @@ def _changed(
                 return None
             hasher = hashlib.sha256()
             with open_new() as after:
-                head, bodies = read(after, hasher)
-                header(head)
-                for body in bodies:
+                blocks = pieces(after, hasher)
+                header(next(blocks)[1])
+                for _, body in blocks:
                     key = _hash(body)
                     if key in at:
                         del at[key]  # in both locks: the same tag
@@ -82,7 +95,7 @@ def _changed(
                 return None
             for key, offset in at.items():  # removed or changed
                 before.seek(offset)
-                body = read(before)[0]  # its text, up to the next `[[tag]]` line
+                body = next(pieces(before, hashlib.sha256()))[1]  # up to the next block
                 found = _names(body) if _hash(body) == key else None
                 if found is None:
                     return None  # not the bytes hashed above: rewritten meanwhile
@@ -101,6 +114,6 @@ def changed_names(old: bytes, new: bytes) -> frozenset[str] | None:
 def changed_names_of_files(
     old: Path, old_sha256: str, new: Path, new_sha256: str
 ) -> frozenset[str] | None:
-    """`changed_names` of two lock files, read line by line (never whole); None also when
+    """`changed_names` of two lock files, read a block at a time (never whole); None also when
     one does not hash to its digest."""
     return _changed((lambda: old.open("rb"), old_sha256), (lambda: new.open("rb"), new_sha256))

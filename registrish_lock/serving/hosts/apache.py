@@ -44,10 +44,13 @@ _UNSUPPORTED = routes.error_body(routes.ErrorCode.UNSUPPORTED)
 def tag_digest_table(tags: Sequence[base.TaggedDigest]) -> Iterator[str]:
     """One `SetEnvIf` per tag (none per digest), compiled once at startup: the digest
     and the kind of its typed twin, so a tag costs one file test. A line at a time."""
-    for name, tag, digest, media_type in tags:
-        yield (
-            f'    SetEnvIf Request_URI "^/v2/{re.escape(name)}/manifests/{re.escape(tag)}$" '
-            f"{TAG_DIGEST_ENV}={digest} {TAG_KIND_ENV}={mediatypes.KIND_OF[media_type]}\n"
+    for part in base.slices(tags):
+        yield "".join(
+            [
+                f'    SetEnvIf Request_URI "^/v2/{re.escape(name)}/manifests/{re.escape(tag)}$" '
+                f"{TAG_DIGEST_ENV}={digest} {TAG_KIND_ENV}={mediatypes.KIND_OF[media_type]}\n"
+                for name, tag, digest, media_type in part
+            ]
         )
 
 

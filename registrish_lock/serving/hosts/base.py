@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -90,6 +90,17 @@ class Output:
 class Rendered:
     outputs: tuple[Output, ...]
     warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+#: Tags rendered per piece of a table: a piece per line cost a generator step and a
+#: list append per line (a third of the nginx table's time at 100,000 tags).
+SLICE_TAGS = 2048
+
+
+def slices(tags: Sequence[TaggedDigest]) -> Iterator[Sequence[TaggedDigest]]:
+    """`tags` a few thousand at a time, for a table rendered a piece per slice."""
+    for start in range(0, len(tags), SLICE_TAGS):
+        yield tags[start : start + SLICE_TAGS]
 
 
 def framed(head: str, table: Callable[[], Iterable[str]], tail: str) -> Pieces:

@@ -84,8 +84,13 @@ def tag_digest_map(tags: Sequence[base.TaggedDigest]) -> Iterator[str]:
     t = "\t\t"
     source = "{http.request.orig_uri.path}"
     yield f"{t}map {source} {_DIGEST} {_KIND} {_TYPE} {{\n"
-    for name, tag, digest, mt in tags:
-        yield f"{t}\t/v2/{name}/manifests/{tag} {digest} {mediatypes.KIND_OF[mt]} {mt}\n"
+    for part in base.slices(tags):
+        yield "".join(
+            [
+                f"{t}\t/v2/{name}/manifests/{tag} {digest} {mediatypes.KIND_OF[mt]} {mt}\n"
+                for name, tag, digest, mt in part
+            ]
+        )
     yield f"{t}}}\n"
 
 

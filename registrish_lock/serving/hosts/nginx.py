@@ -49,11 +49,13 @@ def tag_digest_map(tags: Sequence[base.TaggedDigest]) -> Iterator[str]:
         sizing += f"map_hash_max_size {_pow2(2 * len(tags))};\n"
     key = '"$registrish_name:$registrish_tag"'
     yield f'{sizing}map {key} $registrish_tag_twin {{\n    default "{NO_TWIN}";'
-    for t in tags:
-        yield f'\n    "{t.name}:{t.tag}" "{twin_name(t.digest, t.media_type)}";'
+    for part in base.slices(tags):
+        yield "".join(
+            [f'\n    "{t.name}:{t.tag}" "{twin_name(t.digest, t.media_type)}";' for t in part]
+        )
     yield f'\n}}\nmap {key} $registrish_tag_digest {{\n    default "";'
-    for t in tags:
-        yield f'\n    "{t.name}:{t.tag}" "{t.digest}";'
+    for part in base.slices(tags):
+        yield "".join([f'\n    "{t.name}:{t.tag}" "{t.digest}";' for t in part])
     yield "\n}"
 
 
