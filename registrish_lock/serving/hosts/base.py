@@ -75,11 +75,12 @@ class Output:
         if isinstance(self.body, bytes):
             yield self.body
             return
-        size, pending, buffered = CHUNK_CHARS, list[str](), 0
+        pending: list[str] = []
+        buffered = 0
         for piece in self.body():
             pending.append(piece)
             buffered += len(piece)
-            if buffered >= size:
+            if buffered >= CHUNK_CHARS:
                 yield "".join(pending).encode()
                 pending, buffered = [], 0
         if pending:
