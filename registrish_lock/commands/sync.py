@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from ..console import Console
-from ..errors import ExitCode, LockfileError, StaleLockError
+from ..errors import ExitCode, StaleLockError
+from ..fsutil import chunks_of
 from ..lock.config import Config, load_config
 from ..lock.lockfile import Lock, parse_lock_bytes, read_lock, read_lock_bytes
 from ..progress import Stats, make_progress
@@ -89,20 +90,20 @@ def _up_to_date(args: argparse.Namespace, console: Console) -> int:
 def run(args: argparse.Namespace, console: Console) -> int:
     config_bytes = record.config_bytes(args.config)
     config = load_config(args.config)
-    lock_bytes = read_lock_bytes(config.lock_path)
     if config.bucket is not None:
+        lock_bytes = read_lock_bytes(config.lock_path)
         result, requests = _sync_bucket(args, config, lock_bytes, console)
         return _report(args, console, result, [], bucket_requests=requests)
     layout = dry_run_layout(config.layout, console) if args.dry_run else config.layout
-    key = record.record_key(config_bytes, lock_bytes, layout, config.hosts_dir)
+    # 26 MB at 100,000 tags: hashed as read, never held; the lock is read again block by
+    # block (the bytes it reads must hash to the key), as are its scope's and the copy
+    # kept beside the record (`record.changed_scope`, `record.keep_lock`).
+    lock_sha256 = _lock_sha256(config.lock_path)
+    key = record.key_of(config_bytes, lock_sha256, layout, config.hosts_dir)
     if not (args.verify or args.prune) and layout.sync_record.exists():
         with tree_lock(layout, console, wait=not args.no_wait):
             if record.is_current(layout, key, config.input_hash(), frozen=args.frozen):
                 return _up_to_date(args, console)
-    # 26 MB at 100,000 tags: not held; the lock is read again block by block (the bytes it
-    # reads must hash to the key), as is its scope's (`record.changed_scope`).
-    del lock_bytes
-    lock_sha256 = str(key["lock_sha256"])
     lock = fresh_lock(config, read_lock(config.lock_path, sha256=lock_sha256), frozen=args.frozen)
     from ..serving.hosts import check_host_tls
 
@@ -134,22 +135,24 @@ def run(args: argparse.Namespace, console: Console) -> int:
             if not args.dry_run:  # last: everything above completed
                 names = {t.name for t in lock.tags}
                 paths = record.watched(layout, names, config.hosts_dir)
-                again = _applied_bytes(config, key)
-                if again is not None:  # else the lock changed meanwhile (the copy is checked)
-                    record.keep_lock(layout, again)
+                # the lock's copy, unless it changed meanwhile (it is checked before use)
+                record.keep_lock(layout, config.lock_path, lock_sha256)
                 record.write(layout, key, lock.config_hash, paths, clean=result.clean)
     finally:
         upstream.close()
     return _report(args, console, result, hosts)
 
 
-def _applied_bytes(config: Config, key: dict[str, object]) -> bytes | None:
-    """The lock's bytes read again, when they are still the ones `key` names."""
+def _lock_sha256(path: Path) -> str:
+    """The sha256 of the lock's bytes, read a block at a time."""
+    hasher = hashlib.sha256()
     try:
-        data = read_lock_bytes(config.lock_path)
-    except LockfileError:
-        return None
-    return data if hashlib.sha256(data).hexdigest() == key["lock_sha256"] else None
+        with path.open("rb") as handle:
+            for block in chunks_of(handle):
+                hasher.update(block)
+    except OSError:
+        return hashlib.sha256(read_lock_bytes(path)).hexdigest()  # or its one-line error
+    return hasher.hexdigest()
 
 
 def _sync(

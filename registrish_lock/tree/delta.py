@@ -12,28 +12,43 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ..lock.blocks import NotBlocks, header, parse_block, read
+from ..fsutil import chunks_of
+from ..lock.blocks import BLOCK, Hasher, NotBlocks, header, parse_block
 
 Opener = Callable[[], BinaryIO]
 
 
-def _fingerprints(open_lock: Opener, sha256: str | None) -> set[bytes] | None:
-    """A 16-byte hash of each block, the file read line by line (two locks of 100,000
-    tags held whole, or as sets of their blocks' text, cost 50-100 MB); None when the
-    header is not plain tables, or the bytes do not hash to `sha256`."""
+#: A `[[tag]]` line with the newline before it: where one piece of a lock ends.
+_CUT = BLOCK.encode()
+
+
+def pieces(handle: BinaryIO, hasher: Hasher) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of the header, then of each block's text after its `[[tag]]` line:
+    what `blocks.read` yields, found by `bytes.find` in 1 MiB reads instead of a line at a
+    time (0.17 s instead of 0.3 s for 100,000 tags). Every byte read goes into `hasher`."""
+    buf, at, start = b"\n", -1, 1  # buf[i] is at offset at + i: a newline before the file
+    for chunk in chunks_of(handle):
+        hasher.update(chunk)
+        buf, at, start = buf[start - 1 :] + chunk, at + start - 1, 1
+        while (cut := buf.find(_CUT, start - 1)) >= 0:
+            yield at + start, buf[start : cut + 1]
+            start = cut + len(_CUT)
+    yield at + start, buf[start:]
+
+
+def _offsets(handle: BinaryIO, sha256: str | None) -> dict[bytes, int] | None:
+    """A 16-byte hash of each block -> where its text starts (two locks of 100,000 tags
+    held whole, or as sets of their blocks' text, cost 50-100 MB); None when the header
+    is not plain tables, or the bytes do not hash to `sha256`."""
     hasher = hashlib.sha256()
-    try:
-        with open_lock() as handle:
-            head, bodies = read(handle, hasher)
-            header(head)
-            prints = {_hash(b) for b in bodies}
-    except (OSError, NotBlocks):
-        return None
-    return prints if sha256 is None or hasher.hexdigest() == sha256 else None
+    found = pieces(handle, hasher)
+    header(next(found)[1])
+    at = {_hash(body): offset for offset, body in found}
+    return at if sha256 is None or hasher.hexdigest() == sha256 else None
 
 
 def _hash(block: bytes) -> bytes:
@@ -52,22 +67,41 @@ def _names(block: bytes) -> set[str] | None:
 def _changed(
     old: tuple[Opener, str | None], new: tuple[Opener, str | None]
 ) -> frozenset[str] | None:
-    a, b = _fingerprints(*old), _fingerprints(*new)
-    if a is None or b is None:
-        return None
-    differ = a ^ b
+    """One pass over each lock: the old one's blocks hashed (and where each starts), the
+    new one's looked up as they come (a block not in the old lock is parsed there and
+    then); the old blocks left over are read again by offset, checked against their hash."""
+    open_old, old_sha256 = old
+    open_new, new_sha256 = new
     names: set[str] = set()
-    for open_lock, sha256 in (old, new) if differ else ():
-        hasher = hashlib.sha256()
-        with open_lock() as handle:  # again: only the blocks that differ are parsed
-            for block in read(handle, hasher)[1]:
-                if _hash(block) in differ:
-                    found = _names(block)
+    try:
+        with open_old() as before:
+            at = _offsets(before, old_sha256)
+            if at is None:
+                return None
+            hasher = hashlib.sha256()
+            with open_new() as after:
+                blocks = pieces(after, hasher)
+                header(next(blocks)[1])
+                for _, body in blocks:
+                    key = _hash(body)
+                    if key in at:
+                        del at[key]  # in both locks: the same tag
+                        continue
+                    found = _names(body)  # added or changed
                     if found is None:
                         return None
                     names |= found
-        if sha256 is not None and hasher.hexdigest() != sha256:
-            return None  # replaced between the two reads
+            if new_sha256 is not None and hasher.hexdigest() != new_sha256:
+                return None
+            for key, offset in at.items():  # removed or changed
+                before.seek(offset)
+                body = next(pieces(before, hashlib.sha256()))[1]  # up to the next block
+                found = _names(body) if _hash(body) == key else None
+                if found is None:
+                    return None  # not the bytes hashed above: rewritten meanwhile
+                names |= found
+    except (OSError, NotBlocks):
+        return None
     return frozenset(names)
 
 
@@ -80,6 +114,6 @@ def changed_names(old: bytes, new: bytes) -> frozenset[str] | None:
 def changed_names_of_files(
     old: Path, old_sha256: str, new: Path, new_sha256: str
 ) -> frozenset[str] | None:
-    """`changed_names` of two lock files, read line by line (never whole); None also when
+    """`changed_names` of two lock files, read a block at a time (never whole); None also when
     one does not hash to its digest."""
     return _changed((lambda: old.open("rb"), old_sha256), (lambda: new.open("rb"), new_sha256))

@@ -35,11 +35,12 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from .. import __version__
-from ..fsutil import atomic_write_bytes, fsync_dir
+from ..fsutil import atomic_write_bytes, chunks_of, fsync_dir, replace_if_changed
 from . import delta
 from .layout import REPOSITORY_SECTIONS, Layout
 
@@ -62,11 +63,18 @@ def record_key(
     """Everything a completed sync's output depends on besides the tree: the config and lock
     bytes, and where the tree and host configs are (host configs name the absolute root: a
     workspace moved whole keeps every inode and mtime, yet its configs must be rewritten)."""
+    return key_of(config_bytes, hashlib.sha256(lock_bytes).hexdigest(), layout, hosts_dir)
+
+
+def key_of(
+    config_bytes: bytes, lock_sha256: str, layout: Layout, hosts_dir: Path
+) -> dict[str, object]:
+    """`record_key` of a lock known by its sha256 (hashed as read, never held whole)."""
     return {
         "format": RECORD_FORMAT,
         "registrish": __version__,
         "config_sha256": hashlib.sha256(config_bytes).hexdigest(),
-        "lock_sha256": hashlib.sha256(lock_bytes).hexdigest(),
+        "lock_sha256": lock_sha256,
         "root": str(layout.root.resolve()),
         "hosts_dir": str(hosts_dir.resolve()),
     }
@@ -202,14 +210,40 @@ def current(
     return doc
 
 
-def keep_lock(layout: Layout, lock_bytes: bytes) -> None:
-    """Keep the applied lock's bytes beside the record (before the record is written)."""
-    path = layout.state / _APPLIED_LOCK
-    with contextlib.suppress(OSError):
-        if path.read_bytes() == lock_bytes:
-            return
+class _Replaced(Exception):
+    """The lock's bytes no longer hash to the digest the sync applied."""
+
+
+def keep_lock(layout: Layout, lock_path: Path, sha256: str) -> bool:
+    """Keep a copy of the applied lock beside the record (before the record is written):
+    the file at `lock_path` copied a block at a time while hashed, compared with the copy
+    there as it goes (rewritten only from the first difference, never held whole: 26 MB
+    at 100,000 tags). False, the old copy left as it was, when the file is gone or its
+    bytes do not hash to `sha256` (changed since the sync read it); `changed_scope`
+    checks the copy against the record's digest before any use."""
+    try:
+        handle = lock_path.open("rb")
+    except OSError:
+        return False
     layout.tmp.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, lock_bytes, tmp_dir=layout.tmp)
+    with handle:
+        try:
+            replace_if_changed(
+                layout.state / _APPLIED_LOCK, _hashed(handle, sha256), tmp_dir=layout.tmp
+            )
+        except _Replaced:
+            return False
+    return True
+
+
+def _hashed(handle: BinaryIO, sha256: str) -> Iterator[bytes]:
+    """The file's blocks; `_Replaced` at its end unless they hash to `sha256`."""
+    hasher = hashlib.sha256()
+    for block in chunks_of(handle):
+        hasher.update(block)
+        yield block
+    if hasher.hexdigest() != sha256:
+        raise _Replaced
 
 
 def changed_scope(layout: Layout, key: dict[str, object], lock_path: Path) -> frozenset[str] | None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ...console import Console
-from ...fsutil import atomic_write_bytes
+from ...fsutil import replace_if_changed
 from ...lock.config import Config
 from ...lock.lockfile import Lock
 from ...tls import ServerTls, check_tls_files
@@ -117,15 +117,11 @@ def render_hosts(ctx: HostContext, hosts: Sequence[str]) -> list[Rendered]:
     return [RENDERERS[h].render(ctx) for h in hosts]
 
 
-def write_if_changed(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> bool:
-    """Write atomically unless `path` already holds exactly `data`. True when written."""
-    try:
-        if path.read_bytes() == data:
-            return False
-    except (FileNotFoundError, NotADirectoryError):
-        pass
-    atomic_write_bytes(path, data, tmp_dir=tmp_dir)
-    return True
+def write_if_changed(path: Path, data: bytes | Output, *, tmp_dir: Path | None = None) -> bool:
+    """Write atomically unless `path` already holds exactly `data` (an output's bytes
+    compared and written a chunk at a time, never joined). True when written."""
+    chunks = data.chunks() if isinstance(data, Output) else (data,)
+    return replace_if_changed(path, chunks, tmp_dir=tmp_dir)
 
 
 def write_host_configs(
@@ -163,7 +159,7 @@ def write_host_configs(
     for out in outputs:
         in_tree = out.path.resolve().is_relative_to(ctx.root)
         tmp_dir = layout.tmp if in_tree and layout.tmp.is_dir() else None
-        if write_if_changed(out.path, out.data, tmp_dir=tmp_dir):
+        if write_if_changed(out.path, out, tmp_dir=tmp_dir):
             written.append(out.path)
             if in_tree:
                 console.debug(f"wrote {out.path}")

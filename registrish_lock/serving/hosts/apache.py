@@ -11,8 +11,9 @@ mod_headers, mod_setenvif, mod_mime and mod_dir.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from ...oci import mediatypes
 from ...tls import CIPHERS
@@ -40,14 +41,17 @@ _DIGEST_URI = "^/v2/.+/(manifests|blobs)/sha256:[a-f0-9]{64}"
 _UNSUPPORTED = routes.error_body(routes.ErrorCode.UNSUPPORTED)
 
 
-def tag_digest_table(tags: Sequence[base.TaggedDigest]) -> str:
+def tag_digest_table(tags: Sequence[base.TaggedDigest]) -> Iterator[str]:
     """One `SetEnvIf` per tag (none per digest), compiled once at startup: the digest
-    and the kind of its typed twin, so a tag costs one file test."""
-    return "".join(
-        f'    SetEnvIf Request_URI "^/v2/{re.escape(name)}/manifests/{re.escape(tag)}$" '
-        f"{TAG_DIGEST_ENV}={digest} {TAG_KIND_ENV}={mediatypes.KIND_OF[media_type]}\n"
-        for name, tag, digest, media_type in tags
-    )
+    and the kind of its typed twin, so a tag costs one file test. A line at a time."""
+    for part in base.slices(tags):
+        yield "".join(
+            [
+                f'    SetEnvIf Request_URI "^/v2/{re.escape(name)}/manifests/{re.escape(tag)}$" '
+                f"{TAG_DIGEST_ENV}={digest} {TAG_KIND_ENV}={mediatypes.KIND_OF[media_type]}\n"
+                for name, tag, digest, media_type in part
+            ]
+        )
 
 
 def _quoted(text: str) -> str:
@@ -289,7 +293,7 @@ class ApacheRenderer:
     def render(self, ctx: base.HostContext) -> base.Rendered:
         short = routes.short_cache(ctx.policy.tag_cache_seconds)
         scheme = "https" if ctx.tls.own_certificate else "http"
-        vhost = f"""\
+        head = f"""\
 # {base.GENERATED}
 # The static registry at {ctx.root}, on {scheme}://{ctx.listen}/.
 # Include it from apache2.conf, plus {LISTEN} unless ports.conf already listens on
@@ -308,20 +312,22 @@ class ApacheRenderer:
 {_vhost_tls(ctx)}    DocumentRoot "{ctx.root}"
     # TRACE is answered before any rewrite: refuse it like any other write.
     TraceEnable off
-{tag_digest_table(ctx.tag_digests)}{server_rules(short)}    <Directory "{ctx.root}">
+"""
+        tail = f"""{server_rules(short)}    <Directory "{ctx.root}">
         Require all granted
         AllowOverride None
         Options -Indexes -MultiViews +FollowSymLinks
     </Directory>
 </VirtualHost>
 """
+        vhost = base.framed(head, functools.partial(tag_digest_table, ctx.tag_digests), tail)
         listen = f"# {base.GENERATED}\n# Apache's Listen for the registrish vhost (skip it if ports.conf has it).\n"
         listen += f"Listen {ctx.listen}{' https' if ctx.tls.own_certificate else ''}\n"
         if ctx.tls.redirect_http is not None and ctx.tls.own_certificate:
             listen += f"Listen {ctx.tls.redirect_http}\n"
         return base.Rendered(
             (
-                base.Output(ctx.hosts_dir / VHOST, vhost.encode()),
+                base.Output(ctx.hosts_dir / VHOST, vhost),
                 base.Output(ctx.hosts_dir / LISTEN, listen.encode()),
                 base.Output(ctx.root / HTACCESS, htaccess(short).encode()),
                 base.Output(ctx.root / UNSUPPORTED_DOC, _UNSUPPORTED),

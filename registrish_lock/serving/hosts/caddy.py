@@ -14,8 +14,9 @@ Docker-Content-Digest. The admin endpoint is a unix socket in the hosts dir, so
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ...oci import mediatypes
@@ -74,18 +75,23 @@ _KIND = "{registrish_tag_kind}"
 _TYPE = "{registrish_tag_type}"
 
 
-def tag_digest_map(tags: Sequence[base.TaggedDigest]) -> str:
+def tag_digest_map(tags: Sequence[base.TaggedDigest]) -> Iterator[str]:
     """The URL path of each tag -> its digest, the kind of its typed twin and its media
     type, one line per tag (none per digest). Keyed by the path as received, so a later
     rewrite does not change what the placeholders say; a path not in it (a digest, a
-    tag added since the config was loaded, anything else) leaves them empty."""
+    tag added since the config was loaded, anything else) leaves them empty. Made a line
+    at a time (it is written as it is made)."""
     t = "\t\t"
-    lines = "".join(
-        f"{t}\t/v2/{name}/manifests/{tag} {digest} {mediatypes.KIND_OF[mt]} {mt}\n"
-        for name, tag, digest, mt in tags
-    )
     source = "{http.request.orig_uri.path}"
-    return f"{t}map {source} {_DIGEST} {_KIND} {_TYPE} {{\n{lines}{t}}}\n"
+    yield f"{t}map {source} {_DIGEST} {_KIND} {_TYPE} {{\n"
+    for part in base.slices(tags):
+        yield "".join(
+            [
+                f"{t}\t/v2/{name}/manifests/{tag} {digest} {mediatypes.KIND_OF[mt]} {mt}\n"
+                for name, tag, digest, mt in part
+            ]
+        )
+    yield f"{t}}}\n"
 
 
 def _tabled(methods: str, cc_short: str) -> str:
@@ -183,7 +189,7 @@ class CaddyRenderer:
         admin, warnings = admin_line(ctx.hosts_dir)
         methods = " ".join(routes.ALLOWED_METHODS)
         site = site_address(ctx)
-        text = f"""\
+        head = f"""\
 # {base.GENERATED}
 # The static registry at {ctx.root}, on {site}/.
 # Run: caddy run --config {ctx.hosts_dir / FILENAME} --adapter caddyfile
@@ -222,7 +228,8 @@ class CaddyRenderer:
 		# first), digests, then any other tag. The table names a tag's twin, so one file
 		# test and no regex serve it: some 10-25% less CPU per tag request than a test per
 		# twin kind (BENCHMARKS.md).
-{tag_digest_map(ctx.tag_digests)}{_tabled(methods, cc_short)}
+"""
+        tail = f"""{_tabled(methods, cc_short)}
 		@mdigest {{
 			method {methods}
 			path_regexp mdigest ^/v2/{NAME_RE}/manifests/(sha256:[a-f0-9]{{64}})$
@@ -311,4 +318,5 @@ class CaddyRenderer:
 	}}
 }}
 """
-        return base.Rendered((base.Output(ctx.hosts_dir / FILENAME, text.encode()),), warnings)
+        text = base.framed(head, functools.partial(tag_digest_map, ctx.tag_digests), tail)
+        return base.Rendered((base.Output(ctx.hosts_dir / FILENAME, text),), warnings)

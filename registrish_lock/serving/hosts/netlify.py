@@ -32,7 +32,8 @@ Typed twins stay reachable by name on these hosts (harmless: same bytes).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Iterable, Iterator
 
 from ...lock.lockfile import Lock
 from ...tree.layout import Layout
@@ -128,12 +129,11 @@ def pages(ctx: HostContext) -> tuple[Output, ...]:
     )
 
 
-def render_headers(rules: list[Rule]) -> str:
-    lines = [f"# {GENERATED}"]
+def render_headers(rules: list[Rule]) -> Iterator[str]:
+    """The `_headers` file's text, a rule at a time (it grows with the tree)."""
+    yield f"# {GENERATED}\n"
     for path, headers in rules:
-        lines.append(path)
-        lines.extend(f"  {key}: {value}" for key, value in headers)
-    return "\n".join(lines) + "\n"
+        yield path + "\n" + "".join(f"  {key}: {value}\n" for key, value in headers)
 
 
 def parse_headers(text: str) -> dict[str, dict[str, str]]:
@@ -183,7 +183,7 @@ class NetlifyRenderer:
         )
         return Rendered(
             (
-                Output(ctx.root / HEADERS, render_headers(rules).encode()),
+                Output(ctx.root / HEADERS, functools.partial(render_headers, rules)),
                 Output(ctx.root / REDIRECTS, ("\n".join(redirects) + "\n").encode()),
                 *pages(ctx),
             ),
@@ -236,7 +236,7 @@ class CloudflareRenderer:
                 f"allows {CLOUDFLARE_MAX_RULES} (one per manifest path)",
                 hint=alternative,
             )
-        text = render_headers(rules)
+        text = "".join(render_headers(rules))  # at most 100 rules
         long = [line for line in text.splitlines() if len(line) > CLOUDFLARE_MAX_LINE]
         if long:
             raise HostLimitError(

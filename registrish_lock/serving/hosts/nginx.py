@@ -7,7 +7,8 @@ block, so no rule names a manifest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterator, Sequence
 
 from ...oci import mediatypes
 from ...tls import CIPHERS
@@ -30,12 +31,13 @@ def _not_found(code: routes.ErrorCode) -> str:
     )
 
 
-def tag_digest_map(tags: Sequence[base.TaggedDigest]) -> str:
+def tag_digest_map(tags: Sequence[base.TaggedDigest]) -> Iterator[str]:
     """Two `map "name:tag"` tables at http level, one line per tag each (none per digest):
     the typed twin of the tag's digest, so a tag is served with one file look-up, and the
     digest for its header (an exact map: a regex taking it out of the first cost ~4% of
     req/s, measured). An unknown key maps to a name no sync writes (`~` cannot start a
-    twin's stem) and to no digest: nginx sends no header with an empty value."""
+    twin's stem) and to no digest: nginx sends no header with an empty value. The text
+    comes a line at a time: at 100,000 tags it is 21 MB, written as it is made."""
     longest = max((len(t.name) + len(t.tag) + 1 for t in tags), default=0)
     sizing = ""
     # A bucket must hold a few whole keys (nginx otherwise warns "could not build optimal
@@ -45,28 +47,16 @@ def tag_digest_map(tags: Sequence[base.TaggedDigest]) -> str:
         sizing += f"map_hash_bucket_size {bucket};\n"
     if len(tags) > 1024:
         sizing += f"map_hash_max_size {_pow2(2 * len(tags))};\n"
-    # Each table joined from its lines as they are made, then the whole joined once: at
-    # 100,000 tags (21 MB of text) two lists of lines and the growing concatenations of
-    # the tables held 80 MB at once.
-    twins = "\n".join(
-        [
-            f'    default "{NO_TWIN}";',
-            *(f'    "{t.name}:{t.tag}" "{twin_name(t.digest, t.media_type)}";' for t in tags),
-        ]
-    )
-    digests = "\n".join(
-        ['    default "";', *(f'    "{t.name}:{t.tag}" "{t.digest}";' for t in tags)]
-    )
     key = '"$registrish_name:$registrish_tag"'
-    return "".join(
-        (
-            f"{sizing}map {key} $registrish_tag_twin {{\n",
-            twins,
-            f"\n}}\nmap {key} $registrish_tag_digest {{\n",
-            digests,
-            "\n}",
+    yield f'{sizing}map {key} $registrish_tag_twin {{\n    default "{NO_TWIN}";'
+    for part in base.slices(tags):
+        yield "".join(
+            [f'\n    "{t.name}:{t.tag}" "{twin_name(t.digest, t.media_type)}";' for t in part]
         )
-    )
+    yield f'\n}}\nmap {key} $registrish_tag_digest {{\n    default "";'
+    for part in base.slices(tags):
+        yield "".join([f'\n    "{t.name}:{t.tag}" "{t.digest}";' for t in part])
+    yield "\n}"
 
 
 def _pow2(n: int) -> int:
@@ -113,12 +103,13 @@ class NginxRenderer:
         types = "\n".join(f"            {mt} ~{kind};" for kind, mt in base.twin_kinds())
         tries = " ".join(f"$uri.~{kind}" for kind in mediatypes.KINDS)
         scheme = "https" if ctx.tls.own_certificate else "http"
-        text = f"""\
+        head = f"""\
 # {base.GENERATED}
 # The static registry at {ctx.root}, on {scheme}://{ctx.listen}/.
 # Use: `include {ctx.hosts_dir / FILENAME};` inside nginx's http {{}} block, and
 # `nginx -s reload` after each sync (the tag -> digest table below changes with the lock).
-{tag_digest_map(ctx.tag_digests)}
+"""
+        tail = f"""
 # `?last=<tag>` (a valid tag only) -> its page `tags/<tag>{LAST_PAGE_SUFFIX}`; else the list.
 map $arg_last $registrish_last_page {{
     default "list";
@@ -290,6 +281,11 @@ map $arg_last $registrish_last_page {{
 }}
 """
         return base.Rendered(
-            (base.Output(ctx.hosts_dir / FILENAME, text.encode()),),
+            (
+                base.Output(
+                    ctx.hosts_dir / FILENAME,
+                    base.framed(head, functools.partial(tag_digest_map, ctx.tag_digests), tail),
+                ),
+            ),
             base.plain_http_warning(ctx, "nginx"),
         )

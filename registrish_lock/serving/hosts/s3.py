@@ -8,7 +8,9 @@ anonymous readers may ListBucket.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Iterator
 
 from ...tree.layout import Layout
 from ..routes import Kind, headers_for
@@ -37,5 +39,11 @@ class S3Renderer:
 
     def render(self, ctx: HostContext) -> Rendered:
         doc = {"version": 1, "objects": metadata(ctx)}
-        text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
-        return Rendered((Output(ctx.hosts_dir / FILENAME, text.encode()),))
+        return Rendered((Output(ctx.hosts_dir / FILENAME, functools.partial(_text, doc)),))
+
+
+def _text(doc: dict[str, object]) -> Iterator[str]:
+    """`json.dumps(doc, indent=1, sort_keys=True)` and a newline, a piece at a time (an
+    object per file of the tree: never one string)."""
+    yield from json.JSONEncoder(indent=1, sort_keys=True).iterencode(doc)
+    yield "\n"
