@@ -87,6 +87,8 @@ class BucketStore:
         self._configs: dict[str, str] = {}
         #: the browse page the state object records, and the one this store rendered
         self._browse: bucket_state.BrowseRecord | None = None
+        #: digest → bytes of the manifests observed (None once this run changed one)
+        self._manifest_bytes: dict[str, bytes] | None = None
         self.rendered: browse.Rendered | None = None
         self._dirty = False
         self._observed = False
@@ -143,6 +145,7 @@ class BucketStore:
         listed = self._listed = self.listing()
         seen = bucket_state.observe(listed, recorded, self._read)
         self._entries, self._blob_keys = seen.entries, seen.blob_keys
+        self._manifest_bytes = dict(seen.state.manifest_bytes)
         self.reread = seen.reread
         self.console.debug(
             f"{self.target}: {len(listed)} objects listed, {len(recorded)} vouched for by the "
@@ -277,6 +280,8 @@ class BucketStore:
 
     def _remember(self, rel: str, entry: bucket_state.Entry | None) -> None:
         with self._lock:
+            if bucket_state.section_of(rel) == "manifests":
+                self._manifest_bytes = None  # `_manifests` gathers them again
             if entry is None:
                 self._entries.pop(rel, None)
             else:
@@ -329,8 +334,11 @@ class BucketStore:
 
     # -- the browse page ------------------------------------------------------------------
     def _manifests(self) -> dict[str, bytes]:
-        """The manifests the bucket holds now, digest → bytes."""
+        """The manifests the bucket holds now, digest → bytes (as observed until this run
+        writes or removes one)."""
         with self._lock:
+            if self._manifest_bytes is not None:
+                return self._manifest_bytes
             bodies = [
                 e.body
                 for rel, e in self._entries.items()
