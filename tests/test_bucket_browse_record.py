@@ -9,7 +9,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from support.buckets import env_client, env_objects, layout_config, run_json
+from support.buckets import env_client, env_objects, layout_config, run_json, two_image_mirror
 from testbed.images import write_random_image
 from testbed.s3 import SeaweedS3
 
@@ -35,10 +35,7 @@ def test_a_noop_renders_nothing_and_damage_is_still_repaired(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    write_random_image(tmp_path / "layout", "v1", [3000], seed=21)
-    write_random_image(tmp_path / "layout", "v2", [4000], seed=22)
-    config = str(layout_config(tmp_path, f"s3://{seaweed.bucket}/mirror", ["a", "b"], ["v1"]))
-    assert main(["lock", "-c", config]) == 0
+    config = str(two_image_mirror(tmp_path, seaweed.bucket, 21))
     renders: list[BrowseSite] = []
     original = browse.render
 
