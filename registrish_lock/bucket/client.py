@@ -9,6 +9,7 @@ import base64
 import datetime
 import hashlib
 import os
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from ._s3 import PublishError as PublishError
 from ._s3 import botocore_errors as botocore_errors
 from ._s3 import client_error as client_error
 from .target import S3Target
-from .upload import BucketSink
+from .upload import DEFAULT_PART_SIZE, PART_BUFFERS, BucketSink, PartBuffers
 
 DEFAULT_JOBS = 8
 _DELETE_BATCH = 1000  # DeleteObjects' limit
@@ -47,12 +48,32 @@ class Boto3Store:
         bucket: str,
         *,
         part_size: int | None = None,
+        part_buffers: int = PART_BUFFERS,
     ) -> None:
         self.client = client
         self.bucket = bucket
         #: `put_file`'s part size (None: `upload.DEFAULT_PART_SIZE`)
         self.part_size = part_size
         self._errors = botocore_errors()
+        #: the part buffers every `put_file` shares (made on the first), as a bucket
+        #: sync's blobs share theirs: memory bounded whatever the parallel uploads
+        self._part_buffers = max(1, part_buffers)
+        self._parts: PartBuffers | None = None
+        self._parts_lock = threading.Lock()
+
+    def _shared_parts(self) -> PartBuffers:
+        with self._parts_lock:
+            if self._parts is None:
+                size = self.part_size or DEFAULT_PART_SIZE
+                self._parts = PartBuffers(self._part_buffers, size)
+            return self._parts
+
+    def close(self) -> None:
+        """Stop the part senders `put_file` started (after the last upload)."""
+        with self._parts_lock:
+            parts, self._parts = self._parts, None
+        if parts is not None:
+            parts.close()
 
     def list_objects(self, prefix: str) -> Iterator[RemoteObject]:
         try:
@@ -107,6 +128,7 @@ class Boto3Store:
                 what=str(path),
                 on_bytes=on_bytes,
                 part_size=self.part_size,
+                parts=self._shared_parts(),
             )
             try:
                 sink.copy_from(handle)
@@ -238,4 +260,5 @@ def open_store(
         ) from None
     except Exception as exc:
         raise client_error(exc, f"connecting to {target}") from None
-    return Boto3Store(client, target.bucket, part_size=part_size)
+    parts = min(max(1, jobs), PART_BUFFERS)
+    return Boto3Store(client, target.bucket, part_size=part_size, part_buffers=parts)
