@@ -1,7 +1,8 @@
 """The one S3 client layer of the bucket tree and of `publish`: `open_store` (boto3's
 standard configuration, retries, registrish's User-Agent; boto3 is the optional extra
-`registrish[s3]`, imported lazily) and `Boto3Store` (list, put, a verified file upload
-through `upload.BucketSink`, delete). Errors never carry a credential."""
+`registrish[s3]`, whose botocore is imported lazily) and `Boto3Store` (list, put, a
+verified file upload through `upload.BucketSink` and shared part buffers, delete). Errors
+never carry a credential."""
 
 from __future__ import annotations
 

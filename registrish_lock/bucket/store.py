@@ -16,7 +16,8 @@ write the bucket directly (no local tree, no local disk for blobs).
 Requests: observing is one GET (the state object) plus one LIST per 1,000 keys, plus one GET
 per manifest or document the state does not vouch for (none after a completed run);
 `browse_writes` one GET per image config the state does not know (none after a completed
-run); `sync --verify` one GET per blob key, `jobs` at a time.
+run), and renders nothing while the state object's browse record holds; `sync --verify`
+one GET per blob key, `jobs` at a time.
 """
 
 from __future__ import annotations
