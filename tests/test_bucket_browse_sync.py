@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from support.buckets import env_client, env_objects, layout_config, run_json
+from support.buckets import env_client, env_objects, layout_config, run_json, two_image_mirror
 from testbed.images import write_random_image
 from testbed.s3 import SeaweedS3
 
@@ -46,10 +46,7 @@ def test_the_browse_page_follows_the_lock_and_a_noop_leaves_it(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    write_random_image(tmp_path / "layout", "v1", [3000], seed=11)
-    write_random_image(tmp_path / "layout", "v2", [4000], seed=12)
-    config = layout_config(tmp_path, f"s3://{seaweed.bucket}/mirror", ["a", "b"], ["v1"])
-    assert main(["lock", "-c", str(config)]) == 0
+    config = two_image_mirror(tmp_path, seaweed.bucket, 11)
     assert main(["sync", "-c", str(config)]) == 0
     s3 = client()
     page = s3.get_object(Bucket=seaweed.bucket, Key=PREFIX + "index.html")

@@ -6,7 +6,15 @@ from __future__ import annotations
 import hashlib
 
 from registrish_lock.bucket.client import RemoteObject
-from registrish_lock.bucket.state import Entry, decode, encode, observe, read_state
+from registrish_lock.bucket.state import (
+    BrowseRecord,
+    Entry,
+    Recorded,
+    decode,
+    encode,
+    observe,
+    read_state,
+)
 from registrish_lock.oci import mediatypes
 from registrish_lock.tree.layout import Layout
 
@@ -49,8 +57,23 @@ def test_state_round_trips_and_ignores_damage() -> None:
     assert decode(b"not gzip") == {} and decode(None) == {}
     # the browse page's config facts ride along; a state without them reads as none
     configs = {DIGEST: '{"architecture":"amd64","os":"linux"}'}
-    assert read_state(encode(entries, configs)) == (entries, configs)
-    assert read_state(encode(entries)) == (entries, {})
+    assert read_state(encode(entries, configs)) == Recorded(entries, configs, None)
+    assert read_state(encode(entries)) == Recorded(entries, {}, None)
+    # and the browse page's record: its inputs' fingerprint, its objects' ETags and sizes
+    page = BrowseRecord("f" * 64, {"index.html": (md5(b"<p>"), 3), "browse/x.json": ("e", 2)})
+    assert read_state(encode(entries, configs, page)) == Recorded(entries, configs, page)
+
+
+def test_a_malformed_browse_record_reads_as_none() -> None:
+    """A record that is not what `encode` writes renders the page again (never trusted)."""
+    import gzip
+    import json
+
+    doc = json.loads(gzip.decompress(encode(recorded(), {}, BrowseRecord("f", {"a": ("e", 1)}))))
+    bad: object
+    for bad in ({"inputs": 1}, {"inputs": "f", "objects": {"a": ["e"]}}, {"inputs": "f"}, []):
+        data = gzip.compress(json.dumps({**doc, "browse": bad}).encode())
+        assert read_state(data) == Recorded(recorded(), {}, None)
 
 
 def test_a_vouched_for_listing_needs_no_read() -> None:

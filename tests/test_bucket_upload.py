@@ -392,3 +392,48 @@ def test_memory_does_not_grow_with_the_blob(s3: SeaweedS3, prefix: str, tmp_path
     got = client_for(s3).head_object(Bucket="127", Key=prefix + "huge")
     assert got["ContentLength"] == size
     (tmp_path / "rss.json").write_text(json.dumps({**figures, "grown_mib": grown_mib}))
+
+
+def test_publish_uploads_share_the_stores_part_buffers(
+    s3: SeaweedS3, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Boto3Store.put_file` (publish) streams through one set of part buffers for all its
+    parallel uploads, as a bucket sync's blobs do: never more than `part_buffers` exist."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from registrish_lock.bucket import client as client_mod
+
+    made: list[PartBuffers] = []
+
+    class Kept(PartBuffers):
+        def __init__(self, count: int, size: int) -> None:
+            super().__init__(count, size)
+            made.append(self)
+
+    monkeypatch.setattr(client_mod, "PartBuffers", Kept)
+    store = client_mod.Boto3Store(client_for(s3), "127", part_size=MIN_PART, part_buffers=2)
+    files = {}
+    for n in range(4):
+        data, digest = blob(3 * MIN_PART + n)
+        (tmp_path / f"f{n}").write_bytes(data)
+        files[f"{prefix}f{n}"] = (tmp_path / f"f{n}", data, digest)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for future in [
+                pool.submit(
+                    store.put_file,
+                    key,
+                    path,
+                    content_type=BLOB_TYPE,
+                    cache_control=IMMUTABLE,
+                    sha256=digest,
+                )
+                for key, (path, _data, digest) in files.items()
+            ]:
+                future.result()
+        assert len(made) == 1 and 0 < made[0].allocated <= 2
+        assert made[0].idle == made[0].allocated  # every buffer given back
+    finally:
+        store.close()
+    for key, (_path, data, _digest) in files.items():
+        assert client_for(s3).get_object(Bucket="127", Key=key)["Body"].read() == data

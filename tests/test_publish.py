@@ -54,6 +54,10 @@ class MemoryStore:
         self.lists = 0
         self.fail_after = fail_after
         self._lock = threading.Lock()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True  # `publish` closes the store it opened (its part senders)
 
     def list_objects(self, prefix: str) -> Iterator[RemoteObject]:
         self.lists += 1
@@ -443,9 +447,11 @@ def test_cli_dry_run_then_publish_then_up_to_date(
     assert store.opened[0]["endpoint_url"] == "http://x:1"  # type: ignore[attr-defined]
     assert store.opened[0]["target"] == S3Target("bkt", "reg")  # type: ignore[attr-defined]
 
+    store.closed = False
     assert main([*base, "--json", "-j", "3"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["summary"]["uploaded"] == len(store.puts) > 0
+    assert store.closed  # its part senders stopped
     assert all(k.startswith("reg/v2/") for k in store.puts)
 
     assert main([*base, "--dry-run"]) == 0

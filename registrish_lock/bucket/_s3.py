@@ -48,7 +48,6 @@ def client_error(exc: Exception, what: str) -> PublishError:
 
 
 def botocore_errors() -> tuple[type[Exception], ...]:
-    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
-    return (BotoCoreError, ClientError, S3UploadFailedError)
+    return (BotoCoreError, ClientError)

@@ -4,7 +4,8 @@ directory, read from the bucket (its listing and the state object, cross-checked
 Every object the lock reaches must be there: blobs with their size, manifests with their
 exact bytes and Content-Type, referrers, tag lists, catalog and ping with the bytes sync
 writes; nothing unlocked may be tagged. It is the plan a `sync` would make, reported as
-failures (an empty plan is a pass). Re-hashing blobs needs `sync --verify`, or
+failures (an empty plan is a pass). Then the browse page: there, listing every locked
+repository, each data file it names there and hashing to its name (`checkbrowse`). Re-hashing blobs needs `sync --verify`, or
 `check URL --deep` through the host that serves the bucket.
 """
 
@@ -13,9 +14,11 @@ from __future__ import annotations
 from ..console import Console
 from ..lock.lockfile import Lock
 from ..serving.check import Report
+from ..serving.checkbrowse import check_browse
 from ..tree.apply import collect_manifests
 from ..tree.desired import desired_tree
 from ..tree.plan import make_plan
+from ..upstream.protocols import DEFAULT_JOBS
 from .store import BucketStore
 
 
@@ -39,4 +42,5 @@ def check_bucket(store: BucketStore, lock: Lock, console: Console) -> Report:
             report.fail(doc.rel, "missing or not what the lock says")
     for removal in plan.removals:
         report.fail(removal.rel, f"{removal.what} not in the lock (run `registrish sync`)")
+    check_browse(report, lock, store.read, page_required=True, jobs=DEFAULT_JOBS)
     return report

@@ -22,6 +22,7 @@ import gzip
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .. import __version__
 from ..oci import mediatypes
@@ -63,10 +64,31 @@ def needs_content(rel: str) -> bool:
     return section_of(rel) in ("manifests", "referrers", "tags", "ping", "catalog")
 
 
-def encode(entries: Mapping[str, Entry], configs: Mapping[str, str] | None = None) -> bytes:
+@dataclass(frozen=True)
+class BrowseRecord:
+    """The browse page a completed run left: the fingerprint of what it was rendered from
+    (`browse.inputs_digest`) and the ETag and size of the page and of each data file."""
+
+    inputs: str
+    objects: Mapping[str, tuple[str, int]]
+
+
+class Recorded(NamedTuple):
+    """What a state object holds (all empty for an absent, damaged or foreign one)."""
+
+    entries: dict[str, Entry]
+    configs: dict[str, str]
+    browse: BrowseRecord | None
+
+
+def encode(
+    entries: Mapping[str, Entry],
+    configs: Mapping[str, str] | None = None,
+    browse: BrowseRecord | None = None,
+) -> bytes:
     """The state object: `entries`, plus `configs` (image config digest → the facts the
-    browse page reads from it, `browse.config_facts`) so a no-op renders the page
-    without reading a config."""
+    browse page reads from it, `browse.config_facts`) so a run that renders the page reads
+    no config, and `browse` so a no-op whose page inputs did not change renders nothing."""
     objects = {}
     for rel, e in sorted(entries.items()):
         try:
@@ -77,33 +99,57 @@ def encode(entries: Mapping[str, Entry], configs: Mapping[str, str] | None = Non
     doc: dict[str, object] = {"format": STATE_FORMAT, "registrish": __version__, "objects": objects}
     if configs:
         doc["configs"] = dict(sorted(configs.items()))
+    if browse is not None:
+        doc["browse"] = {"inputs": browse.inputs, "objects": dict(sorted(browse.objects.items()))}
     return gzip.compress(json.dumps(doc, sort_keys=True).encode(), mtime=0)
 
 
 def decode(data: bytes | None) -> dict[str, Entry]:
     """The entries of a state object; {} for an absent, damaged or foreign one."""
-    return read_state(data)[0]
+    return read_state(data).entries
 
 
-def read_state(data: bytes | None) -> tuple[dict[str, Entry], dict[str, str]]:
-    """The entries and the config facts of a state object (both {} for an absent,
-    damaged or foreign one; configs {} for one written before they were recorded)."""
+def read_state(data: bytes | None) -> Recorded:
+    """What a state object holds (configs {} and browse None for one written before they
+    were recorded, or whose record of them is malformed)."""
     if not data:
-        return {}, {}
+        return Recorded({}, {}, None)
     try:
         doc = json.loads(gzip.decompress(data))
         if doc.get("format") != STATE_FORMAT:
-            return {}, {}
+            return Recorded({}, {}, None)
         entries = {}
         for rel, o in doc["objects"].items():
             body = o["text"].encode() if "text" in o else base64.b64decode(o["b64"])
             entries[rel] = Entry(o["etag"], int(o["size"]), body, o.get("type"))
-        configs = doc.get("configs", {})
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in configs.items()):
-            return entries, {}
-        return entries, dict(configs)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError):
-        return {}, {}
+        return Recorded({}, {}, None)
+    configs = doc.get("configs", {})
+    if not isinstance(configs, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in configs.items()
+    ):
+        configs = {}
+    return Recorded(entries, dict(configs), _browse_record(doc.get("browse")))
+
+
+def _browse_record(doc: object) -> BrowseRecord | None:
+    """The browse record as written by `encode`; None for anything else (rendered again)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), str):
+        return None
+    objects = doc.get("objects")
+    if not isinstance(objects, dict):
+        return None
+    kept: dict[str, tuple[str, int]] = {}
+    for rel, pair in objects.items():
+        if not (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and isinstance(pair[1], int)
+        ):
+            return None
+        kept[rel] = (pair[0], pair[1])
+    return BrowseRecord(doc["inputs"], kept)
 
 
 @dataclass

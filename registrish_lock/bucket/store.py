@@ -16,7 +16,8 @@ write the bucket directly (no local tree, no local disk for blobs).
 Requests: observing is one GET (the state object) plus one LIST per 1,000 keys, plus one GET
 per manifest or document the state does not vouch for (none after a completed run);
 `browse_writes` one GET per image config the state does not know (none after a completed
-run); `sync --verify` one GET per blob key, `jobs` at a time.
+run), and renders nothing while the state object's browse record holds; `sync --verify`
+one GET per blob key, `jobs` at a time.
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ class BucketStore:
         #: the last listing (the browse page's keys included), and the config facts
         self._listed: dict[str, RemoteObject] = {}
         self._configs: dict[str, str] = {}
+        #: the browse page the state object records, and the one this store rendered
+        self._browse: bucket_state.BrowseRecord | None = None
+        #: digest → bytes of the manifests observed (None once this run changed one)
+        self._manifest_bytes: dict[str, bytes] | None = None
+        self.rendered: browse.Rendered | None = None
         self._dirty = False
         self._observed = False
         #: manifests and documents read again while observing (0 after a completed run)
@@ -134,11 +140,13 @@ class BucketStore:
             recorded = dict(self._entries)
         else:
             got = self._get(bucket_state.STATE_REL)
-            recorded, self._configs = bucket_state.read_state(got[0] if got is not None else None)
+            saved = bucket_state.read_state(got[0] if got is not None else None)
+            recorded, self._configs, self._browse = saved
             self._observed = True
         listed = self._listed = self.listing()
         seen = bucket_state.observe(listed, recorded, self._read)
         self._entries, self._blob_keys = seen.entries, seen.blob_keys
+        self._manifest_bytes = dict(seen.state.manifest_bytes)
         self.reread = seen.reread
         self.console.debug(
             f"{self.target}: {len(listed)} objects listed, {len(recorded)} vouched for by the "
@@ -235,8 +243,11 @@ class BucketStore:
                     MetadataDirective="REPLACE",
                     **args,
                 )
-            else:
-                self.client.copy(src, bucket, self._key(rel), ExtraArgs=args)
+            else:  # in parts: what boto3's managed `copy` does, without importing boto3
+                from s3transfer.manager import TransferManager  # type: ignore[import-untyped]
+
+                with TransferManager(self.client) as manager:
+                    manager.copy(src, bucket, self._key(rel), extra_args=args).result()
         except botocore_errors() as exc:
             raise client_error(exc, f"copying s3://{bucket}/{src['Key']} to {rel}") from None
 
@@ -270,6 +281,8 @@ class BucketStore:
 
     def _remember(self, rel: str, entry: bucket_state.Entry | None) -> None:
         with self._lock:
+            if bucket_state.section_of(rel) == "manifests":
+                self._manifest_bytes = None  # `_manifests` gathers them again
             if entry is None:
                 self._entries.pop(rel, None)
             else:
@@ -322,8 +335,11 @@ class BucketStore:
 
     # -- the browse page ------------------------------------------------------------------
     def _manifests(self) -> dict[str, bytes]:
-        """The manifests the bucket holds now, digest → bytes."""
+        """The manifests the bucket holds now, digest → bytes (as observed until this run
+        writes or removes one)."""
         with self._lock:
+            if self._manifest_bytes is not None:
+                return self._manifest_bytes
             bodies = [
                 e.body
                 for rel, e in self._entries.items()
@@ -339,21 +355,43 @@ class BucketStore:
             return None
         return browse.config_facts(data)
 
-    def browse_writes(self, lock: Lock) -> browse.BrowseWrites:
-        """What the bucket lacks of the browse page `lock` and the bucket's manifests make
-        (call after `observe`, and after the writes of a sync). Reads only the configs
-        the state object does not know; what it learns goes into the next state object."""
+    def browse_writes(
+        self, lock: Lock, lock_sha256: str, *, reuse: browse.Rendered | None = None
+    ) -> browse.BrowseWrites:
+        """What the bucket lacks of the browse page `lock` (whose bytes' sha256 is
+        `lock_sha256`) and the bucket's manifests make (call after `observe`, and after the
+        writes of a sync). Nothing is rendered when the state object's browse record still
+        holds (`browse.holds`); `reuse` (a rendering of an earlier plan of this run) is
+        taken when its inputs are still these. Reads only the configs the state object
+        does not know; what it learns goes into the next state object."""
         manifests = self._manifests()
+        inputs = browse.inputs_digest(lock_sha256, manifests, self._configs)
+        if browse.holds(self._browse, inputs, self._listed):
+            return browse.BrowseWrites({}, None, ())
+        if reuse is not None and reuse.inputs == browse.inputs_digest(
+            lock_sha256, manifests, reuse.configs
+        ):
+            self._keep_rendered(reuse)
+            return browse.browse_writes(reuse.site, self._listed)
         parsed: dict[str, Manifest | None] = {}  # each manifest parsed once for both
         wanted = browse.wanted_configs(lock, manifests, parsed)
         unknown = [ref for digest, ref in sorted(wanted.items()) if digest not in self._configs]
         learned = map_parallel(self._config_facts, unknown, self._jobs)
         configs = {d: self._configs[d] for d in wanted if d in self._configs}
         configs.update({r.digest: f for r, f in zip(unknown, learned, strict=True) if f})
-        if configs != self._configs:
-            self._configs, self._dirty = configs, True
         site = browse.render(lock, manifests, configs, parsed)
+        # a config that could not be read may be readable later: no fingerprint, no reuse
+        complete = len(configs) == len(wanted)
+        inputs = browse.inputs_digest(lock_sha256, manifests, configs) if complete else ""
+        self._keep_rendered(browse.Rendered(inputs, configs, site))
         return browse.browse_writes(site, self._listed)
+
+    def _keep_rendered(self, rendered: browse.Rendered) -> None:
+        """Remember a rendering: its configs and (for the next state object) its record."""
+        self.rendered = rendered
+        record = browse.record_of(rendered.inputs, rendered.site) if rendered.inputs else None
+        if rendered.configs != self._configs or record != self._browse:
+            self._configs, self._browse, self._dirty = dict(rendered.configs), record, True
 
     def write_browse(self, writes: browse.BrowseWrites) -> None:
         """The data files, then the page naming them, then the data files it no longer
@@ -382,7 +420,7 @@ class BucketStore:
         if not self._dirty:
             return False
         with self._lock:
-            data = bucket_state.encode(self._entries, self._configs)
+            data = bucket_state.encode(self._entries, self._configs, self._browse)
         self.s3.put_bytes(
             self._key(bucket_state.STATE_REL),
             data,

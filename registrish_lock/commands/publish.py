@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from ..bucket.client import DEFAULT_JOBS, open_store
 from ..bucket.target import parse_s3_url
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         addressing_style=args.addressing_style,
         jobs=args.jobs,
     )
-    with tree_lock(layout, console, wait=not args.no_wait):
+    with tree_lock(layout, console, wait=not args.no_wait), contextlib.closing(store):
         result = publish(
             layout=layout,
             target=target,

@@ -13,7 +13,6 @@ from ..fsutil import chunks_of
 from ..lock.config import Config, load_config
 from ..lock.lockfile import Lock, parse_lock_bytes, read_lock, read_lock_bytes
 from ..progress import Stats, make_progress
-from ..serving.hosts import write_host_configs
 from ..tree import batched, record
 from ..tree.apply import LazyUpstream, SyncResult, sync_tree
 from ..tree.layout import Layout
@@ -105,7 +104,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             if record.is_current(layout, key, config.input_hash(), frozen=args.frozen):
                 return _up_to_date(args, console)
     lock = fresh_lock(config, read_lock(config.lock_path, sha256=lock_sha256), frozen=args.frozen)
-    from ..serving.hosts import check_host_tls
+    from ..serving.hosts import check_host_tls, write_host_configs  # not a bucket's: lazily
 
     check_host_tls(config)  # a bad certificate or key fails before any download
     if "cloudflare" in config.hosts and not args.dry_run:
@@ -206,8 +205,9 @@ def _sync_bucket(
     from ..bucket.session import bucket_tree
 
     lock = fresh_lock(config, parse_lock_bytes(lock_bytes, config.lock_path), frozen=args.frozen)
+    lock_sha256 = hashlib.sha256(lock_bytes).hexdigest()  # the browse page's fingerprint
     upstream = LazyUpstream(lambda: open_sources(config, console, jobs=args.jobs))
-    sent, client = 0, None
+    sent, client, rendered = 0, None, None
     try:
         if not (args.dry_run or args.verify or args.prune):
             # A no-op writes nothing, so it needs no lease: plan without it first (saves the
@@ -223,12 +223,12 @@ def _sync_bucket(
                 else:
                     if not (
                         result.plan.pending
-                        or store.browse_writes(lock).pending  # may learn configs: first
+                        or store.browse_writes(lock, lock_sha256).pending  # may learn configs
                         or store.needs_save
                     ):
                         console.debug("nothing to write: the bucket's lease was not taken")
                         return result, requests.sent
-                sent, client = requests.sent, store.s3
+                sent, client, rendered = requests.sent, store.s3, store.rendered
         with bucket_tree(
             config,
             console,
@@ -240,7 +240,8 @@ def _sync_bucket(
         ) as (store, requests):
             result = _sync(args, console, lock, store, upstream)
             if not args.dry_run:  # the browse page, then the state object: last
-                store.write_browse(store.browse_writes(lock))
+                # the probe's page, unless this run's writes changed its inputs
+                store.write_browse(store.browse_writes(lock, lock_sha256, reuse=rendered))
                 store.save_state()
             if store.reread:
                 console.debug(f"read {store.reread} object(s) the state object did not vouch for")

@@ -216,6 +216,11 @@ def _sections_of(page: bytes) -> list[_Section]:
     ]
 
 
+def named_data_files(page: bytes) -> dict[str, str]:
+    """Repository → data file, as a rendered page names them (`check` reads them)."""
+    return {s.name: s.rel for s in _sections_of(page)}
+
+
 def current_data_files(layout: Layout) -> dict[str, str]:
     """Repository → data file, as the page on disk names them (files that exist only)."""
     try:

@@ -3,7 +3,7 @@ locked object the way the route table says.
 
 `check_url` walks the lock over HTTP: the `/v2/` ping, every tag and manifest digest
 (top level and platform children, `HEAD` and `GET`), every referrers document, every
-blob (`HEAD`; `GET` and re-hash with `deep`), and two objects that must be 404.
+blob (`HEAD`; `GET` and re-hash with `deep`), two objects that must be 404, the browse data.
 `check_local` verifies the tree on disk. Both return a `Report`; nothing is printed.
 """
 
@@ -26,6 +26,7 @@ from ..oci.manifest import Manifest, parse_manifest, sha256_digest
 from ..oci.referrers import artifact_type_of, referrers_problems, refers_to
 from ..tls import certificate_problem, client_context
 from ..tree.layout import Layout
+from .checkbrowse import check_browse, over_http
 from .checkurl import redact_url, validate_url
 from .routes import (
     EMPTY_REFERRERS_REL,
@@ -364,6 +365,7 @@ def check_url(
             c.missing(Layout.rel_blob(names[0], _random_digest()), "blob")
             unknown = Layout.rel_referrers(names[0], _random_digest())
             c.missing(unknown, "referrers of an unknown digest", or_empty_index=True)
+        check_browse(report, lock, over_http(c), page_required=False)
     return report
 
 

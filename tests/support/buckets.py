@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testbed.images import write_random_image
 from testbed.s3 import SeaweedS3
 
 from registrish_lock.cli import main
@@ -77,6 +78,17 @@ def layout_config(tmp: Path, root: str, names: Sequence[str], tags: Sequence[str
         body += f"tags = {json.dumps(list(tags))}\n\n"
     config = tmp / "registrish.toml"
     config.write_text(body)
+    return config
+
+
+def two_image_mirror(tmp: Path, bucket: str, seed: int) -> Path:
+    """Images `v1` and `v2` (one layer each, seeds `seed` and `seed + 1`) in `tmp/layout`,
+    and a config mirroring `v1` of it as repositories `a` and `b` into
+    `s3://bucket/mirror`, locked."""
+    write_random_image(tmp / "layout", "v1", [3000], seed=seed)
+    write_random_image(tmp / "layout", "v2", [4000], seed=seed + 1)
+    config = layout_config(tmp, f"s3://{bucket}/mirror", ["a", "b"], ["v1"])
+    assert main(["lock", "-c", str(config)]) == 0
     return config
 
 
