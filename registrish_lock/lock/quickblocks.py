@@ -86,16 +86,18 @@ def entries(
     names: dict[str, str] = {}  # each checked, mapped to the string the entries share
     sources: dict[str, str] = {}
     types: dict[str, str] = {}
+    known_name, known_source, known_type = names.get, sources.get, types.get
     i = 0
     for chunk in chunks:
         for name, tag, source, digest, media_type, size, total, body in _BLOCK.findall(chunk):
             if not size:  # the second form
                 yield check(blocks.parse_block(body), i)
-            elif name in names and source in sources and media_type in types:
-                yield make(
-                    names[name], tag, sources[source], digest, types[media_type],
-                    int(size), int(total),
-                )  # fmt: skip
+            elif (
+                (n := known_name(name)) is not None
+                and (s := known_source(source)) is not None
+                and (m := known_type(media_type)) is not None
+            ):
+                yield make(n, tag, s, digest, m, int(size), int(total))
             else:
                 entry = check(
                     {
