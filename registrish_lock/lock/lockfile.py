@@ -449,7 +449,7 @@ def _load_referrers(
 
 
 def read_lock(path: Path, *, sha256: str | None = None) -> Lock:
-    """The lock at `path`, read a megabyte of `[[tag]]` blocks at a time (`quickblocks`):
+    """The lock at `path`, read 256 KiB of `[[tag]]` blocks at a time (`quickblocks`):
     neither the file's bytes nor its text are held whole (52 MB at 100,000 tags). With
     `sha256`, the bytes read must hash to it (a lock replaced since it was hashed is refused)."""
     hasher, c = hashlib.sha256(), Checker(path)

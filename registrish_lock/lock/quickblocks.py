@@ -1,4 +1,4 @@
-"""The lock's `[[tag]]` blocks read a megabyte at a time, by one regular expression.
+"""The lock's `[[tag]]` blocks read 256 KiB at a time, by one regular expression.
 
 `read_lock` of 100,000 tags read line by line (`blocks.read`, `blocks.parse_block`) and
 checked each tag's table (`lockfile.check_tag`): 1.5 s. A block in exactly the form
@@ -19,8 +19,9 @@ from typing import Any, BinaryIO, Protocol, TypeVar
 from ..oci.reference import DIGEST_RE, TAG_RE
 from . import blocks
 
-#: Bytes read at a time: a chunk, its text and its matches stay a few MB.
-CHUNK = 1 << 20
+#: Bytes read at a time: a chunk, its text and its matches stay about 1 MB (1 MiB chunks
+#: read 100,000 tags slower here, and peaked 7 MiB higher).
+CHUNK = 1 << 18
 
 _STRING = r'"([^"\\\x00-\x1f\x7f]*)"'  # as `blocks._LINE`: no escape, no control character
 _NUMBER = r"(0|[1-9][0-9]{0,17})"
