@@ -13,6 +13,8 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
+from itertools import count
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +27,7 @@ from ..oci.manifest import Platform
 from ..oci.reference import is_digest, is_name, is_tag, parse_source
 from ..oci.referrers import cosign_subject
 from ..tree.layout import path_collisions
-from . import blocks
+from . import blocks, quickblocks
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -263,16 +265,12 @@ class Checker:
         return value
 
 
-def loads(text: str, path: Path) -> Lock:
-    return _loads(text, path)
-
-
-def _loads(text: str | bytes, path: Path) -> Lock:
+def loads(text: str | bytes, path: Path) -> Lock:
     """The lock in `text` (or in the UTF-8 `bytes` of the file: never decoded whole when
     read block by block, 26 MB less at 100,000 tags)."""
     c = Checker(path)
     try:  # one `[[tag]]` block at a time (`blocks`): flat memory for a large lock
-        return _load(c, blocks.header(text), blocks.tag_tables(text))
+        return _load(c, blocks.header(text), _checked(c, blocks.tag_tables(text)))
     except blocks.NotBlocks:
         pass
     except LockfileError:
@@ -293,20 +291,19 @@ def _load_whole(c: Checker, text: str) -> Lock:
     raw_tags = doc.get("tag", [])
     if not isinstance(raw_tags, list):
         raise c.fail("tag", "must be an array of tables")
-    return _load(c, doc, iter(raw_tags))
+    return _load(c, doc, _checked(c, iter(raw_tags)))
 
 
-def _load(c: Checker, doc: Mapping[str, Any], raw_tags: Iterator[object]) -> Lock:
-    """The lock from its header tables and its `[[tag]]` tables (read as they come)."""
+def _load(c: Checker, doc: Mapping[str, Any], entries: Iterator[LockedTag]) -> Lock:
+    """The lock from its header tables and its tags, checked as they come."""
     config_hash, inputs = check_header(c, doc)
     tags: list[LockedTag] = []
     # `lock` writes tags sorted: while they come in order, no set of every key is needed
     # to find a duplicate (one would be equal to the previous key) nor a sort at the end.
     previous: tuple[str, str] | None = None
     seen: set[tuple[str, str]] | None = None
-    sources: set[str] = set()  # parsed once each
-    for i, raw in enumerate(raw_tags):
-        entry = check_tag(c, raw, i, sources)
+    by_name: dict[str, list[str]] = {}
+    for i, entry in enumerate(entries):
         key = entry.key
         if seen is None and previous is not None and key <= previous:
             seen = {t.key for t in tags}  # out of order: from here, a set of the keys
@@ -316,13 +313,15 @@ def _load(c: Checker, doc: Mapping[str, Any], raw_tags: Iterator[object]) -> Loc
             seen.add(key)
         previous = key
         tags.append(entry)
-    by_name: dict[str, list[str]] = {}
-    for entry in tags:
         by_name.setdefault(entry.name, []).append(entry.tag)
     check_paths(c, by_name)
     if seen is None:  # in order already
         return Lock(config_hash, tuple(tags), inputs)
     return make_lock(config_hash, tags, inputs)
+
+
+def _checked(c: Checker, raw_tags: Iterator[object]) -> Iterator[LockedTag]:
+    return map(partial(check_tag, c, sources=set()), raw_tags, count())  # sources: parsed once
 
 
 def check_paths(c: Checker, tags_by_name: Mapping[str, list[str]]) -> None:
@@ -450,14 +449,15 @@ def _load_referrers(
 
 
 def read_lock(path: Path, *, sha256: str | None = None) -> Lock:
-    """The lock at `path`, read line by line, one `[[tag]]` block at a time: neither the
-    file's bytes nor its text are held whole (52 MB at 100,000 tags). With `sha256`, the
-    bytes read must hash to it (a lock replaced since it was hashed is refused)."""
-    hasher = hashlib.sha256()
+    """The lock at `path`, read 256 KiB of `[[tag]]` blocks at a time (`quickblocks`):
+    neither the file's bytes nor its text are held whole (52 MB at 100,000 tags). With
+    `sha256`, the bytes read must hash to it (a lock replaced since it was hashed is refused)."""
+    hasher, c = hashlib.sha256(), Checker(path)
     try:
         with _reading(path, lambda: path.open("rb")) as handle:
-            head, bodies = blocks.read(handle, hasher)
-            lock = _load(Checker(path), blocks.header(head), blocks.tag_tables(bodies))
+            head, chunks = quickblocks.read(handle, hasher)
+            entries = quickblocks.entries(chunks, LockedTag, partial(check_tag, c, sources=set()))
+            lock = _load(c, blocks.header(head), entries)
             hasher.update(handle.read())  # nothing: the blocks went to the end
     except (blocks.NotBlocks, LockfileError):  # read whole: its error, or its meaning
         data = read_lock_bytes(path)
@@ -485,7 +485,7 @@ def _reading(path: Path, read: Callable[[], _T]) -> _T:
 
 
 def parse_lock_bytes(data: bytes, path: Path) -> Lock:
-    return _loads(data, path)
+    return loads(data, path)
 
 
 def _decode(data: str | bytes, path: Path) -> str:
