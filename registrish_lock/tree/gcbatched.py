@@ -165,6 +165,8 @@ class _Batched:
     def _whole(self, last: gc_mod.GcPlan) -> gc_mod.GcPlan:
         """The batches' parts as `plan_gc` would have made them over the whole tree."""
         live = {_INODE.pack(*inode) for inode in self.candidates}
+        if not live:
+            self.surviving = bytearray()
         view = memoryview(self.surviving)
         survived = {
             view[i : i + 16].tobytes()
