@@ -17,9 +17,10 @@ from registrish_lock.tree.gcbatched import collect_local_garbage as collect_garb
 from registrish_lock.tree.layout import Layout
 
 
-@pytest.fixture(autouse=True, params=[1000, 1, 2], ids=["whole", "batch1", "batch2"])
+@pytest.fixture(autouse=True, params=[1000, 0, 2], ids=["whole", "per-repository", "2-tags"])
 def batch_tags(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
-    """Every scenario as one whole plan, and in batches of 1 and 2 tags (`gcbatched`)."""
+    """Every scenario as one whole plan, and in batches (`gcbatched`) of one repository
+    (0: any lock is larger, each repository a batch of its own) and of 2 tags."""
     size: int = request.param
     monkeypatch.setattr(batched, "BATCH_TAGS", size)
     return size
