@@ -22,10 +22,9 @@ from dataclasses import replace
 from ..console import Console
 from ..lock.lockfile import Lock
 from ..oci.reference import is_digest, is_name
+from . import batched, record
 from . import gc as gc_mod
-from . import record
 from .apply import collect_garbage, collect_manifests
-from .batched import _unlocked_repositories, batches
 from .desired import Desired, desired_tree
 from .layout import Layout, parse_rel_path
 from .plan import Removal
@@ -39,8 +38,6 @@ def collect_local_garbage(
 ) -> gc_mod.GcPlan:
     """`collect_garbage` on a local tree: in batches when the lock has more than
     `BATCH_TAGS` tags (read at call time, so tests can lower it)."""
-    from . import batched
-
     if len(lock.tags) <= batched.BATCH_TAGS:
         return collect_garbage(lock=lock, layout=layout, console=console, dry_run=dry_run)
     return _Batched(layout, console, dry_run=dry_run).run(lock)
@@ -61,7 +58,7 @@ class _Batched:
         self.catalog: list[tuple[str, bytes]] = []
 
     def run(self, lock: Lock) -> gc_mod.GcPlan:
-        for part in batches(lock, None):
+        for part in batched.batches(lock, None):
             names = frozenset(part.names())
             state = scan(self.layout, names=names)
             manifests = collect_manifests(part, state, None, self.console)
@@ -72,7 +69,7 @@ class _Batched:
             self._batch(desired, state, names)
             self.console.debug(f"gc: planned {len(names)} repositories ({len(part.tags)} tags)")
             del state, manifests, desired
-        unlocked = _unlocked_repositories(self.layout, set(lock.names()))
+        unlocked = batched._unlocked_repositories(self.layout, set(lock.names()))
         names = frozenset(n for n in unlocked if is_name(n))
         self._batch(Desired(), scan(self.layout, names=names), names, last=True)
         return self._store()
