@@ -6,13 +6,24 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from support.cli import quiet
 from support.fake_upstream import FakeUpstream, build_image, build_index, lock_of, locked
 from support.sync import sync
 from support.trees import verify_tree
 
-from registrish_lock.tree.apply import collect_garbage
+from registrish_lock.tree import batched
+from registrish_lock.tree.gcbatched import collect_local_garbage as collect_garbage
 from registrish_lock.tree.layout import Layout
+
+
+@pytest.fixture(autouse=True, params=[1000, 0, 2], ids=["whole", "per-repository", "2-tags"])
+def batch_tags(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Every scenario as one whole plan, and in batches (`gcbatched`) of one repository
+    (0: any lock is larger, each repository a batch of its own) and of 2 tags."""
+    size: int = request.param
+    monkeypatch.setattr(batched, "BATCH_TAGS", size)
+    return size
 
 
 def files(root: Path) -> set[str]:
@@ -101,3 +112,66 @@ def test_gc_keeps_a_repository_whose_locked_manifest_is_missing(tmp_path: Path) 
     assert plan.kept_unknown == ("app",)
     assert not plan.sweeps  # without the manifest gc cannot tell which blobs are reached
     assert all((tmp_path / "v2/app/blobs" / d).exists() for d in img.blobs)
+
+
+def _contents(root: Path) -> dict[str, bytes]:
+    """The tree's and its content store's files (the sync record left out)."""
+    found: dict[str, bytes] = {}
+    for top in (root, Layout(root).state):
+        for path in top.rglob("*"):
+            if path.is_file() and path.name != Layout(root).sync_record.name:
+                found[f"{top.name}/{path.relative_to(top).as_posix()}"] = path.read_bytes()
+    return found
+
+
+def test_gc_in_batches_plans_and_sweeps_what_one_whole_plan_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_tags: int
+) -> None:
+    """A blob shared by repositories of different batches stays; an unlocked repository,
+    a stale tag, a stray store blob and a temp file go; a dry run removes nothing."""
+    up = FakeUpstream()
+    a1 = build_image(up, "a", "v1", seed="shared")
+    a2 = build_image(up, "a", "v2", seed="a2")
+    b1 = build_image(up, "b", "v1", seed="shared")  # a's blobs, in another batch
+    c1 = build_image(up, "org/c", "v1", seed="c")
+    d1 = build_image(up, "d", "v1", seed="d")
+    full = lock_of(
+        locked("a", "v1", a1),
+        locked("a", "v2", a2),
+        locked("b", "v1", b1),
+        locked("org/c", "v1", c1),
+        locked("d", "v1", d1),
+    )
+    after = lock_of(locked("a", "v1", a1), locked("b", "v1", b1), locked("d", "v1", d1))
+    trees = {name: tmp_path / name / "public" for name in ("whole", "parts")}
+    for root in trees.values():
+        sync(root, full, up)
+        layout = Layout(root)
+        (layout.path("v2/d/manifests/old")).write_bytes(
+            layout.path("v2/d/manifests/v1").read_bytes()
+        )
+        layout.store_blob("sha256:" + "e" * 64).write_bytes(b"stray")
+        (layout.state / "tmp" / ".tmp-leftover").write_bytes(b"x")
+    plans = {}
+    for name, size in (("whole", 1000), ("parts", batch_tags)):
+        monkeypatch.setattr(batched, "BATCH_TAGS", size)
+        layout = Layout(trees[name])
+        before = _contents(trees[name])
+        dry = collect_garbage(lock=after, layout=layout, console=quiet(), dry_run=True)
+        assert _contents(trees[name]) == before
+        real = collect_garbage(lock=after, layout=layout, console=quiet(), dry_run=False)
+        assert real == dry
+        plans[name] = real
+    whole, parts = plans["whole"], plans["parts"]
+    assert parts.to_json() == whole.to_json()
+    assert parts.describe(dry_run=True) == whole.describe(dry_run=True)
+    assert _contents(trees["parts"]) == _contents(trees["whole"])
+    swept = {s.rel for s in whole.sweeps}
+    assert "v2/d/manifests/old" in swept and f"v2/a/manifests/{a2.digest}" in swept
+    assert f"<store>/blobs/sha256/{'e' * 64}" in swept
+    assert not any(f"<store>/blobs/sha256/{d[7:]}" in swept for d in a1.blobs)
+    assert whole.emptied_repos == ("org/c",) and not (trees["parts"] / "v2/org").exists()
+    assert whole.bytes_freed > 0
+    for root in trees.values():
+        verify_tree(root)
+        assert not sync(root, after, up).plan.pending

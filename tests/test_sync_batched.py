@@ -193,3 +193,32 @@ def test_a_repository_dropped_from_the_lock_loses_its_tags_as_in_a_whole_sync(
     gone = Layout(tmp_path / "parts" / "public")
     assert not gone.path(Layout.rel_manifest("huge/r002", "1.0.0")).exists()
     assert gone.path(Layout.rel_tags_list("huge/r002")).exists()  # as a whole sync leaves it
+
+
+def test_gc_in_batches_prints_and_removes_what_a_whole_gc_does(
+    tmp_path: Path,
+    layouts: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`registrish gc` of a lock larger than `BATCH_TAGS` (r002 dropped: an unlocked
+    repository, and a stray store blob) says, removes and leaves what a whole one does."""
+    outputs = {}
+    for name, batch in (("whole", 1000), ("parts", 4)):
+        monkeypatch.setattr(batched, "BATCH_TAGS", 4)
+        config = _locked(_workspace(tmp_path, layouts, name), capsys)
+        _sync(config, capsys)
+        text = config.read_text()
+        config.write_text(text[: text.index('[[image]]\nsource = "oci:layouts/r002"')])
+        _locked(config, capsys)
+        Layout(config.parent / "public").store_blob("sha256:" + "e" * 64).write_bytes(b"x")
+        monkeypatch.setattr(batched, "BATCH_TAGS", batch)
+        dry = run_cli("gc", "-c", str(config), "--dry-run", "--json", capsys=capsys)
+        assert dry[0] == 1, dry[2]
+        real = run_cli("gc", "-c", str(config), capsys=capsys)
+        assert real[0] == 0, real[2]
+        outputs[name] = (json.loads(dry[1]), real[1], _files(config.parent / "public"))
+    assert outputs["parts"] == outputs["whole"]
+    doc, said, _ = outputs["whole"]
+    assert doc["emptied_repositories"] == ["huge/r002"] and "Freed" in said
+    assert any(r["what"] == "stored blob" for r in doc["remove"])

@@ -12,6 +12,7 @@ from ..serving.hosts import write_host_configs
 from ..tree import record
 from ..tree.apply import collect_garbage
 from ..tree.gc import GcPlan
+from ..tree.gcbatched import collect_local_garbage
 from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from ..upstream.protocols import DEFAULT_JOBS
@@ -86,7 +87,9 @@ def _gc_local(
                 return GcPlan()
     lock = fresh_lock(config, parse_lock_bytes(lock_bytes, config.lock_path), frozen=args.frozen)
     with tree_lock(layout, console, wait=not args.no_wait):
-        plan = collect_garbage(lock=lock, layout=layout, console=console, dry_run=args.dry_run)
+        plan = collect_local_garbage(
+            lock=lock, layout=layout, console=console, dry_run=args.dry_run
+        )
         if not args.dry_run and plan.pending:  # host configs may list what just went
             write_host_configs(config, layout, lock, console)
     return plan

@@ -10,6 +10,7 @@ blobs the lock still needs are kept so the next sync resumes them.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,13 +144,7 @@ def _listing_rewrites(
 ) -> tuple[tuple[str, bytes], ...]:
     """The catalog without emptied repositories, tags lists without swept tags. gc only
     subtracts: what a listing should add is sync's business."""
-    rewrites: list[tuple[str, bytes]] = []
-    catalog_rel = Layout.rel_catalog()
-    catalog = _json(state.docs.get(catalog_rel))
-    if catalog is not None and isinstance(catalog.get("repositories"), list):
-        names = [n for n in catalog["repositories"] if n not in emptied]
-        if names != catalog["repositories"]:
-            rewrites.append((catalog_rel, canonical_json({**catalog, "repositories": names})))
+    rewrites = list(catalog_rewrite(state.docs.get(Layout.rel_catalog()), emptied))
     swept_tags: dict[str, set[str]] = {}
     for item in sweeps:
         parsed = manifest_ref_of(item.rel)
@@ -169,6 +164,17 @@ def _listing_rewrites(
     return tuple(rewrites)
 
 
+def catalog_rewrite(data: bytes | None, emptied: Collection[str]) -> list[tuple[str, bytes]]:
+    """The catalog (its bytes, `data`) without the emptied repositories, if it changes."""
+    catalog = _json(data)
+    if catalog is None or not isinstance(catalog.get("repositories"), list):
+        return []
+    names = [n for n in catalog["repositories"] if n not in emptied]
+    if names == catalog["repositories"]:
+        return []
+    return [(Layout.rel_catalog(), canonical_json({**catalog, "repositories": names}))]
+
+
 def _name_of(rel: str) -> str | None:
     parsed = parse_rel_path(rel)
     return parsed[0] if parsed is not None else None
@@ -184,9 +190,10 @@ def _json(data: bytes | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def sweep(plan: GcPlan, layout: Layout) -> list[Path]:
+def sweep(plan: GcPlan, layout: Layout, names: Iterable[str] | None = None) -> list[Path]:
     """Delete what `plan` lists: tags first (no puller is sent to content about to go),
-    then manifests, referrers, blobs, store blobs, temp files; then emptied directories."""
+    then manifests, referrers, blobs, store blobs, temp files; then emptied directories
+    (with `names`, only those repositories' and their parents': a batch's)."""
     order = {"tag": 0, "tags list": 1, "manifest": 2, "referrers": 3, "blob": 4}
     removed: list[Path] = []
     for rel, data in plan.rewrites:
@@ -196,5 +203,17 @@ def sweep(plan: GcPlan, layout: Layout) -> list[Path]:
         path = layout.state / store_rel if store_rel != item.rel else layout.path(item.rel)
         remove_file(path)
         removed.append(path)
-    removed += remove_empty_dirs(layout.v2, keep=layout.v2)
+    if names is None:
+        return removed + remove_empty_dirs(layout.v2, keep=layout.v2)
+    for name in names:
+        top = layout.repo_dir(name)
+        removed += remove_empty_dirs(top, keep=layout.v2)
+        for parent in top.parents:  # `v2/org/` once its last repository went
+            if layout.v2 not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break  # not empty
+            removed.append(parent)
     return removed
