@@ -1,6 +1,6 @@
 """gc of a large local tree, one batch of whole repositories at a time (as `batched` syncs).
 
-`collect_garbage` scans the whole tree and marks the whole lock at once (965 MiB at
+`collect_garbage` scans the whole tree and marks the whole lock at once (942 MiB at
 100,000 tags). Everything `plan_gc` decides about a file under `v2/` is keyed by its
 repository, so each batch of `batched.batches` is scanned (its repositories' directories),
 marked, planned and swept in `sweep`'s order (its tags lists rewritten first), then dropped.
