@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 
 from ..console import Console
 from ..errors import ExitCode
@@ -18,7 +17,7 @@ from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from ..upstream.protocols import DEFAULT_JOBS
 from . import add_frozen_option, add_no_wait_option
-from .sync import fresh_lock
+from .sync import fresh_lock, lock_file_sha256
 
 NAME = "gc"
 HELP = "delete what the lock no longer reaches"
@@ -79,10 +78,8 @@ def _gc_local(
     config_bytes: bytes,
 ) -> GcPlan:
     layout = dry_run_layout(config.layout, console) if args.dry_run else config.layout
-    lock_bytes = read_lock_bytes(config.lock_path)
-    key = record.record_key(config_bytes, lock_bytes, layout, config.hosts_dir)
-    sha256 = hashlib.sha256(lock_bytes).hexdigest()
-    del lock_bytes  # 26 MB at 100,000 tags: the lock is read again, block by block
+    sha256 = lock_file_sha256(config.lock_path)  # the lock is never held whole
+    key = record.key_of(config_bytes, sha256, layout, config.hosts_dir)
     if layout.sync_record.exists():
         with tree_lock(layout, console, wait=not args.no_wait):
             if record.is_clean(layout, key, config.input_hash(), frozen=args.frozen):

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     # 26 MB at 100,000 tags: hashed as read, never held; the lock is read again block by
     # block (the bytes it reads must hash to the key), as are its scope's and the copy
     # kept beside the record (`record.changed_scope`, `record.keep_lock`).
-    lock_sha256 = _lock_sha256(config.lock_path)
+    lock_sha256 = lock_file_sha256(config.lock_path)
     key = record.key_of(config_bytes, lock_sha256, layout, config.hosts_dir)
     if not (args.verify or args.prune) and layout.sync_record.exists():
         with tree_lock(layout, console, wait=not args.no_wait):
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return _report(args, console, result, hosts)
 
 
-def _lock_sha256(path: Path) -> str:
+def lock_file_sha256(path: Path) -> str:
     """The sha256 of the lock's bytes, read a block at a time."""
     hasher = hashlib.sha256()
     try:
