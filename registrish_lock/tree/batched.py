@@ -188,20 +188,30 @@ def _unlocked_repositories(layout: Layout, locked: set[str]) -> set[str]:
     return found
 
 
+def reached_set(digests: bytearray) -> set[bytes]:
+    """The digests the batches reached (`digests`: 32 bytes each), as a set: made only
+    once the batches' memory is free."""
+    return {bytes(digests[i : i + 32]) for i in range(0, len(digests), 32)}
+
+
+def stored_blobs(layout: Layout) -> Iterator[os.DirEntry[str]]:
+    """The content store's blob files: entries named by a digest's hex that are regular
+    files (anything else there is no stored blob, and gc ignores it too)."""
+    store = layout.state / "blobs" / "sha256"
+    if not store.is_dir():
+        return
+    with os.scandir(store) as entries:
+        for entry in entries:
+            if is_digest(f"sha256:{entry.name}") and entry.is_file(follow_symlinks=False):
+                yield entry
+
+
 def _nothing_else(layout: Layout, digests: bytearray) -> bool:
     """No stored blob no batch reached (`digests`: 32 bytes each), nothing in
     `<store>/tmp`: the rest of what gc would collect."""
-    store = layout.state / "blobs" / "sha256"
-    # a set only now, once the batches' memory is free
-    reached = {bytes(digests[i : i + 32]) for i in range(0, len(digests), 32)}
-    if store.is_dir():
-        with os.scandir(store) as entries:
-            for entry in entries:
-                digest = f"sha256:{entry.name}"
-                if not is_digest(digest) or not entry.is_file(follow_symlinks=False):
-                    continue  # not a stored blob (gc ignores it too)
-                if bytes.fromhex(entry.name) not in reached:
-                    return False
+    reached = reached_set(digests)
+    if any(bytes.fromhex(entry.name) not in reached for entry in stored_blobs(layout)):
+        return False
     if not layout.tmp.is_dir():
         return True
     with os.scandir(layout.tmp) as leftovers:

@@ -124,20 +124,15 @@ class _Batched:
         """The store blobs no batch reached, `<store>/tmp` leftovers; then the whole plan."""
         # Reached digests as 32-byte keys, and only the unreached blobs as `plan_gc`'s
         # store: a dict of every digest and every stored blob held ~180 MiB at 100,000 tags.
-        reached = {bytes(self.reached[i : i + 32]) for i in range(0, len(self.reached), 32)}
+        reached = batched.reached_set(self.reached)
         del self.reached
         store: dict[str, FileInfo] = {}
-        blobs = self.layout.state / "blobs" / "sha256"
-        if blobs.is_dir():
-            with os.scandir(blobs) as entries:
-                for entry in entries:
-                    digest = f"sha256:{entry.name}"
-                    if is_digest(digest) and entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
-                        if bytes.fromhex(entry.name) in reached:
-                            self.surviving += _INODE.pack(st.st_dev, st.st_ino)
-                        else:
-                            store[digest] = FileInfo(st.st_size, st.st_dev, st.st_ino)
+        for entry in batched.stored_blobs(self.layout):
+            st = entry.stat(follow_symlinks=False)
+            if bytes.fromhex(entry.name) in reached:
+                self.surviving += _INODE.pack(st.st_dev, st.st_ino)
+            else:
+                store[f"sha256:{entry.name}"] = FileInfo(st.st_size, st.st_dev, st.st_ino)
         tmp: dict[str, int] = {}
         if self.layout.tmp.is_dir():
             with os.scandir(self.layout.tmp) as leftovers:
