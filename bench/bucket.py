@@ -15,13 +15,14 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from support.buckets import s3_client
 from testbed.s3 import SeaweedS3, start_seaweedfs
 
-from .measure import BenchError, Sample, Stats, fresh_dir, timed
+from .measure import BenchError, Sample, Stats, fresh_dir, process_cpu_seconds, timed
 from .report import Check, Result, Row, ratio
 from .workspace import REGISTRISH_ENV, Context, Workspace
 
@@ -94,6 +95,29 @@ def _secs(samples: list[Sample]) -> Stats:
     return Stats.of([s.seconds for s in samples])
 
 
+@dataclass(frozen=True)
+class Costed:
+    """A timed command and the CPU seconds it cost: its own, and those of the two servers it
+    talks to on this machine (SeaweedFS, the upstream docker-registry), read from /proc
+    around it. On a 2-core machine their sum, not the command alone, sets the wall time."""
+
+    sample: Sample
+    store_cpu: float
+    upstream_cpu: float
+
+    @property
+    def total_cpu(self) -> float:
+        return self.sample.cpu_seconds + self.store_cpu + self.upstream_cpu
+
+
+def _costed(argv: list[str], env: dict[str, str], s3: SeaweedS3, ctx: Context) -> Costed:
+    pids = (s3.server.pid, ctx.registry.server.pid)
+    before = [process_cpu_seconds(pid) for pid in pids]
+    sample = timed(argv, env=env)
+    store, upstream = (process_cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True))
+    return Costed(sample, store, upstream)
+
+
 def _json_run(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     proc = subprocess.run(
         [*argv, "--json"],
@@ -135,21 +159,25 @@ def _cold(ctx: Context, s3: SeaweedS3, env: dict[str, str], client: Any) -> Resu
 
     # -- cold: sync into the bucket vs sync to disk + publish, interleaved ------------------
     real = Pair(ctx, "real", s3, env)
-    into, disk, pub, both = [], [], [], []
+    costs: dict[str, list[Costed]] = {"bucket": [], "sync": [], "publish": []}
+    both: list[float] = []
     per_round: list[float] = []
     for i in range(ctx.runs):
         ctx.log(f"  real: run {i + 1}/{ctx.runs}")
         _empty(client, s3.bucket, real.sync_prefix)
-        into.append(timed(real.bucket_argv("sync", "-q"), env=env))
+        costs["bucket"].append(_costed(real.bucket_argv("sync", "-q"), env, s3, ctx))
         real.check_bucket(client, real.sync_prefix)
         real.ws.reset_tree()
         _empty(client, s3.bucket, real.publish_prefix)
-        disk.append(timed(real.ws.registrish("sync", "-q"), env=env))
+        costs["sync"].append(_costed(real.ws.registrish("sync", "-q"), env, s3, ctx))
         target = f"s3://{s3.bucket}/{real.publish_prefix}"
-        pub.append(timed([*real.ws.registrish("publish", "-q"), target], env=env))
+        costs["publish"].append(
+            _costed([*real.ws.registrish("publish", "-q"), target], env, s3, ctx)
+        )
         real.check_bucket(client, real.publish_prefix)
-        both.append(disk[-1].seconds + pub[-1].seconds)
-        per_round.append(into[-1].seconds / both[-1])
+        both.append(costs["sync"][-1].sample.seconds + costs["publish"][-1].sample.seconds)
+        per_round.append(costs["bucket"][-1].sample.seconds / both[-1])
+    into, disk, pub = ([c.sample for c in costs[k]] for k in ("bucket", "sync", "publish"))
     b, d, p, t = _secs(into), _secs(disk), _secs(pub), Stats.of(both)
     vs = ratio(b.median, t.median)
     real_rss = Stats.of([s.max_rss_kib / 1024 for s in into])
@@ -165,6 +193,7 @@ def _cold(ctx: Context, s3: SeaweedS3, env: dict[str, str], client: Any) -> Resu
         Row("`sync` to disk (cold)", d, "s"),
         Row("`publish` of that tree (empty prefix)", p, "s"),
         Row("`sync` to disk + `publish` (sum per round)", t, "s", "1.00× (baseline)"),
+        *(_cpu_rows(label, costs[key]) for key, label in _CPU_LABELS),
     ]
     checks += [
         Check("bucket sync ≤ 0.6× sync + publish", f"{vs:.2f}×", vs <= 0.6),
@@ -180,6 +209,10 @@ def _cold(ctx: Context, s3: SeaweedS3, env: dict[str, str], client: Any) -> Resu
         "publish": [s.seconds for s in pub],
         "ratios": per_round,
         "max_rss_kib": [s.max_rss_kib for s in into],
+        "cpu": {
+            key: [[c.sample.cpu_seconds, c.store_cpu, c.upstream_cpu] for c in runs]
+            for key, runs in costs.items()
+        },
     }
 
     # -- the big layer: local disk written and peak RSS (one run: it is slow) ---------------
@@ -224,10 +257,37 @@ def _cold(ctx: Context, s3: SeaweedS3, env: dict[str, str], client: Any) -> Resu
             "prefix (and, for sync to disk, an empty tree); the locks exist (untimed). Wall "
             "time includes interpreter start; ratios are of medians, per-round ratios of "
             "the same round.",
+            "CPU seconds are the command's user + system time (`/usr/bin/time`'s %U + %S) "
+            "and SeaweedFS's and the upstream registry's, read from /proc/PID/stat around "
+            "the command; the kernel's own writeback threads are not counted.",
             "Local disk written is `/usr/bin/time`'s %O (file-system output blocks of the "
             "sync process, × 512 bytes); SeaweedFS's own writes are not the sync's.",
         ),
         extra=extra,
+    )
+
+
+_CPU_LABELS = (
+    ("bucket", "`sync` into the bucket"),
+    ("sync", "`sync` to disk"),
+    ("publish", "`publish`"),
+)
+
+
+def _cpu_rows(label: str, runs: list[Costed]) -> Row:
+    """CPU seconds of one side: all three processes, with the split in the detail column."""
+    med = Stats.of
+    split = (
+        f"command {med([c.sample.cpu_seconds for c in runs]).median:.1f} s, "
+        f"SeaweedFS {med([c.store_cpu for c in runs]).median:.1f} s, "
+        f"upstream {med([c.upstream_cpu for c in runs]).median:.1f} s (medians)"
+    )
+    return Row(
+        f"CPU seconds during {label} (all three processes)",
+        med([c.total_cpu for c in runs]),
+        "s",
+        "",
+        split,
     )
 
 

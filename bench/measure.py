@@ -22,12 +22,14 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One timed run: wall seconds (process start to exit), peak RSS of the process and its
-    file-system outputs (`/usr/bin/time`'s %O: 512-byte blocks the kernel charged to it)."""
+    """One timed run: wall seconds (process start to exit), peak RSS of the process, its
+    file-system outputs (`/usr/bin/time`'s %O: 512-byte blocks the kernel charged to it) and
+    the CPU seconds it used (user + system, %U + %S)."""
 
     seconds: float
     max_rss_kib: int
     fs_out_blocks: int = 0
+    cpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def timed(
         full_env = {**os.environ, **env} if env is not None else None
         start = time.monotonic()
         proc = subprocess.run(
-            [TIME_BIN, "-f", "%M %O", "-o", rss_file, *args],
+            [TIME_BIN, "-f", "%M %O %U %S", "-o", rss_file, *args],
             cwd=cwd,
             env=full_env,
             stdin=subprocess.DEVNULL,
@@ -83,10 +85,17 @@ def timed(
                 f"--- stderr ---\n{proc.stderr.strip()[-3000:]}\n"
                 f"--- stdout ---\n{proc.stdout.strip()[-1000:]}"
             )
-        rss, out = Path(rss_file).read_text().strip().splitlines()[-1].split()
-        return Sample(seconds, int(rss), int(out))
+        rss, out, user, system = Path(rss_file).read_text().strip().splitlines()[-1].split()
+        return Sample(seconds, int(rss), int(out), float(user) + float(system))
     finally:
         os.unlink(rss_file)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a running process has used so far: for a
+    server a measured command talks to, read before and after the command."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fresh_dir(path: Path) -> Path:
