@@ -17,7 +17,7 @@ from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from ..upstream.protocols import DEFAULT_JOBS
 from . import add_frozen_option, add_no_wait_option
-from .sync import fresh_lock, lock_file_sha256
+from .sync import fresh_lock
 
 NAME = "gc"
 HELP = "delete what the lock no longer reaches"
@@ -78,7 +78,7 @@ def _gc_local(
     config_bytes: bytes,
 ) -> GcPlan:
     layout = dry_run_layout(config.layout, console) if args.dry_run else config.layout
-    sha256 = lock_file_sha256(config.lock_path)  # the lock is never held whole
+    sha256 = record.lock_file_sha256(config.lock_path)  # the lock is never held whole
     key = record.key_of(config_bytes, sha256, layout, config.hosts_dir)
     if layout.sync_record.exists():
         with tree_lock(layout, console, wait=not args.no_wait):

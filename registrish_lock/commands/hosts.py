@@ -6,7 +6,7 @@ import argparse
 
 from ..console import Console
 from ..lock.config import load_config
-from ..lock.lockfile import parse_lock_bytes, read_lock_bytes
+from ..lock.lockfile import read_lock
 from ..serving.hosts import write_host_configs
 from ..tree import record
 
@@ -37,14 +37,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
         )
         console.emit_json({"written": []})
         return 0
-    lock_bytes = read_lock_bytes(config.lock_path)
     layout = config.layout
-    key = record.record_key(config_bytes, lock_bytes, layout, config.hosts_dir)
+    lock_sha256 = record.lock_file_sha256(config.lock_path)  # the lock is never held whole
+    key = record.key_of(config_bytes, lock_sha256, layout, config.hosts_dir)
     # The configs of a stale lock are what sync --frozen writes: staleness is not checked.
     if record.is_current(layout, key, "", frozen=True):
         written = []
     else:
-        lock = parse_lock_bytes(lock_bytes, config.lock_path)
+        lock = read_lock(config.lock_path)
         written = write_host_configs(config, layout, lock, console)
     for path in written:
         console.result(f"wrote {path}")

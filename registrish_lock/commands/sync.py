@@ -9,7 +9,6 @@ from typing import NoReturn
 
 from ..console import Console
 from ..errors import ExitCode, StaleLockError
-from ..fsutil import chunks_of
 from ..lock.config import Config, load_config
 from ..lock.lockfile import Lock, parse_lock_bytes, read_lock, read_lock_bytes
 from ..progress import Stats, make_progress
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     # 26 MB at 100,000 tags: hashed as read, never held; the lock is read again block by
     # block (the bytes it reads must hash to the key), as are its scope's and the copy
     # kept beside the record (`record.changed_scope`, `record.keep_lock`).
-    lock_sha256 = lock_file_sha256(config.lock_path)
+    lock_sha256 = record.lock_file_sha256(config.lock_path)
     key = record.key_of(config_bytes, lock_sha256, layout, config.hosts_dir)
     if not (args.verify or args.prune) and layout.sync_record.exists():
         with tree_lock(layout, console, wait=not args.no_wait):
@@ -140,18 +139,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
     finally:
         upstream.close()
     return _report(args, console, result, hosts)
-
-
-def lock_file_sha256(path: Path) -> str:
-    """The sha256 of the lock's bytes, read a block at a time."""
-    hasher = hashlib.sha256()
-    try:
-        with path.open("rb") as handle:
-            for block in chunks_of(handle):
-                hasher.update(block)
-    except OSError:
-        return hashlib.sha256(read_lock_bytes(path)).hexdigest()  # or its one-line error
-    return hasher.hexdigest()
 
 
 def _sync(

@@ -41,6 +41,7 @@ from typing import BinaryIO
 
 from .. import __version__
 from ..fsutil import atomic_write_bytes, chunks_of, fsync_dir, replace_if_changed
+from ..lock.lockfile import read_lock_bytes
 from . import delta
 from .layout import REPOSITORY_SECTIONS, Layout
 
@@ -57,19 +58,25 @@ def config_bytes(path: Path) -> bytes:
     return path.read_bytes() if path.is_file() else b""
 
 
-def record_key(
-    config_bytes: bytes, lock_bytes: bytes, layout: Layout, hosts_dir: Path
-) -> dict[str, object]:
-    """Everything a completed sync's output depends on besides the tree: the config and lock
-    bytes, and where the tree and host configs are (host configs name the absolute root: a
-    workspace moved whole keeps every inode and mtime, yet its configs must be rewritten)."""
-    return key_of(config_bytes, hashlib.sha256(lock_bytes).hexdigest(), layout, hosts_dir)
+def lock_file_sha256(path: Path) -> str:
+    """The sha256 of the lock's bytes, read a block at a time (never held whole)."""
+    hasher = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in chunks_of(handle):
+                hasher.update(block)
+    except OSError:
+        return hashlib.sha256(read_lock_bytes(path)).hexdigest()  # or its one-line error
+    return hasher.hexdigest()
 
 
 def key_of(
     config_bytes: bytes, lock_sha256: str, layout: Layout, hosts_dir: Path
 ) -> dict[str, object]:
-    """`record_key` of a lock known by its sha256 (hashed as read, never held whole)."""
+    """Everything a completed sync's output depends on besides the tree: the config's bytes,
+    the lock's (by `lock_file_sha256`), and where the tree and host configs are (host
+    configs name the absolute root: a workspace moved whole keeps every inode and mtime, yet
+    its configs must be rewritten)."""
     return {
         "format": RECORD_FORMAT,
         "registrish": __version__,
