@@ -7,7 +7,7 @@ import argparse
 from ..console import Console
 from ..errors import ExitCode
 from ..lock.config import Config, load_config
-from ..lock.lockfile import Lock, parse_lock_bytes, read_lock, read_lock_bytes
+from ..lock.lockfile import Lock, read_lock
 from ..serving.hosts import write_host_configs
 from ..tree import record
 from ..tree.apply import collect_garbage
@@ -58,10 +58,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     config_bytes = record.config_bytes(args.config)
     config = load_config(args.config)
     if config.bucket is not None:
-        lock_bytes = read_lock_bytes(config.lock_path)
-        lock = fresh_lock(
-            config, parse_lock_bytes(lock_bytes, config.lock_path), frozen=args.frozen
-        )
+        lock = fresh_lock(config, read_lock(config.lock_path), frozen=args.frozen)
         plan = _gc_bucket(args, config, lock, console)
     else:
         plan = _gc_local(args, console, config, config_bytes)
