@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import replace
@@ -21,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from support.buckets import s3_client
+from testbed.procs import run
 from testbed.s3 import SeaweedS3, start_seaweedfs
 from testbed.upstream import Registry, start_registry
 
 from .bucket import Pair, aws_env, cold_rounds
-from .measure import BenchError, Stats, fresh_dir
+from .measure import Stats, fresh_dir
 from .netns import TBF_BURST, TBF_LATENCY, Veth, parse_rate, rate_label, shaped, veth_pair
 from .report import Check, Result, Row
 from .workspace import Context
@@ -47,15 +47,7 @@ def _link_registry(ctx: Context, tmp: Path, address: str) -> Registry:
 
 def _curl(argv: list[str], what: str, prefix: Sequence[str] = ()) -> float:
     """MiB/s curl reports for one transfer (``-w``'s speed); ``prefix`` runs it elsewhere."""
-    proc = subprocess.run(
-        [*prefix, "curl", "-sS", "--fail", "-o", os.devnull, *argv],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise BenchError(f"{what}: curl failed (exit {proc.returncode}): {proc.stderr.strip()}")
+    proc = run([*prefix, "curl", "-sS", "--fail", "-o", os.devnull, *argv], what=what)
     return float(proc.stdout.strip()) / MIB
 
 
