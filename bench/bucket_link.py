@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -81,45 +81,73 @@ def bucket_link(ctx: Context) -> Result:
         veth = stack.enter_context(veth_pair())
         registry = _link_registry(ctx, fresh_dir(work) / "upstream", veth.host_address)
         stack.callback(registry.server.stop)
-        s3 = start_seaweedfs(work / "seaweedfs", virtual_hosted=False, address=veth.host_address)
-        stack.callback(s3.stop)
         lctx = replace(ctx, registry=registry, work=work, _trees={})
-        env = aws_env(s3, work / "aws")
-        client = s3_client(s3)
-        real = Pair(lctx, "real", s3, env)  # its locks name the link's upstream
         payload = work / "probe"
         payload.write_bytes(os.urandom(PROBE_BYTES))
         for rate in ctx.link_rates:
-            label = rate_label(rate)
-            with shaped(veth, rate) as shaping:
-                probe = _probe(veth, s3, client, payload)
-                probed = shaping.overlimits()
-                ctx.log(
-                    f"  {label}: probe {probe['down']:.1f} MiB/s down, {probe['up']:.1f} MiB/s "
-                    f"up ({probe['host']:.0f} unshaped); tbf overlimits {probed}"
-                )
-                r_rows, r_checks, r_extra = cold_rounds(
-                    lctx,
-                    real,
-                    client,
-                    inside=veth.inside,
-                    prefix=f"{label}: ",
-                    where=f" (over a shaped link of {label})",
-                )
-                after = shaping.overlimits()
-            rows += [*_probe_rows(rate, probe, probed), *r_rows]
-            checks += [_binds(rate, probe, probed), *r_checks]
-            extra[rate] = {**r_extra, "probe_mib_s": probe, "tbf_overlimits": after}
+            with _seaweedfs(lctx, veth.host_address) as s3:
+                r_rows, r_checks, r_extra = _at_rate(lctx, veth, s3, payload, rate)
+            rows += r_rows
+            checks += r_checks
+            extra[rate] = r_extra
     return Result(
         key="bucket_link",
         title="Sync straight into a bucket over a shaped link (upstream and SeaweedFS across "
         "a veth pair)",
-        data=f"set `real`: {real.ds.summary()}",
+        data=f"set `real`: {ctx.dataset('real').summary()}",
         rows=tuple(rows),
         checks=tuple(checks),
         notes=NOTES,
         extra=extra,
     )
+
+
+@contextmanager
+def _seaweedfs(ctx: Context, address: str) -> Iterator[SeaweedS3]:
+    """A fresh SeaweedFS on ``address`` (one per rate: deleted objects' bytes stay in its
+    volumes until a vacuum); on failure its log is kept beside the work directory."""
+    tmp = fresh_dir(ctx.work / "seaweedfs")
+    s3 = start_seaweedfs(tmp, virtual_hosted=False, address=address)
+    try:
+        yield s3
+    except BaseException:
+        kept = ctx.work.parent / "bucket_link-failed.log"
+        shutil.copyfile(s3.server.log_path, kept)
+        ctx.log(f"  SeaweedFS's log kept at {kept}")
+        raise
+    finally:
+        s3.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _at_rate(
+    ctx: Context, veth: Veth, s3: SeaweedS3, payload: Path, rate: str
+) -> tuple[list[Row], list[Check], dict[str, object]]:
+    """Shape the pair to ``rate``, probe it, then the cold rounds over it."""
+    label = rate_label(rate)
+    env = aws_env(s3, ctx.work / "aws")
+    client = s3_client(s3)
+    real = Pair(ctx, "real", s3, env)  # its locks name the link's upstream
+    with shaped(veth, rate) as shaping:
+        probe = _probe(veth, s3, client, payload)
+        probed = shaping.overlimits()
+        ctx.log(
+            f"  {label}: probe {probe['down']:.1f} MiB/s down, {probe['up']:.1f} MiB/s up "
+            f"({probe['host']:.0f} unshaped); tbf overlimits {probed}"
+        )
+        rows, checks, extra = cold_rounds(
+            ctx,
+            real,
+            client,
+            inside=veth.inside,
+            prefix=f"{label}: ",
+            where=f" (over a shaped link of {label})",
+        )
+        after = shaping.overlimits()
+    shutil.rmtree(real.ws.path, ignore_errors=True)
+    rows = [*_probe_rows(rate, probe, probed), *rows]
+    checks = [_binds(rate, probe, probed), *checks]
+    return rows, checks, {**extra, "probe_mib_s": probe, "tbf_overlimits": after}
 
 
 def _nominal(rate: str) -> float:
