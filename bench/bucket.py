@@ -166,10 +166,12 @@ def cold_rounds(
     inside: Callable[[list[str]], list[str]] = list,
     prefix: str = "",
     where: str = "",
+    done: Callable[[str], None] = lambda _: None,
 ) -> tuple[list[Row], list[Check], dict[str, object]]:
     """Cold: sync into the bucket vs sync to disk + publish, interleaved, `ctx.runs` rounds.
     ``inside`` wraps each measured command (e.g. into a network namespace); ``prefix``
-    starts each row's label and ``where`` ends each target's."""
+    starts each row's label and ``where`` ends each target's; ``done(side)`` is called as
+    each command exits (side: "bucket", "sync", "publish")."""
     rows: list[Row] = []
     checks: list[Check] = []
     extra: dict[str, object] = {}
@@ -181,14 +183,17 @@ def cold_rounds(
         ctx.log(f"  real{where}: run {i + 1}/{ctx.runs}")
         _empty(client, s3.bucket, real.sync_prefix)
         costs["bucket"].append(_costed(inside(real.bucket_argv("sync", "-q")), env, s3, ctx))
+        done("bucket")
         real.check_bucket(client, real.sync_prefix)
         real.ws.reset_tree()
         _empty(client, s3.bucket, real.publish_prefix)
         costs["sync"].append(_costed(inside(real.ws.registrish("sync", "-q")), env, s3, ctx))
+        done("sync")
         target = f"s3://{s3.bucket}/{real.publish_prefix}"
         costs["publish"].append(
             _costed(inside([*real.ws.registrish("publish", "-q"), target]), env, s3, ctx)
         )
+        done("publish")
         real.check_bucket(client, real.publish_prefix)
         both.append(costs["sync"][-1].sample.seconds + costs["publish"][-1].sample.seconds)
         per_round.append(costs["bucket"][-1].sample.seconds / both[-1])

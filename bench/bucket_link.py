@@ -24,9 +24,20 @@ from testbed.procs import run
 from testbed.s3 import SeaweedS3, start_seaweedfs
 from testbed.upstream import Registry, start_registry
 
+from .bucket import _CPU_LABELS as SIDES
 from .bucket import Pair, aws_env, cold_rounds
 from .measure import Stats, fresh_dir
-from .netns import TBF_BURST, TBF_LATENCY, Veth, parse_rate, rate_label, shaped, veth_pair
+from .netns import (
+    TBF_BURST,
+    TBF_LATENCY,
+    Counters,
+    Shaping,
+    Veth,
+    parse_rate,
+    rate_label,
+    shaped,
+    veth_pair,
+)
 from .report import Check, Result, Row
 from .workspace import Context
 
@@ -130,11 +141,12 @@ def _at_rate(
     real = Pair(ctx, "real", s3, env)  # its locks name the link's upstream
     with shaped(veth, rate) as shaping:
         probe = _probe(veth, s3, client, payload)
-        probed = shaping.overlimits()
+        probed = {d: c.overlimits for d, c in shaping.counters().items()}
         ctx.log(
             f"  {label}: probe {probe['down']:.1f} MiB/s down, {probe['up']:.1f} MiB/s up "
             f"({probe['host']:.0f} unshaped); tbf overlimits {probed}"
         )
+        traffic = _Traffic(shaping)
         rows, checks, extra = cold_rounds(
             ctx,
             real,
@@ -142,12 +154,46 @@ def _at_rate(
             inside=veth.inside,
             prefix=f"{label}: ",
             where=f" (over a shaped link of {label})",
+            done=traffic.done,
         )
-        after = shaping.overlimits()
     shutil.rmtree(real.ws.path, ignore_errors=True)
-    rows = [*_probe_rows(rate, probe, probed), *rows]
+    rows = [*_probe_rows(rate, probe, probed), *rows, *traffic.rows(label)]
     checks = [_binds(rate, probe, probed), *checks]
-    return rows, checks, {**extra, "probe_mib_s": probe, "tbf_overlimits": after}
+    return rows, checks, {**extra, "probe_mib_s": probe, "link": traffic.runs}
+
+
+class _Traffic:
+    """What each command moved through the link, per direction and run: tbf's counters
+    read as each command exits. Nothing else crosses the link meanwhile (the harness's
+    checks and clean-ups reach the servers from the host side)."""
+
+    def __init__(self, shaping: Shaping) -> None:
+        self.shaping = shaping
+        self.last = shaping.counters()
+        self.runs: dict[str, list[dict[str, Counters]]] = {side: [] for side, _ in SIDES}
+
+    def done(self, side: str) -> None:
+        now = self.shaping.counters()
+        self.runs[side].append({d: c.minus(self.last[d]) for d, c in now.items()})
+        self.last = now
+
+    def rows(self, label: str) -> list[Row]:
+        out = []
+        for side, name in SIDES:
+            runs = self.runs[side]
+            per_way = {d: Stats.of([r[d].sent / MIB for r in runs]).median for d in runs[0]}
+            drops = Stats.of([sum(c.dropped for c in r.values()) for r in runs]).median
+            split = ", ".join(f"{d} {mib:,.0f} MiB" for d, mib in per_way.items())
+            out.append(
+                Row(
+                    f"{label}: bytes through the link during {name} (both ways)",
+                    Stats.of([sum(c.sent for c in r.values()) / MIB for r in runs]),
+                    "MiB",
+                    "",
+                    f"{split}; tbf drops {drops:.0f} (medians)",
+                )
+            )
+        return out
 
 
 def _nominal(rate: str) -> float:

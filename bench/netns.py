@@ -145,17 +145,35 @@ class Shaping:
             "namespace→host": (["-n", self.veth.namespace], self.veth.ns_link),
         }
 
-    def overlimits(self) -> dict[str, int]:
-        """Per direction, how often tbf has held a packet back for want of tokens: above
-        zero, the shaping bound that direction."""
+    def counters(self) -> dict[str, Counters]:
+        """Per direction, tbf's counters so far (`tc -s qdisc show`)."""
         out = {}
         for direction, (netns, dev) in self.devices().items():
             text = _tc(*netns, "-s", "qdisc", "show", "dev", dev, "root").stdout
-            m = re.search(r"overlimits (\d+)", text)
+            m = _COUNTERS.search(text)
             if "tbf" not in text or m is None:
                 raise BenchError(f"no tbf qdisc on {dev}: {text.strip()!r}")
-            out[direction] = int(m[1])
+            out[direction] = Counters(int(m["sent"]), int(m["dropped"]), int(m["overlimits"]))
         return out
+
+
+_COUNTERS = re.compile(
+    r"Sent (?P<sent>\d+) bytes \d+ pkt \(dropped (?P<dropped>\d+), overlimits (?P<overlimits>\d+)"
+)
+
+
+@dataclass(frozen=True)
+class Counters:
+    sent: int  # bytes that left by this end
+    dropped: int  # packets dropped: the queue was full
+    overlimits: int  # times a packet was held back for want of tokens: the rate bound
+
+    def minus(self, before: Counters) -> Counters:
+        return Counters(
+            self.sent - before.sent,
+            self.dropped - before.dropped,
+            self.overlimits - before.overlimits,
+        )
 
 
 @contextmanager

@@ -237,8 +237,8 @@ def test_shaped_pair_has_tbf_both_ways_and_nothing_outlives_a_failure() -> None:
         veth_pair() as veth,
         shaped(veth, "100mbit") as shaping,
     ):
-        # a tbf qdisc on each end's egress (overlimits raises without one)
-        assert set(shaping.overlimits()) == {"host→namespace", "namespace→host"}
+        # a tbf qdisc on each end's egress (counters raises without one)
+        assert set(shaping.counters()) == {"host→namespace", "namespace→host"}
         raise RuntimeError("a failing run")
     assert _leftovers(veth.namespace, veth.host_link) == []
     with veth_pair() as veth:
