@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from support.buckets import s3_client
-from testbed.procs import run
+from testbed.procs import http_status, run
 from testbed.s3 import SeaweedS3, start_seaweedfs
 from testbed.upstream import Registry, start_registry
 
 from .bucket import _CPU_LABELS as SIDES
 from .bucket import Pair, aws_env, cold_rounds
-from .measure import Stats, fresh_dir
+from .measure import BenchError, Stats, fresh_dir
 from .netns import (
     TBF_BURST,
     TBF_LATENCY,
@@ -146,7 +146,7 @@ def _at_rate(
             f"  {label}: probe {probe['down']:.1f} MiB/s down, {probe['up']:.1f} MiB/s up "
             f"({probe['host']:.0f} unshaped); tbf overlimits {probed}"
         )
-        traffic = _Traffic(shaping)
+        traffic = _Traffic(shaping, after_round=lambda: _vacuum(s3))
         rows, checks, extra = cold_rounds(
             ctx,
             real,
@@ -167,14 +167,17 @@ class _Traffic:
     read as each command exits. Nothing else crosses the link meanwhile (the harness's
     checks and clean-ups reach the servers from the host side)."""
 
-    def __init__(self, shaping: Shaping) -> None:
-        self.shaping = shaping
+    def __init__(self, shaping: Shaping, after_round: Callable[[], None]) -> None:
+        self.shaping, self.after_round = shaping, after_round
         self.last = shaping.counters()
         self.runs: dict[str, list[dict[str, Counters]]] = {side: [] for side, _ in SIDES}
 
     def done(self, side: str) -> None:
         now = self.shaping.counters()
         self.runs[side].append({d: c.minus(self.last[d]) for d, c in now.items()})
+        if side == SIDES[-1][0]:  # the round's last command
+            self.after_round()
+            now = self.shaping.counters()
         self.last = now
 
     def rows(self, label: str) -> list[Row]:
@@ -194,6 +197,18 @@ class _Traffic:
                 )
             )
         return out
+
+
+def _vacuum(s3: SeaweedS3) -> None:
+    """Reclaim the bytes of the objects emptied so far (untimed, between rounds): SeaweedFS
+    keeps them in its volumes until a vacuum, and 5 rounds write ~13 GiB (the master's own
+    vacuum runs every 14 minutes, during a measurement if it runs at all)."""
+    flag = next(a for a in s3.server.argv if a.startswith("-master.port="))
+    host = s3.url.removeprefix("http://").rsplit(":", 1)[0]
+    url = f"http://{host}:{flag.split('=', 1)[1]}/vol/vacuum?garbageThreshold=0.001"
+    status = http_status(url, timeout=600)
+    if status != 200:
+        raise BenchError(f"SeaweedFS vacuum: HTTP {status} from {url}")
 
 
 def _nominal(rate: str) -> float:
