@@ -271,4 +271,8 @@ NOTES = (
     "commands of a round run back to back; every blob of the set is checked in the bucket "
     "with its size after each bucket sync and publish; ratios are of medians, per-round "
     "ratios of the same round. CPU seconds are read from /proc as in `bucket`.",
+    "Bytes through the link are tbf's byte counters of both ends, read as each command "
+    "exits (the harness's own checks reach the servers from the host side, not through the "
+    "link). Each rate has its own SeaweedFS, vacuumed after each round (untimed): it keeps "
+    "deleted objects' bytes until then.",
 )
