@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,27 +153,47 @@ def bucket_noop(ctx: Context) -> Result:
 
 
 def _cold(ctx: Context, s3: SeaweedS3, env: dict[str, str], client: Any) -> Result:
+    real = Pair(ctx, "real", s3, env)
+    rows, checks, extra = cold_rounds(ctx, real, client)
+    return _cold_big(ctx, s3, env, client, real, rows, checks, extra)
+
+
+def cold_rounds(
+    ctx: Context,
+    real: Pair,
+    client: Any,
+    *,
+    inside: Callable[[list[str]], list[str]] = list,
+    prefix: str = "",
+    where: str = "",
+    done: Callable[[str], None] = lambda _: None,
+) -> tuple[list[Row], list[Check], dict[str, object]]:
+    """Cold: sync into the bucket vs sync to disk + publish, interleaved, `ctx.runs` rounds.
+    ``inside`` wraps each measured command (e.g. into a network namespace); ``prefix``
+    starts each row's label and ``where`` ends each target's; ``done(side)`` is called as
+    each command exits (side: "bucket", "sync", "publish")."""
     rows: list[Row] = []
     checks: list[Check] = []
     extra: dict[str, object] = {}
-
-    # -- cold: sync into the bucket vs sync to disk + publish, interleaved ------------------
-    real = Pair(ctx, "real", s3, env)
+    s3, env = real.s3, real.env
     costs: dict[str, list[Costed]] = {"bucket": [], "sync": [], "publish": []}
     both: list[float] = []
     per_round: list[float] = []
     for i in range(ctx.runs):
-        ctx.log(f"  real: run {i + 1}/{ctx.runs}")
+        ctx.log(f"  real{where}: run {i + 1}/{ctx.runs}")
         _empty(client, s3.bucket, real.sync_prefix)
-        costs["bucket"].append(_costed(real.bucket_argv("sync", "-q"), env, s3, ctx))
+        costs["bucket"].append(_costed(inside(real.bucket_argv("sync", "-q")), env, s3, ctx))
+        done("bucket")
         real.check_bucket(client, real.sync_prefix)
         real.ws.reset_tree()
         _empty(client, s3.bucket, real.publish_prefix)
-        costs["sync"].append(_costed(real.ws.registrish("sync", "-q"), env, s3, ctx))
+        costs["sync"].append(_costed(inside(real.ws.registrish("sync", "-q")), env, s3, ctx))
+        done("sync")
         target = f"s3://{s3.bucket}/{real.publish_prefix}"
         costs["publish"].append(
-            _costed([*real.ws.registrish("publish", "-q"), target], env, s3, ctx)
+            _costed(inside([*real.ws.registrish("publish", "-q"), target]), env, s3, ctx)
         )
+        done("publish")
         real.check_bucket(client, real.publish_prefix)
         both.append(costs["sync"][-1].sample.seconds + costs["publish"][-1].sample.seconds)
         per_round.append(costs["bucket"][-1].sample.seconds / both[-1])
@@ -196,9 +216,9 @@ def _cold(ctx: Context, s3: SeaweedS3, env: dict[str, str], client: Any) -> Resu
         *(_cpu_rows(label, costs[key]) for key, label in _CPU_LABELS),
     ]
     checks += [
-        Check("bucket sync ≤ 0.6× sync + publish", f"{vs:.2f}×", vs <= 0.6),
+        Check(f"bucket sync ≤ 0.6× sync + publish{where}", f"{vs:.2f}×", vs <= 0.6),
         Check(
-            "peak RSS ≤ 150 MiB (realistic set)",
+            f"peak RSS ≤ 150 MiB (realistic set){where}",
             f"{real_rss.high:.0f} MiB (max over runs)",
             real_rss.high <= 150,
         ),
@@ -214,7 +234,19 @@ def _cold(ctx: Context, s3: SeaweedS3, env: dict[str, str], client: Any) -> Resu
             for key, runs in costs.items()
         },
     }
+    return [replace(r, label=prefix + r.label) for r in rows], checks, extra
 
+
+def _cold_big(
+    ctx: Context,
+    s3: SeaweedS3,
+    env: dict[str, str],
+    client: Any,
+    real: Pair,
+    rows: list[Row],
+    checks: list[Check],
+    extra: dict[str, object],
+) -> Result:
     # -- the big layer: local disk written and peak RSS (one run: it is slow) ---------------
     big = Pair(ctx, "big", s3, env)
     _empty(client, s3.bucket, big.sync_prefix)

@@ -8,7 +8,8 @@
 Data is generated offline, pushed once to a docker-registry on 127.0.0.1 and cached under
 --cache (default /tmp/registrish-bench/<scale>); later runs reuse it. Every server is
 started on a free loopback port (the serving scenario also on a veth pair into a network
-namespace it creates and removes: root and `ip`) and stopped by PID. Needs skopeo,
+namespace it creates and removes: root and `ip`; bucket_link shapes such a pair with `tc`)
+and stopped by PID. Needs skopeo,
 docker-registry, nginx, caddy, apache2, wrk, curl, umoci and /usr/bin/time (see .ci/run).
 """
 
@@ -30,12 +31,20 @@ for _p in (_REPO, _REPO / "tests"):
 
 from testbed.upstream import start_registry  # noqa: E402
 
-from bench import datagen, machine, report  # noqa: E402
+from bench import datagen, machine, netns, report  # noqa: E402
 from bench.measure import RequestCounter  # noqa: E402
 from bench.scenarios import SCENARIOS  # noqa: E402
-from bench.workspace import Context  # noqa: E402
+from bench.workspace import LINK_RATES, Context  # noqa: E402
 
 DEFAULT_CACHE = Path("/tmp/registrish-bench")  # noqa: S108 - a cache outside the repo, by design
+
+
+def _rate(text: str) -> str:
+    try:
+        netns.parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,6 +85,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="DIRECTIVES",
         help='serving: also measure the generated nginx config plus DIRECTIVES, e.g. "sendfile on;"',
+    )
+    p.add_argument(
+        "--link-rate",
+        action="append",
+        type=_rate,
+        metavar="RATE",
+        help="bucket_link: the link's rate each way, as tc reads it (repeatable; "
+        "default 1gbit and 500mbit)",
     )
     p.add_argument("--rebuild-data", action="store_true", help="push the data sets again")
     args = p.parse_args(argv)
@@ -136,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             log=lambda m: print(m, flush=True),
             networks=tuple(args.network or ("loopback", "veth")),
             nginx_variants=tuple(args.nginx_variant),
+            link_rates=tuple(args.link_rate or LINK_RATES),
         )
         ctx.work.mkdir(exist_ok=True)
         for name in names:

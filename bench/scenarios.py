@@ -14,6 +14,7 @@ from collections.abc import Callable
 from testbed.clients import read_dir_copy
 
 from .bucket import bucket, bucket_noop
+from .bucket_link import bucket_link
 from .datagen import TEN_LAYER_REF, DataSet, MiB
 from .huge import huge
 from .measure import BenchError, Sample, Stats, fresh_dir, timed
@@ -402,5 +403,6 @@ SCENARIOS: dict[str, Callable[[Context], Result]] = {
     "pull": pull,
     "huge": huge,
     "bucket": bucket,
+    "bucket_link": bucket_link,
     "bucket_noop": bucket_noop,
 }

@@ -27,6 +27,8 @@ from .measure import BenchError, RequestCounter, fresh_dir, timed
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: registrish is run from the checkout, whatever is installed.
 REGISTRISH_ENV = {"PYTHONPATH": str(REPO_ROOT)}
+#: The bucket_link scenario's default link rates, each way (bench/bucket_link.py says why).
+LINK_RATES = ("1gbit", "500mbit")
 
 
 @dataclass
@@ -44,6 +46,8 @@ class Context:
     #: Extra nginx endpoints for the serving scenario: the generated config plus these
     #: directives (e.g. "sendfile on; tcp_nopush on;"), to measure a setting.
     nginx_variants: tuple[str, ...] = ()
+    #: The bucket_link scenario's link rates, each way (`tc` rates: "1gbit", "500mbit").
+    link_rates: tuple[str, ...] = LINK_RATES
     _trees: dict[str, SyncedTree] = field(default_factory=dict)
 
     def dataset(self, name: str) -> DataSet:

@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from testbed.procs import require_binary
+from testbed.procs import missing, require_binary
 from testbed.s3 import require_boto3
 
 from bench import datagen
 from bench.machine import REQUIRED
 from bench.measure import BenchError, Stats, parse_wrk
+from bench.netns import parse_rate, rate_label, shaped, unavailable, veth_pair
 from bench.report import Check, Result, Row, render, splice
 from bench.scenarios import SCENARIOS
 
@@ -149,6 +150,11 @@ def test_smoke_every_scenario_produces_numbers(tmp_path: Path) -> None:
             assert len(by_measure) == 5, (network, endpoint)  # the manifest and 4 blob sizes
             for values in by_measure.values():
                 assert values and all(math.isfinite(v) and v > 0 for v in values)
+    # bucket_link: each default rate measured, and the harness's own check that tbf bound it
+    link = next(r for r in results if r["key"] == "bucket_link")
+    assert sorted(link["extra"]) == ["1gbit", "500mbit"]
+    bound = [c for c in link["checks"] if c["target"].startswith("the link is shaped")]
+    assert len(bound) == 2 and all(c["met"] for c in bound), bound
     text = out.read_text()
     for key in SCENARIOS:
         assert f"<!-- bench:{key} -->" in text and "FAILED" not in text
@@ -203,3 +209,43 @@ def test_huge_registry_storage_links_every_tag_as_a_push_would(tmp_path: Path) -
         "huge/r001": [tag_name(0), tag_name(1)],
     }
     assert skopeo_sample(repos, 10_000) == repos
+
+
+def test_parse_rate_reads_tc_rates() -> None:
+    assert parse_rate("1gbit") == 10**9
+    assert parse_rate("500mbit") == 5 * 10**8
+    assert parse_rate("2.5Gbit") == 25 * 10**8
+    assert (rate_label("1gbit"), rate_label("500mbit")) == ("1 Gbit/s", "500 Mbit/s")
+    for bad in ("1GB/s", "0mbit", "fast"):
+        with pytest.raises(ValueError, match="rate"):
+            parse_rate(bad)
+
+
+def _leftovers(namespace: str, link: str) -> list[str]:
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    dev = subprocess.run(["ip", "link", "show", "dev", link], capture_output=True, check=False)
+    return [namespace] * (namespace in netns.stdout) + [link] * (dev.returncode == 0)
+
+
+def test_shaped_pair_has_tbf_both_ways_and_nothing_outlives_a_failure() -> None:
+    reason = unavailable()
+    if reason is not None:
+        missing(reason)
+    require_binary("tc")
+    with (
+        pytest.raises(RuntimeError, match="a failing run"),
+        veth_pair() as veth,
+        shaped(veth, "100mbit") as shaping,
+    ):
+        # a tbf qdisc on each end's egress (counters raises without one)
+        assert set(shaping.counters()) == {"host→namespace", "namespace→host"}
+        raise RuntimeError("a failing run")
+    assert _leftovers(veth.namespace, veth.host_link) == []
+    with veth_pair() as veth:
+        with shaped(veth, "100mbit"):
+            pass
+        show = subprocess.run(
+            ["tc", "qdisc", "show", "dev", veth.host_link], capture_output=True, text=True
+        )
+        assert "tbf" not in show.stdout  # removed with the block, the pair still there
+    assert _leftovers(veth.namespace, veth.host_link) == []

@@ -60,6 +60,7 @@ def start_seaweedfs(
     list_for_anonymous: bool = True,
     virtual_hosted: bool = True,
     timeout: float = 60.0,
+    address: str = LOOPBACK,
 ) -> SeaweedS3:
     """Start ``weed mini`` with every port free and on 127.0.0.1, no telemetry, no UI.
 
@@ -69,8 +70,12 @@ def start_seaweedfs(
     ``list_for_anonymous``: without it S3 answers 403, not 404, for missing keys — which
     breaks registry clients that expect 404). ``virtual_hosted=False`` leaves out
     ``-s3.domainName``: every host then reads path-style (what docker-registry's S3 driver
-    sends). Stop it with ``s3.stop()`` (about 3 s).
+    sends). ``address`` other than 127.0.0.1 (a veth end the caller created) needs
+    ``virtual_hosted=False``: the domain trick names loopback. Stop it with ``s3.stop()``
+    (about 3 s).
     """
+    if virtual_hosted and address != LOOPBACK:
+        raise ValueError("virtual-hosted addressing works on 127.0.0.1 only")
     weed = require_binary("weed")
     tmp.mkdir(parents=True, exist_ok=True)
     anonymous_actions = [f"Read:{BUCKET}"] if public_read else []
@@ -94,7 +99,9 @@ def start_seaweedfs(
     attempts = 3
     for attempt in range(1, attempts + 1):
         try:
-            return _start_once(weed, tmp, config, timeout, access_key, secret_key, virtual_hosted)
+            return _start_once(
+                weed, tmp, config, timeout, access_key, secret_key, virtual_hosted, address
+            )
         except ServerError:
             if attempt == attempts:
                 raise
@@ -109,6 +116,7 @@ def _start_once(
     access_key: str,
     secret_key: str,
     virtual_hosted: bool,
+    address: str,
 ) -> SeaweedS3:
     port = free_port()
     ports = {
@@ -130,8 +138,8 @@ def _start_once(
         weed,
         "mini",
         f"-dir={tmp / 'data'}",
-        f"-ip={LOOPBACK}",
-        f"-ip.bind={LOOPBACK}",
+        f"-ip={address}",
+        f"-ip.bind={address}",
         "-master.telemetry=false",
         "-admin.ui=false",
         "-webdav=false",
@@ -144,7 +152,7 @@ def _start_once(
     sockets = short_tmpdir("sw-")
     argv += [f"-s3.localSocket={sockets}/s3.sock", f"-filer.localSocket={sockets}/filer.sock"]
     (tmp / "data").mkdir(exist_ok=True)
-    url = f"http://{LOOPBACK}:{port}"
+    url = f"http://{address}:{port}"
     server = Server("seaweedfs", argv, log_dir=tmp, url=url).start()
     # the bucket is created on startup; ready when its root answers (200 list / 403)
     try:
@@ -159,7 +167,7 @@ def _start_once(
     return SeaweedS3(
         port=port,
         url=url,
-        api_url=f"http://localhost:{port}",
+        api_url=f"http://localhost:{port}" if address == LOOPBACK else url,
         bucket=BUCKET,
         access_key=access_key,
         secret_key=secret_key,

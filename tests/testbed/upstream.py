@@ -88,13 +88,17 @@ class Registry:
         return f"{self.host}/{name}{sep}{tag_or_digest}"
 
 
-def start_registry(tmp: Path, *, name: str = "docker-registry", timeout: float = 30.0) -> Registry:
+def start_registry(
+    tmp: Path, *, name: str = "docker-registry", timeout: float = 30.0, address: str = LOOPBACK
+) -> Registry:
     """Start ``docker-registry serve`` with its own config under ``tmp``.
 
-    Filesystem storage in ``tmp/storage``, deletes enabled, bound to 127.0.0.1 on a free
+    Filesystem storage in ``tmp/storage``, deletes enabled, bound to ``address`` (127.0.0.1,
+    or a veth end the caller created: see :func:`~testbed.procs.own_address`) on a free
     port (never the packaged ``/etc/docker/registry/config.yml``: htpasswd, all interfaces).
     The caller stops ``registry.server``.
     """
+    check_own_host(address)
     binary = require_binary("docker-registry")
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -109,13 +113,13 @@ def start_registry(tmp: Path, *, name: str = "docker-registry", timeout: float =
             "delete": {"enabled": True},
             "cache": {"blobdescriptor": "inmemory"},
         },
-        "http": {"addr": f"{LOOPBACK}:{port}", "headers": {"X-Content-Type-Options": ["nosniff"]}},
+        "http": {"addr": f"{address}:{port}", "headers": {"X-Content-Type-Options": ["nosniff"]}},
     }
     config.write_text(json.dumps(doc, indent=2))
-    url = f"http://{LOOPBACK}:{port}"
+    url = f"http://{address}:{port}"
     server = Server(name, [binary, "serve", str(config)], log_dir=tmp, url=url).start()
     server.wait_http(f"{url}/v2/", status=200, timeout=timeout)
-    return Registry(host=f"{LOOPBACK}:{port}", url=url, root=storage, server=server)
+    return Registry(host=f"{address}:{port}", url=url, root=storage, server=server)
 
 
 def start_htpasswd_registry(
