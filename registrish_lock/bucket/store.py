@@ -129,8 +129,8 @@ class BucketStore:
         if self._observed:  # again (`sync --prune`): what this run wrote is known here
             recorded = dict(self._entries)
         else:
-            state = early.state if early else self.read(bucket_state.STATE_REL)
-            recorded, self._configs, self._browse = bucket_state.read_state(state)
+            saved = early.state if early else _read_state(self.s3, self.target)
+            recorded, self._configs, self._browse = saved
             self._observed = True
         listed = self._listed = early.listing if early else self.listing()
         seen = bucket_state.observe(listed, recorded, self._read)
@@ -427,19 +427,24 @@ class BucketStore:
 
 @dataclass(frozen=True)
 class Prefetched:
-    """The state object's bytes (None: absent) and the listing (`list_tree`), read before
-    the store was made, concurrently (`prefetch`)."""
+    """The state object (read) and the listing (`list_tree`), fetched before the store
+    was made, concurrently (`prefetch`)."""
 
-    state: bytes | None
+    state: bucket_state.Recorded
     listing: dict[str, RemoteObject]
 
 
 def prefetch(s3: Boto3Store, target: S3Target) -> Prefetched:
-    """What a first `observe` reads: the state object's GET sent beside the listing's."""
-    state = background(lambda: get_object(s3, target, bucket_state.STATE_REL), "bucket-state")
+    """What a first `observe` reads: the state object fetched and decoded beside the
+    listing (while its pages are awaited)."""
+    state = background(lambda: _read_state(s3, target), "bucket-state")
     listing = list_tree(s3, target)
-    got = state.result()
-    return Prefetched(got[0] if got is not None else None, listing)
+    return Prefetched(state.result(), listing)
+
+
+def _read_state(s3: Boto3Store, target: S3Target) -> bucket_state.Recorded:
+    got = get_object(s3, target, bucket_state.STATE_REL)
+    return bucket_state.read_state(got[0] if got is not None else None)
 
 
 def list_tree(s3: Boto3Store, target: S3Target) -> dict[str, RemoteObject]:
