@@ -6,13 +6,12 @@ the listing sends 1 GET + 3 LISTs and still sees an object deleted on the last p
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.buckets import s3_client
+from support.buckets import run_json, s3_client, synced_mirror
 from testbed.images import SeededUpstream
 from testbed.s3 import SeaweedS3, aws_environment
 
@@ -20,7 +19,6 @@ from registrish_lock.bucket import listxml
 from registrish_lock.bucket.client import PublishError
 from registrish_lock.bucket.session import open_bucket
 from registrish_lock.bucket.target import S3Target
-from registrish_lock.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -73,13 +71,6 @@ def test_a_body_it_cannot_read_is_left_to_botocore() -> None:
     assert error["body"] is body
 
 
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
-    capsys.readouterr()
-    code = main([*argv, "--json"])
-    out = capsys.readouterr().out
-    return code, json.loads(out) if out.strip() else {}
-
-
 def test_a_noop_over_three_pages_counts_its_requests_and_sees_the_last_page(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -88,15 +79,7 @@ def test_a_noop_over_three_pages_counts_its_requests_and_sees_the_last_page(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     aws_environment(monkeypatch, tmp_path, seaweed)
-    up = seeded_upstream.host
-    config = tmp_path / "bucket.toml"
-    config.write_text(
-        f'[registry]\nroot = "s3://{seaweed.bucket}/mirror"\n\n'
-        f'[[image]]\nsource = "{up}/app-oci"\nname = "app-oci"\ntags = ["v1"]\n\n'
-        f'[registries."{up}"]\ninsecure = true\n'
-    )
-    assert main(["lock", "-c", str(config)]) == 0
-    assert main(["sync", "-c", str(config)]) == 0
+    config = synced_mirror(tmp_path, f"s3://{seaweed.bucket}/mirror", seeded_upstream.host)
     plain = s3_client(seaweed)
     # 2,100 objects sorting before the tree's (not registry paths: the tree ignores them)
     # push its keys onto the listing's third page

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.buckets import synced_mirror
 from testbed.bucketchild import expect_line, spawn
 from testbed.images import SeededUpstream
 from testbed.procs import free_port
@@ -44,16 +45,7 @@ def config(
     seeded_upstream: SeededUpstream,
 ) -> Path:
     aws_environment(monkeypatch, tmp_path, seaweed)
-    up = seeded_upstream.host
-    path = tmp_path / "bucket.toml"
-    path.write_text(
-        f'[registry]\nroot = "s3://{seaweed.bucket}"\n\n'
-        f'[[image]]\nsource = "{up}/{NAME}"\nname = "{NAME}"\ntags = ["v1"]\n\n'
-        f'[registries."{up}"]\ninsecure = true\n'
-    )
-    assert main(["lock", "-c", str(path)]) == 0
-    assert main(["sync", "-c", str(path)]) == 0
-    return path
+    return synced_mirror(tmp_path, f"s3://{seaweed.bucket}", seeded_upstream.host, NAME)
 
 
 def client() -> Any:
