@@ -23,12 +23,12 @@ from ..tree.plan import Plan
 from ..tree.store import TreeStore
 from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
+from ..upstream.sources import open_sources
 from . import add_frozen_option, add_jobs_option, add_no_wait_option
 
 if TYPE_CHECKING:
     from ..bucket.client import Boto3Store
     from ..bucket.session import Opened
-    from ..upstream.sources import SourceRouter
 
 NAME = "sync"
 HELP = "reconcile the static tree with registrish.lock"
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         from ..serving.hosts.netlify import cloudflare_preflight
 
         cloudflare_preflight(lock)
-    upstream = LazyUpstream(lambda: _open_sources(config, console, args.jobs))
+    upstream = LazyUpstream(lambda: open_sources(config, console, jobs=args.jobs))
     try:
         with tree_lock(layout, console, wait=not args.no_wait):
             scope = None
@@ -213,12 +213,6 @@ def _collector_paused(paused: bool) -> Iterator[None]:
         gc.enable()
 
 
-def _open_sources(config: Config, console: Console, jobs: int) -> SourceRouter:
-    from ..upstream.sources import open_sources  # only when a blob or manifest is fetched
-
-    return open_sources(config, console, jobs=jobs)
-
-
 class _WorkToDo(Exception):
     """The lease-free probe of a bucket sync would need the upstream."""
 
@@ -237,7 +231,7 @@ def _sync_bucket(
 
     assert config.bucket is not None, "a bucket root"
     probing = not (args.dry_run or args.verify or args.prune)
-    upstream = LazyUpstream(lambda: _open_sources(config, console, args.jobs))
+    upstream = LazyUpstream(lambda: open_sources(config, console, jobs=args.jobs))
     sent, rendered = 0, None
     try:
         with _collector_paused(probing):
