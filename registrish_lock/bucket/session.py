@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..console import Console
 from ..lock.config import Config
@@ -33,12 +34,15 @@ from .target import S3Target
 
 @dataclass
 class RequestCount:
-    """Requests sent to the bucket (every attempt, counted as botocore sends it)."""
+    """Requests sent to the bucket (every attempt, counted as botocore sends it). Exact
+    with requests sent from several threads (a no-op's state GET beside its listing)."""
 
     sent: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __call__(self, **_: object) -> None:
-        self.sent += 1  # one += under the GIL: the counter needs no lock for an estimate
+        with self._lock:
+            self.sent += 1
 
 
 def fewer_malloc_arenas() -> None:
@@ -82,7 +86,7 @@ class Opened:
 
 def open_early(target: S3Target, *, jobs: int, prefetch: bool) -> Future[Opened]:
     """The bucket opened on a thread of its own while the caller reads the lock: the client
-    (a few tenths of a second of botocore imports and model loading), then with `prefetch`
+    (about a tenth of a second of botocore imports and model loading), then with `prefetch`
     the state object and the listing (`store.prefetch`: only for a block without lease, as
     a leased one must observe after taking it). Pass the result to `bucket_tree`."""
     fewer_malloc_arenas()  # before the threads start
