@@ -3,6 +3,10 @@ top cProfile entries by cumulative time and the slowest imports (`python3 -X imp
 
     python3 bench/bucket_profile.py [--quick] [--cache DIR] [--top 20]
 
+cProfile sees the main thread only: the bucket's client, state object and listing are read
+on threads of their own while it reads the lock (their time shows as the wait in
+`Future.result`); `-X importtime` covers every thread.
+
 Uses the harness's cached data and upstream (`bench/run.py` builds them on first use) and a
 SeaweedFS on 127.0.0.1 started and stopped here, as the `bucket` scenario does.
 """

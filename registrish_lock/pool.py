@@ -84,6 +84,22 @@ def map_parallel(fn: Callable[[T], R], items: Sequence[T], jobs: int) -> list[R]
     return [results[i] for i in range(len(items))]
 
 
+def background(fn: Callable[[], R], name: str) -> Future[R]:
+    """`fn()` on a daemon thread of its own, its result (or exception) in the future: for
+    reads whose wait overlaps the caller's work. Daemon: a run that fails meanwhile exits
+    at once instead of waiting for a slow store (the thread's work is then dropped)."""
+    done: Future[R] = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(fn())
+        except BaseException as exc:  # raised again by done.result()
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return done
+
+
 def _cancel(futures: Iterable[Future[None]]) -> None:
     for future in futures:
         future.cancel()

@@ -7,14 +7,19 @@ same-sized bytes. Real processes on SeaweedFS: marked slow."""
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.buckets import synced_mirror
 from testbed.bucketchild import expect_line, spawn
 from testbed.images import SeededUpstream
+from testbed.procs import free_port
 from testbed.s3 import SeaweedS3, aws_environment
 
 from registrish_lock.bucket.state import RESERVED
@@ -40,16 +45,7 @@ def config(
     seeded_upstream: SeededUpstream,
 ) -> Path:
     aws_environment(monkeypatch, tmp_path, seaweed)
-    up = seeded_upstream.host
-    path = tmp_path / "bucket.toml"
-    path.write_text(
-        f'[registry]\nroot = "s3://{seaweed.bucket}"\n\n'
-        f'[[image]]\nsource = "{up}/{NAME}"\nname = "{NAME}"\ntags = ["v1"]\n\n'
-        f'[registries."{up}"]\ninsecure = true\n'
-    )
-    assert main(["lock", "-c", str(path)]) == 0
-    assert main(["sync", "-c", str(path)]) == 0
-    return path
+    return synced_mirror(tmp_path, f"s3://{seaweed.bucket}", seeded_upstream.host, NAME)
 
 
 def client() -> Any:
@@ -74,6 +70,7 @@ def test_a_noop_takes_no_lease_and_a_change_still_needs_it(
         assert code == 0 and not noop["plan"]["pending"], noop
         assert noop["summary"]["upstream_requests"] == 0
         assert noop["bucket_requests"] == 2, noop["bucket_requests"]
+        assert gc.isenabled()  # paused for the probe only
 
         # a tag rewritten behind registrish's back: check fails, sync has work and waits
         # for nobody (--no-wait): exit 5 naming the holder, the bucket untouched
@@ -120,3 +117,30 @@ def test_verify_finds_a_blob_replaced_by_same_sized_bytes(
     code, verified = run_json(capsys, "sync", "-c", str(config), "--verify")
     assert code == 0 and verified["summary"]["fetched_blobs"] >= 1, verified
     assert s3.get_object(Bucket=seaweed.bucket, Key=victim["Key"])["Body"].read() == good
+
+
+def test_a_lock_error_comes_first_while_the_bucket_is_opened_beside(tmp_path: Path) -> None:
+    """The bucket is opened on a thread while the lock is read: a missing lock is still
+    the one error reported (exit 2), even with nothing listening at the endpoint."""
+    config = tmp_path / "bucket.toml"
+    config.write_text('[registry]\nroot = "s3://bucket"\n')
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "registrish_lock", "sync", "-c", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "bucket.lock: no such file" in proc.stderr and "Traceback" not in proc.stderr

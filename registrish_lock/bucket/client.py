@@ -196,6 +196,24 @@ def _fast_timestamps(session: Any) -> None:
     factory.set_parser_defaults(timestamp_parser=parse)
 
 
+def _s3_data_only(session: Any) -> None:
+    """Creating the client, botocore lists the data directories of all of its ~400
+    services (twice: 2,500 stat calls, a third of the client's creation) only to check
+    that "s3" is one; this session makes S3 clients only, so only S3's are looked at."""
+    from botocore.exceptions import DataNotFoundError
+
+    loader = session.get_component("data_loader")
+
+    def available(type_name: str) -> list[str]:
+        try:
+            loader.list_api_versions("s3", type_name)
+        except DataNotFoundError:
+            return []
+        return ["s3"]
+
+    loader.list_available_services = available
+
+
 def open_store(
     target: S3Target,
     *,
@@ -242,6 +260,7 @@ def open_store(
     try:
         session = botocore.session.Session(profile=profile)
         _fast_timestamps(session)
+        _s3_data_only(session)
         client = session.create_client(
             "s3", region_name=region, endpoint_url=endpoint_url, config=BotoConfig(**options)
         )

@@ -15,26 +15,34 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 from ..console import Console
 from ..lock.config import Config
+from ..pool import background
 from ..serving.routes import Policy
+from . import listxml
 from .client import Boto3Store, open_store
 from .state import RESERVED
-from .store import BucketStore
+from .store import BucketStore, Prefetched
+from .store import prefetch as store_prefetch
 from .target import S3Target
 
 
 @dataclass
 class RequestCount:
-    """Requests sent to the bucket (every attempt, counted as botocore sends it)."""
+    """Requests sent to the bucket (every attempt, counted as botocore sends it). Exact
+    with requests sent from several threads (a no-op's state GET beside its listing)."""
 
     sent: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __call__(self, **_: object) -> None:
-        self.sent += 1  # one += under the GIL: the counter needs no lock for an estimate
+        with self._lock:
+            self.sent += 1
 
 
 def fewer_malloc_arenas() -> None:
@@ -62,7 +70,34 @@ def open_bucket(target: S3Target, *, jobs: int) -> Boto3Store:
     # open_store relaxes boto3's newer default checksums for third-party endpoints (R2,
     # MinIO, SeaweedFS); an endpoint set in the environment is one.
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return open_store(target, endpoint_url=endpoint or None, jobs=jobs)
+    store = open_store(target, endpoint_url=endpoint or None, jobs=jobs)
+    listxml.register(store.client)  # the tree reads Key, Size and ETag of its listings
+    return store
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A bucket client, the count of its requests, and what it read ahead (or None)."""
+
+    s3: Boto3Store
+    count: RequestCount
+    prefetched: Prefetched | None
+
+
+def open_early(target: S3Target, *, jobs: int, prefetch: bool) -> Future[Opened]:
+    """The bucket opened on a thread of its own while the caller reads the lock: the client
+    (about a tenth of a second of botocore imports and model loading), then with `prefetch`
+    the state object and the listing (`store.prefetch`: only for a block without lease, as
+    a leased one must observe after taking it). Pass the result to `bucket_tree`."""
+    fewer_malloc_arenas()  # before the threads start
+
+    def opened() -> Opened:
+        s3 = open_bucket(target, jobs=jobs)
+        count = RequestCount()
+        s3.client.meta.events.register("before-send.s3", count)
+        return Opened(s3, count, store_prefetch(s3, target) if prefetch else None)
+
+    return background(opened, "bucket-open")
 
 
 @contextlib.contextmanager
@@ -74,17 +109,22 @@ def bucket_tree(
     write: bool,
     wait: bool = True,
     holder: str = "registrish",
-    client: Boto3Store | None = None,
+    client: Boto3Store | Opened | None = None,
 ) -> Iterator[tuple[BucketStore, RequestCount]]:
     """The config's bucket as a tree store, leased for the block when `write` (`holder`
     names the command in the lease, for whoever waits for it). `client`: one an earlier
-    block of this run opened (creating one costs a few tenths of a second)."""
+    block of this run opened (creating one costs a few tenths of a second), or what
+    `open_early` opened (its requests so far counted in this block's)."""
     target = config.bucket
     assert target is not None, "a bucket root"
     fewer_malloc_arenas()
-    s3 = client if client is not None else open_bucket(target, jobs=jobs)
-    count = RequestCount()
-    s3.client.meta.events.register("before-send.s3", count)
+    early = client if isinstance(client, Opened) else None
+    if early is not None:
+        s3, count = early.s3, early.count
+    else:
+        s3 = client if isinstance(client, Boto3Store) else open_bucket(target, jobs=jobs)
+        count = RequestCount()
+        s3.client.meta.events.register("before-send.s3", count)
     policy = Policy(tag_cache_seconds=config.tag_cache_seconds)
     with contextlib.ExitStack() as stack:
         check = None
@@ -108,7 +148,14 @@ def bucket_tree(
             if aborted:
                 console.info(f"aborted {aborted} unfinished upload(s) a previous run left")
         store = BucketStore(
-            s3, target, policy=policy, console=console, jobs=jobs, between_phases=check
+            s3,
+            target,
+            policy=policy,
+            console=console,
+            jobs=jobs,
+            between_phases=check,
+            # a leased block observes after taking the lease
+            prefetched=early.prefetched if early is not None and not write else None,
         )
         stack.callback(store.close)
         yield store, count

@@ -27,13 +27,13 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..console import Console
 from ..lock.lockfile import Lock
 from ..oci.manifest import Manifest, sha256_digest
-from ..pool import map_parallel
+from ..pool import background, map_parallel
 from ..serving.routes import BROWSE_REL, Kind, Miss, Policy, classify, object_headers
 from ..tree import gc as gc_mod
 from ..tree.layout import Layout, is_last_page, split_twin
@@ -71,8 +71,11 @@ class BucketStore:
         console: Console,
         jobs: int = 8,
         between_phases: Callable[[], None] | None = None,
+        prefetched: Prefetched | None = None,
     ) -> None:
         self.s3, self.client, self.target = store, store.client, target
+        #: what the first `observe` reads instead of asking the bucket
+        self._prefetched = prefetched
         self.policy, self.console = policy, console
         self._between = between_phases or (lambda: None)
         self._jobs = max(1, jobs)
@@ -106,24 +109,10 @@ class BucketStore:
 
     def listing(self) -> dict[str, RemoteObject]:
         """Every object under the prefix outside the reserved one, keyed relative to it."""
-        prefix = self.target.list_prefix
-        result = {}
-        for obj in self.s3.list_objects(prefix):
-            rel = obj.key[len(prefix) :]
-            if rel and not rel.startswith(bucket_state.RESERVED):
-                result[rel] = RemoteObject(rel, obj.size, obj.etag)
-        return result
+        return list_tree(self.s3, self.target)
 
     def _get(self, rel: str) -> tuple[bytes, str | None] | None:
-        from ._s3 import botocore_errors, client_error, error_code
-
-        try:
-            answer = self.client.get_object(Bucket=self.target.bucket, Key=self._key(rel))
-            return answer["Body"].read(), answer.get("ContentType")
-        except botocore_errors() as exc:
-            if error_code(exc) in ("NoSuchKey", "404"):
-                return None
-            raise client_error(exc, f"reading s3://{self.target.bucket}/{self._key(rel)}") from None
+        return get_object(self.s3, self.target, rel)
 
     def read(self, rel: str) -> bytes | None:
         """The object's bytes; None when absent."""
@@ -136,14 +125,14 @@ class BucketStore:
 
     def observe(self, *, verify: bool = False, names: frozenset[str] | None = None) -> TreeState:
         del names  # one listing reads the whole bucket anyway
+        early, self._prefetched = self._prefetched, None
         if self._observed:  # again (`sync --prune`): what this run wrote is known here
             recorded = dict(self._entries)
         else:
-            got = self._get(bucket_state.STATE_REL)
-            saved = bucket_state.read_state(got[0] if got is not None else None)
+            saved = early.state if early else _read_state(self.s3, self.target)
             recorded, self._configs, self._browse = saved
             self._observed = True
-        listed = self._listed = self.listing()
+        listed = self._listed = early.listing if early else self.listing()
         seen = bucket_state.observe(listed, recorded, self._read)
         self._entries, self._blob_keys = seen.entries, seen.blob_keys
         self._manifest_bytes = dict(seen.state.manifest_bytes)
@@ -434,6 +423,53 @@ class BucketStore:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._parts.close()
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    """The state object (read) and the listing (`list_tree`), fetched before the store
+    was made, concurrently (`prefetch`)."""
+
+    state: bucket_state.Recorded
+    listing: dict[str, RemoteObject]
+
+
+def prefetch(s3: Boto3Store, target: S3Target) -> Prefetched:
+    """What a first `observe` reads: the state object fetched and decoded beside the
+    listing (while its pages are awaited)."""
+    state = background(lambda: _read_state(s3, target), "bucket-state")
+    listing = list_tree(s3, target)
+    return Prefetched(state.result(), listing)
+
+
+def _read_state(s3: Boto3Store, target: S3Target) -> bucket_state.Recorded:
+    got = get_object(s3, target, bucket_state.STATE_REL)
+    return bucket_state.read_state(got[0] if got is not None else None)
+
+
+def list_tree(s3: Boto3Store, target: S3Target) -> dict[str, RemoteObject]:
+    """Every object under the prefix outside the reserved one, keyed relative to it."""
+    prefix = target.list_prefix
+    result = {}
+    for obj in s3.list_objects(prefix):
+        rel = obj.key[len(prefix) :]
+        if rel and not rel.startswith(bucket_state.RESERVED):
+            result[rel] = RemoteObject(rel, obj.size, obj.etag)
+    return result
+
+
+def get_object(s3: Boto3Store, target: S3Target, rel: str) -> tuple[bytes, str | None] | None:
+    """The object's bytes and Content-Type; None when absent."""
+    from ._s3 import botocore_errors, client_error, error_code
+
+    key = target.key(rel)
+    try:
+        answer = s3.client.get_object(Bucket=target.bucket, Key=key)
+        return answer["Body"].read(), answer.get("ContentType")
+    except botocore_errors() as exc:
+        if error_code(exc) in ("NoSuchKey", "404"):
+            return None
+        raise client_error(exc, f"reading s3://{target.bucket}/{key}") from None
 
 
 def _kind(rel: str) -> Kind:

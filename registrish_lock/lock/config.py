@@ -14,9 +14,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from typing import TYPE_CHECKING, Any
 
 from ..bucket.target import S3Target, parse_s3_url
 from ..errors import ConfigError, ReferenceError_, RegistrishError
@@ -36,6 +34,9 @@ from ..tls import TLS_KEYS, Address, ServerTls, parse_server_tls
 from ..tree.layout import Layout, path_collisions
 from . import fasttoml
 from .tomlreader import Reader
+
+if TYPE_CHECKING:
+    from packaging.specifiers import SpecifierSet
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -446,6 +447,9 @@ def _parse_image(
     versions = None
     if "versions" in raw:
         spec_text = r.string(raw["versions"], f"{key}.versions")
+        # imported here: 13 ms of every start-up otherwise, for a key few configs have
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
         try:
             versions = SpecifierSet(spec_text)
         except InvalidSpecifier:

@@ -25,7 +25,7 @@ from typing import Any
 from ..console import human_bytes
 from ..oci import mediatypes
 from .desired import Desired, Foreign, WantBlob, WantManifest
-from .layout import Layout, is_last_page
+from .layout import is_last_page
 from .state import TreeState, manifest_ref_of
 
 # --- the plan ------------------------------------------------------------------------------
@@ -185,21 +185,22 @@ def _rel(item: WantBlob | DocWrite | Removal) -> str:
 
 def _manifest_write(want: WantManifest, state: TreeState) -> ManifestWrite | None:
     """None when the exact file and its typed twin already hold the manifest."""
+    twin = want.twin
     old = state.manifest_digests.get(want.rel)
-    twin_ok = state.manifest_digests.get(want.twin) == want.digest
-    stale = _stale_twins(want, state)
+    twin_ok = state.manifest_digests.get(twin) == want.digest
+    stale = _stale_twins(want, twin, state)
     if old == want.digest and twin_ok and not stale:
         return None
     return ManifestWrite(want, old, stale)
 
 
-def _stale_twins(want: WantManifest, state: TreeState) -> tuple[str, ...]:
+def _stale_twins(want: WantManifest, twin: str, state: TreeState) -> tuple[str, ...]:
+    """The twins of `want`'s other kinds the tree holds. `twin` (its own, validated) ends
+    in its kind: the others are that path with another kind (building and validating
+    each again was half of this diff's time for a tree's manifests)."""
+    base = twin[: len(twin) - len(want.kind)]  # `v2/<name>/manifests/<ref>.~`
     return tuple(
-        Layout.rel_manifest_twin(want.name, want.ref, mediatypes.TYPE_OF_KIND[kind])
-        for kind in mediatypes.KINDS
-        if kind != want.kind
-        and Layout.rel_manifest_twin(want.name, want.ref, mediatypes.TYPE_OF_KIND[kind])
-        in state.files
+        base + kind for kind in mediatypes.KINDS if kind != want.kind and base + kind in state.files
     )
 
 

@@ -111,3 +111,17 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[
     capsys.readouterr()
     code = main([*argv, "--json"])
     return code, json.loads(capsys.readouterr().out)
+
+
+def synced_mirror(tmp: Path, root: str, upstream: str, name: str = "app-oci") -> Path:
+    """`tmp/bucket.toml` mirroring `name:v1` of the seeded upstream at host `upstream`
+    into `root` (an `s3://` URL), locked and synced once."""
+    path = tmp / "bucket.toml"
+    path.write_text(
+        f'[registry]\nroot = "{root}"\n\n'
+        f'[[image]]\nsource = "{upstream}/{name}"\nname = "{name}"\ntags = ["v1"]\n\n'
+        f'[registries."{upstream}"]\ninsecure = true\n'
+    )
+    assert main(["lock", "-c", str(path)]) == 0
+    assert main(["sync", "-c", str(path)]) == 0
+    return path
