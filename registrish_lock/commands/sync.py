@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, NoReturn
 from ..console import Console
 from ..errors import ExitCode, StaleLockError
 from ..lock.config import Config, load_config
-from ..lock.lockfile import Lock, read_lock, read_lock_bytes
+from ..lock.lockfile import Lock, read_lock
 from ..progress import Stats, make_progress
 from ..tree import batched, record
 from ..tree.apply import LazyUpstream, SyncResult, sync_tree
@@ -226,7 +225,7 @@ def _sync_bucket(
             # are read on a thread of their own while this one reads the lock
             prefetch = probing or args.dry_run
             opening = open_early(config.bucket, jobs=args.jobs, prefetch=prefetch)
-            lock_sha256 = lock_file_sha256(config.lock_path)  # the browse page's fingerprint
+            lock_sha256 = record.lock_file_sha256(config.lock_path)  # the browse page's fingerprint
             lock = read_lock(config.lock_path, sha256=lock_sha256)
             lock = fresh_lock(config, lock, frozen=args.frozen)
             client: Boto3Store | Opened = opening.result()
