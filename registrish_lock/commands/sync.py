@@ -225,7 +225,8 @@ def _sync_bucket(
             # are read on a thread of their own while this one reads the lock
             prefetch = probing or args.dry_run
             opening = open_early(config.bucket, jobs=args.jobs, prefetch=prefetch)
-            lock_sha256 = record.lock_file_sha256(config.lock_path)  # the browse page's fingerprint
+            # the lock's sha256 is the browse page's fingerprint
+            lock_sha256 = record.lock_file_sha256(config.lock_path)
             lock = read_lock(config.lock_path, sha256=lock_sha256)
             lock = fresh_lock(config, lock, frozen=args.frozen)
             client: Boto3Store | Opened = opening.result()
