@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from support.buckets import expected_bucket
-from support.memory_bucket import MemoryStore, md5
+from support.memory_bucket import POLICY, MemoryStore, md5, run_publish
 from support.trees import build_tree
 
 from registrish_lock.bucket.client import MissingExtraError, RemoteObject, open_store
@@ -21,8 +21,7 @@ from registrish_lock.cli import main
 from registrish_lock.commands import publish as publish_cmd
 from registrish_lock.console import Console
 from registrish_lock.errors import ExitCode, IntegrityError, RegistrishError
-from registrish_lock.progress import QuietProgress
-from registrish_lock.serving.publish import collect_objects, publish
+from registrish_lock.serving.publish import collect_objects
 from registrish_lock.serving.publish_plan import (
     PING_KEY,
     LocalObject,
@@ -31,28 +30,10 @@ from registrish_lock.serving.publish_plan import (
     objects_in_tree,
     plan_publish,
 )
-from registrish_lock.serving.routes import IMMUTABLE, JSON, OCTET_STREAM, Policy
+from registrish_lock.serving.routes import IMMUTABLE, JSON, OCTET_STREAM
 from registrish_lock.tree.layout import Layout
 from registrish_lock.tree.state import MAX_DOC_BYTES, FileInfo, TreeState
 from registrish_lock.tree.treelock import tree_lock
-
-POLICY = Policy(tag_cache_seconds=60)
-
-
-def run_publish(
-    root: Path, store: MemoryStore, target: S3Target | None = None, **kwargs: Any
-) -> Any:
-    return publish(
-        layout=Layout(root),
-        target=target or S3Target("bucket"),
-        store=store,
-        policy=POLICY,
-        console=Console(verbosity=-1),
-        progress=QuietProgress(),
-        jobs=4,
-        **kwargs,
-    )
-
 
 # --- target URL ------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from support.buckets import bucket_listing, s3_client
-from support.memory_bucket import MemoryStore, sha256_of
+from support.memory_bucket import POLICY, MemoryStore, run_publish, sha256_of
 from support.trees import build_tree
 from testbed.s3 import SeaweedS3, aws_environment
 
@@ -20,15 +20,12 @@ from registrish_lock.bucket.client import RemoteObject
 from registrish_lock.bucket.target import S3Target
 from registrish_lock.cli import main
 from registrish_lock.commands import publish as publish_cmd
-from registrish_lock.console import Console
 from registrish_lock.errors import IntegrityError
-from registrish_lock.progress import QuietProgress
-from registrish_lock.serving.publish import SINGLE_PUT_MAX, collect_objects, publish
+from registrish_lock.serving.publish import SINGLE_PUT_MAX, PublishResult, collect_objects
 from registrish_lock.serving.publish_plan import LocalObject, Phase, plan_publish
-from registrish_lock.serving.routes import IMMUTABLE, OCTET_STREAM, Policy
+from registrish_lock.serving.routes import IMMUTABLE, OCTET_STREAM
 from registrish_lock.tree.layout import Layout
 
-POLICY = Policy(tag_cache_seconds=60)
 EXTRA = "zz-extra"  # sorts after every repository of `build_tree`: its keys are the copies
 
 
@@ -52,17 +49,8 @@ def shared_tree(root: Path) -> dict[str, Path]:
     return files
 
 
-def run(root: Path, store: MemoryStore, **kwargs: Any) -> Any:
-    return publish(
-        layout=Layout(root),
-        target=S3Target("bucket", "reg"),
-        store=store,
-        policy=POLICY,
-        console=Console(verbosity=-1),
-        progress=QuietProgress(),
-        jobs=4,
-        **kwargs,
-    )
+def run(root: Path, store: MemoryStore, **kwargs: Any) -> PublishResult:
+    return run_publish(root, store, S3Target("bucket", "reg"), **kwargs)
 
 
 def test_plan_copies_a_digest_from_this_run_or_from_a_trusted_key() -> None:

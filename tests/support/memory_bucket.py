@@ -7,9 +7,19 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from registrish_lock.bucket.client import RemoteObject, file_mismatch
+from registrish_lock.bucket.target import S3Target
+from registrish_lock.console import Console
 from registrish_lock.errors import RegistrishError
+from registrish_lock.progress import QuietProgress
+from registrish_lock.serving.publish import PublishResult, publish
+from registrish_lock.serving.routes import Policy
+from registrish_lock.tree.layout import Layout
+
+#: The policy of the in-memory publishes (tags cached a minute).
+POLICY = Policy(tag_cache_seconds=60)
 
 
 def md5(data: bytes) -> str:
@@ -104,3 +114,19 @@ class MemoryStore:
             self.deletes.append(key)
             self.objects.pop(key, None)
             self.metadata.pop(key, None)
+
+
+def run_publish(
+    root: Path, store: MemoryStore, target: S3Target | None = None, **kwargs: Any
+) -> PublishResult:
+    """`publish` the tree at `root` into `store` (quietly, 4 jobs, `POLICY`)."""
+    return publish(
+        layout=Layout(root),
+        target=target or S3Target("bucket"),
+        store=store,
+        policy=POLICY,
+        console=Console(verbosity=-1),
+        progress=QuietProgress(),
+        jobs=4,
+        **kwargs,
+    )
