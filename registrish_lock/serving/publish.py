@@ -263,12 +263,9 @@ def execute_plan(
     stats = stats or PublishStats()
     clock = Stopwatch()
     progress.start(blobs=len(plan.uploads), total_bytes=plan.upload_bytes)
-    phases = dict(plan.phases())
-    if plan.copies:
-        phases.setdefault(Phase.BLOBS, [])
     try:
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="publish") as pool:
-            for phase, uploads in sorted(phases.items()):
+            for phase, uploads in plan.phases():
                 run_fail_fast(
                     pool,
                     lambda u: _upload(store, target, layout, u.obj, progress),

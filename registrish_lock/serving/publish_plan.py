@@ -232,7 +232,9 @@ class PublishPlan:
         return sum(d.size for d in self.deletes)
 
     def phases(self) -> list[tuple[Phase, list[Upload]]]:
-        grouped: dict[Phase, list[Upload]] = {}
+        """The uploads by phase, in order; the blob phase is there whenever there are
+        copies (made right after its uploads), even with nothing to upload."""
+        grouped: dict[Phase, list[Upload]] = {Phase.BLOBS: []} if self.copies else {}
         for u in self.uploads:
             grouped.setdefault(u.obj.phase, []).append(u)
         return sorted(grouped.items())
@@ -249,10 +251,7 @@ class PublishPlan:
             )
             + f"{self.unchanged} unchanged ({human_bytes(self.unchanged_bytes)})"
         ]
-        phases = dict(self.phases())
-        if self.copies:
-            phases.setdefault(Phase.BLOBS, [])
-        for phase, uploads in sorted(phases.items()):
+        for phase, uploads in self.phases():
             size = sum(u.obj.size for u in uploads)
             lines.append(f"  {phase.name.lower()}: {len(uploads)} ({human_bytes(size)})")
             lines += [
