@@ -105,9 +105,9 @@ def test_a_blob_over_the_copy_limit_is_copied_by_the_transfer_manager(
     managed copy (boto3 is not imported for it); the limit is lowered to reach that path."""
     from s3transfer.manager import TransferManager  # type: ignore[import-untyped]
 
-    from registrish_lock.bucket import store
+    from registrish_lock.bucket import servercopy
 
-    monkeypatch.setattr(store, "_COPY_MAX", 0)
+    monkeypatch.setattr(servercopy, "COPY_MAX", 0)
     copied: list[str] = []
     original = TransferManager.copy
 

@@ -4,16 +4,15 @@ store (fast, no server). The real-S3 tests are in test_publish_e2e.py."""
 from __future__ import annotations
 
 import builtins
-import hashlib
 import json
 import os
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.buckets import expected_bucket
+from support.memory_bucket import POLICY, MemoryStore, md5, run_publish
 from support.trees import build_tree
 
 from registrish_lock.bucket.client import MissingExtraError, RemoteObject, open_store
@@ -22,8 +21,7 @@ from registrish_lock.cli import main
 from registrish_lock.commands import publish as publish_cmd
 from registrish_lock.console import Console
 from registrish_lock.errors import ExitCode, IntegrityError, RegistrishError
-from registrish_lock.progress import QuietProgress
-from registrish_lock.serving.publish import collect_objects, publish
+from registrish_lock.serving.publish import collect_objects
 from registrish_lock.serving.publish_plan import (
     PING_KEY,
     LocalObject,
@@ -32,87 +30,10 @@ from registrish_lock.serving.publish_plan import (
     objects_in_tree,
     plan_publish,
 )
-from registrish_lock.serving.routes import IMMUTABLE, JSON, OCTET_STREAM, Policy
+from registrish_lock.serving.routes import IMMUTABLE, JSON, OCTET_STREAM
 from registrish_lock.tree.layout import Layout
 from registrish_lock.tree.state import MAX_DOC_BYTES, FileInfo, TreeState
 from registrish_lock.tree.treelock import tree_lock
-
-POLICY = Policy(tag_cache_seconds=60)
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-class MemoryStore:
-    """An in-memory bucket that records every call (and can fail on the Nth PUT)."""
-
-    def __init__(self, *, fail_after: int | None = None) -> None:
-        self.objects: dict[str, tuple[bytes, str, str]] = {}
-        self.puts: list[str] = []
-        self.deletes: list[str] = []
-        self.lists = 0
-        self.fail_after = fail_after
-        self._lock = threading.Lock()
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True  # `publish` closes the store it opened (its part senders)
-
-    def list_objects(self, prefix: str) -> Iterator[RemoteObject]:
-        self.lists += 1
-        for key, (data, _, _) in sorted(self.objects.items()):
-            if key.startswith(prefix):
-                yield RemoteObject(key, len(data), md5(data))
-
-    def _put(self, key: str, data: bytes, content_type: str, cache_control: str) -> None:
-        with self._lock:
-            if self.fail_after is not None and len(self.puts) >= self.fail_after:
-                raise RegistrishError(f"injected failure at {key}")
-            self.puts.append(key)
-            self.objects[key] = (data, content_type, cache_control)
-
-    def put_bytes(
-        self, key: str, data: bytes, *, content_type: str, cache_control: str, sha256: str
-    ) -> None:
-        assert sha256 == "sha256:" + hashlib.sha256(data).hexdigest()
-        self._put(key, data, content_type, cache_control)
-
-    def put_file(
-        self,
-        key: str,
-        path: Path,
-        *,
-        content_type: str,
-        cache_control: str,
-        sha256: str,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None:
-        data = path.read_bytes()
-        if on_bytes:
-            on_bytes(len(data))
-        self._put(key, data, content_type, cache_control)
-
-    def delete(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            self.deletes.append(key)
-            self.objects.pop(key, None)
-
-
-def run_publish(
-    root: Path, store: MemoryStore, target: S3Target | None = None, **kwargs: Any
-) -> Any:
-    return publish(
-        layout=Layout(root),
-        target=target or S3Target("bucket"),
-        store=store,
-        policy=POLICY,
-        console=Console(verbosity=-1),
-        progress=QuietProgress(),
-        jobs=4,
-        **kwargs,
-    )
-
 
 # --- target URL ------------------------------------------------------------------------------
 

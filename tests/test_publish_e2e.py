@@ -49,6 +49,8 @@ class Calls:
 
     puts: list[str] = field(default_factory=list)
     multipart: list[str] = field(default_factory=list)
+    #: CopyObject destinations (a blob shared by several repositories)
+    copies: list[str] = field(default_factory=list)
     parts: int = 0
     deletes: int = 0
     #: the User-Agent of every request sent
@@ -60,6 +62,7 @@ class Calls:
     def reset(self) -> None:
         self.puts.clear()
         self.multipart.clear()
+        self.copies.clear()
         self.parts = self.deletes = 0
 
 
@@ -89,6 +92,10 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
             with counted.lock:
                 counted.multipart.append(params["Key"])
 
+        def on_copy(params: dict[str, Any], **_: Any) -> None:
+            with counted.lock:
+                counted.copies.append(params["Key"])
+
         def on_part(**_: Any) -> None:
             with counted.lock:
                 counted.parts += 1
@@ -105,6 +112,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
         events.register("provide-client-params.s3.PutObject", on_put)
         events.register("provide-client-params.s3.CreateMultipartUpload", on_multipart)
         events.register("provide-client-params.s3.UploadPart", on_part)
+        events.register("provide-client-params.s3.CopyObject", on_copy)
         events.register("provide-client-params.s3.DeleteObjects", on_delete)
         return store
 
@@ -185,14 +193,19 @@ def test_publish_then_pull_all_four_kinds_from_the_bucket(
     dry = json.loads(capsys.readouterr().out)
     assert calls.puts == [] and bucket_listing(seaweed) == {}
     expected = expected_bucket(root)
-    assert len(dry["plan"]["upload"]) == len(expected)
-    assert dry["plan"]["upload_bytes"] == sum(len(d) for d, _ in expected.values())
+    # a blob the repositories share is sent once and copied to its other keys
+    assert len(dry["plan"]["upload"]) + len(dry["plan"]["copy"]) == len(expected)
+    assert dry["plan"]["copy"], "the seeded images share layers"
+    assert dry["plan"]["upload_bytes"] + dry["plan"]["copy_bytes"] == sum(
+        len(d) for d, _ in expected.values()
+    )
 
     assert registrish(*publish_args(config, seaweed, "--json")) == 0
     out = capsys.readouterr().out
     assert seaweed.secret_key not in out and seaweed.access_key not in out
     summary = json.loads(out)["summary"]
-    assert summary["uploaded"] == len(expected) == len(calls.puts)
+    assert summary["uploaded"] == len(calls.puts) == len(expected) - len(calls.copies)
+    assert summary["copied"] == len(calls.copies) == len(dry["plan"]["copy"])
     # every request to the store names registrish (after boto3's own words)
     assert calls.agents and all(USER_AGENT in agent for agent in calls.agents)
     assert_bucket_equals_tree(seaweed, root)
@@ -229,7 +242,7 @@ def test_publish_then_pull_all_four_kinds_from_the_bucket(
     before = bucket_listing(seaweed)
     calls.reset()
     assert registrish(*publish_args(config, seaweed, "--json")) == 0
-    assert calls.puts == [] and calls.multipart == [] and calls.deletes == 0
+    assert calls.puts == calls.multipart == calls.copies == [] and calls.deletes == 0
     assert json.loads(capsys.readouterr().out)["summary"]["uploaded"] == 0
     assert bucket_listing(seaweed) == before
     assert registrish(*publish_args(config, seaweed, "--dry-run")) == 0
@@ -301,12 +314,15 @@ def test_interrupted_publish_converges(
     assert registrish("sync", "-c", str(config)) == 0
     root = tmp_path / "public"
     phase_of = {o.key: o.phase for o in collect_objects(Layout(root), Policy())}
-    k = len([p for p in phase_of.values() if p is Phase.BLOBS]) + 3  # fails among manifests
-    calls.fail_after = k
+    blob_keys = [key for key, p in phase_of.items() if p is Phase.BLOBS]
+    digests = {key.rsplit("/", 1)[1] for key in blob_keys}
+    # fails among manifests: each digest uploaded once, its other keys copied, 3 manifests
+    calls.fail_after = len(digests) + 3
     with pytest.raises(InjectedFailure):
         registrish(*publish_args(config, seaweed, "--jobs", "2"))
     present = set(bucket_listing(seaweed))
-    assert len(present) == k
+    k = len(blob_keys) + 3
+    assert len(present) == k and len(calls.copies) == len(blob_keys) - len(digests) > 0
     # what got in is a prefix of the order: all blobs, some manifests, no tag
     highest = max(phase_of[key] for key in present)
     assert highest is Phase.MANIFESTS
@@ -316,6 +332,7 @@ def test_interrupted_publish_converges(
     calls.reset()
     assert registrish(*publish_args(config, seaweed)) == 0
     assert len(calls.puts) == len(phase_of) - k  # the rerun only sends what was missing
+    assert calls.copies == []
     assert_bucket_equals_tree(seaweed, root)
     capsys.readouterr()
 

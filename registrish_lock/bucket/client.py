@@ -139,6 +139,31 @@ class Boto3Store:
             finally:
                 sink.close()
 
+    def copy(
+        self,
+        source: str,
+        key: str,
+        *,
+        size: int,
+        content_type: str,
+        cache_control: str,
+        sha256: str,
+    ) -> None:
+        """Copy the complete object `source` to `key` inside the bucket, with the headers
+        and `sha256` metadata an upload of the same bytes gets."""
+        from .servercopy import copy_object
+
+        copy_object(
+            self.client,
+            self.bucket,
+            source,
+            key,
+            content_type=content_type,
+            cache_control=cache_control,
+            metadata={"sha256": sha256},
+            size=size,
+        )
+
     def delete(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), _DELETE_BATCH):
             batch = keys[start : start + _DELETE_BATCH]

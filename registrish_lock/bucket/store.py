@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..console import Console
 from ..lock.lockfile import Lock
@@ -42,6 +42,7 @@ from ..upstream.sink import BlobSink
 from . import browse
 from . import state as bucket_state
 from .client import Boto3Store, RemoteObject
+from .servercopy import copy_object
 from .target import S3Target
 from .upload import PART_BUFFERS, BucketSink, PartBuffers
 
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
     from ..tree.plan import BlobFetch
     from ..tree.store import Fetcher
 
-#: CopyObject's limit; larger blobs are copied in parts by boto3's managed copy.
-_COPY_MAX = 5 * 1024**3
 _STATE_TYPE = "application/gzip"
 #: gc deletes tags first (no puller is sent to content about to go), blobs last.
 _SWEEP_ORDER = {"tag": 0, "tags list": 1, "manifest": 2, "referrers": 3, "blob": 4}
@@ -215,30 +214,16 @@ class BucketStore:
             self._submit(lambda: self._copy(source, rel))
 
     def _copy(self, source: str, rel: str) -> None:
-        from ._s3 import botocore_errors, client_error
-
-        bucket = self.target.bucket
         ctype, cache = object_headers(Kind.BLOB, self.policy, None)
-        args: dict[str, Any] = {"ContentType": ctype, "CacheControl": cache}
-        src = {"Bucket": bucket, "Key": self._key(source)}
-        try:
-            head = self.client.head_object(**src)
-            args["Metadata"] = head.get("Metadata", {})
-            if int(head["ContentLength"]) <= _COPY_MAX:
-                self.client.copy_object(
-                    CopySource=src,
-                    Bucket=bucket,
-                    Key=self._key(rel),
-                    MetadataDirective="REPLACE",
-                    **args,
-                )
-            else:  # in parts: what boto3's managed `copy` does, without importing boto3
-                from s3transfer.manager import TransferManager  # type: ignore[import-untyped]
-
-                with TransferManager(self.client) as manager:
-                    manager.copy(src, bucket, self._key(rel), extra_args=args).result()
-        except botocore_errors() as exc:
-            raise client_error(exc, f"copying s3://{bucket}/{src['Key']} to {rel}") from None
+        copy_object(
+            self.client,
+            self.target.bucket,
+            self._key(source),
+            self._key(rel),
+            content_type=ctype,
+            cache_control=cache,
+            what=rel,
+        )
 
     def write_manifest(
         self, rel: str, twin_rel: str, data: bytes, stale_twins: Iterable[str] = ()

@@ -24,7 +24,9 @@ Upload the tree under [registry].root to s3://BUCKET[/PREFIX] with each object's
 Content-Type and Cache-Control from the route table (manifests get their exact media
 type; /v2/ is the key `v2/`). Incremental: the bucket is listed once and only missing
 or changed objects are uploaded (blobs and manifests by digest: by key and size; tags,
-lists and referrers: by content, ETag = MD5). Order: blobs, manifests by digest,
+lists and referrers: by content, ETag = MD5). A blob several repositories share is
+uploaded once; its other keys are copied inside the bucket (no bytes sent again), from
+that upload or from a key the bucket already has. Order: blobs, manifests by digest,
 referrers, tags, tag lists, catalog, ping; --delete then removes what the tree no
 longer has (tags first). --dry-run prints the plan and exits 1 when changes are pending.
 

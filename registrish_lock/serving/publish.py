@@ -13,6 +13,8 @@ Metadata (Content-Type, Cache-Control) is not in a listing: after changing
 Order never exposes a reference before its content: blobs → manifests by digest →
 referrers → tag manifests → tag lists → catalog → ping, each phase finished before the
 next starts; `--delete` runs last, in the reverse order (tags go before what they name).
+A blob several repositories share is uploaded once: its other keys are copied inside the
+bucket after the blob uploads end (a copy never starts before its source is complete).
 """
 
 from __future__ import annotations
@@ -37,7 +39,15 @@ from ..pool import run_fail_fast
 from ..progress import Progress, Stopwatch
 from ..tree.layout import Layout
 from ..tree.store import LocalTreeStore
-from .publish_plan import LocalObject, PublishPlan, TreeError, objects_in_tree, plan_publish
+from .publish_plan import (
+    Copy,
+    LocalObject,
+    Phase,
+    PublishPlan,
+    TreeError,
+    objects_in_tree,
+    plan_publish,
+)
 from .routes import BROWSE_DATA_DIR, BROWSE_REL, Policy
 
 #: Digest-addressed objects up to this size (and every mutable one) are read into memory
@@ -66,6 +76,20 @@ class Store(Protocol):
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         """Upload the file; it becomes visible only if its bytes hash to `sha256`."""
+        ...
+
+    def copy(
+        self,
+        source: str,
+        key: str,
+        *,
+        size: int,
+        content_type: str,
+        cache_control: str,
+        sha256: str,
+    ) -> None:
+        """Copy the complete object `source` to `key` inside the bucket, with these headers
+        and `sha256` metadata (what an upload of the same bytes gets)."""
         ...
 
     def delete(self, keys: Sequence[str]) -> None: ...
@@ -136,6 +160,8 @@ def collect_objects(
 class PublishStats:
     uploaded: int = 0
     uploaded_bytes: int = 0
+    copied: int = 0
+    copied_bytes: int = 0
     unchanged: int = 0
     unchanged_bytes: int = 0
     deleted: int = 0
@@ -148,10 +174,20 @@ class PublishStats:
             self.uploaded += 1
             self.uploaded_bytes += size
 
+    def count_copy(self, size: int) -> None:
+        with self._lock:
+            self.copied += 1
+            self.copied_bytes += size
+
     def summary(self) -> str:
         return (
             f"uploaded {self.uploaded} objects ({human_bytes(self.uploaded_bytes)}), "
-            f"{self.unchanged} unchanged ({human_bytes(self.unchanged_bytes)}); "
+            + (
+                f"copied {self.copied} in the bucket ({human_bytes(self.copied_bytes)}), "
+                if self.copied
+                else ""
+            )
+            + f"{self.unchanged} unchanged ({human_bytes(self.unchanged_bytes)}); "
             f"deleted {self.deleted}; {self.seconds:.1f}s ("
             f"{human_rate(self.uploaded_bytes, self.upload_seconds)})"
         )
@@ -160,6 +196,8 @@ class PublishStats:
         return {
             "uploaded": self.uploaded,
             "uploaded_bytes": self.uploaded_bytes,
+            "copied": self.copied,
+            "copied_bytes": self.copied_bytes,
             "unchanged": self.unchanged,
             "unchanged_bytes": self.unchanged_bytes,
             "deleted": self.deleted,
@@ -196,6 +234,19 @@ def _upload(
     progress.blob_done(key)
 
 
+def _copy(store: Store, target: S3Target, copy: Copy) -> None:
+    obj = copy.obj
+    assert obj.digest is not None  # only blobs are copied
+    store.copy(
+        target.key(copy.source),
+        target.key(obj.key),
+        size=obj.size,
+        content_type=obj.content_type,
+        cache_control=obj.cache_control,
+        sha256=obj.digest,
+    )
+
+
 def execute_plan(
     plan: PublishPlan,
     *,
@@ -206,20 +257,28 @@ def execute_plan(
     jobs: int = DEFAULT_JOBS,
     stats: PublishStats | None = None,
 ) -> PublishStats:
-    """Upload phase by phase (parallel within a phase), then delete. The first failure
-    stops the run after in-flight uploads end: a rerun plans from the bucket as it is."""
+    """Upload phase by phase (parallel within a phase), the copies right after the blob
+    uploads, then delete. The first failure stops the run after in-flight requests end:
+    a rerun plans from the bucket as it is."""
     stats = stats or PublishStats()
     clock = Stopwatch()
     progress.start(blobs=len(plan.uploads), total_bytes=plan.upload_bytes)
     try:
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="publish") as pool:
-            for _phase, uploads in plan.phases():
+            for phase, uploads in plan.phases():
                 run_fail_fast(
                     pool,
                     lambda u: _upload(store, target, layout, u.obj, progress),
                     uploads,
                     on_done=lambda u: stats.count_upload(u.obj.size),
                 )
+                if phase == Phase.BLOBS:
+                    run_fail_fast(
+                        pool,
+                        lambda c: _copy(store, target, c),
+                        plan.copies,
+                        on_done=lambda c: stats.count_copy(c.obj.size),
+                    )
     finally:
         progress.close()
         stats.upload_seconds = clock.elapsed()
@@ -258,7 +317,8 @@ def publish(
     stats = PublishStats(unchanged=plan.unchanged, unchanged_bytes=plan.unchanged_bytes)
     console.debug(
         f"publish: {len(local)} objects in the tree, {len(remote)} under {target}; "
-        f"{len(plan.uploads)} to upload, {len(plan.deletes)} to delete"
+        f"{len(plan.uploads)} to upload, {len(plan.copies)} to copy, "
+        f"{len(plan.deletes)} to delete"
     )
     if not dry_run and plan.pending:
         execute_plan(

@@ -182,6 +182,16 @@ class Upload:
     reason: str  # "new", "changed" or "forced"
 
 
+@dataclass(frozen=True)
+class Copy:
+    """A blob key made by a server-side copy of `source` (relative to the prefix), a key
+    of the same digest either uploaded earlier in the run or unchanged in the bucket."""
+
+    obj: LocalObject
+    reason: str  # as Upload's
+    source: str
+
+
 def _delete_rank(key: str) -> int:
     """Where a remote key goes in the delete order: tags and lists before manifests
     before blobs; unknown keys (not ours) last."""
@@ -201,21 +211,30 @@ class PublishPlan:
     extra: tuple[RemoteObject, ...]
     unchanged: int
     unchanged_bytes: int
+    #: Blob keys copied inside the bucket once the blob uploads are done (before the
+    #: manifests), instead of sending a digest's bytes again.
+    copies: tuple[Copy, ...] = ()
 
     @property
     def pending(self) -> bool:
-        return bool(self.uploads or self.deletes)
+        return bool(self.uploads or self.copies or self.deletes)
 
     @property
     def upload_bytes(self) -> int:
         return sum(u.obj.size for u in self.uploads)
 
     @property
+    def copy_bytes(self) -> int:
+        return sum(c.obj.size for c in self.copies)
+
+    @property
     def delete_bytes(self) -> int:
         return sum(d.size for d in self.deletes)
 
     def phases(self) -> list[tuple[Phase, list[Upload]]]:
-        grouped: dict[Phase, list[Upload]] = {}
+        """The uploads by phase, in order; the blob phase is there whenever there are
+        copies (made right after its uploads), even with nothing to upload."""
+        grouped: dict[Phase, list[Upload]] = {Phase.BLOBS: []} if self.copies else {}
         for u in self.uploads:
             grouped.setdefault(u.obj.phase, []).append(u)
         return sorted(grouped.items())
@@ -224,7 +243,13 @@ class PublishPlan:
         """What `--dry-run` prints, in execution order."""
         lines = [
             f"Would upload {len(self.uploads)} objects ({human_bytes(self.upload_bytes)}) "
-            f"to {target}; {self.unchanged} unchanged ({human_bytes(self.unchanged_bytes)})"
+            f"to {target}; "
+            + (
+                f"copy {len(self.copies)} in the bucket ({human_bytes(self.copy_bytes)}); "
+                if self.copies
+                else ""
+            )
+            + f"{self.unchanged} unchanged ({human_bytes(self.unchanged_bytes)})"
         ]
         for phase, uploads in self.phases():
             size = sum(u.obj.size for u in uploads)
@@ -234,6 +259,12 @@ class PublishPlan:
                 f"{u.obj.content_type})"
                 for u in uploads
             ]
+            if phase == Phase.BLOBS:
+                lines += [
+                    f"    would copy {c.obj.key} from {c.source} "
+                    f"({human_bytes(c.obj.size)}, {c.reason})"
+                    for c in self.copies
+                ]
         if self.deletes:
             lines.append(
                 f"Would delete {len(self.deletes)} objects ({human_bytes(self.delete_bytes)})"
@@ -261,6 +292,11 @@ class PublishPlan:
                 for u in self.uploads
             ],
             "upload_bytes": self.upload_bytes,
+            "copy": [
+                {"key": c.obj.key, "source": c.source, "size": c.obj.size, "reason": c.reason}
+                for c in self.copies
+            ],
+            "copy_bytes": self.copy_bytes,
             "delete": [{"key": d.key, "size": d.size} for d in self.deletes],
             "delete_bytes": self.delete_bytes,
             "extra": len(self.extra),
@@ -283,10 +319,11 @@ def plan_publish(
     force: bool = False,
 ) -> PublishPlan:
     """Pure diff of the tree's objects against the bucket listing (keys relative to the
-    prefix)."""
+    prefix). A blob's bytes are sent once: its other keys are copies (`_share_blobs`)."""
     uploads: list[Upload] = []
     unchanged = unchanged_bytes = 0
     wanted: set[str] = set()
+    trusted: dict[str, str] = {}  # digest → a blob key the bucket has (never with force)
     for obj in sorted(local):
         wanted.add(obj.key)
         existing = remote.get(obj.key)
@@ -299,14 +336,39 @@ def plan_publish(
         else:
             unchanged += 1
             unchanged_bytes += obj.size
+            if obj.phase == Phase.BLOBS and obj.digest is not None:
+                trusted.setdefault(obj.digest, obj.key)
     extra = sorted(
         (r for k, r in remote.items() if k not in wanted),
         key=lambda r: (_delete_rank(r.key), r.key),
     )
+    sent, copies = _share_blobs(uploads, trusted)
     return PublishPlan(
-        uploads=tuple(uploads),
+        uploads=tuple(sent),
         deletes=tuple(extra) if delete else (),
         extra=tuple(extra),
         unchanged=unchanged,
         unchanged_bytes=unchanged_bytes,
+        copies=tuple(copies),
     )
+
+
+def _share_blobs(
+    uploads: list[Upload], trusted: Mapping[str, str]
+) -> tuple[list[Upload], list[Copy]]:
+    """Split the uploads: the blob keys whose digest is already complete in the bucket
+    (`trusted`: digest → an unchanged key) or uploaded earlier in this run become copies
+    of that key; every other upload stays."""
+    sources = dict(trusted)
+    sent: list[Upload] = []
+    copies: list[Copy] = []
+    for u in uploads:
+        digest = u.obj.digest
+        if u.obj.phase != Phase.BLOBS or digest is None:
+            sent.append(u)
+        elif digest in sources:
+            copies.append(Copy(u.obj, u.reason, sources[digest]))
+        else:
+            sources[digest] = u.obj.key
+            sent.append(u)
+    return sent, copies
