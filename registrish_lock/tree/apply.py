@@ -10,7 +10,7 @@ no-op sync makes zero requests.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeAlias
@@ -135,12 +135,13 @@ def _fetch_blobs(
     jobs: int,
     progress: Progress,
     console: Console,
+    placed: Callable[[str], None] = lambda _digest: None,
 ) -> None:
     """Download in parallel: at most `jobs` at a time per upstream registry. Each blob
     streams into the store's destination (locally `<tmp>/<hex>.partial`, resumed after a
-    crash), is verified, then becomes the tree's copy. On the first failure pending
-    downloads are cancelled and it is raised once those in flight finish (finished blobs
-    stay for the rerun)."""
+    crash), is verified, then becomes the tree's copy, and `placed(digest)` runs. On the
+    first failure pending downloads are cancelled and it is raised once those in flight
+    finish (finished blobs stay for the rerun)."""
     if not fetches:
         return
     repos = {f.digest: parse_source(f.source) for f in fetches}
@@ -175,12 +176,15 @@ def _fetch_blobs(
                 raise IntegrityError(
                     f"{item.name} (from {item.source}): {exc.message}", hint=exc.hint
                 ) from None
+            placed(item.digest)
             progress.blob_done(item.digest)
 
     workers = max(1, min(jobs * len(limits), 64))
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-            run_fail_fast(pool, fetch_one, fetches, on_extra_error=lambda e: console.warn(str(e)))
+            # largest first: the last blob to end is a small one, not a big one started late
+            order = sorted(fetches, key=lambda f: -f.size)
+            run_fail_fast(pool, fetch_one, order, on_extra_error=lambda e: console.warn(str(e)))
     finally:
         progress.close()
 
@@ -221,6 +225,20 @@ def apply_plan(plan: Plan, manifests: Mapping[str, bytes], run: Run, stats: Stat
             f"not fetching non-distributable layer {foreign.digest} of {foreign.name} "
             f"(clients fetch it from {', '.join(foreign.urls) or 'its urls'})"
         )
+    # A blob's other names (hard links locally, server-side copies in a bucket) are made
+    # as soon as it is in place, while the other blobs download: a bucket's copies cost the
+    # store's time, which a sync waiting on the network leaves idle. All before a manifest.
+    links: dict[str, list[str]] = {}
+    for want in plan.links:
+        links.setdefault(want.digest, []).append(want.rel)
+
+    def name_blob(digest: str) -> None:
+        for rel in links.get(digest, ()):
+            store.link_blob(rel, digest)
+
+    fetched = {f.digest for f in plan.fetches}
+    for digest in sorted(links.keys() - fetched):  # already in the store
+        name_blob(digest)
     watch = Stopwatch()
     _fetch_blobs(
         plan.fetches,
@@ -229,14 +247,12 @@ def apply_plan(plan: Plan, manifests: Mapping[str, bytes], run: Run, stats: Stat
         jobs=jobs,
         progress=progress,
         console=console,
+        placed=name_blob,
     )
     store.flush()
     stats.fetch_seconds = watch.elapsed()
     stats.fetched, stats.fetched_bytes = len(plan.fetches), plan.fetch_bytes
     stats.reused, stats.reused_bytes = plan.reused_blobs, plan.reused_bytes
-    for link in plan.links:
-        store.link_blob(link.rel, link.digest)
-    store.flush()
 
     def write_manifests(writes: Sequence[ManifestWrite]) -> None:
         for write in writes:
