@@ -20,6 +20,7 @@ from testbed.s3 import SeaweedS3
 
 from registrish_lock.bucket.client import PublishError
 from registrish_lock.bucket.upload import (
+    DEFAULT_PART_SIZE,
     MAX_PARTS,
     MIN_PART,
     BucketSink,
@@ -108,10 +109,11 @@ def stream(sink: BucketSink, data: bytes, chunk: int = 300_001) -> None:
 
 
 def test_part_size_stays_within_s3_limits() -> None:
-    assert part_size_for(1) == 8 * MiB
-    assert part_size_for(10_000 * 8 * MiB) == 8 * MiB
+    assert part_size_for(1) == DEFAULT_PART_SIZE == MIN_PART
+    assert part_size_for(10_000 * 8 * MiB, 8 * MiB) == 8 * MiB
     big = 10_000 * 8 * MiB + 1
-    assert part_size_for(big) == 9 * MiB and -(-big // part_size_for(big)) <= MAX_PARTS
+    assert part_size_for(big, 8 * MiB) == 9 * MiB and -(-big // part_size_for(big)) <= MAX_PARTS
+    assert part_size_for(10_000 * MIN_PART + 1) == 6 * MiB
     five_tib = 5 * 1024 * 1024 * MiB
     size = part_size_for(five_tib)
     assert size % MiB == 0 and -(-five_tib // size) <= MAX_PARTS
@@ -376,7 +378,7 @@ def test_killed_upload_is_aborted_by_the_next_run(s3: SeaweedS3, prefix: str) ->
 
 
 def test_memory_does_not_grow_with_the_blob(s3: SeaweedS3, prefix: str, tmp_path: Path) -> None:
-    """300 MiB streamed (default 8 MiB parts) in a subprocess: its peak RSS exceeds its RSS
+    """300 MiB streamed (default 5 MiB parts) in a subprocess: its peak RSS exceeds its RSS
     before the upload by about one part buffer, not by the blob — the buffering is bounded. (A correctness bound, not a
     timing: the figure depends only on what is held in memory.) The peak is the child's
     VmHWM: `ru_maxrss` would start at the pytest parent's size (kept across execve)."""
@@ -386,9 +388,11 @@ def test_memory_does_not_grow_with_the_blob(s3: SeaweedS3, prefix: str, tmp_path
     assert child.returncode == 0, err[-2000:]
     figures = json.loads(out.strip().splitlines()[-1])
     grown_mib = (figures["peak_kb"] - figures["before_kb"]) / 1024
-    assert figures["part"] == 8 * MiB
-    # one 8 MiB part buffer plus small change; a second copy of a part would pass 16
-    assert grown_mib < 16, f"peak RSS grew by {grown_mib:.0f} MiB for a {size // MiB} MiB blob"
+    assert figures["part"] == DEFAULT_PART_SIZE
+    # one part buffer plus small change; a second copy of a part would pass two
+    assert grown_mib < 2 * DEFAULT_PART_SIZE / MiB, (
+        f"peak RSS grew by {grown_mib:.0f} MiB for a {size // MiB} MiB blob"
+    )
     got = client_for(s3).head_object(Bucket="127", Key=prefix + "huge")
     assert got["ContentLength"] == size
     (tmp_path / "rss.json").write_text(json.dumps({**figures, "grown_mib": grown_mib}))

@@ -22,6 +22,7 @@ one GET per blob key, `jobs` at a time.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import threading
@@ -44,7 +45,7 @@ from . import state as bucket_state
 from .client import Boto3Store, RemoteObject
 from .servercopy import copy_object
 from .target import S3Target
-from .upload import PART_BUFFERS, BucketSink, PartBuffers
+from .upload import PART_BUFFERS, SMALL, BucketSink, PartBuffers
 
 if TYPE_CHECKING:
     from ..tree.plan import BlobFetch
@@ -79,8 +80,13 @@ class BucketStore:
         self._between = between_phases or (lambda: None)
         self._jobs = max(1, jobs)
         self._pool = ThreadPoolExecutor(max_workers=self._jobs, thread_name_prefix="bucket")
-        #: the part buffers every blob streams through: 32 MiB in all, whatever -j says
+        #: the part buffers every blob streams through: 30 MiB in all, whatever -j says
         self._parts = PartBuffers(min(self._jobs, PART_BUFFERS))
+        #: Blobs that need part buffers download at most half as many at a time: a GET
+        #: waiting for a buffer still fills its socket at the link's rate, so with 8 under
+        #: way the ones that could be sent got a quarter of the download (measured over a
+        #: shaped link, BENCHMARKS.md "Bucket trees"); the other half goes up meanwhile.
+        self._streams = threading.BoundedSemaphore(max(1, self._parts.count // 2))
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
         self._entries: dict[str, bucket_state.Entry] = {}
@@ -200,7 +206,8 @@ class BucketStore:
                 parts=self._parts,
             )
 
-        fetch(opener)
+        with self._streams if item.size > SMALL else contextlib.nullcontext():
+            fetch(opener)
         with self._lock:
             self._blob_keys[item.digest] = rel
 

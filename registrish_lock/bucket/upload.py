@@ -16,8 +16,8 @@ No `Content-MD5`: without a checksum header botocore signs each body's SHA-256 (
 and HTTPS alike), which S3 checks, so a part damaged in transit is still refused;
 an MD5 of every byte on top cost 1.5 s of CPU per GiB (BENCHMARKS.md, "Bucket trees").
 
-Memory. Alone, a sink holds one buffer of `part_size` bytes (8 MiB by default; a blob over
-10,000 × 8 MiB ≈ 78 GiB gets `ceil(size / 10,000)` rounded up to a MiB), reused for every
+Memory. Alone, a sink holds one buffer of `part_size` bytes (5 MiB by default; a blob over
+10,000 × 5 MiB ≈ 49 GiB gets `ceil(size / 10,000)` rounded up to a MiB), reused for every
 part, and sends each part itself. The sinks of one sync share a `PartBuffers` instead:
 at most `count` part buffers in all, allocated once and reused, and the threads that send
 full parts while their sink fills the next buffer. Memory is then `count × part_size`
@@ -49,11 +49,12 @@ MiB = 1024 * 1024
 MIN_PART = 5 * MiB
 MAX_PARTS = 10_000
 MAX_OBJECT = 5 * 1024 * 1024 * MiB  # 5 TiB
-DEFAULT_PART_SIZE = 8 * MiB
-#: The part buffers a sync's blobs share (`PartBuffers`): 4 × 8 MiB in flight were as fast
-#: as 8 on the test bed (the store's CPU is the limit) and kept the realistic set's peak
-#: RSS under 150 MiB (BENCHMARKS.md, "Bucket trees").
-PART_BUFFERS = 4
+#: S3's smallest part: more parts in flight for the same memory (a 500 Mbit/s link stayed
+#: busier with 6 × 5 MiB than with 4 × 8 MiB; BENCHMARKS.md, "Bucket trees").
+DEFAULT_PART_SIZE = MIN_PART
+#: The part buffers a sync's blobs share (`PartBuffers`): 30 MiB in all keeps the realistic
+#: set's peak RSS under 150 MiB (8 × 8 MiB passed it).
+PART_BUFFERS = 6
 #: Objects up to this size get a buffer of their own, never one of the shared part buffers
 #: (a config must not wait for a part buffer a big layer holds).
 SMALL = 1 * MiB
