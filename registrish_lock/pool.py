@@ -7,8 +7,10 @@ making a request per remaining item."""
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ThreadPoolExecutor, wait
+from types import TracebackType
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -103,3 +105,43 @@ def background(fn: Callable[[], R], name: str) -> Future[R]:
 def _cancel(futures: Iterable[Future[None]]) -> None:
     for future in futures:
         future.cancel()
+
+
+class Turnstile:
+    """At most `slots` holders at once (`with turnstile:`), served in the order they came.
+    A semaphore lets the thread that just released take the slot again for its next item,
+    ahead of threads that waited for seconds; here a released slot passes straight to the
+    longest waiter, so work queued largest first also starts largest first."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = max(1, slots)
+        self._waiting: deque[threading.Event] = deque()
+        self._lock = threading.Lock()
+
+    @property
+    def waiting(self) -> int:
+        """How many threads wait for a slot."""
+        with self._lock:
+            return len(self._waiting)
+
+    def __enter__(self) -> Turnstile:
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return self
+            turn = threading.Event()
+            self._waiting.append(turn)
+        turn.wait()  # set by the holder that passes its slot on
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()
+            else:
+                self._free += 1

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import pytest
 
-from registrish_lock.pool import map_parallel, run_fail_fast
+from registrish_lock.pool import Turnstile, map_parallel, run_fail_fast
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -152,3 +153,70 @@ def test_the_error_of_the_first_failing_item_in_order_wins() -> None:
         with pytest.raises(ValueError, match="item 0"):
             map_parallel(work, [0, 1], 2)
         both.reset()
+
+
+def _poll(condition: Callable[[], bool], what: str) -> None:
+    """Wait for a state (the deadline only bounds a failure)."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.001)
+
+
+def test_turnstile_serves_waiters_in_order_even_against_the_thread_that_released() -> None:
+    """A released slot goes to the longest waiter: a holder that releases and asks again
+    at once queues behind them (a semaphore would let it straight back in)."""
+    gate = Turnstile(1)
+    entered: list[str] = []
+    holding, proceed = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with gate:
+            entered.append("holder")
+            holding.set()
+            proceed.wait(30)
+        with gate:
+            entered.append("holder again")
+
+    def waiter(name: str) -> None:
+        with gate:
+            entered.append(name)
+
+    threads = [threading.Thread(target=holder)]
+    threads[0].start()
+    assert holding.wait(30)
+    for n, name in enumerate(("w1", "w2", "w3"), start=1):
+        threads.append(threading.Thread(target=waiter, args=(name,)))
+        threads[-1].start()
+        _poll(functools.partial(lambda k: gate.waiting == k, n), f"{n} waiting")
+    proceed.set()
+    for t in threads:
+        t.join(30)
+    assert entered == ["holder", "w1", "w2", "w3", "holder again"]
+    assert gate.waiting == 0
+
+
+def test_turnstile_admits_at_most_its_slots() -> None:
+    gate = Turnstile(3)
+    inside = peak = 0
+    lock = threading.Lock()
+    go = threading.Event()
+
+    def work(_: int) -> None:
+        nonlocal inside, peak
+        with gate:
+            with lock:
+                inside += 1
+                peak = max(peak, inside)
+            go.wait(30)
+            with lock:
+                inside -= 1
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(work, i) for i in range(8)]
+        _poll(lambda: gate.waiting == 5, "five waiting behind three holders")
+        assert inside == 3
+        go.set()
+        for f in futures:
+            f.result(30)
+    assert peak == 3 and inside == 0 and gate.waiting == 0

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from ..console import Console
 from ..lock.lockfile import Lock
 from ..oci.manifest import Manifest, sha256_digest
-from ..pool import background, map_parallel
+from ..pool import Turnstile, background, map_parallel
 from ..serving.routes import BROWSE_REL, Kind, Miss, Policy, classify, object_headers
 from ..tree import gc as gc_mod
 from ..tree.layout import Layout, is_last_page, split_twin
@@ -86,7 +86,8 @@ class BucketStore:
         #: waiting for a buffer still fills its socket at the link's rate, so with 8 under
         #: way the ones that could be sent got a quarter of the download (measured over a
         #: shaped link, BENCHMARKS.md "Bucket trees"); the other half goes up meanwhile.
-        self._streams = threading.BoundedSemaphore(max(1, self._parts.count // 2))
+        #: In turn: blobs queued largest first start largest first.
+        self._streams = Turnstile(self._parts.count // 2)
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
         self._entries: dict[str, bucket_state.Entry] = {}
