@@ -7,6 +7,8 @@ import io
 import json
 import os
 import threading
+from collections.abc import Iterable
+from itertools import zip_longest
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,8 @@ from registrish_lock.oci import mediatypes
 from registrish_lock.progress import QuietProgress
 from registrish_lock.tree.apply import LazyUpstream, sync_tree
 from registrish_lock.tree.layout import Layout
+from registrish_lock.tree.plan import BlobFetch
+from registrish_lock.tree.store import Fetcher, LocalTreeStore
 from registrish_lock.tree.treelock import tree_lock
 
 
@@ -357,3 +361,66 @@ def test_rich_and_plain_progress_report_every_blob(tmp_path: Path) -> None:
         err = console.err.getvalue()  # type: ignore[attr-defined]
         assert "3 blobs" in err, (name, err)
     assert err.count("fetched app@sha256:") == 3  # plain: one line per blob
+
+
+class _Recording(LocalTreeStore):
+    """The local store, recording what `apply` asks of it and in which order."""
+
+    def __init__(self, layout: Layout) -> None:
+        super().__init__(layout)
+        self.events: list[tuple[str, str]] = []
+        self._events_lock = threading.Lock()
+
+    def _note(self, what: str, name: str) -> None:
+        with self._events_lock:
+            self.events.append((what, name))
+
+    def place_blob(self, item: BlobFetch, fetch: Fetcher) -> None:
+        super().place_blob(item, fetch)
+        self._note("placed", item.digest)
+
+    def link_blob(self, rel: str, digest: str) -> None:
+        self._note("link", digest)
+        super().link_blob(rel, digest)
+
+    def write_manifest(
+        self, rel: str, twin_rel: str, data: bytes, stale_twins: Iterable[str] = ()
+    ) -> None:
+        self._note("manifest", rel)
+        super().write_manifest(rel, twin_rel, data, stale_twins)
+
+
+def test_a_blobs_links_are_made_once_it_is_placed_and_all_before_a_manifest(
+    tmp_path: Path,
+) -> None:
+    """A blob's other names are made as soon as it is in place (a bucket's server-side
+    copies overlap the other downloads), never before, and every one before the first
+    manifest; downloads go largest, smallest, next largest, ..."""
+    up = FakeUpstream()
+    lock = four_kinds(up)
+    store = _Recording(Layout(tmp_path))
+    result = sync_tree(
+        lock=lock,
+        layout=store,
+        upstream=LazyUpstream(Factory(up)),
+        console=quiet(),
+        progress=QuietProgress(),
+        jobs=1,  # one download at a time: the order is the plan's
+    )
+    events = store.events
+    placed = [name for what, name in events if what == "placed"]
+    sizes = {f.digest: f.size for f in result.plan.fetches}
+    by_size = sorted(sizes.values(), reverse=True)
+    half = (len(by_size) + 1) // 2
+    expected = [s for pair in zip_longest(by_size[:half], by_size[half:][::-1]) for s in pair]
+    assert [sizes[d] for d in placed] == [s for s in expected if s is not None]
+    first_manifest = next(i for i, (what, _) in enumerate(events) if what == "manifest")
+    links = [i for i, (what, _) in enumerate(events) if what == "link"]
+    assert links and max(links) < first_manifest
+    for i, (what, digest) in enumerate(events):
+        if what == "link":
+            assert ("placed", digest) in events[:i], f"{digest} linked before it was placed"
+    # each blob's links come right after it, while the other blobs are still to download
+    for digest in placed:
+        at = events.index(("placed", digest))
+        assert events[at + 1] == ("link", digest)

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from itertools import zip_longest
 from typing import TypeAlias
 
 from ..console import Console
@@ -182,11 +183,24 @@ def _fetch_blobs(
     workers = max(1, min(jobs * len(limits), 64))
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-            # largest first: the last blob to end is a small one, not a big one started late
-            order = sorted(fetches, key=lambda f: -f.size)
-            run_fail_fast(pool, fetch_one, order, on_extra_error=lambda e: console.warn(str(e)))
+            run_fail_fast(
+                pool,
+                fetch_one,
+                _big_and_small(fetches),
+                on_extra_error=lambda e: console.warn(str(e)),
+            )
     finally:
         progress.close()
+
+
+def _big_and_small(fetches: Sequence[BlobFetch]) -> list[BlobFetch]:
+    """The largest blob, then the smallest, then the next largest, ...: the big downloads
+    start first (the last to end is a small one, not a big one started late), and the
+    small ones, a round trip each, go while the big ones stream instead of after them."""
+    by_size = sorted(fetches, key=lambda f: -f.size)
+    half = (len(by_size) + 1) // 2
+    big, small = by_size[:half], by_size[half:][::-1]
+    return [f for pair in zip_longest(big, small) for f in pair if f is not None]
 
 
 @dataclass(frozen=True)
