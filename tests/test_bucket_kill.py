@@ -60,7 +60,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     layout = tmp_path_factory.mktemp("images") / "layout"
-    new = write_random_image(layout, "v1", [12 * MiB, 2000], seed=12)  # two 8 MiB parts
+    new = write_random_image(layout, "v1", [12 * MiB, 2000], seed=12)  # three 5 MiB parts
     extra = write_random_image(layout, "v2", [4000], seed=13)
     old = write_random_image(layout, "v1", [3000], seed=11)
     (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": []}))

@@ -128,7 +128,7 @@ def test_bucket_prefix_multipart_copies_gc_and_a_corrupt_source(
     from testbed.images import write_random_image
 
     layout = tmp_path / "layout"
-    big = 12 * 1024 * 1024  # over one 8 MiB part: a multipart upload
+    big = 12 * 1024 * 1024  # over one 5 MiB part: a multipart upload
     write_random_image(layout, "v1", [big, 3000], seed=1)
     bad = write_random_image(layout, "v2", [9 * 1024 * 1024], seed=2)
     config = _layout_config(tmp_path, seaweed.bucket, ["a", "b"], ["v1"])

@@ -192,7 +192,7 @@ class BucketSink:
         self.part_size = part_size_for(
             size, part_size or (parts.size if parts else 0) or DEFAULT_PART_SIZE
         )
-        # the shared buffers when they are of this blob's part size (a blob over ~78 GiB
+        # the shared buffers when they are of this blob's part size (a blob over ~49 GiB
         # needs bigger parts) and the blob is not small
         self._parts = parts if parts and parts.size == self.part_size and size > SMALL else None
         self._on_bytes = on_bytes or (lambda _n: None)
