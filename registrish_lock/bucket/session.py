@@ -109,20 +109,19 @@ def bucket_tree(
     write: bool,
     wait: bool = True,
     holder: str = "registrish",
-    client: Boto3Store | Opened | None = None,
+    client: Opened | None = None,
 ) -> Iterator[tuple[BucketStore, RequestCount]]:
     """The config's bucket as a tree store, leased for the block when `write` (`holder`
-    names the command in the lease, for whoever waits for it). `client`: one an earlier
-    block of this run opened (creating one costs a few tenths of a second), or what
-    `open_early` opened (its requests so far counted in this block's)."""
+    names the command in the lease, for whoever waits for it). `client`: what `open_early`
+    opened, for one block or several (creating one costs a few tenths of a second); its
+    one request count goes on across them."""
     target = config.bucket
     assert target is not None, "a bucket root"
-    fewer_malloc_arenas()
-    early = client if isinstance(client, Opened) else None
-    if early is not None:
-        s3, count = early.s3, early.count
+    if client is not None:
+        s3, count = client.s3, client.count
     else:
-        s3 = client if isinstance(client, Boto3Store) else open_bucket(target, jobs=jobs)
+        fewer_malloc_arenas()
+        s3 = open_bucket(target, jobs=jobs)
         count = RequestCount()
         s3.client.meta.events.register("before-send.s3", count)
     policy = Policy(tag_cache_seconds=config.tag_cache_seconds)
@@ -155,7 +154,7 @@ def bucket_tree(
             jobs=jobs,
             between_phases=check,
             # a leased block observes after taking the lease
-            prefetched=early.prefetched if early is not None and not write else None,
+            prefetched=client.prefetched if client is not None and not write else None,
         )
         stack.callback(store.close)
         yield store, count

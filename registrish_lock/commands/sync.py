@@ -7,7 +7,7 @@ import contextlib
 import gc
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from ..console import Console
 from ..errors import ExitCode, StaleLockError
@@ -23,10 +23,6 @@ from ..tree.storemove import dry_run_layout
 from ..tree.treelock import tree_lock
 from ..upstream.sources import open_sources
 from . import add_frozen_option, add_jobs_option, add_no_wait_option
-
-if TYPE_CHECKING:
-    from ..bucket.client import Boto3Store
-    from ..bucket.session import Opened
 
 NAME = "sync"
 HELP = "reconcile the static tree with registrish.lock"
@@ -218,7 +214,7 @@ def _sync_bucket(
     assert config.bucket is not None, "a bucket root"
     probing = not (args.dry_run or args.verify or args.prune)
     upstream = LazyUpstream(lambda: open_sources(config, console, jobs=args.jobs))
-    sent, rendered = 0, None
+    rendered = None
     try:
         with _collector_paused(probing):
             # the client, and for a block without lease the state object and the listing,
@@ -229,7 +225,7 @@ def _sync_bucket(
             lock_sha256 = record.lock_file_sha256(config.lock_path)
             lock = read_lock(config.lock_path, sha256=lock_sha256)
             lock = fresh_lock(config, lock, frozen=args.frozen)
-            client: Boto3Store | Opened = opening.result()
+            client = opening.result()
             if probing:
                 # A no-op writes nothing, so it needs no lease: plan without it first (saves
                 # the lease's 5 requests, the upload cleanup's listing and the renewal
@@ -253,7 +249,7 @@ def _sync_bucket(
                         ):
                             console.debug("nothing to write: the bucket's lease was not taken")
                             return result, requests.sent
-                    sent, client, rendered = requests.sent, store.s3, store.rendered
+                    rendered = store.rendered
         with bucket_tree(
             config,
             console,
@@ -272,7 +268,7 @@ def _sync_bucket(
                 console.debug(f"read {store.reread} object(s) the state object did not vouch for")
     finally:
         upstream.close()
-    return result, sent + requests.sent
+    return result, requests.sent  # the probe's requests included: one count
 
 
 def _report(
